@@ -1,0 +1,370 @@
+"""The one place that reads the environment and config/settings.toml, and validates both.
+
+Dynaconf merges the TOML layers ([default] < [<DJANGO_ENV>]); the environment variables listed
+below override the merged layer. Every value is validated here, once, and handed out as one typed
+`Settings` object: Django's settings module and config/gunicorn.py only read it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import logging
+import os
+import re
+import secrets
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dj_database_url
+from dynaconf import Dynaconf
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+SETTINGS_FILE = BASE_DIR / "config" / "settings.toml"
+
+LAYER_VARIABLE = "DJANGO_ENV"
+LAYERS = ("development", "production", "testing")
+# Fail safe: a pod that forgot DJANGO_ENV gets the strict layer, never DEBUG.
+DEFAULT_LAYER = "production"
+
+# Gunicorn reads these itself; they are not ours to warn about.
+GUNICORN_OWN_VARIABLES = frozenset({"GUNICORN_CMD_ARGS", "GUNICORN_PID", "GUNICORN_FD"})
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("json", "text")
+SECRET_MASK = "********"
+
+_WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message is one line meant for the operator."""
+
+
+@dataclass(frozen=True)
+class IntSetting:
+    key: str
+    variable: str
+    low: int
+    high: int
+
+    @property
+    def allowed(self) -> str:
+        return f"{self.low}..{self.high}"
+
+
+# The server's whole-number settings: key under [*.gunicorn], variable, and allowed range.
+# workers: 64 is far past what one pod should run (size pods, not workers); timeouts: an hour.
+SERVER_INT_SETTINGS = (
+    IntSetting("workers", "GUNICORN_WORKERS", 1, 64),
+    IntSetting("port", "GUNICORN_PORT", 1, 65535),
+    IntSetting("timeout", "GUNICORN_TIMEOUT", 1, 3600),
+    IntSetting("graceful_timeout", "GUNICORN_GRACEFUL_TIMEOUT", 1, 3600),
+    IntSetting("max_requests", "GUNICORN_MAX_REQUESTS", 0, 10_000_000),
+    IntSetting("max_requests_jitter", "GUNICORN_MAX_REQUESTS_JITTER", 0, 10_000_000),
+    IntSetting("keepalive", "GUNICORN_KEEPALIVE", 1, 300),
+)
+
+# Every variable this module reads, mapped to its dotted settings key.
+VARIABLES: dict[str, str] = {
+    "DJANGO_SECRET_KEY": "secret_key",
+    "DJANGO_DEBUG": "debug",
+    "DJANGO_ALLOWED_HOSTS": "allowed_hosts",
+    "DJANGO_LOG_LEVEL": "log_level",
+    "DJANGO_LOG_FORMAT": "log_format",
+    "DATABASE_URL": "database_url",
+    "GUNICORN_HOST": "gunicorn.host",
+    **{s.variable: f"gunicorn.{s.key}" for s in SERVER_INT_SETTINGS},
+}
+KEY_VARIABLES = {key: variable for variable, key in VARIABLES.items()}
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str
+    port: int
+    workers: int
+    timeout: int
+    graceful_timeout: int
+    max_requests: int
+    max_requests_jitter: int
+    keepalive: int
+
+    @property
+    def bind(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    layer: str
+    debug: bool
+    secret_key: str
+    allowed_hosts: tuple[str, ...]
+    database_url: str
+    database: dict[str, Any]
+    log_level: str
+    log_format: str
+    time_zone: str
+    server: ServerSettings
+    # Dotted key -> where the value came from: "[default]", "[production]", "env DJANGO_DEBUG", ...
+    sources: Mapping[str, str] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+    def report(self) -> list[tuple[str, str, str]]:
+        """(key, value shown to an operator, source) rows; secrets masked."""
+        values: dict[str, Any] = {
+            "layer": self.layer,
+            "debug": self.debug,
+            "secret_key": SECRET_MASK,
+            "allowed_hosts": ",".join(self.allowed_hosts),
+            "database_url": mask_database_url(self.database_url),
+            "log_level": self.log_level,
+            "log_format": self.log_format,
+            "time_zone": self.time_zone,
+            **{f"gunicorn.{k}": v for k, v in vars(self.server).items()},
+        }
+        return [(key, str(value), self.sources.get(key, "")) for key, value in values.items()]
+
+
+def mask_database_url(url: str) -> str:
+    return re.sub(r"(://[^:/@]*:)[^@]*@", rf"\1{SECRET_MASK}@", url)
+
+
+def _quote(raw: object) -> str:
+    return repr(raw) if isinstance(raw, str) else repr(str(raw))
+
+
+class _Resolver:
+    """Merged layer values plus environment overrides, remembering where each value came from."""
+
+    def __init__(self, *, environ: Mapping[str, str], settings_file: Path, layer: str) -> None:
+        self.layer = layer
+        self.settings_file = settings_file
+        self.sources: dict[str, str] = {"layer": _source_of_layer(environ)}
+        try:
+            with settings_file.open("rb") as fh:
+                self.raw_layers: dict[str, Any] = tomllib.load(fh)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read {settings_file}: {exc}") from None
+        merged = Dynaconf(
+            settings_files=[str(settings_file)],
+            environments=True,
+            # Dynaconf reads no environment variable of its own accord: the table above is the
+            # whole list, so `show_config` can name the source of every value.
+            loaders=[],
+            load_dotenv=False,
+            merge_enabled=True,
+        )
+        merged.setenv(layer)
+        self.merged = merged
+        self.overrides: dict[str, str] = {}
+        for variable, key in VARIABLES.items():
+            value = environ.get(variable, "").strip()
+            # Compose files and Helm charts render unset values as empty strings.
+            if value:
+                self.overrides[key] = value
+
+    def lookup(self, key: str) -> tuple[Any, str] | None:
+        """(value, where it was written) or None when nothing sets the key."""
+        if key in self.overrides:
+            self.sources[key] = f"env {KEY_VARIABLES[key]}"
+            return self.overrides[key], f"{KEY_VARIABLES[key]}={_quote(self.overrides[key])}"
+        if self.merged.get(key) is None:
+            return None
+        value = self.merged.get(key)
+        where = self.layer if _defines(self.raw_layers.get(self.layer, {}), key) else "default"
+        self.sources[key] = f"[{where}]"
+        return value, f"{self.settings_file.name} [{where}] {key}={value!r}"
+
+
+def _defines(table: Mapping[str, Any], dotted: str) -> bool:
+    node: Any = table
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _source_of_layer(environ: Mapping[str, str]) -> str:
+    return f"env {LAYER_VARIABLE}" if environ.get(LAYER_VARIABLE, "").strip() else "built-in"
+
+
+def _whole_number(value: Any, where: str, *, setting: IntSetting) -> int:
+    allowed = f"(allowed: {setting.allowed})"
+    # TOML in the file gives int; the environment gives text. bool is an int to Python: refuse it.
+    if isinstance(value, str) and _WHOLE_NUMBER.fullmatch(value.strip()):
+        number = int(value.strip())
+    elif isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    else:
+        raise ConfigError(f"{where} is not a whole number {allowed}")
+    if not setting.low <= number <= setting.high:
+        raise ConfigError(f"{where} is out of range {allowed}")
+    return number
+
+
+def _boolean(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ConfigError(f"{where} is not a boolean (allowed: true/false, 1/0, yes/no, on/off)")
+
+
+def _host_list(value: Any, where: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(host.strip() for host in value.split(",") if host.strip())
+    if isinstance(value, list) and all(isinstance(host, str) and host for host in value):
+        return tuple(value)
+    raise ConfigError(f"{where} is not a list of host names (allowed: comma-separated names)")
+
+
+def _choice(value: Any, where: str, *, allowed: tuple[str, ...], normalise: Callable[[str], str]) -> str:
+    if isinstance(value, str) and normalise(value.strip()) in allowed:
+        return normalise(value.strip())
+    raise ConfigError(f"{where} is not one of {', '.join(allowed)}")
+
+
+def _text(value: Any, where: str) -> str:
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    raise ConfigError(f"{where} is not a non-empty string")
+
+
+SUPPORTED_ENGINES = ("django.db.backends.sqlite3", "django.db.backends.postgresql")
+DATABASE_URL_FORMS = "sqlite:///path, postgres://user:password@host:port/name"
+
+
+def _database(url: str, where: str) -> dict[str, Any]:
+    try:
+        config = dj_database_url.parse(url)
+    except Exception:  # dj-database-url raises several types for a malformed URL
+        config = {}
+    if config.get("ENGINE") not in SUPPORTED_ENGINES:
+        raise ConfigError(f"{mask_database_url(where)} is not a database URL (allowed: {DATABASE_URL_FORMS})")
+    if config["ENGINE"] == "django.db.backends.sqlite3":
+        name = Path(config["NAME"])
+        if str(name) != ":memory:" and not name.is_absolute():
+            # Relative SQLite paths are relative to the project, not to wherever the server starts.
+            config["NAME"] = str(BASE_DIR / name)
+    # Under ASGI every request may run in a fresh thread: persistent connections would leak.
+    config["CONN_MAX_AGE"] = 0
+    return config
+
+
+def _required(resolver: _Resolver, key: str) -> tuple[Any, str]:
+    found = resolver.lookup(key)
+    if found is None:
+        raise ConfigError(f"{KEY_VARIABLES[key]} is required in the {resolver.layer} layer and is not set")
+    return found
+
+
+def _layer(environ: Mapping[str, str]) -> str:
+    layer = environ.get(LAYER_VARIABLE, "").strip() or DEFAULT_LAYER
+    if layer not in LAYERS:
+        raise ConfigError(f"{LAYER_VARIABLE}={layer!r} is not a settings layer (allowed: {', '.join(LAYERS)})")
+    return layer
+
+
+def _unknown_variable_warnings(environ: Mapping[str, str]) -> tuple[str, ...]:
+    known = [v for v in VARIABLES if v.startswith("GUNICORN_")]
+    warnings = []
+    for name in sorted(environ):
+        if name.startswith("GUNICORN_") and name not in VARIABLES and name not in GUNICORN_OWN_VARIABLES:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {close[0]}?" if close else f"; known: {', '.join(known)}"
+            warnings.append(f"{name} is not a setting of this server and is ignored{hint}")
+    return tuple(warnings)
+
+
+def _server(resolver: _Resolver) -> ServerSettings:
+    values: dict[str, Any] = {}
+    for setting in SERVER_INT_SETTINGS:
+        found = resolver.lookup(f"gunicorn.{setting.key}")
+        if found is None:
+            continue
+        values[setting.key] = _whole_number(*found, setting=setting)
+    # The drain after SIGTERM gets as long as a request may take, unless told otherwise.
+    if "graceful_timeout" not in values and "timeout" in values:
+        values["graceful_timeout"] = values["timeout"]
+        resolver.sources["gunicorn.graceful_timeout"] = "= gunicorn.timeout"
+    host = _required(resolver, "gunicorn.host")
+    values["host"] = _text(*host)
+    missing = [s.variable for s in SERVER_INT_SETTINGS if s.key not in values]
+    if missing:
+        raise ConfigError(f"{missing[0]} is not set and {resolver.settings_file.name} has no default for it")
+    return ServerSettings(**values)
+
+
+def load_settings(*, environ: Mapping[str, str], settings_file: Path = SETTINGS_FILE) -> Settings:
+    """Resolve and validate every setting; raise ConfigError naming the first bad one."""
+    layer = _layer(environ)
+    resolver = _Resolver(environ=environ, settings_file=settings_file, layer=layer)
+    production = layer == "production"
+
+    debug_found = resolver.lookup("debug")
+    debug = _boolean(*debug_found) if debug_found else False
+    if debug and production:
+        raise ConfigError(f"{debug_found[1]} is refused in the production layer (DEBUG leaks internals)")
+    resolver.sources.setdefault("debug", "built-in")
+
+    if production:
+        secret_key = _text(*_required(resolver, "secret_key"))
+    else:
+        found = resolver.lookup("secret_key")
+        # A fresh key per start: nothing signed in development or tests needs to outlive the server.
+        secret_key = _text(*found) if found else secrets.token_urlsafe(50)
+        resolver.sources.setdefault("secret_key", "generated at start")
+
+    hosts_found = _required(resolver, "allowed_hosts") if production else resolver.lookup("allowed_hosts")
+    allowed_hosts = _host_list(*hosts_found) if hosts_found else ()
+    if production and not allowed_hosts:
+        raise ConfigError("DJANGO_ALLOWED_HOSTS is required in the production layer and lists no host")
+
+    url, url_where = _required(resolver, "database_url")
+    url = _text(url, url_where)
+
+    level = resolver.lookup("log_level")
+    fmt = resolver.lookup("log_format")
+    zone = resolver.lookup("time_zone")
+    return Settings(
+        layer=layer,
+        debug=debug,
+        secret_key=secret_key,
+        allowed_hosts=allowed_hosts,
+        database_url=url,
+        database=_database(url, url_where),
+        log_level=_choice(*level, allowed=LOG_LEVELS, normalise=str.upper) if level else "INFO",
+        log_format=_choice(*fmt, allowed=LOG_FORMATS, normalise=str.lower) if fmt else "json",
+        time_zone=_text(*zone) if zone else "UTC",
+        server=_server(resolver),
+        sources=dict(resolver.sources),
+        warnings=_unknown_variable_warnings(environ),
+    )
+
+
+@functools.cache
+def process_settings() -> Settings:
+    """This process's settings, loaded once; forked Gunicorn workers inherit the master's."""
+    loaded = load_settings(environ=os.environ)
+    for warning in loaded.warnings:
+        log.warning(warning)
+    return loaded
+
+
+def __getattr__(name: str) -> Any:
+    # `from coffee_payment.conf import settings` loads on first use, so ConfigError and
+    # load_settings stay importable when the environment is broken.
+    if name == "settings":
+        return process_settings()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,269 @@
+"""The settings loader: defaults, layers, environment overrides and refusal of bad values (R2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings as hypothesis_settings, strategies as st
+
+from coffee_payment.conf import (
+    SERVER_INT_SETTINGS,
+    ConfigError,
+    IntSetting,
+    load_settings,
+)
+
+FIVE = {
+    "GUNICORN_WORKERS": ("workers", 4),
+    "GUNICORN_PORT": ("port", 8000),
+    "GUNICORN_TIMEOUT": ("timeout", 30),
+    "GUNICORN_MAX_REQUESTS": ("max_requests", 0),
+    "GUNICORN_MAX_REQUESTS_JITTER": ("max_requests_jitter", 0),
+}
+RULES: dict[str, IntSetting] = {s.variable: s for s in SERVER_INT_SETTINGS}
+TESTING = {"DJANGO_ENV": "testing"}
+
+# Every shape of not-a-plain-decimal-whole-number that TOML parsing or int() would let through.
+MALFORMED = st.sampled_from(
+    ["4.5", "1e3", "nan", "inf", "-inf", "true", "false", "[1]", "{}", "0x1F", "0o17", "0b11",
+     "1_000", "four", "4 4", "4,5", '"4"', "١٢", "4.0", "+", "-"]
+)
+
+
+def padded(text: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    space = st.sampled_from(["", " ", "  ", "\t"])
+    return st.tuples(space, text, space).map("".join)
+
+
+def value_for(variable: str) -> st.SearchStrategy[tuple[str, str | None]]:
+    """(kind, raw value or None for unset) for one variable."""
+    rule = RULES[variable]
+    valid = st.integers(rule.low, rule.high).map(str)
+    out_of_range = st.one_of(st.integers(max_value=rule.low - 1), st.integers(min_value=rule.high + 1)).map(str)
+    return st.one_of(
+        st.just(("unset", None)),
+        st.sampled_from(["", " ", "\t"]).map(lambda v: ("unset", v)),
+        padded(valid).map(lambda v: ("valid", v)),
+        padded(out_of_range).map(lambda v: ("invalid", v)),
+        MALFORMED.map(lambda v: ("invalid", v)),
+    )
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(st.fixed_dictionaries({variable: value_for(variable) for variable in FIVE}))
+def test_r2_env_combinations_give_defaults_exact_ints_or_a_named_refusal(
+    combination: dict[str, tuple[str, str | None]],
+) -> None:
+    """R2.1-R2.11: unset/empty -> defaults 4/8000/30/0/0; valid -> that int; invalid -> refusal naming it."""
+    environ = dict(TESTING)
+    environ.update({variable: raw for variable, (_, raw) in combination.items() if raw is not None})
+    invalid = [variable for variable, (kind, _) in combination.items() if kind == "invalid"]
+
+    if invalid:
+        with pytest.raises(ConfigError) as refused:
+            load_settings(environ=environ)
+        message = str(refused.value)
+        named = [variable for variable in invalid if message.startswith(f"{variable}=")]
+        assert named, message
+        assert repr(environ[named[0]].strip()) in message
+        assert f"(allowed: {RULES[named[0]].allowed})" in message
+        assert "\n" not in message
+        return
+
+    server = load_settings(environ=environ).server
+    for variable, (key, default) in FIVE.items():
+        kind, raw = combination[variable]
+        expected = int(raw) if kind == "valid" else default
+        value = getattr(server, key)
+        assert type(value) is int
+        assert value == expected, variable
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("true", "is not a whole number"),
+        ("4.5", "is not a whole number"),
+        ("1e3", "is not a whole number"),
+        ("nan", "is not a whole number"),
+        ("[1]", "is not a whole number"),
+        ("0x1F", "is not a whole number"),
+        ("0", "is out of range"),
+        ("65", "is out of range"),
+    ],
+)
+def test_r2_1_bad_workers_message_names_variable_value_and_range(raw: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(environ={**TESTING, "GUNICORN_WORKERS": raw})
+    assert str(refused.value) == f"GUNICORN_WORKERS={raw!r} {reason} (allowed: 1..64)"
+
+
+def test_r2_6_defaults_with_nothing_set() -> None:
+    server = load_settings(environ=TESTING).server
+    assert (server.workers, server.port, server.timeout, server.max_requests, server.max_requests_jitter) == (
+        4, 8000, 30, 0, 0,
+    )
+    assert server.graceful_timeout == server.timeout
+    assert server.bind == "0.0.0.0:8000"
+
+
+def test_graceful_timeout_follows_timeout_unless_set() -> None:
+    assert load_settings(environ={**TESTING, "GUNICORN_TIMEOUT": "12"}).server.graceful_timeout == 12
+    both = load_settings(environ={**TESTING, "GUNICORN_TIMEOUT": "12", "GUNICORN_GRACEFUL_TIMEOUT": "40"})
+    assert (both.server.timeout, both.server.graceful_timeout) == (12, 40)
+
+
+def test_ipv6_host_is_bracketed_in_bind() -> None:
+    assert load_settings(environ={**TESTING, "GUNICORN_HOST": "::1"}).server.bind == "[::1]:8000"
+
+
+# Layer precedence ----------------------------------------------------------------------------
+
+LAYERED_TOML = """
+[default]
+debug = false
+allowed_hosts = ["default.example"]
+log_level = "INFO"
+log_format = "json"
+time_zone = "UTC"
+database_url = "sqlite:///default.sqlite3"
+[default.gunicorn]
+host = "0.0.0.0"
+port = 8000
+workers = 4
+timeout = 30
+max_requests = 0
+max_requests_jitter = 0
+keepalive = 5
+
+[development]
+debug = true
+log_level = "DEBUG"
+[development.gunicorn]
+workers = 2
+
+[production]
+[testing]
+"""
+
+
+@pytest.fixture
+def layered(tmp_path: Path) -> Path:
+    path = tmp_path / "settings.toml"
+    path.write_text(LAYERED_TOML)
+    return path
+
+
+def test_layer_precedence_default_then_layer_then_env(layered: Path) -> None:
+    """Server and Django values: [default] < [development] < environment variable."""
+    dev = load_settings(environ={"DJANGO_ENV": "development"}, settings_file=layered)
+    assert (dev.server.workers, dev.server.port, dev.debug, dev.log_level) == (2, 8000, True, "DEBUG")
+    assert dev.sources["gunicorn.workers"] == "[development]"
+    assert dev.sources["gunicorn.port"] == "[default]"
+    assert dev.sources["debug"] == "[development]"
+
+    env = load_settings(
+        environ={"DJANGO_ENV": "development", "GUNICORN_WORKERS": "3", "DJANGO_DEBUG": "false",
+                 "DJANGO_LOG_LEVEL": "warning"},
+        settings_file=layered,
+    )
+    assert (env.server.workers, env.debug, env.log_level) == (3, False, "WARNING")
+    assert env.sources["gunicorn.workers"] == "env GUNICORN_WORKERS"
+    assert env.sources["debug"] == "env DJANGO_DEBUG"
+
+    testing = load_settings(environ={"DJANGO_ENV": "testing"}, settings_file=layered)
+    assert (testing.server.workers, testing.debug) == (4, False)
+
+
+def test_toml_layer_values_are_validated_like_env_values(tmp_path: Path) -> None:
+    path = tmp_path / "settings.toml"
+    path.write_text(LAYERED_TOML.replace("[development.gunicorn]\nworkers = 2", "[development.gunicorn]\nworkers = true"))
+    with pytest.raises(ConfigError) as refused:
+        load_settings(environ={"DJANGO_ENV": "development"}, settings_file=path)
+    assert str(refused.value) == "settings.toml [development] gunicorn.workers=True is not a whole number (allowed: 1..64)"
+
+
+# Django settings from the environment ----------------------------------------------------------
+
+PRODUCTION_OK = {
+    "DJANGO_ENV": "production",
+    "DJANGO_SECRET_KEY": "s3cret-value",
+    "DJANGO_ALLOWED_HOSTS": " pay.example.com, ,api.example.com ",
+    "DATABASE_URL": "postgres://coffee:hunter2@db:5432/coffee",
+}
+
+
+def test_django_env_unset_or_empty_means_production() -> None:
+    for environ in ({}, {"DJANGO_ENV": ""}, {"DJANGO_ENV": "  "}):
+        with pytest.raises(ConfigError, match="^DJANGO_SECRET_KEY is required in the production layer"):
+            load_settings(environ=environ)
+
+
+@pytest.mark.parametrize("missing", ["DJANGO_SECRET_KEY", "DJANGO_ALLOWED_HOSTS", "DATABASE_URL"])
+def test_production_refuses_to_start_without_required_variable(missing: str) -> None:
+    environ = {key: value for key, value in PRODUCTION_OK.items() if key != missing}
+    with pytest.raises(ConfigError) as refused:
+        load_settings(environ=environ)
+    assert str(refused.value) == f"{missing} is required in the production layer and is not set"
+
+
+def test_production_reads_its_variables() -> None:
+    loaded = load_settings(environ=PRODUCTION_OK)
+    assert loaded.layer == "production"
+    assert loaded.debug is False
+    assert loaded.secret_key == "s3cret-value"
+    assert loaded.allowed_hosts == ("pay.example.com", "api.example.com")
+    assert loaded.database["ENGINE"] == "django.db.backends.postgresql"
+    assert loaded.database["CONN_MAX_AGE"] == 0
+    assert loaded.log_format == "json"
+
+
+def test_production_refuses_debug() -> None:
+    with pytest.raises(ConfigError, match=r"^DJANGO_DEBUG='true' is refused in the production layer"):
+        load_settings(environ={**PRODUCTION_OK, "DJANGO_DEBUG": "true"})
+
+
+def test_report_masks_secrets_and_names_sources() -> None:
+    rows = {key: (value, source) for key, value, source in load_settings(environ=PRODUCTION_OK).report()}
+    assert rows["secret_key"] == ("********", "env DJANGO_SECRET_KEY")
+    assert rows["database_url"] == ("postgres://coffee:********@db:5432/coffee", "env DATABASE_URL")
+    assert rows["gunicorn.workers"] == ("4", "[default]")
+    text = repr(rows)
+    assert "s3cret-value" not in text and "hunter2" not in text
+
+
+def test_development_and_testing_generate_a_secret_key_when_unset() -> None:
+    first, second = (load_settings(environ=TESTING).secret_key for _ in range(2))
+    assert len(first) >= 50 and first != second
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"DJANGO_ENV": "staging"}, "DJANGO_ENV='staging' is not a settings layer (allowed: development, production, testing)"),
+        ({**TESTING, "DJANGO_DEBUG": "maybe"}, "DJANGO_DEBUG='maybe' is not a boolean (allowed: true/false, 1/0, yes/no, on/off)"),
+        ({**TESTING, "DJANGO_LOG_LEVEL": "loud"}, "DJANGO_LOG_LEVEL='loud' is not one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+        ({**TESTING, "DATABASE_URL": "mysql2://u:pw@h/db"}, "DATABASE_URL='mysql2://u:********@h/db' is not a database URL (allowed: sqlite:///path, postgres://user:password@host:port/name)"),
+    ],
+)
+def test_bad_django_values_get_one_line_naming_the_variable(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(environ=environ)
+    assert str(refused.value).startswith(message)
+    assert "\n" not in str(refused.value)
+
+
+def test_unknown_gunicorn_variable_is_warned_about_with_the_closest_name() -> None:
+    loaded = load_settings(environ={**TESTING, "GUNICORN_WORKER": "3", "GUNICORN_CMD_ARGS": "--workers 2",
+                                    "GUNICORN_PID": "1", "GUNICORN_FD": "3"})
+    assert loaded.warnings == (
+        "GUNICORN_WORKER is not a setting of this server and is ignored; did you mean GUNICORN_WORKERS?",
+    )
+    assert loaded.server.workers == 4
+
+
+def test_relative_sqlite_path_is_relative_to_the_project() -> None:
+    loaded = load_settings(environ={**TESTING, "DATABASE_URL": "sqlite:///some.sqlite3"})
+    assert Path(loaded.database["NAME"]).is_absolute()
+    assert Path(loaded.database["NAME"]).parent == Path(__file__).resolve().parents[2]

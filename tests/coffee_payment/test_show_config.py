@@ -1,0 +1,30 @@
+"""`manage.py show_config`: effective settings with their source, secrets masked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.support.processes import BIN, base_environ, run
+
+
+def test_show_config_names_the_source_of_each_value(tmp_path: Path) -> None:
+    env = base_environ(tmp_path, GUNICORN_WORKERS="2", DJANGO_SECRET_KEY="do-not-print-me")
+    result = run([str(BIN / "python"), "manage.py", "show_config"], env=env)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()[1:]}
+    assert rows["gunicorn.workers"] == ["2", "env", "GUNICORN_WORKERS"]
+    assert rows["gunicorn.port"][1:] == ["env", "GUNICORN_PORT"]
+    assert rows["gunicorn.timeout"] == ["30", "[default]"]
+    assert rows["layer"] == ["testing", "env", "DJANGO_ENV"]
+    assert rows["log_format"] == ["text", "[testing]"]
+    assert rows["secret_key"] == ["********", "env", "DJANGO_SECRET_KEY"]
+    assert "do-not-print-me" not in result.stdout
+
+
+def test_manage_py_reports_a_bad_value_in_one_line(tmp_path: Path) -> None:
+    env = base_environ(tmp_path, GUNICORN_TIMEOUT="soon")
+    result = run([str(BIN / "python"), "manage.py", "show_config"], env=env)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "configuration error: GUNICORN_TIMEOUT='soon' is not a whole number (allowed: 1..3600)"
+    )

@@ -1,0 +1,90 @@
+"""config/gunicorn.py as Gunicorn loads it: resolved values, precedence, refusals (R1, R2)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.support.processes import BIN, base_environ, run
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def print_config(env: dict[str, str], *args: str) -> dict[str, str]:
+    result = run([str(BIN / "gunicorn"), "-c", "config/gunicorn.py", "--print-config", *args], env=env)
+    assert result.returncode == 0, result.stderr
+    pairs = (re.match(r"^(\w+)\s+= (.*)$", line) for line in result.stdout.splitlines())
+    return {m.group(1): m.group(2) for m in pairs if m}
+
+
+def production_environ(tmp_path: Path) -> dict[str, str]:
+    env = base_environ(tmp_path)
+    for variable in ("GUNICORN_HOST", "GUNICORN_PORT"):
+        env.pop(variable)
+    env.update(DJANGO_ENV="production", DJANGO_SECRET_KEY="x" * 50, DJANGO_ALLOWED_HOSTS="pay.example.com")
+    return env
+
+
+def test_r2_6_print_config_shows_defaults_with_no_gunicorn_variables(tmp_path: Path) -> None:
+    """R1.1-R1.3, R2.6-R2.11: the production layer's resolved server settings."""
+    config = print_config(production_environ(tmp_path))
+    assert config["bind"] == "['0.0.0.0:8000']"
+    assert config["workers"] == "4"
+    assert config["timeout"] == "30"
+    assert config["max_requests"] == "0"
+    assert config["max_requests_jitter"] == "0"
+    assert config["graceful_timeout"] == "30"
+    assert config["wsgi_app"] == "coffee_payment.asgi:application"
+    assert config["worker_class"].endswith("UvicornWorker")
+    assert config["control_socket_disable"] == "True"
+
+
+def test_r2_variables_reach_gunicorn(tmp_path: Path) -> None:
+    """R1.5, R2.1-R2.5: each variable lands in Gunicorn's resolved configuration."""
+    env = production_environ(tmp_path) | {
+        "GUNICORN_WORKERS": "3", "GUNICORN_PORT": "9123", "GUNICORN_TIMEOUT": "12",
+        "GUNICORN_MAX_REQUESTS": "500", "GUNICORN_MAX_REQUESTS_JITTER": "50",
+    }
+    config = print_config(env)
+    assert (config["workers"], config["bind"], config["timeout"]) == ("3", "['0.0.0.0:9123']", "12")
+    assert (config["max_requests"], config["max_requests_jitter"]) == ("500", "50")
+
+
+def test_gunicorn_cmd_args_and_flags_win_over_the_file(tmp_path: Path) -> None:
+    env = production_environ(tmp_path) | {"GUNICORN_WORKERS": "3", "GUNICORN_CMD_ARGS": "--workers 5"}
+    assert print_config(env)["workers"] == "5"
+    assert print_config(env, "--workers", "6")["workers"] == "6"
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [("GUNICORN_WORKERS", "true"), ("GUNICORN_PORT", "70000"), ("GUNICORN_TIMEOUT", "2.5"),
+     ("GUNICORN_MAX_REQUESTS", "1e3"), ("GUNICORN_MAX_REQUESTS_JITTER", "-1")],
+)
+def test_bad_value_stops_start_with_one_line_before_binding(tmp_path: Path, variable: str, raw: str) -> None:
+    env = base_environ(tmp_path) | {variable: raw}
+    result = run([str(BIN / "gunicorn"), "-c", "config/gunicorn.py"], env=env, timeout=30)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert lines == [lines[0]] and lines[0].startswith(f"configuration error: {variable}={raw!r} ")
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "Listening at" not in result.stderr + result.stdout
+
+
+def test_production_without_secret_key_refuses_to_start(tmp_path: Path) -> None:
+    env = production_environ(tmp_path)
+    del env["DJANGO_SECRET_KEY"]
+    result = run([str(BIN / "gunicorn"), "-c", "config/gunicorn.py"], env=env, timeout=30)
+    assert result.returncode != 0
+    assert result.stderr.strip() == (
+        "configuration error: DJANGO_SECRET_KEY is required in the production layer and is not set"
+    )
+
+
+def test_unknown_gunicorn_variable_is_warned_about(tmp_path: Path) -> None:
+    env = production_environ(tmp_path) | {"GUNICORN_WORKER": "2"}
+    result = run([str(BIN / "gunicorn"), "-c", "config/gunicorn.py", "--print-config"], env=env)
+    assert result.returncode == 0
+    assert "GUNICORN_WORKER is not a setting of this server and is ignored; did you mean GUNICORN_WORKERS?" in result.stderr

@@ -1,0 +1,137 @@
+"""Real server processes for tests: start on a free loopback port, wait, always stop the group."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def base_environ(tmp_path: Path, **overrides: str) -> dict[str, str]:
+    """A clean environment for a child server: no inherited DJANGO_*/GUNICORN_*/DATABASE_URL."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("DJANGO_", "GUNICORN_")) and key != "DATABASE_URL"
+    }
+    env.update(
+        DJANGO_ENV="testing",
+        DATABASE_URL=f"sqlite:///{tmp_path / 'server.sqlite3'}",
+        GUNICORN_HOST="127.0.0.1",
+        GUNICORN_PORT=str(free_port()),
+        HOME=str(tmp_path),
+    )
+    env.update(overrides)
+    return env
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    port: int
+    stdout: Path
+    stderr: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def logs(self) -> str:
+        return self.stdout.read_text(errors="replace") + self.stderr.read_text(errors="replace")
+
+    def worker_pids(self) -> set[int]:
+        """Children of the Gunicorn master, read from /proc."""
+        pids = set()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            # Field 4 (after the parenthesised command name) is the parent pid.
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == self.process.pid:
+                pids.add(int(entry.name))
+        return pids
+
+    def wait_until_serving(self, *, timeout: float = 20.0, path: str = "/health") -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited with {self.process.returncode}:\n{self.logs()}")
+            try:
+                if httpx.get(self.url + path, timeout=1.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"server did not serve {path} within {timeout} s:\n{self.logs()}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            _signal_group(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        # Whatever happened above, leave no worker behind.
+        _signal_group(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+@contextmanager
+def gunicorn(
+    tmp_path: Path,
+    *,
+    env: Mapping[str, str],
+    args: tuple[str, ...] = (),
+    wait: bool = True,
+) -> Iterator[Server]:
+    """`gunicorn -c config/gunicorn.py` in its own process group, stopped on exit."""
+    stdout, stderr = tmp_path / "gunicorn.out", tmp_path / "gunicorn.err"
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        process = subprocess.Popen(
+            [str(BIN / "gunicorn"), "-c", "config/gunicorn.py", *args],
+            cwd=REPO,
+            env=dict(env),
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
+    server = Server(process=process, port=int(env["GUNICORN_PORT"]), stdout=stdout, stderr=stderr)
+    try:
+        if wait:
+            server.wait_until_serving()
+        yield server
+    finally:
+        server.stop()
+
+
+def run(command: list[str], *, env: Mapping[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, cwd=REPO, env=dict(env), capture_output=True, text=True, timeout=timeout)
