@@ -28,6 +28,7 @@ from tests.support.kubernetes import (
     rendered,
     template_secret,
 )
+from tests.support.processes import REPO
 
 # The oldest Kubernetes the manifests support (the preStop sleep handler is on by default from
 # 1.30) and the newest that kubernetes-validate has schemas for.
@@ -119,7 +120,11 @@ def test_each_overlay_has_the_resources_of_a_release(manifests: Manifests) -> No
 
 def test_overlays_differ_only_in_namespace_image_hosts_gunicorn_values_resources_and_replicas() -> None:
     staging, production = (
-        {f"{doc['kind']}/{plain_name(doc)}:{path}": value for doc in overlay(name).documents for path, value in flatten(doc).items()}
+        {
+            f"{doc['kind']}/{plain_name(doc)}:{path}": value
+            for doc in overlay(name).documents
+            for path, value in flatten(doc).items()
+        }
         for name in OVERLAYS
     )
     differing = {path for path in staging.keys() | production.keys() if staging.get(path) != production.get(path)}
@@ -181,7 +186,8 @@ def test_service_links_are_off_because_an_injected_variable_stops_the_server(man
 
 def test_the_container_port_is_the_port_the_server_binds(manifests: Manifests) -> None:
     (port,) = containers(manifests.deployment)[0]["ports"]
-    assert port == {"name": "http", "containerPort": server_settings(manifests, manifests.deployment).server.port, "protocol": "TCP"}
+    bind_port = server_settings(manifests, manifests.deployment).server.port
+    assert port == {"name": "http", "containerPort": bind_port, "protocol": "TCP"}
     service = manifests.one("Service")
     assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
 
@@ -311,3 +317,25 @@ def test_the_migration_step_selects_the_job_and_its_config_only(manifests: Manif
         if doc["metadata"]["labels"].get("app.kubernetes.io/component") in MIGRATION_COMPONENTS
     }
     assert selected == {"ConfigMap", "Job", "NetworkPolicy"}
+
+
+# Documentation
+# ------------------------------------------------------------------------------
+
+
+def documented_environment() -> dict[str, dict[str, str]]:
+    """README's "Environment as deployed" table: variable -> {overlay: value}."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("### Environment as deployed", 1)[1].split("\n#", 1)[0]
+    rows = re.findall(r"^\| `(\w+)` \| [^|]+ \| (.+?) \| (.+?) \|$", section, flags=re.MULTILINE)
+    return {variable: dict(zip(OVERLAYS, (staging, production))) for variable, staging, production in rows}
+
+
+def test_readme_lists_the_environment_as_deployed() -> None:
+    documented = documented_environment()
+    for name in OVERLAYS:
+        manifests = overlay(name)
+        environ = manifests.pod_environ(manifests.deployment, secret=dict.fromkeys(SECRET_STAND_INS, "yours"))
+        assert {variable: f"`{value}`" if value != "yours" else value for variable, value in environ.items()} == {
+            variable: values[name] for variable, values in documented.items()
+        }
