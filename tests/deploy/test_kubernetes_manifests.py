@@ -1,0 +1,341 @@
+"""deploy/kubernetes, rendered by kustomize, checked against the schema and against the app itself.
+
+Numbers are not repeated here: graceful timeout and workers come from the overlay's ConfigMap
+through coffee_payment.conf.load_settings (the validator the server runs), probe paths from the
+URLconf, the readiness deadline from Django settings.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import kubernetes_validate
+import pytest
+from django.conf import settings
+from django.urls import Resolver404, resolve
+
+from coffee_payment.conf import LAYER_VARIABLE, VARIABLES, ConfigError, Settings, load_settings
+from tests.support.kubernetes import (
+    BASE,
+    OVERLAYS,
+    SECRET_STAND_INS,
+    Manifests,
+    containers,
+    overlay,
+    plain_name,
+    quantity,
+    rendered,
+    template_secret,
+)
+from tests.support.processes import REPO
+
+# The oldest Kubernetes the manifests support (the preStop sleep handler is on by default from
+# 1.30) and the newest that kubernetes-validate has schemas for.
+KUBERNETES_VERSIONS = ("1.30", "1.37")
+
+# Seconds between the end of the graceful timeout and the kubelet's SIGKILL: the master reaps
+# its workers and exits.
+SHUTDOWN_MARGIN = 5
+
+# Variables the image's entrypoint reads (RUN_MODE, RUN_MIGRATIONS), and the payment provider's
+# secrets, which the payment flow reads.
+IMAGE_VARIABLES = frozenset({"RUN_MODE", "RUN_MIGRATIONS"})
+PAYMENT_VARIABLES = frozenset({"PAYMENT_PROVIDER_SECRETS"})
+
+# Each worker is one event loop: one per core of the CPU limit. Memory: 128Mi per worker plus
+# 128Mi for the master and headroom (measured: master ~35 MB, worker ~50 MB resident).
+MEMORY_PER_PROCESS = 128 * 2**20
+
+# The documented migration step applies only what matches this selector (README.md).
+MIGRATION_COMPONENTS = frozenset({"config", "migrate"})
+
+# What may differ between staging and production, as paths into the rendered documents.
+OVERLAY_DIFFERENCES = [
+    r"\w+/[\w-]+:metadata\.namespace",
+    r"ConfigMap/coffee-payment-server:metadata\.name",  # the hash of the values
+    r"ConfigMap/coffee-payment-server:data\.(GUNICORN_\w+|DJANGO_ALLOWED_HOSTS)",
+    r"(Deployment|Job)/[\w-]+:spec\.template\.spec\.containers\.0\.envFrom\.0\.configMapRef\.name",
+    r"(Deployment|Job)/[\w-]+:spec\.template\.spec\.containers\.0\.image",
+    r"Deployment/coffee-payment-server:spec\.template\.spec\.containers\.0\.resources\..*",
+    r"HorizontalPodAutoscaler/coffee-payment-server:spec\.(minReplicas|maxReplicas)",
+]
+
+
+@pytest.fixture(params=OVERLAYS)
+def manifests(request: pytest.FixtureRequest) -> Manifests:
+    return overlay(request.param)
+
+
+def server_settings(manifests: Manifests, workload: dict[str, Any]) -> Settings:
+    """What the server in this workload would resolve at start, through the real validator."""
+    return load_settings(environ=manifests.pod_environ(workload, secret=SECRET_STAND_INS))
+
+
+def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
+    return workload["spec"]["template"]["spec"]
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
+    if isinstance(node, list):
+        return {k: v for i, value in enumerate(node) for k, v in flatten(value, f"{prefix}{i}.").items()}
+    return {prefix.rstrip("."): node}
+
+
+# Schema
+# ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("source", [*OVERLAYS, "base", "secret template"])
+def test_every_manifest_validates_strictly_against_the_kubernetes_schema(source: str, version: str) -> None:
+    if source == "secret template":
+        docs = [template_secret()]
+    else:
+        docs = (rendered(BASE) if source == "base" else overlay(source)).documents
+    errors = []
+    for doc in docs:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            errors.append(f"{doc['kind']}/{doc['metadata']['name']}: {'.'.join(map(str, exc.path))}: {exc.message}")
+    assert not errors, "\n".join(errors)
+
+
+def test_each_overlay_has_the_resources_of_a_release(manifests: Manifests) -> None:
+    kinds = sorted(doc["kind"] for doc in manifests.documents)
+    assert kinds == [
+        "ConfigMap",
+        "Deployment",
+        "HorizontalPodAutoscaler",
+        "Job",
+        "NetworkPolicy",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+        "Service",
+    ]
+
+
+def test_overlays_differ_only_in_namespace_image_hosts_gunicorn_values_resources_and_replicas() -> None:
+    staging, production = (
+        {
+            f"{doc['kind']}/{plain_name(doc)}:{path}": value
+            for doc in overlay(name).documents
+            for path, value in flatten(doc).items()
+        }
+        for name in OVERLAYS
+    )
+    differing = {path for path in staging.keys() | production.keys() if staging.get(path) != production.get(path)}
+    unexplained = sorted(path for path in differing if not any(re.fullmatch(p, path) for p in OVERLAY_DIFFERENCES))
+    assert unexplained == []
+    assert "ConfigMap/coffee-payment-server:data.GUNICORN_WORKERS" in differing
+
+
+# The environment: ConfigMap, Secret, and what the server makes of them
+# ------------------------------------------------------------------------------
+
+
+def test_the_server_starts_with_the_overlay_environment(manifests: Manifests) -> None:
+    loaded = server_settings(manifests, manifests.deployment)
+    assert loaded.layer == "production"
+    assert not loaded.debug
+    assert loaded.warnings == ()
+    assert loaded.sources["gunicorn.workers"] == "env GUNICORN_WORKERS"
+
+
+def test_the_migration_job_gets_the_same_environment_as_the_server(manifests: Manifests) -> None:
+    deployment_env = manifests.pod_environ(manifests.deployment, secret=SECRET_STAND_INS)
+    assert manifests.pod_environ(manifests.job, secret=SECRET_STAND_INS) == deployment_env
+
+
+def test_every_variable_the_pods_get_is_read_by_the_app_or_the_image(manifests: Manifests) -> None:
+    known = {*VARIABLES, LAYER_VARIABLE, *IMAGE_VARIABLES, *PAYMENT_VARIABLES}
+    for workload in (manifests.deployment, manifests.job):
+        assert set(manifests.pod_environ(workload, secret=SECRET_STAND_INS)) <= known
+
+
+def test_secrets_are_in_the_secret_template_only_and_it_holds_no_values(manifests: Manifests) -> None:
+    secret = template_secret()
+    assert set(secret["stringData"]) == {"DJANGO_SECRET_KEY", "DATABASE_URL", *PAYMENT_VARIABLES}
+    assert set(secret["stringData"].values()) == {""}
+    assert set(secret["stringData"]).isdisjoint(manifests.config_map["data"])
+    # `kubectl apply -k` must never overwrite the real Secret.
+    assert all(doc["kind"] != "Secret" for doc in manifests.documents)
+
+
+def test_an_empty_secret_stops_the_server_with_the_variables_name(manifests: Manifests) -> None:
+    empty = dict.fromkeys(SECRET_STAND_INS, "")
+    with pytest.raises(ConfigError, match="DJANGO_SECRET_KEY is required"):
+        load_settings(environ=manifests.pod_environ(manifests.deployment, secret=empty))
+
+
+def test_service_links_are_off_because_an_injected_variable_stops_the_server(manifests: Manifests) -> None:
+    for workload in (manifests.deployment, manifests.job):
+        assert pod_spec(workload)["enableServiceLinks"] is False
+    # What a Service named `gunicorn` would inject with service links on.
+    environ = manifests.pod_environ(manifests.deployment, secret=SECRET_STAND_INS)
+    with pytest.raises(ConfigError, match="GUNICORN_PORT='tcp://10.0.0.1:80' is not a whole number"):
+        load_settings(environ={**environ, "GUNICORN_PORT": "tcp://10.0.0.1:80"})
+
+
+# Probes and ports
+# ------------------------------------------------------------------------------
+
+
+def test_the_container_port_is_the_port_the_server_binds(manifests: Manifests) -> None:
+    (port,) = containers(manifests.deployment)[0]["ports"]
+    bind_port = server_settings(manifests, manifests.deployment).server.port
+    assert port == {"name": "http", "containerPort": bind_port, "protocol": "TCP"}
+    service = manifests.one("Service")
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
+
+
+@pytest.mark.parametrize(
+    ("probe", "view"), [("startupProbe", "health"), ("livenessProbe", "health"), ("readinessProbe", "ready")]
+)
+def test_probes_hit_the_health_views_on_the_http_port(manifests: Manifests, probe: str, view: str) -> None:
+    action = containers(manifests.deployment)[0][probe]["httpGet"]
+    assert action["port"] == "http"
+    assert resolve(action["path"]).url_name == view
+    # Probes send the pod IP as Host: only these paths answer any Host.
+    assert action["path"] in settings.PROBE_PATHS
+
+
+def test_probe_paths_would_not_resolve_if_they_were_misspelt() -> None:
+    with pytest.raises(Resolver404):
+        resolve("/healthz")
+
+
+def test_readiness_waits_longer_than_the_database_check(manifests: Manifests) -> None:
+    readiness = containers(manifests.deployment)[0]["readinessProbe"]
+    assert readiness["timeoutSeconds"] > settings.READINESS_DATABASE_TIMEOUT
+
+
+# Shutdown and rollout
+# ------------------------------------------------------------------------------
+
+
+def test_grace_period_covers_prestop_graceful_timeout_and_a_margin(manifests: Manifests) -> None:
+    spec = pod_spec(manifests.deployment)
+    pre_stop = containers(manifests.deployment)[0]["lifecycle"]["preStop"]
+    # The native sleep handler: the image has no `sleep` binary to exec.
+    assert set(pre_stop) == {"sleep"}
+    graceful_timeout = server_settings(manifests, manifests.deployment).server.graceful_timeout
+    assert spec["terminationGracePeriodSeconds"] >= pre_stop["sleep"]["seconds"] + graceful_timeout + SHUTDOWN_MARGIN
+
+
+def test_rollouts_never_drop_below_the_running_pods(manifests: Manifests) -> None:
+    strategy = manifests.deployment["spec"]["strategy"]
+    assert strategy["type"] == "RollingUpdate"
+    assert strategy["rollingUpdate"]["maxUnavailable"] == 0
+    assert strategy["rollingUpdate"]["maxSurge"] >= 1
+
+
+def test_the_autoscaler_owns_the_replica_count(manifests: Manifests) -> None:
+    hpa = manifests.one("HorizontalPodAutoscaler")
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", manifests.deployment["metadata"]["name"])
+    assert "replicas" not in manifests.deployment["spec"]
+    # A disruption budget of one leaves pods serving only with at least two.
+    assert hpa["spec"]["minReplicas"] >= 2
+    assert manifests.one("PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+
+
+# Sizing
+# ------------------------------------------------------------------------------
+
+
+def test_workers_match_the_cpu_limit(manifests: Manifests) -> None:
+    resources = containers(manifests.deployment)[0]["resources"]
+    workers = server_settings(manifests, manifests.deployment).server.workers
+    assert quantity(resources["limits"]["cpu"]) == workers
+    # The autoscaler's utilisation is measured against the request.
+    assert quantity(resources["requests"]["cpu"]) == workers
+
+
+def test_memory_covers_the_master_and_every_worker(manifests: Manifests) -> None:
+    resources = containers(manifests.deployment)[0]["resources"]
+    workers = server_settings(manifests, manifests.deployment).server.workers
+    assert quantity(resources["limits"]["memory"]) >= MEMORY_PER_PROCESS * (workers + 1)
+    # Requests = limits: a pod is never killed for memory the node promised it.
+    assert resources["requests"]["memory"] == resources["limits"]["memory"]
+
+
+# Security and selection
+# ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["Deployment", "Job"])
+def test_pods_run_unprivileged_with_a_read_only_root(manifests: Manifests, kind: str) -> None:
+    spec = pod_spec(manifests.one(kind))
+    assert spec["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 10001,
+        "runAsGroup": 10001,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert spec["automountServiceAccountToken"] is False
+    (container,) = spec["containers"]
+    assert container["securityContext"] == {
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    # The one writable path, in memory.
+    assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    assert spec["volumes"] == [{"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}}]
+
+
+def test_the_migration_job_runs_migrate_in_the_server_image(manifests: Manifests) -> None:
+    (job_container,) = containers(manifests.job)
+    assert job_container["args"] == ["python", "manage.py", "migrate", "--noinput"]
+    assert job_container["image"] == containers(manifests.deployment)[0]["image"]
+    assert pod_spec(manifests.job)["restartPolicy"] == "Never"
+
+
+def test_traffic_and_disruption_budget_select_the_web_pods_only(manifests: Manifests) -> None:
+    web = manifests.deployment["spec"]["template"]["metadata"]["labels"]
+    migrate = manifests.job["spec"]["template"]["metadata"]["labels"]
+    assert manifests.deployment["spec"]["selector"]["matchLabels"] == web
+    for selector in (
+        manifests.one("Service")["spec"]["selector"],
+        manifests.one("PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
+        manifests.one("NetworkPolicy", "coffee-payment-server")["spec"]["podSelector"]["matchLabels"],
+    ):
+        assert selector.items() <= web.items()
+        assert not selector.items() <= migrate.items()
+
+
+def test_the_migration_step_selects_the_job_and_its_config_only(manifests: Manifests) -> None:
+    selected = {
+        doc["kind"]
+        for doc in manifests.documents
+        if doc["metadata"]["labels"].get("app.kubernetes.io/component") in MIGRATION_COMPONENTS
+    }
+    assert selected == {"ConfigMap", "Job", "NetworkPolicy"}
+
+
+# Documentation
+# ------------------------------------------------------------------------------
+
+
+def documented_environment() -> dict[str, dict[str, str]]:
+    """README's "Environment as deployed" table: variable -> {overlay: value}."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("### Environment as deployed", 1)[1].split("\n#", 1)[0]
+    rows = re.findall(r"^\| `(\w+)` \| [^|]+ \| (.+?) \| (.+?) \|$", section, flags=re.MULTILINE)
+    return {variable: dict(zip(OVERLAYS, (staging, production))) for variable, staging, production in rows}
+
+
+def test_readme_lists_the_environment_as_deployed() -> None:
+    documented = documented_environment()
+    for name in OVERLAYS:
+        manifests = overlay(name)
+        environ = manifests.pod_environ(manifests.deployment, secret=dict.fromkeys(SECRET_STAND_INS, "yours"))
+        assert {variable: f"`{value}`" if value != "yours" else value for variable, value in environ.items()} == {
+            variable: values[name] for variable, values in documented.items()
+        }
