@@ -7,6 +7,7 @@ API (HTTP Basic shop_id:secret): `POST /v3/payments` (Idempotence-Key required; 
 returns the same payment) and `GET /v3/payments/<id>`. The confirmation URL is this server's
 `/confirm/<id>` page: "Pay" or "Cancel" settles the payment, POSTs a `payment.succeeded` or
 `payment.canceled` notification to --webhook-url and sends the browser back to the return URL.
+`GET /health` answers 200 once the fake serves.
 
 Failure modes for the API (--fail): `error` answers 500 to every call; `hang` answers after
 --hang-seconds (past any sane read timeout); `flaky` answers 500 to the first attempt of each
@@ -146,6 +147,8 @@ class FakeProvider:
             if path.startswith(API_PREFIX + "/"):
                 status, payload = await self._api(scope, method, path.removeprefix(API_PREFIX), body)
                 await _respond(send, status, json.dumps(payload).encode(), "application/json")
+            elif path == "/health":
+                await _respond(send, 200, b'{"status": "ok"}', "application/json")
             elif path.startswith("/confirm/"):
                 await self._confirm(send, method, path.removeprefix("/confirm/"), body)
             else:
