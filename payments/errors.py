@@ -72,6 +72,11 @@ class ProviderUnavailable(PaymentsError):
     status = 503
     title = "The payment service did not answer"
 
+    def __init__(self, message: str, *, detail: str = "") -> None:
+        super().__init__(message)
+        # What went wrong technically, for logs and tests; the customer sees only `message`.
+        self.detail = detail
+
 
 class ProviderRejected(PaymentsError):
     """The provider answered 4xx: retrying the same request will not help."""

@@ -122,7 +122,7 @@ async def _request(
                 return response
             failure = f"HTTP {response.status_code}"
         log.warning("provider %s %s attempt %d/%d failed: %s", method, path, attempt + 1, retries + 1, failure)
-    raise ProviderUnavailable(f"The payment service did not answer ({failure}). Please try again in a moment.")
+    raise ProviderUnavailable("The payment service did not answer. Please try again in a moment.", detail=failure)
 
 
 def _payment(response: httpx.Response) -> ProviderPayment:
