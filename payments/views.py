@@ -12,7 +12,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from payments import provider, selectors, services
-from payments.errors import InvalidParameter, PaymentsError
+from payments.errors import InvalidParameter, OrderNotFound, PaymentsError
 from payments.forms import scan_parse
 from payments.health import database_check
 from payments.models import PAYABLE_STATUSES, Order
@@ -32,7 +32,9 @@ async def ready(request: HttpRequest) -> JsonResponse:
 
 
 def _error_page(request: HttpRequest, error: PaymentsError, *, order_id: str | None = None) -> HttpResponse:
-    context = {"error": error, "order_url": reverse("order-page", args=[order_id]) if order_id else None}
+    # "Back to your order" only where there is an order to go back to.
+    back = order_id and not isinstance(error, OrderNotFound)
+    context = {"error": error, "order_url": reverse("order-page", args=[order_id]) if back else None}
     return render(request, "payments/error.html", context, status=error.status)
 
 

@@ -168,7 +168,9 @@ async def test_shop_without_secret_shows_a_page_and_logs_an_error(
 
 
 async def test_payment_for_an_unknown_order_is_404(fake: FakeProvider) -> None:
-    assert_error_page(await start_payment(order_id="nope"), 404, "Unknown order")
+    response = await start_payment(order_id="nope")
+    assert_error_page(response, 404, "Unknown order")
+    assert "Back to your order" not in response.content.decode()
 
 
 async def test_payment_for_an_expired_order_is_410(fake: FakeProvider, device: Device, settings: Any) -> None:
