@@ -25,7 +25,7 @@ from payments.errors import (
     ProviderUnavailable,
 )
 from payments.fake_provider import FakeProvider
-from payments.models import Device, DeviceStatus, Merchant, Order
+from payments.models import Device, Merchant, Order
 from payments.provider import Notification, ProviderPayment
 from tests.payments.conftest import scan_parameters
 
