@@ -1,10 +1,11 @@
-# The two commands: `make run` (development server on :8000) and `make test` (the whole suite).
+# The two commands: `make run` (development server on :8000) and `make test` (the whole suite,
+# on SQLite and on a throwaway PostgreSQL cluster).
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test install install-test migrate lint-deploy clean
+.PHONY: run test test-sqlite test-postgres install install-test migrate seed fake-provider lint-deploy clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +20,10 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 # The development layer unless the caller picked another one.
-run migrate: export DJANGO_ENV := $(or $(DJANGO_ENV),development)
+run migrate seed: export DJANGO_ENV := $(or $(DJANGO_ENV),development)
+# The fake provider's demo shop (`make fake-provider`, `make seed`): not a secret of anything real.
+DEMO_PROVIDER_SECRETS := demo-shop:demo-secret
+run: export PAYMENT_PROVIDER_SECRETS := $(or $(PAYMENT_PROVIDER_SECRETS),$(DEMO_PROVIDER_SECRETS))
 
 migrate: install
 	$(BIN)/python manage.py migrate --noinput
@@ -27,8 +31,29 @@ migrate: install
 run: migrate
 	exec $(BIN)/gunicorn -c config/gunicorn.py
 
+# The demo merchant and machines; prints QR links to open in a browser.
+seed: migrate
+	$(BIN)/python manage.py seed_demo
+
+# The fake payment provider on :8001, notifying `make run`'s webhook on :8000.
+fake-provider: install
+	exec $(BIN)/python -m payments.fake_provider --port 8001 --credentials $(DEMO_PROVIDER_SECRETS) \
+		--webhook-url http://127.0.0.1:8000/v1/payments/webhook
+
+# The suite twice: on SQLite (DATABASE_URL empty = the testing layer's) and on PostgreSQL.
+# PostgreSQL's binaries are looked for first, so a missing install fails in one line, at once.
+# PYTEST_ARGS go to both passes, e.g. `make test PYTEST_ARGS="-k webhook -x"`.
 test: install-test
-	$(BIN)/pytest
+	@$(BIN)/python -m tests.support.postgres --check
+	$(MAKE) --no-print-directory test-sqlite test-postgres
+
+test-sqlite: install-test
+	@echo "== test suite on SQLite =="
+	DATABASE_URL= $(BIN)/pytest $(PYTEST_ARGS)
+
+test-postgres: install-test
+	@echo "== test suite on PostgreSQL =="
+	$(BIN)/python -m tests.support.postgres -- $(BIN)/pytest $(PYTEST_ARGS)
 
 # checkov over what reaches a cluster: the rendered overlays, the Secret template, the Dockerfile.
 # Its own venv: checkov pins dependencies of its own. Offline: no mapping, no download.

@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import tomllib
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,9 @@ LOG_FORMATS = ("json", "text")
 SECRET_MASK = "********"
 
 _WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
+_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
+# YooKassa shop ids are digits; letters, "-" and "_" allow test shops such as the fake provider's.
+_SHOP_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -72,6 +76,28 @@ SERVER_INT_SETTINGS = (
     IntSetting("keepalive", "GUNICORN_KEEPALIVE", 1, 300),
 )
 
+# Payment settings that are whole numbers. Retries: each one repeats a provider call with the same
+# Idempotence-Key, so more only lengthen the customer's wait. Pool: per worker process.
+PROVIDER_RETRIES = IntSetting("provider.retries", "PAYMENT_PROVIDER_RETRIES", 0, 5)
+ORDER_EXPIRY_MINUTES = IntSetting("orders.expiry_minutes", "ORDER_EXPIRY_MINUTES", 1, 1440)
+DATABASE_POOL_MAX_SIZE = IntSetting("database_pool_max_size", "DATABASE_POOL_MAX_SIZE", 1, 100)
+
+
+@dataclass(frozen=True)
+class SecondsSetting:
+    key: str
+    variable: str
+    low: float
+    high: float
+
+    @property
+    def allowed(self) -> str:
+        return f"{self.low:g}..{self.high:g} seconds"
+
+
+PROVIDER_CONNECT_TIMEOUT = SecondsSetting("provider.connect_timeout", "PAYMENT_PROVIDER_CONNECT_TIMEOUT", 0.1, 30)
+PROVIDER_READ_TIMEOUT = SecondsSetting("provider.read_timeout", "PAYMENT_PROVIDER_READ_TIMEOUT", 0.1, 60)
+
 # Every variable this module reads, mapped to its dotted settings key.
 VARIABLES: dict[str, str] = {
     "DJANGO_SECRET_KEY": "secret_key",
@@ -82,6 +108,11 @@ VARIABLES: dict[str, str] = {
     "DATABASE_URL": "database_url",
     "GUNICORN_HOST": "gunicorn.host",
     **{s.variable: f"gunicorn.{s.key}" for s in SERVER_INT_SETTINGS},
+    "PAYMENT_PROVIDER_URL": "provider.url",
+    "PAYMENT_PROVIDER_SECRETS": "provider.secrets",
+    **{s.variable: s.key for s in (PROVIDER_CONNECT_TIMEOUT, PROVIDER_READ_TIMEOUT, PROVIDER_RETRIES)},
+    ORDER_EXPIRY_MINUTES.variable: ORDER_EXPIRY_MINUTES.key,
+    DATABASE_POOL_MAX_SIZE.variable: DATABASE_POOL_MAX_SIZE.key,
 }
 KEY_VARIABLES = {key: variable for variable, key in VARIABLES.items()}
 
@@ -104,6 +135,18 @@ class ServerSettings:
 
 
 @dataclass(frozen=True)
+class ProviderSettings:
+    """The payment provider (YooKassa API v3 or the fake one): where, how long to wait, who we are."""
+
+    url: str
+    # Shop id -> secret key, from PAYMENT_PROVIDER_SECRETS only. repr=False: never in a traceback.
+    secrets: Mapping[str, str] = field(repr=False)
+    connect_timeout: float
+    read_timeout: float
+    retries: int
+
+
+@dataclass(frozen=True)
 class Settings:
     layer: str
     debug: bool
@@ -111,10 +154,13 @@ class Settings:
     allowed_hosts: tuple[str, ...]
     database_url: str
     database: dict[str, Any]
+    database_pool_max_size: int
     log_level: str
     log_format: str
     time_zone: str
     server: ServerSettings
+    provider: ProviderSettings
+    order_expiry_minutes: int
     # Dotted key -> where the value came from: "[default]", "[production]", "env DJANGO_DEBUG", ...
     sources: Mapping[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
@@ -131,6 +177,13 @@ class Settings:
             "log_format": self.log_format,
             "time_zone": self.time_zone,
             **{f"gunicorn.{k}": v for k, v in vars(self.server).items()},
+            "database_pool_max_size": self.database_pool_max_size,
+            "provider.url": self.provider.url,
+            "provider.secrets": ",".join(f"{shop}:{SECRET_MASK}" for shop in self.provider.secrets) or "-",
+            "provider.connect_timeout": self.provider.connect_timeout,
+            "provider.read_timeout": self.provider.read_timeout,
+            "provider.retries": self.provider.retries,
+            "orders.expiry_minutes": self.order_expiry_minutes,
         }
         return [(key, str(value), self.sources.get(key, "")) for key, value in values.items()]
 
@@ -213,6 +266,20 @@ def _whole_number(value: Any, where: str, *, setting: IntSetting) -> int:
     return number
 
 
+def _seconds(value: Any, where: str, *, setting: SecondsSetting) -> float:
+    allowed = f"(allowed: {setting.allowed})"
+    # Plain decimals only: Dynaconf-style parsing would take "1e3", "inf" or "nan" as a number.
+    if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
+        number = float(value.strip())
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    else:
+        raise ConfigError(f"{where} is not a number of seconds {allowed}")
+    if not setting.low <= number <= setting.high:
+        raise ConfigError(f"{where} is out of range {allowed}")
+    return number
+
+
 def _boolean(value: Any, where: str) -> bool:
     if isinstance(value, bool):
         return value
@@ -245,7 +312,68 @@ SUPPORTED_ENGINES = ("django.db.backends.sqlite3", "django.db.backends.postgresq
 DATABASE_URL_FORMS = "sqlite:///path, postgres://user:password@host:port/name"
 
 
-def _database(url: str, where: str) -> dict[str, Any]:
+def _http_url(value: Any, where: str) -> str:
+    parts = urllib.parse.urlsplit(value.strip()) if isinstance(value, str) else None
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.username is not None
+        or parts.query
+        or parts.fragment
+    ):
+        raise ConfigError(f"{where} is not a base URL (allowed: http(s)://host[:port]/path, no user, query or fragment)")
+    # Paths are joined as base + "/payments": a trailing slash would double it.
+    return value.strip().rstrip("/")
+
+
+def _provider_secrets(found: tuple[Any, str] | None) -> dict[str, str]:
+    """`shop_id:secret,shop_id:secret` from the environment; the message never shows a secret."""
+    if found is None:
+        return {}
+    value, where = found
+    if not where.startswith("PAYMENT_PROVIDER_SECRETS="):
+        # A secret committed to settings.toml would be in every clone of the repository.
+        raise ConfigError(f"{where.split('=')[0]} is refused: provider secrets come from PAYMENT_PROVIDER_SECRETS only")
+    secrets_by_shop: dict[str, str] = {}
+    entries = [entry.strip() for entry in str(value).split(",") if entry.strip()]
+    for number, entry in enumerate(entries, start=1):
+        shop, _, secret = entry.partition(":")
+        shop, secret = shop.strip(), secret.strip()
+        if not _SHOP_ID.fullmatch(shop) or not secret:
+            raise ConfigError(
+                f"PAYMENT_PROVIDER_SECRETS entry {number} (shop {shop[:64]!r}) is not shop_id:secret "
+                "(allowed: comma-separated shop_id:secret, shop id of letters, digits, - and _)"
+            )
+        if shop in secrets_by_shop:
+            raise ConfigError(f"PAYMENT_PROVIDER_SECRETS entry {number} repeats shop {shop!r} (allowed: each shop once)")
+        secrets_by_shop[shop] = secret
+    return secrets_by_shop
+
+
+def _provider(resolver: _Resolver) -> ProviderSettings:
+    url = _required(resolver, "provider.url")
+    timeouts = {}
+    for setting in (PROVIDER_CONNECT_TIMEOUT, PROVIDER_READ_TIMEOUT):
+        found = _required(resolver, setting.key)
+        timeouts[setting.key] = _seconds(*found, setting=setting)
+    resolver.sources.setdefault("provider.secrets", "not set")
+    return ProviderSettings(
+        url=_http_url(*url),
+        secrets=_provider_secrets(resolver.lookup("provider.secrets")),
+        connect_timeout=timeouts[PROVIDER_CONNECT_TIMEOUT.key],
+        read_timeout=timeouts[PROVIDER_READ_TIMEOUT.key],
+        retries=_whole_number(*_required(resolver, PROVIDER_RETRIES.key), setting=PROVIDER_RETRIES),
+    )
+
+
+# libpq waits at least 2 s whatever the value; /ready's 2 s bound relies on connects giving up too.
+DATABASE_CONNECT_TIMEOUT = 2
+# Seconds a request waits for a pooled connection before failing, rather than queueing forever.
+DATABASE_POOL_TIMEOUT = 10
+
+
+def _database(url: str, where: str, *, pool_max_size: int) -> dict[str, Any]:
     try:
         config = dj_database_url.parse(url)
     except Exception:  # dj-database-url raises several types for a malformed URL
@@ -259,6 +387,14 @@ def _database(url: str, where: str) -> dict[str, Any]:
             config["NAME"] = str(BASE_DIR / name)
     # Under ASGI every request may run in a fresh thread: persistent connections would leak.
     config["CONN_MAX_AGE"] = 0
+    if config["ENGINE"] == "django.db.backends.postgresql":
+        # Django's own psycopg pool gives those threads warm connections instead; one pool per
+        # worker process, opened on first use (after the fork, never in the Gunicorn master).
+        config["OPTIONS"] = {
+            **config.get("OPTIONS", {}),
+            "connect_timeout": DATABASE_CONNECT_TIMEOUT,
+            "pool": {"min_size": 1, "max_size": pool_max_size, "timeout": DATABASE_POOL_TIMEOUT},
+        }
     return config
 
 
@@ -333,6 +469,7 @@ def load_settings(*, environ: Mapping[str, str], settings_file: Path = SETTINGS_
 
     url, url_where = _required(resolver, "database_url")
     url = _text(url, url_where)
+    pool_max_size = _whole_number(*_required(resolver, DATABASE_POOL_MAX_SIZE.key), setting=DATABASE_POOL_MAX_SIZE)
 
     level = resolver.lookup("log_level")
     fmt = resolver.lookup("log_format")
@@ -343,11 +480,14 @@ def load_settings(*, environ: Mapping[str, str], settings_file: Path = SETTINGS_
         secret_key=secret_key,
         allowed_hosts=allowed_hosts,
         database_url=url,
-        database=_database(url, url_where),
+        database=_database(url, url_where, pool_max_size=pool_max_size),
+        database_pool_max_size=pool_max_size,
         log_level=_choice(*level, allowed=LOG_LEVELS, normalise=str.upper) if level else "INFO",
         log_format=_choice(*fmt, allowed=LOG_FORMATS, normalise=str.lower) if fmt else "json",
         time_zone=_text(*zone) if zone else "UTC",
         server=_server(resolver),
+        provider=_provider(resolver),
+        order_expiry_minutes=_whole_number(*_required(resolver, ORDER_EXPIRY_MINUTES.key), setting=ORDER_EXPIRY_MINUTES),
         sources=dict(resolver.sources),
         warnings=_unknown_variable_warnings(environ),
     )

@@ -86,6 +86,16 @@ SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 # ------------------------------------------------------------------------------
 LOGGING = logging_config(log_format=conf.log_format, level=conf.log_level)
 
+# PAYMENTS
+# ------------------------------------------------------------------------------
+PAYMENT_PROVIDER_URL = conf.provider.url
+# Shop id -> secret key; only the merchant's shop id is stored in the database.
+PAYMENT_PROVIDER_SECRETS = dict(conf.provider.secrets)
+PAYMENT_PROVIDER_CONNECT_TIMEOUT = conf.provider.connect_timeout
+PAYMENT_PROVIDER_READ_TIMEOUT = conf.provider.read_timeout
+PAYMENT_PROVIDER_RETRIES = conf.provider.retries
+ORDER_EXPIRY_MINUTES = conf.order_expiry_minutes
+
 # PROBES
 # ------------------------------------------------------------------------------
 # Paths answered for any Host header: kubelet probes send the pod IP as Host.

@@ -2,7 +2,13 @@ from django.urls import path
 
 from payments import views
 
+# Every view here is async: payments.checks refuses a sync one (it would hold a thread per request).
 urlpatterns = [
     path("health", views.health, name="health"),
     path("ready", views.ready, name="ready"),
+    path("v1/pay", views.scan, name="scan"),
+    path("v1/orders/<str:order_id>/payment", views.payment_start, name="payment-start"),
+    path("v1/payments/webhook", views.payment_webhook, name="payment-webhook"),
+    path("v1/order-status/<str:order_id>", views.order_status, name="order-status"),
+    path("v1/orders/<str:order_id>", views.order_page, name="order-page"),
 ]

@@ -128,6 +128,7 @@ log_level = "INFO"
 log_format = "json"
 time_zone = "UTC"
 database_url = "sqlite:///default.sqlite3"
+database_pool_max_size = 10
 [default.gunicorn]
 host = "0.0.0.0"
 port = 8000
@@ -136,6 +137,13 @@ timeout = 30
 max_requests = 0
 max_requests_jitter = 0
 keepalive = 5
+[default.provider]
+url = "https://provider.example/v3"
+connect_timeout = 3.0
+read_timeout = 10.0
+retries = 2
+[default.orders]
+expiry_minutes = 15
 
 [development]
 debug = true
@@ -267,3 +275,113 @@ def test_relative_sqlite_path_is_relative_to_the_project() -> None:
     loaded = load_settings(environ={**TESTING, "DATABASE_URL": "sqlite:///some.sqlite3"})
     assert Path(loaded.database["NAME"]).is_absolute()
     assert Path(loaded.database["NAME"]).parent == Path(__file__).resolve().parents[2]
+
+
+# Payment provider, order expiry and database pool ---------------------------------------------
+
+PAYMENT_NUMBERS = {
+    "PAYMENT_PROVIDER_CONNECT_TIMEOUT": "(allowed: 0.1..30 seconds)",
+    "PAYMENT_PROVIDER_READ_TIMEOUT": "(allowed: 0.1..60 seconds)",
+    "PAYMENT_PROVIDER_RETRIES": "(allowed: 0..5)",
+    "ORDER_EXPIRY_MINUTES": "(allowed: 1..1440)",
+    "DATABASE_POOL_MAX_SIZE": "(allowed: 1..100)",
+}
+
+
+def test_payment_defaults_per_layer() -> None:
+    production = load_settings(environ=PRODUCTION_OK)
+    assert production.provider.url == "https://api.yookassa.ru/v3"
+    assert (production.provider.connect_timeout, production.provider.read_timeout) == (3.0, 10.0)
+    assert production.provider.retries == 2
+    assert production.order_expiry_minutes == 15
+    assert production.database_pool_max_size == 10
+    development = load_settings(environ={"DJANGO_ENV": "development"})
+    assert development.provider.url == "http://127.0.0.1:8001/v3"
+    assert development.sources["provider.url"] == "[development]"
+
+
+def test_production_starts_without_provider_secrets() -> None:
+    """Containers start production without shop secrets; payments then fail per merchant, clearly."""
+    loaded = load_settings(environ=PRODUCTION_OK)
+    assert loaded.provider.secrets == {}
+    assert loaded.sources["provider.secrets"] == "not set"
+
+
+def test_provider_secrets_come_from_the_environment_and_are_masked() -> None:
+    loaded = load_settings(environ={**TESTING, "PAYMENT_PROVIDER_SECRETS": " 506751:live_s3cr3t , demo-shop:pw:with:colons "})
+    assert loaded.provider.secrets == {"506751": "live_s3cr3t", "demo-shop": "pw:with:colons"}
+    rows = {key: (value, source) for key, value, source in loaded.report()}
+    assert rows["provider.secrets"] == ("506751:********,demo-shop:********", "env PAYMENT_PROVIDER_SECRETS")
+    assert "live_s3cr3t" not in repr(rows) + repr(loaded)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("506751", "entry 1 (shop '506751') is not shop_id:secret"),
+        ("506751:", "entry 1 (shop '506751') is not shop_id:secret"),
+        ("a:1,shop one:live_s3cr3t", "entry 2 (shop 'shop one') is not shop_id:secret"),
+        ("a:live_s3cr3t,a:other", "entry 2 repeats shop 'a' (allowed: each shop once)"),
+    ],
+)
+def test_bad_provider_secrets_are_refused_without_showing_a_secret(raw: str, message: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(environ={**TESTING, "PAYMENT_PROVIDER_SECRETS": raw})
+    assert str(refused.value).startswith(f"PAYMENT_PROVIDER_SECRETS {message}")
+    assert "live_s3cr3t" not in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_provider_secrets_in_settings_toml_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "settings.toml"
+    path.write_text(LAYERED_TOML.replace("[default.orders]", 'secrets = "a:b"\n[default.orders]'))
+    with pytest.raises(ConfigError) as refused:
+        load_settings(environ=TESTING, settings_file=path)
+    assert str(refused.value) == (
+        "settings.toml [default] provider.secrets is refused: provider secrets come from PAYMENT_PROVIDER_SECRETS only"
+    )
+
+
+@pytest.mark.parametrize(
+    "raw", ["ftp://provider.example/v3", "http://", "provider.example/v3", "https://u:p@provider.example/v3",
+            "https://provider.example/v3?shop=1", "https://provider.example/v3#x"],
+)
+def test_bad_provider_url_is_refused(raw: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(environ={**TESTING, "PAYMENT_PROVIDER_URL": raw})
+    assert str(refused.value).startswith(f"PAYMENT_PROVIDER_URL={raw!r} is not a base URL (allowed: http(s)://")
+
+
+def test_provider_url_loses_its_trailing_slash() -> None:
+    loaded = load_settings(environ={**TESTING, "PAYMENT_PROVIDER_URL": " http://127.0.0.1:9000/v3/ "})
+    assert loaded.provider.url == "http://127.0.0.1:9000/v3"
+
+
+@hypothesis_settings(max_examples=150, deadline=None)
+@given(
+    variable=st.sampled_from(sorted(PAYMENT_NUMBERS)),
+    raw=st.one_of(MALFORMED, st.integers(-5, 2000).map(str), st.decimals(0, 100, places=2).map(str)),
+)
+def test_payment_numbers_are_exact_or_refused_naming_the_variable(variable: str, raw: str) -> None:
+    try:
+        loaded = load_settings(environ={**TESTING, variable: raw})
+    except ConfigError as refused:
+        assert str(refused).startswith(f"{variable}={raw!r} is ")
+        assert str(refused).endswith(PAYMENT_NUMBERS[variable])
+        return
+    values = {
+        "PAYMENT_PROVIDER_CONNECT_TIMEOUT": loaded.provider.connect_timeout,
+        "PAYMENT_PROVIDER_READ_TIMEOUT": loaded.provider.read_timeout,
+        "PAYMENT_PROVIDER_RETRIES": loaded.provider.retries,
+        "ORDER_EXPIRY_MINUTES": loaded.order_expiry_minutes,
+        "DATABASE_POOL_MAX_SIZE": loaded.database_pool_max_size,
+    }
+    assert values[variable] == (float(raw) if "TIMEOUT" in variable else int(raw))
+
+
+def test_postgres_gets_django_pool_and_connect_timeout() -> None:
+    loaded = load_settings(environ={**PRODUCTION_OK, "DATABASE_POOL_MAX_SIZE": "6"})
+    assert loaded.database["CONN_MAX_AGE"] == 0
+    assert loaded.database["OPTIONS"]["pool"] == {"min_size": 1, "max_size": 6, "timeout": 10}
+    assert loaded.database["OPTIONS"]["connect_timeout"] == 2
+    sqlite = load_settings(environ={**TESTING, "DATABASE_URL": "sqlite:///x.sqlite3"})
+    assert "pool" not in sqlite.database.get("OPTIONS", {})

@@ -38,10 +38,8 @@ KUBERNETES_VERSIONS = ("1.30", "1.37")
 # its workers and exits.
 SHUTDOWN_MARGIN = 5
 
-# Variables the image's entrypoint reads (RUN_MODE, RUN_MIGRATIONS), and the payment provider's
-# secrets, which the payment flow reads.
+# Variables the image's entrypoint reads, not the settings loader.
 IMAGE_VARIABLES = frozenset({"RUN_MODE", "RUN_MIGRATIONS"})
-PAYMENT_VARIABLES = frozenset({"PAYMENT_PROVIDER_SECRETS"})
 
 # Each worker is one event loop: one per core of the CPU limit. Memory: 128Mi per worker plus
 # 128Mi for the master and headroom (measured: master ~35 MB, worker ~50 MB resident).
@@ -151,14 +149,14 @@ def test_the_migration_job_gets_the_same_environment_as_the_server(manifests: Ma
 
 
 def test_every_variable_the_pods_get_is_read_by_the_app_or_the_image(manifests: Manifests) -> None:
-    known = {*VARIABLES, LAYER_VARIABLE, *IMAGE_VARIABLES, *PAYMENT_VARIABLES}
+    known = {*VARIABLES, LAYER_VARIABLE, *IMAGE_VARIABLES}
     for workload in (manifests.deployment, manifests.job):
         assert set(manifests.pod_environ(workload, secret=SECRET_STAND_INS)) <= known
 
 
 def test_secrets_are_in_the_secret_template_only_and_it_holds_no_values(manifests: Manifests) -> None:
     secret = template_secret()
-    assert set(secret["stringData"]) == {"DJANGO_SECRET_KEY", "DATABASE_URL", *PAYMENT_VARIABLES}
+    assert set(secret["stringData"]) == {"DJANGO_SECRET_KEY", "DATABASE_URL", "PAYMENT_PROVIDER_SECRETS"}
     assert set(secret["stringData"].values()) == {""}
     assert set(secret["stringData"]).isdisjoint(manifests.config_map["data"])
     # `kubectl apply -k` must never overwrite the real Secret.

@@ -25,7 +25,7 @@ SECRET_TEMPLATE = KUBERNETES / "secret.example.yaml"
 SECRET_STAND_INS = {
     "DJANGO_SECRET_KEY": "k8s-test-" + "x" * 50,
     "DATABASE_URL": "postgres://coffee:password@database:5432/coffee",
-    "PAYMENT_PROVIDER_SECRETS": "stand-in",
+    "PAYMENT_PROVIDER_SECRETS": "shop-1:k8s-test-secret",
 }
 
 # kustomize appends "-" and a 10-character hash to generated names.

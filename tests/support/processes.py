@@ -106,6 +106,23 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
 
 
 @contextmanager
+def serving(
+    tmp_path: Path, name: str, command: list[str], *, env: Mapping[str, str], port: int, wait: bool = True
+) -> Iterator[Server]:
+    """`command` in its own process group, logs in tmp_path/<name>.out|.err, stopped on exit."""
+    stdout, stderr = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        process = subprocess.Popen(command, cwd=REPO, env=dict(env), stdout=out, stderr=err, start_new_session=True)
+    server = Server(process=process, port=port, stdout=stdout, stderr=stderr)
+    try:
+        if wait:
+            server.wait_until_serving()
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
 def gunicorn(
     tmp_path: Path,
     *,
@@ -114,23 +131,18 @@ def gunicorn(
     wait: bool = True,
 ) -> Iterator[Server]:
     """`gunicorn -c config/gunicorn.py` in its own process group, stopped on exit."""
-    stdout, stderr = tmp_path / "gunicorn.out", tmp_path / "gunicorn.err"
-    with stdout.open("wb") as out, stderr.open("wb") as err:
-        process = subprocess.Popen(
-            [str(BIN / "gunicorn"), "-c", "config/gunicorn.py", *args],
-            cwd=REPO,
-            env=dict(env),
-            stdout=out,
-            stderr=err,
-            start_new_session=True,
-        )
-    server = Server(process=process, port=int(env["GUNICORN_PORT"]), stdout=stdout, stderr=stderr)
-    try:
-        if wait:
-            server.wait_until_serving()
+    command = [str(BIN / "gunicorn"), "-c", "config/gunicorn.py", *args]
+    with serving(tmp_path, "gunicorn", command, env=env, port=int(env["GUNICORN_PORT"]), wait=wait) as server:
         yield server
-    finally:
-        server.stop()
+
+
+@contextmanager
+def fake_provider(tmp_path: Path, *args: str) -> Iterator[Server]:
+    """`python -m payments.fake_provider` on a free loopback port, stopped on exit."""
+    port = free_port()
+    command = [str(BIN / "python"), "-m", "payments.fake_provider", "--port", str(port), *args]
+    with serving(tmp_path, "fake-provider", command, env=os.environ, port=port) as server:
+        yield server
 
 
 def run(command: list[str], *, env: Mapping[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,64 @@
+"""Admin pages. An order's status changes only through the services' transitions (the actions)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from django.contrib import admin, messages
+from django.db import models
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from payments import services
+from payments.errors import IllegalTransition
+from payments.models import Device, Merchant, Order
+
+
+@admin.register(Merchant)
+class MerchantAdmin(admin.ModelAdmin):
+    list_display = ("name", "shop_id", "contact_email", "active_until")
+    search_fields = ("name", "shop_id", "contact_email")
+
+
+@admin.register(Device)
+class DeviceAdmin(admin.ModelAdmin):
+    list_display = ("device_uuid", "merchant", "location", "status")
+    list_filter = ("status", "merchant")
+    search_fields = ("device_uuid", "location")
+    list_select_related = ("merchant",)
+    # A logo address typed without a scheme is https (Django 6's default; silences 5.x's warning).
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
+
+
+def _transition_action(name: str, service: Callable[..., Order], description: str) -> Callable[..., None]:
+    def action(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Order]) -> None:
+        changed = 0
+        for order_id in queryset.values_list("pk", flat=True):
+            try:
+                service(order_id=order_id)
+                changed += 1
+            except IllegalTransition as refused:
+                modeladmin.message_user(request, refused.message, messages.WARNING)
+        modeladmin.message_user(request, f"{changed} order(s) changed.", messages.INFO)
+
+    action.__name__ = name
+    return admin.action(description=description)(action)
+
+
+@admin.register(Order)
+class OrderAdmin(admin.ModelAdmin):
+    list_display = ("id", "device", "drink_name", "size", "price_rubles", "status", "created_at")
+    list_filter = ("status", "merchant")
+    search_fields = ("id", "provider_payment_id", "device__device_uuid")
+    list_select_related = ("device", "merchant")
+    date_hierarchy = "created_at"
+    # Orders come from scans and payments; an admin form must not bypass the state machine.
+    readonly_fields = [field.name for field in Order._meta.fields]
+    actions = [
+        _transition_action("mark_manual_make", services.order_mark_manual_make, "Mark as made by staff"),
+        _transition_action("mark_make_failed", services.order_mark_make_failed, "Mark as could not be made"),
+        _transition_action("mark_failed", services.order_mark_failed, "Mark as failed (unpaid orders)"),
+    ]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False

@@ -1,0 +1,90 @@
+"""Why a request cannot go on: each error carries its HTTP status and a message for the customer.
+
+Views turn any PaymentsError into the customer error page (or a JSON error) with that status; the
+message is one line a customer can act on, never a trace.
+"""
+
+from __future__ import annotations
+
+
+class PaymentsError(Exception):
+    status = 400
+    title = "Something is wrong with this order"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidParameter(PaymentsError):
+    status = 400
+    title = "This QR code is not valid"
+
+
+class DeviceNotFound(PaymentsError):
+    status = 404
+    title = "Unknown coffee machine"
+
+
+class OrderNotFound(PaymentsError):
+    status = 404
+    title = "Unknown order"
+
+
+class MerchantInactive(PaymentsError):
+    status = 403
+    title = "This coffee machine does not take payments"
+
+
+class DeviceUnavailable(PaymentsError):
+    status = 409
+    title = "This coffee machine is not available"
+
+
+class OrderConflict(PaymentsError):
+    status = 409
+    title = "This order cannot be used"
+
+
+class IllegalTransition(PaymentsError):
+    status = 409
+    title = "This order cannot change that way"
+
+    def __init__(self, *, order_id: str, current: str, target: str) -> None:
+        super().__init__(f"order {order_id!r} is {current} and cannot become {target}")
+        self.order_id, self.current, self.target = order_id, current, target
+
+
+class OrderExpired(PaymentsError):
+    status = 410
+    title = "This order has expired"
+
+
+class ShopNotConfigured(PaymentsError):
+    # The operator's mistake, not the customer's: logged as an error where it is raised.
+    status = 503
+    title = "Payments are not available right now"
+
+
+class ProviderUnavailable(PaymentsError):
+    """Timeout, refused connection, 5xx or an unreadable answer: the order stays payable."""
+
+    status = 503
+    title = "The payment service did not answer"
+
+    def __init__(self, message: str, *, detail: str = "") -> None:
+        super().__init__(message)
+        # What went wrong technically, for logs and tests; the customer sees only `message`.
+        self.detail = detail
+
+
+class ProviderRejected(PaymentsError):
+    """The provider answered 4xx: retrying the same request will not help."""
+
+    status = 502
+    title = "The payment service refused this payment"
+
+    def __init__(self, message: str, *, provider_status: int) -> None:
+        super().__init__(message)
+        # 401/403 mean our shop credentials are wrong: an operator's problem, worth retrying later.
+        self.provider_status = provider_status

@@ -1,0 +1,75 @@
+"""`manage.py seed_demo`: a demo merchant, two coffee machines and QR links for a drinks menu.
+
+Safe to run again: the merchant and machines are updated in place. Every run prints links with
+fresh order ids, as a machine would show a fresh QR code for each drink chosen.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+import secrets
+import urllib.parse
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
+
+from payments.models import IDENTIFIER, Device, DeviceStatus, Merchant, Size
+
+DEMO_SHOP_ID = "demo-shop"
+DEVICES = (
+    ("demo-machine-lobby", "Lobby, ground floor", DeviceStatus.ONLINE),
+    ("demo-machine-test", "Workshop bench", DeviceStatus.TEST),
+)
+# (drink number, name, size, price in kopecks)
+DRINKS = (
+    (1, "Espresso", Size.SMALL, 9900),
+    (2, "Cappuccino", Size.MEDIUM, 15900),
+    (3, "Latte", Size.LARGE, 19900),
+)
+
+
+def machine_order_id(now: datetime.datetime) -> str:
+    """An order id shaped like the machines' (timestamp, random hex, suffix)."""
+    return f"{now:%Y%m%d%H%M%S}{now.microsecond // 1000:03d}{secrets.token_hex(3)}-{secrets.token_hex(2)}-demo"
+
+
+class Command(BaseCommand):
+    help = "Create or update a demo merchant and coffee machines; print QR links to try the payment flow."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--base-url", default="http://localhost:8000", help="where the server answers")
+        parser.add_argument("--shop-id", default=DEMO_SHOP_ID, help="provider shop id of the demo merchant")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        shop_id, base_url = options["shop_id"], options["base_url"].rstrip("/")
+        if not re.fullmatch(IDENTIFIER, shop_id):
+            raise CommandError(f"--shop-id={shop_id!r} is not 1-64 letters, digits, '-' or '_'")
+        if urllib.parse.urlsplit(base_url).scheme not in ("http", "https"):
+            raise CommandError(f"--base-url={base_url!r} is not an http(s) URL")
+        merchant, _ = Merchant.objects.update_or_create(
+            name="Demo Coffee",
+            defaults={
+                "contact_email": "demo@example.com",
+                "shop_id": shop_id,
+                "active_until": timezone.localdate() + datetime.timedelta(days=365),
+            },
+        )
+        self.stdout.write(f"merchant {merchant.name!r}, shop {shop_id}, active until {merchant.active_until}")
+        for device_uuid, location, status in DEVICES:
+            Device.objects.update_or_create(
+                device_uuid=device_uuid,
+                defaults={
+                    "merchant": merchant, "location": location, "status": status, "brand_name": "Demo Coffee",
+                    "welcome_text": "Good to see you! Check your drink and pay.",
+                    "thank_you_text": "Enjoy your coffee!",
+                },
+            )
+            self.stdout.write(f"device {device_uuid} ({status}) at {location}; QR links:")
+            for number, name, size, price in DRINKS:
+                query = urllib.parse.urlencode({
+                    "deviceUuid": device_uuid, "orderId": machine_order_id(timezone.now()),
+                    "drinkNo": number, "drinkName": name, "size": int(size), "price": price,
+                })
+                self.stdout.write(f"  {name:<11} {base_url}/v1/pay?{query}")

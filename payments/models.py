@@ -1,0 +1,143 @@
+"""Merchants, their coffee machines and the orders customers pay for.
+
+Writes go through payments.services (the only code that changes an order's status), reads through
+payments.selectors.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+from django.core.validators import RegexValidator
+from django.db import models
+
+# Ids that appear in QR codes and provider credentials: letters, digits, "-" and "_".
+IDENTIFIER = r"[A-Za-z0-9_-]{1,64}"
+identifier_validator = RegexValidator(rf"\A{IDENTIFIER}\Z", "Use 1-64 letters, digits, '-' or '_'.")
+
+
+class Merchant(models.Model):
+    name = models.CharField(max_length=200)
+    contact_email = models.EmailField()
+    # The last day the merchant may take orders (inclusive); after it every scan is refused.
+    active_until = models.DateField()
+    # The provider's shop id. Its secret key is looked up in PAYMENT_PROVIDER_SECRETS, never stored.
+    shop_id = models.CharField(max_length=64, validators=[identifier_validator])
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+    def is_active_on(self, day: datetime.date) -> bool:
+        return day <= self.active_until
+
+
+class DeviceStatus(models.TextChoices):
+    ONLINE = "online", "Online"
+    OFFLINE = "offline", "Offline"
+    ERROR = "error", "Error"
+    TEST = "test", "Test"
+
+
+# Machines in these states take orders; a test machine does, so a technician can try the flow.
+ORDERING_DEVICE_STATUSES = frozenset({DeviceStatus.ONLINE, DeviceStatus.TEST})
+
+
+class Device(models.Model):
+    # The machine's own id, printed into its QR codes as `deviceUuid`.
+    device_uuid = models.CharField(max_length=64, unique=True, validators=[identifier_validator])
+    merchant = models.ForeignKey(Merchant, on_delete=models.PROTECT, related_name="devices")
+    location = models.CharField(max_length=255)
+    status = models.CharField(max_length=16, choices=DeviceStatus.choices, default=DeviceStatus.ONLINE)
+    # Optional branding and texts shown to the customer on the order and status pages.
+    brand_name = models.CharField(max_length=100, blank=True)
+    logo_url = models.URLField(blank=True)
+    welcome_text = models.CharField(max_length=500, blank=True)
+    thank_you_text = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.device_uuid} ({self.location})"
+
+
+class OrderStatus(models.TextChoices):
+    CREATED = "created", "Waiting for payment"
+    PENDING = "pending", "Payment in progress"
+    PAID = "paid", "Paid"
+    NOT_PAID = "not_paid", "Not paid"
+    MAKE_PENDING = "make_pending", "Being made"
+    SUCCESSFUL = "successful", "Ready"
+    MAKE_FAILED = "make_failed", "Could not be made"
+    FAILED = "failed", "Failed"
+    MANUAL_MAKE = "manual_make", "Made by staff"
+
+
+S = OrderStatus
+# The order lifecycle: status -> the statuses it may move to. Anything else is refused.
+#   created -> pending                     the provider accepted the payment
+#   pending -> paid | not_paid             the provider says succeeded | canceled
+#   paid -> make_pending -> successful | make_failed      the machine makes the drink
+#   paid | make_failed -> manual_make      staff hand the drink over themselves
+#   created | pending -> failed            the payment cannot be trusted (e.g. wrong amount)
+TRANSITIONS: dict[str, frozenset[str]] = {
+    S.CREATED: frozenset({S.PENDING, S.FAILED}),
+    S.PENDING: frozenset({S.PAID, S.NOT_PAID, S.FAILED}),
+    S.PAID: frozenset({S.MAKE_PENDING, S.MANUAL_MAKE}),
+    S.MAKE_PENDING: frozenset({S.SUCCESSFUL, S.MAKE_FAILED}),
+    S.MAKE_FAILED: frozenset({S.MANUAL_MAKE}),
+    S.NOT_PAID: frozenset(),
+    S.SUCCESSFUL: frozenset(),
+    S.FAILED: frozenset(),
+    S.MANUAL_MAKE: frozenset(),
+}
+FINAL_STATUSES = frozenset(status for status, targets in TRANSITIONS.items() if not targets)
+# A payment may be started for these (again, for pending: the same Idempotence-Key returns the
+# same provider payment, so a retry never charges twice).
+PAYABLE_STATUSES = frozenset({S.CREATED, S.PENDING})
+
+
+def sources_of(status: str) -> frozenset[str]:
+    """The statuses from which `status` may be reached."""
+    return frozenset(source for source, targets in TRANSITIONS.items() if status in targets)
+
+
+class Size(models.IntegerChoices):
+    SMALL = 1, "Small"
+    MEDIUM = 2, "Medium"
+    LARGE = 3, "Large"
+
+
+class Order(models.Model):
+    # The machine's own order id from the QR code, e.g. "20250317110122659ba6d7-9ace-cndn". The
+    # primary key, so the status poll is one primary-key read.
+    id = models.CharField(primary_key=True, max_length=64)
+    device = models.ForeignKey(Device, on_delete=models.PROTECT, related_name="orders")
+    # The merchant at the time of the order: a machine may later move to another merchant.
+    merchant = models.ForeignKey(Merchant, on_delete=models.PROTECT, related_name="orders")
+    drink_number = models.PositiveIntegerField()
+    drink_name = models.CharField(max_length=100)
+    size = models.PositiveSmallIntegerField(choices=Size.choices)
+    # Whole kopecks: no floating point anywhere near money.
+    price_kopecks = models.PositiveIntegerField()
+    status = models.CharField(max_length=16, choices=OrderStatus.choices, default=OrderStatus.CREATED)
+    expires_at = models.DateTimeField()
+    # Set when the provider accepted the payment; notifications are matched on it.
+    provider_payment_id = models.CharField(max_length=64, null=True, blank=True, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("-created_at",)
+        indexes = [models.Index(fields=("device", "-created_at"), name="order_device_created")]
+
+    def __str__(self) -> str:
+        return f"{self.id} {self.drink_name} ({self.status})"
+
+    @property
+    def price_rubles(self) -> str:
+        """"123.45": kopecks as the provider and the customer read them."""
+        return f"{self.price_kopecks // 100}.{self.price_kopecks % 100:02d}"
+
+    def is_expired(self, now: datetime.datetime) -> bool:
+        """Past its payment window while still unpaid: it can no longer be paid."""
+        return self.status in PAYABLE_STATUSES and now >= self.expires_at

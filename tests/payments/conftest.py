@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import datetime
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from payments import provider, services
+from payments.fake_provider import FakeProvider
+from payments.models import Device, DeviceStatus, Merchant, Order
+from tests.support.fake_provider import RunningFake, fake_provider_thread
+
+SHOP_ID = "demo-shop"
+SECRET = "demo-secret"
+
+
+@pytest.fixture(scope="session")
+def fake_server() -> Iterator[RunningFake]:
+    with fake_provider_thread(credentials={SHOP_ID: SECRET}) as running:
+        yield running
+
+
+@pytest.fixture
+async def fake(fake_server: RunningFake, settings: Any) -> AsyncIterator[FakeProvider]:
+    """The fake provider, reset, with the server's settings pointing at it."""
+    app = fake_server.app
+    app.reset()
+    app.fail, app.latency, app.hang_seconds = "none", 0.0, 1.0
+    settings.PAYMENT_PROVIDER_URL = fake_server.api_url
+    settings.PAYMENT_PROVIDER_SECRETS = {SHOP_ID: SECRET}
+    settings.PAYMENT_PROVIDER_RETRIES = 1
+    yield app
+    # The shared client belongs to this test's event loop, which ends with the test.
+    await provider.aclose()
+
+
+@pytest.fixture
+def merchant() -> Merchant:
+    return Merchant.objects.create(
+        name="Test Coffee", contact_email="owner@example.com", shop_id=SHOP_ID,
+        active_until=timezone.localdate() + datetime.timedelta(days=30),
+    )
+
+
+@pytest.fixture
+def device(merchant: Merchant) -> Device:
+    return Device.objects.create(device_uuid="machine-1", merchant=merchant, location="Lobby", status=DeviceStatus.ONLINE)
+
+
+def scan_parameters(**overrides: Any) -> dict[str, Any]:
+    """Keyword arguments of services.order_create for a valid scan of machine-1."""
+    return {"order_id": "20250317110122659ba6d7-9ace-cndn", "device_uuid": "machine-1", "drink_number": 2,
+            "drink_name": "Cappuccino", "size": 2, "price_kopecks": 15900, **overrides}
+
+
+@pytest.fixture
+def order(device: Device) -> Order:
+    return services.order_create(**scan_parameters())

@@ -1,0 +1,172 @@
+"""The provider client against the fake provider on a loopback port: protocol, retries, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from payments import provider
+from payments.errors import InvalidParameter, ProviderRejected, ProviderUnavailable, ShopNotConfigured
+from payments.fake_provider import FakeProvider
+from tests.support.processes import free_port
+
+
+async def create(order_id: str = "order-1", amount: int = 15900, shop_id: str = "demo-shop") -> provider.ProviderPayment:
+    return await provider.payment_create(
+        shop_id=shop_id, order_id=order_id, amount_kopecks=amount, description="Latte, order order-1",
+        return_url="http://testserver/v1/orders/order-1",
+    )
+
+
+async def test_create_payment_speaks_the_v3_protocol(fake: FakeProvider) -> None:
+    payment = await create(amount=15905)
+    assert (payment.status, payment.amount_kopecks, payment.currency, payment.order_id) == ("pending", 15905, "RUB", "order-1")
+    assert payment.confirmation_url == f"{fake_base(fake)}/confirm/{payment.id}"
+    (shop, key), (body, payment_id) = next(iter(fake.keys.items()))
+    assert (shop, key, payment_id) == ("demo-shop", provider.idempotence_key("order-1"), payment.id)
+    sent = json.loads(body)
+    assert sent["amount"] == {"value": "159.05", "currency": "RUB"}
+    assert sent["capture"] is True
+    assert sent["confirmation"] == {"type": "redirect", "return_url": "http://testserver/v1/orders/order-1"}
+    assert sent["metadata"] == {"order_id": "order-1"}
+
+
+def fake_base(fake: FakeProvider) -> str:
+    confirmation = next(iter(fake.payments.values())).confirmation_url
+    return confirmation.rsplit("/confirm/", 1)[0]
+
+
+def test_idempotence_key_depends_only_on_the_order() -> None:
+    assert provider.idempotence_key("order-1") == provider.idempotence_key("order-1") != provider.idempotence_key("order-2")
+    assert len(provider.idempotence_key("x" * 64)) <= 64
+
+
+async def test_creating_twice_for_one_order_is_one_payment(fake: FakeProvider) -> None:
+    """Idempotent payment creation: the same key returns the same payment."""
+    assert (await create()).id == (await create()).id
+    assert len(fake.payments) == 1 and fake.calls["POST /payments"] == 2
+
+
+async def test_a_5xx_is_retried_with_the_same_key(fake: FakeProvider) -> None:
+    fake.fail = "flaky"  # the first attempt of each call fails with 500
+    payment = await create()
+    assert fake.calls["POST /payments"] == 2
+    assert list(fake.payments) == [payment.id]
+
+
+async def test_persistent_5xx_gives_up_after_the_configured_retries(fake: FakeProvider, settings: Any) -> None:
+    settings.PAYMENT_PROVIDER_RETRIES = 2
+    fake.fail = "error"
+    with pytest.raises(ProviderUnavailable) as unavailable:
+        await create()
+    assert unavailable.value.detail == "HTTP 500"
+    assert fake.calls["POST /payments"] == 3
+
+
+async def test_read_timeout_is_bounded(fake: FakeProvider, settings: Any) -> None:
+    """Provider timeouts: the call gives up after read timeout x attempts, not the provider's pace."""
+    settings.PAYMENT_PROVIDER_READ_TIMEOUT, settings.PAYMENT_PROVIDER_RETRIES = 0.2, 1
+    fake.fail, fake.hang_seconds = "hang", 1.0
+    started = time.monotonic()
+    with pytest.raises(ProviderUnavailable) as unavailable:
+        await create()
+    assert unavailable.value.detail.startswith("ReadTimeout")
+    assert time.monotonic() - started < 0.9
+    assert fake.calls["POST /payments"] == 2
+
+
+async def test_refused_connection_is_unavailable(fake: FakeProvider, settings: Any) -> None:
+    settings.PAYMENT_PROVIDER_URL = f"http://127.0.0.1:{free_port()}/v3"
+    with pytest.raises(ProviderUnavailable) as unavailable:
+        await create()
+    assert unavailable.value.detail.startswith("ConnectError")
+    assert unavailable.value.message == "The payment service did not answer. Please try again in a moment."
+
+
+async def test_wrong_secret_is_a_rejection_not_a_retry(fake: FakeProvider, settings: Any) -> None:
+    settings.PAYMENT_PROVIDER_SECRETS = {"demo-shop": "wrong"}
+    with pytest.raises(ProviderRejected) as rejected:
+        await create()
+    assert rejected.value.provider_status == 401
+
+
+async def test_shop_without_a_secret_is_refused_and_logged(fake: FakeProvider, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.ERROR, logger="payments.provider"), pytest.raises(ShopNotConfigured):
+        await create(shop_id="506751")
+    assert "no secret key for shop '506751' in PAYMENT_PROVIDER_SECRETS" in caplog.text
+    assert fake.calls["POST /payments"] == 0
+
+
+async def test_get_payment_reads_the_current_status(fake: FakeProvider) -> None:
+    created = await create()
+    fake.settle(created.id, "succeeded")
+    read = await provider.payment_get(shop_id="demo-shop", payment_id=created.id)
+    assert read is not None and (read.id, read.status, read.confirmation_url) == (created.id, "succeeded", None)
+    assert await provider.payment_get(shop_id="demo-shop", payment_id="unknown") is None
+
+
+async def test_a_slow_provider_does_not_block_the_event_loop(fake: FakeProvider) -> None:
+    """While a payment waits 0.5 s on the provider, the same loop keeps serving other work."""
+    fake.latency = 0.5
+    payment = asyncio.ensure_future(create())
+    ticks = 0
+    for _ in range(200):  # bounded: 2 s at most
+        if payment.done():
+            break
+        await asyncio.sleep(0.01)
+        ticks += 1
+    await payment
+    assert ticks >= 30  # the loop ran other tasks all the while
+
+
+async def test_one_shared_client_per_event_loop(fake: FakeProvider) -> None:
+    loop = asyncio.get_running_loop()
+    await create()
+    client = provider._clients[loop]
+    await create()
+    assert provider._clients[loop] is client
+    await provider.aclose()
+    assert loop not in provider._clients and client.is_closed
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"id": "p", "status": "pending"},
+        {"id": "p", "status": "pending", "amount": {"value": "1.005", "currency": "RUB"}},
+        {"id": "p", "status": "weird", "amount": {"value": "1.00", "currency": "RUB"}},
+        [],
+    ],
+)
+def test_an_unreadable_payment_is_unavailable_not_a_crash(body: Any) -> None:
+    with pytest.raises(ProviderUnavailable):
+        provider._payment(httpx.Response(200, json=body))
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"not json", "notification body is not JSON"),
+        (b'{"type": "payment"}', 'notification body has no "type": "notification"'),
+        (b'{"type": "notification", "event": "payment.succeeded"}', 'notification has no "event" string'),
+        (b'{"type": "notification", "event": "payment.succeeded", "object": {"id": 5}}', "notification object.id=5 is not a payment id"),
+    ],
+)
+def test_malformed_notification_is_named(body: bytes, message: str) -> None:
+    with pytest.raises(InvalidParameter) as refused:
+        provider.notification_parse(body)
+    assert refused.value.message.startswith(message)
+
+
+def test_notification_gives_the_payment_and_an_order_hint() -> None:
+    body = {"type": "notification", "event": "payment.succeeded",
+            "object": {"id": "pay-1", "status": "succeeded", "metadata": {"order_id": "o-1"}}}
+    assert provider.notification_parse(json.dumps(body).encode()) == provider.Notification(
+        event="payment.succeeded", payment_id="pay-1", order_id_hint="o-1"
+    )

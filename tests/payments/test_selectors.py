@@ -1,0 +1,67 @@
+"""Order reads."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.utils import timezone
+
+from payments import selectors, services
+from payments.errors import OrderNotFound
+from payments.models import Order
+
+pytestmark = pytest.mark.django_db
+
+
+def test_order_status_is_one_query(order: Order, django_assert_num_queries: Any) -> None:
+    """The hot path: one primary-key read, nothing else."""
+    with django_assert_num_queries(1) as captured:
+        state = async_to_sync(selectors.order_get_status)(order_id=order.pk)
+    assert state is not None and state.status == "created"
+    sql = captured.captured_queries[0]["sql"]
+    assert '"payments_order"."id" = ' in sql and "JOIN" not in sql
+
+
+def test_order_status_json(order: Order) -> None:
+    state = async_to_sync(selectors.order_get_status)(order_id=order.pk)
+    assert state is not None
+    assert state.as_json(now=timezone.now()) == {
+        "order_id": order.pk, "status": "created", "label": "Waiting for payment", "final": False, "expired": False,
+    }
+    later = order.expires_at + datetime.timedelta(seconds=1)
+    assert state.as_json(now=later)["expired"] is True
+
+
+@pytest.mark.parametrize(
+    ("status", "final"),
+    [("created", False), ("pending", False), ("paid", False), ("make_pending", False), ("make_failed", False),
+     ("not_paid", True), ("successful", True), ("failed", True), ("manual_make", True)],
+)
+def test_final_statuses_stop_the_polling(order: Order, status: str, final: bool) -> None:
+    Order.objects.filter(pk=order.pk).update(status=status)
+    state = async_to_sync(selectors.order_get_status)(order_id=order.pk)
+    assert state is not None and state.as_json(now=timezone.now())["final"] is final
+
+
+def test_unknown_order_has_no_status() -> None:
+    assert async_to_sync(selectors.order_get_status)(order_id="nope") is None
+    with pytest.raises(OrderNotFound):
+        async_to_sync(selectors.order_get)(order_id="nope")
+
+
+def test_order_get_loads_device_and_merchant_in_one_query(order: Order, django_assert_num_queries: Any) -> None:
+    with django_assert_num_queries(1):
+        loaded = async_to_sync(selectors.order_get)(order_id=order.pk)
+        assert (loaded.device.device_uuid, loaded.merchant.shop_id) == ("machine-1", "demo-shop")
+
+
+def test_order_is_found_by_payment_id_or_by_hint_while_it_has_none(order: Order) -> None:
+    find = async_to_sync(selectors.order_find_for_payment)
+    assert find(payment_id="pay-1", order_id_hint=order.pk).pk == order.pk
+    services.order_mark_pending(order_id=order.pk, provider_payment_id="pay-1")
+    assert find(payment_id="pay-1", order_id_hint=None).pk == order.pk
+    # Once the order has a payment, a hint cannot attach another payment to it.
+    assert find(payment_id="pay-2", order_id_hint=order.pk) is None
