@@ -1,10 +1,11 @@
 # The two commands: `make run` (development server on :8000) and `make test` (the whole suite).
+# `make image` builds the container image with Podman (deploy/container/build.sh).
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test install install-test migrate clean
+.PHONY: run test install install-test migrate image clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +30,10 @@ run: migrate
 
 test: install-test
 	$(BIN)/pytest
+
+# IMAGE and BASE_IMAGE (see deploy/container/build.sh) pass through from the command line.
+image:
+	bash deploy/container/build.sh
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis db.sqlite3
