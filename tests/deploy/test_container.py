@@ -34,6 +34,9 @@ PODMAN_ENV = {
     "CONTAINERS_STORAGE_CONF": str(REPO / ".podman" / "storage.conf"),
 }
 APP_UID = 10001
+# A read-only root filesystem. Podman would add tmpfs mounts on /run, /tmp and /var/tmp; Docker and
+# Kubernetes do not, so neither do the tests.
+READ_ONLY = ("--read-only", "--read-only-tmpfs=false")
 
 # A value for every variable the server reads, each different from its default where it can be.
 PRODUCTION_ENV = {
@@ -129,13 +132,15 @@ class Container:
 
 
 @contextmanager
-def container(image: str, *, env: dict[str, str], port: int = 8000) -> Iterator[Container]:
-    """The image as a server: read-only root, a tmpfs /tmp, its own (non-root) user, loopback port."""
+def container(image: str, *, env: dict[str, str], port: int, tmp: bool = True) -> Iterator[Container]:
+    """The image as a server on a loopback port, as its own (non-root) user, with a read-only root
+    filesystem and, unless `tmp` is false, a tmpfs on /tmp."""
     name = f"coffee-payments-test-{uuid.uuid4().hex[:12]}"
     host_port = free_port()
+    mounts = ["--tmpfs", "/tmp"] if tmp else []
     env_args = [arg for key, value in env.items() for arg in ("--env", f"{key}={value}")]
     podman(
-        "run", "--detach", "--name", name, "--read-only", "--tmpfs", "/tmp",
+        "run", "--detach", "--name", name, *READ_ONLY, *mounts,
         "--publish", f"127.0.0.1:{host_port}:{port}", *env_args, image,
     )  # fmt: skip
     try:
@@ -148,7 +153,7 @@ def container(image: str, *, env: dict[str, str], port: int = 8000) -> Iterator[
 
 def run_once(image: str, *, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     env_args = [arg for key, value in env.items() for arg in ("--env", f"{key}={value}")]
-    return podman("run", "--rm", "--read-only", "--no-healthcheck", *env_args, image, check=False)
+    return podman("run", "--rm", *READ_ONLY, "--no-healthcheck", *env_args, image, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +179,15 @@ def test_probes_answer_on_a_read_only_root_filesystem(production: Container) -> 
     assert podman("inspect", "--format", "{{.HostConfig.ReadonlyRootfs}}", production.name).stdout.strip() == "true"
     write = podman("exec", production.name, "touch", "/app/written", check=False)
     assert write.returncode != 0 and "Read-only file system" in write.stderr
+
+
+def test_serves_with_nothing_writable_but_dev_shm(image: str) -> None:
+    # Gunicorn's worker heartbeat files go to /dev/shm, which every runtime mounts writable.
+    env = {**PRODUCTION_ENV, "DATABASE_URL": "sqlite:////dev/shm/db.sqlite3", "GUNICORN_WORKERS": "1"}
+    with container(image, env=env, port=8080, tmp=False) as running:
+        assert httpx.get(running.url + "/ready", timeout=5).status_code == 200
+        write = podman("exec", running.name, "touch", "/tmp/written", check=False)
+        assert write.returncode != 0 and "Read-only file system" in write.stderr
 
 
 def test_image_healthcheck_passes(production: Container) -> None:
