@@ -131,19 +131,26 @@ class Container:
         raise AssertionError(f"/ready did not answer 200 within {timeout} s:\n{self.logs()}")
 
 
+def env_args(env: dict[str, str]) -> list[str]:
+    return [arg for key, value in env.items() for arg in ("--env", f"{key}={value}")]
+
+
+def container_name() -> str:
+    return f"coffee-payments-test-{uuid.uuid4().hex[:12]}"
+
+
 @contextmanager
 def container(image: str, *, env: dict[str, str], port: int, tmp: bool = True) -> Iterator[Container]:
     """The image as a server on a loopback port, as its own (non-root) user, with a read-only root
     filesystem and, unless `tmp` is false, a tmpfs on /tmp."""
-    name = f"coffee-payments-test-{uuid.uuid4().hex[:12]}"
+    name = container_name()
     host_port = free_port()
     mounts = ["--tmpfs", "/tmp"] if tmp else []
-    env_args = [arg for key, value in env.items() for arg in ("--env", f"{key}={value}")]
-    podman(
-        "run", "--detach", "--name", name, *READ_ONLY, *mounts,
-        "--publish", f"127.0.0.1:{host_port}:{port}", *env_args, image,
-    )  # fmt: skip
     try:
+        podman(
+            "run", "--detach", "--name", name, *READ_ONLY, *mounts,
+            "--publish", f"127.0.0.1:{host_port}:{port}", *env_args(env), image,
+        )  # fmt: skip
         running = Container(name=name, url=f"http://127.0.0.1:{host_port}")
         running.wait_until_ready()
         yield running
@@ -152,8 +159,12 @@ def container(image: str, *, env: dict[str, str], port: int, tmp: bool = True) -
 
 
 def run_once(image: str, *, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    env_args = [arg for key, value in env.items() for arg in ("--env", f"{key}={value}")]
-    return podman("run", "--rm", *READ_ONLY, "--no-healthcheck", *env_args, image, check=False)
+    """The image in the foreground: what it prints and its exit status."""
+    name = container_name()
+    try:
+        return podman("run", "--name", name, *READ_ONLY, "--no-healthcheck", *env_args(env), image, check=False)
+    finally:
+        podman("rm", "--force", "--time", "0", name, check=False)
 
 
 @pytest.fixture(scope="module")
