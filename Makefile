@@ -1,11 +1,12 @@
 # The two commands: `make run` (development server on :8000) and `make test` (the whole suite,
 # on SQLite and on a throwaway PostgreSQL cluster).
+# `make image` builds the container image with Podman (deploy/container/build.sh).
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test test-sqlite test-postgres install install-test migrate seed fake-provider lint-deploy clean
+.PHONY: run test test-sqlite test-postgres install install-test migrate seed fake-provider lint-deploy image clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -74,6 +75,10 @@ lint-deploy: $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
 	for overlay in $(OVERLAYS); do kubectl kustomize deploy/kubernetes/overlays/$$overlay > $(RENDERED)/$$overlay.yaml; done
 	BC_SKIP_MAPPING=TRUE $(CHECKOV_VENV)/bin/checkov --config-file .checkov.yaml \
 		$(addprefix -f ,$(wildcard Dockerfile) deploy/kubernetes/secret.example.yaml $(OVERLAYS:%=$(RENDERED)/%.yaml))
+
+# IMAGE and BASE_IMAGE (see deploy/container/build.sh) pass through from the command line.
+image:
+	bash deploy/container/build.sh
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) build *.egg-info .pytest_cache .hypothesis db.sqlite3

@@ -6,6 +6,7 @@ file, as Gunicorn documents.
 """
 
 import sys
+from pathlib import Path
 
 from coffee_payment.conf import ConfigError, process_settings
 from coffee_payment.log_config import logging_config
@@ -45,6 +46,11 @@ max_requests_jitter = server.max_requests_jitter
 #   control_socket_disable - Gunicorn 27 would create $HOME/.gunicorn/gunicorn.ctl, which fails
 #   for a non-root user with a read-only root filesystem; nothing here uses gunicornc.
 control_socket_disable = True
+#
+#   worker_tmp_dir - each worker's heartbeat file. In memory (/dev/shm) where there is one:
+#   container runtimes mount it writable even over a read-only root filesystem, and a heartbeat
+#   on a disk-backed /tmp can stall workers. Elsewhere Python's temporary directory.
+worker_tmp_dir = "/dev/shm" if Path("/dev/shm").is_dir() else None
 
 # Logging
 #

@@ -39,6 +39,7 @@ def test_r2_6_print_config_shows_defaults_with_no_gunicorn_variables(tmp_path: P
     assert config["wsgi_app"] == "coffee_payment.asgi:application"
     assert config["worker_class"].endswith("UvicornWorker")
     assert config["control_socket_disable"] == "True"
+    assert config["worker_tmp_dir"] == ("/dev/shm" if Path("/dev/shm").is_dir() else "None")
 
 
 def test_r2_variables_reach_gunicorn(tmp_path: Path) -> None:
