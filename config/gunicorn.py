@@ -9,6 +9,7 @@ import sys
 
 from coffee_payment.conf import ConfigError, process_settings
 from coffee_payment.log_config import logging_config
+from coffee_payment.workers import KILL_MARGIN
 
 try:
     settings = process_settings()
@@ -26,16 +27,21 @@ bind = [server.bind]
 # Worker processes
 #
 #   workers      - GUNICORN_WORKERS Uvicorn worker processes, each one event loop.
-#   worker_class - uvicorn-worker's class; `uvicorn.workers` is deprecated upstream.
+#   worker_class - a uvicorn_worker.UvicornWorker that drains on every stop: SIGTERM, SIGINT
+#                  (to the master alone or to the group) and max_requests recycling. It stops
+#                  accepting at once, answers what it accepted, then exits (PROJECT.md).
 #   timeout      - GUNICORN_TIMEOUT: a silent worker is killed and replaced after this long.
-#   graceful_timeout - how long SIGTERM waits for in-flight requests before killing workers.
+#                  The same value is the request timeout (504) in coffee_payment/asgi.py.
+#   graceful_timeout - GUNICORN_GRACEFUL_TIMEOUT + KILL_MARGIN: a worker waits for in-flight
+#                  requests GUNICORN_GRACEFUL_TIMEOUT seconds, then cancels and logs the rest; the
+#                  master SIGKILLs a worker still alive KILL_MARGIN (2) seconds later.
 #   keepalive    - seconds an idle keep-alive connection stays open.
 #   max_requests / max_requests_jitter - recycle a worker after about this many requests.
 wsgi_app = "coffee_payment.asgi:application"
 workers = server.workers
-worker_class = "uvicorn_worker.UvicornWorker"
+worker_class = "coffee_payment.workers.DrainingUvicornWorker"
 timeout = server.timeout
-graceful_timeout = server.graceful_timeout
+graceful_timeout = server.graceful_timeout + KILL_MARGIN
 keepalive = server.keepalive
 max_requests = server.max_requests
 max_requests_jitter = server.max_requests_jitter
