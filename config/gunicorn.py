@@ -48,8 +48,13 @@ max_requests_jitter = server.max_requests_jitter
 
 # Server mechanics
 #
+#   preload_app - import the application (Django) once, in the master, before forking: a worker
+#   then boots in about 0.04 s instead of 0.3 s, which is what a recycle costs, and shares the
+#   imported code (PSS 24 instead of 38 MiB per worker; figures in PROJECT.md). Code changes
+#   need a restart, not a HUP. Nothing may open a socket at import time (see pre_fork).
 #   control_socket_disable - Gunicorn 27 would create $HOME/.gunicorn/gunicorn.ctl, which fails
 #   for a non-root user with a read-only root filesystem; nothing here uses gunicornc.
+preload_app = True
 control_socket_disable = True
 
 # Logging
@@ -59,3 +64,18 @@ accesslog = "-"
 errorlog = "-"
 loglevel = settings.log_level.lower()
 logconfig_dict = logging_config(log_format=settings.log_format, level=settings.log_level)
+
+# Server hooks
+#
+#   pre_fork - in the master, before each worker is forked. With preload_app the application was
+#   imported here: a database connection opened at import time would be one socket shared by
+#   every worker. Close it, so each worker opens its own.
+
+
+def pre_fork(server, worker):
+    from django.apps import apps
+
+    if apps.ready:  # Django was set up in the master (preload_app serving the Django application)
+        from django.db import connections
+
+        connections.close_all()
