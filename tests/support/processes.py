@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +17,9 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+# What config/gunicorn.py uses, and the stock class it subclasses (for comparisons).
+DRAINING_WORKER = "coffee_payment.workers.DrainingUvicornWorker"
+STOCK_WORKER = "uvicorn_worker.UvicornWorker"
 
 
 def free_port() -> int:
@@ -56,6 +59,15 @@ class Server:
 
     def logs(self) -> str:
         return self.stdout.read_text(errors="replace") + self.stderr.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, *, timeout: float = 5.0) -> bool:
+        """Whether `text` shows up in the logs within `timeout` seconds (workers log asynchronously)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.logs():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
     def worker_pids(self) -> set[int]:
         """Children of the Gunicorn master, read from /proc."""
@@ -105,19 +117,42 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         pass
 
 
+def gunicorn_command(
+    *, args: Sequence[str] = (), app: str | None = None, worker_class: str | None = None
+) -> list[str]:
+    """`gunicorn -c config/gunicorn.py`, optionally another worker class and another application."""
+    command = [str(BIN / "gunicorn"), "-c", "config/gunicorn.py", *args]
+    if worker_class is not None:
+        command += ["--worker-class", worker_class]
+    # Positional, so everything else (worker class, timeouts, hooks) is config/gunicorn.py's.
+    return command if app is None else [*command, app]
+
+
+def worker_class_under_test() -> str | None:
+    """TEST_WORKER_CLASS, if set: run the shutdown and recycling tests against another worker class
+    (`TEST_WORKER_CLASS=uvicorn_worker.UvicornWorker` shows what the stock worker gets wrong)."""
+    return os.environ.get("TEST_WORKER_CLASS") or None
+
+
 @contextmanager
 def gunicorn(
     tmp_path: Path,
     *,
     env: Mapping[str, str],
-    args: tuple[str, ...] = (),
+    args: Sequence[str] = (),
+    app: str | None = None,
+    worker_class: str | None = None,
+    command_prefix: Sequence[str] = (),
     wait: bool = True,
 ) -> Iterator[Server]:
-    """`gunicorn -c config/gunicorn.py` in its own process group, stopped on exit."""
+    """`gunicorn -c config/gunicorn.py` in its own process group, stopped on exit.
+
+    `command_prefix` must exec gunicorn (not fork it), so the process started is the master.
+    """
     stdout, stderr = tmp_path / "gunicorn.out", tmp_path / "gunicorn.err"
     with stdout.open("wb") as out, stderr.open("wb") as err:
         process = subprocess.Popen(
-            [str(BIN / "gunicorn"), "-c", "config/gunicorn.py", *args],
+            [*command_prefix, *gunicorn_command(args=args, app=app, worker_class=worker_class)],
             cwd=REPO,
             env=dict(env),
             stdout=out,
