@@ -33,10 +33,11 @@ test: install-test
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis db.sqlite3
 
-# Benchmarks (not part of `make test`): bench/run.py needs wrk; bench/recycling.py only Python.
+# Benchmarks, not part of `make test` (ARGS="--help" lists their options): bench/run.py needs
+# wrk, bench/recycling.py only Python.
 .PHONY: bench bench-recycling
 bench: install-test
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run $(ARGS)
 
 bench-recycling: install-test
-	$(BIN)/python -m bench.recycling
+	$(BIN)/python -m bench.recycling $(ARGS)
