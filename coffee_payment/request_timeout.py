@@ -39,18 +39,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+
+from coffee_payment.asgi_types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["RequestTimeoutError", "RequestTimeoutMiddleware"]
 
 logger = logging.getLogger(__name__)
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # After the deadline, how long an application gets to stop on its own (on the disconnect it was
 # shown) before its task is cancelled. The client already has its answer by then.

@@ -1,35 +1,35 @@
 """Gunicorn worker for the ASGI service that drains instead of dropping work.
 
-Use with ``worker_class = "coffee_payment.workers.DrainingUvicornWorker"``.
+Use with `worker_class = "coffee_payment.workers.DrainingUvicornWorker"`.
 
-Stock ``uvicorn_worker.UvicornWorker`` (0.4) loses requests in three ways, all
-of which this worker fixes by subclassing uvicorn's ``Server`` rather than
+Stock `uvicorn_worker.UvicornWorker` (0.4) loses requests in three ways, all
+of which this worker fixes by subclassing uvicorn's `Server` rather than
 re-implementing the HTTP protocols:
 
 * SIGQUIT, which the gunicorn master sends to workers when *it* gets SIGINT or
-  SIGQUIT, is routed to ``Worker.handle_exit`` which only flips
-  ``self.alive``, a flag nothing in the uvicorn worker reads. The worker keeps
-  accepting until the master SIGKILLs it after ``graceful_timeout``.
+  SIGQUIT, is routed to `Worker.handle_exit` which only flips
+  `self.alive`, a flag nothing in the uvicorn worker reads. The worker keeps
+  accepting until the master SIGKILLs it after `graceful_timeout`.
   https://github.com/Kludex/uvicorn-worker/issues/2,
   https://github.com/Kludex/uvicorn/issues/1116,
   https://github.com/benoitc/gunicorn/issues/2604
-* ``Server.shutdown()`` calls ``connection.shutdown()`` on every connection in
+* `Server.shutdown()` calls `connection.shutdown()` on every connection in
   the same loop iteration that stops listening. A connection that was accepted
   but whose request bytes are still unread has no request cycle yet, so it is
   closed with the request unread and the client gets a reset. The same happens
   to an idle keep-alive connection on which the client is just sending its
-  next request. With ``max_requests`` that happens on every recycle.
+  next request. With `max_requests` that happens on every recycle.
   https://github.com/Kludex/uvicorn/issues/2757,
   https://github.com/Kludex/uvicorn/pull/3124,
   https://github.com/benoitc/gunicorn/issues/2567
-* Once uvicorn's main loop returns, nothing calls ``callback_notify`` any more,
-  so a drain longer than gunicorn's ``timeout`` (e.g. a recycle waiting for a
+* Once uvicorn's main loop returns, nothing calls `callback_notify` any more,
+  so a drain longer than gunicorn's `timeout` (e.g. a recycle waiting for a
   slow request) is "WORKER TIMEOUT"-aborted by the master; and
-  ``timeout_graceful_shutdown`` is not derived from gunicorn's
-  ``graceful_timeout``, so uvicorn never gets to cancel work itself before the
+  `timeout_graceful_shutdown` is not derived from gunicorn's
+  `graceful_timeout`, so uvicorn never gets to cancel work itself before the
   master's SIGKILL. https://github.com/Kludex/uvicorn/pull/2094
 
-The drain deadline is gunicorn's ``graceful_timeout`` less ``KILL_MARGIN``:
+The drain deadline is gunicorn's `graceful_timeout` less `KILL_MARGIN`:
 config/gunicorn.py hands gunicorn GUNICORN_GRACEFUL_TIMEOUT + KILL_MARGIN, so a
 worker stops waiting after exactly GUNICORN_GRACEFUL_TIMEOUT seconds (and logs
 what it cancels), and the master's SIGKILL is only a backstop for a worker that
@@ -47,7 +47,6 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
 from types import FrameType
 from typing import Any
 
@@ -56,15 +55,11 @@ from uvicorn.config import Config
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker  # type: ignore[import-untyped]
 
+from coffee_payment.asgi_types import ASGIApp, Message, Receive, Scope, Send
+
 __all__ = ["KILL_MARGIN", "DrainingServer", "DrainingUvicornWorker"]
 
 logger = logging.getLogger("uvicorn.error")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # How often the drain loop re-checks connections. Short enough that "exit once
 # the last response is out" is prompt; long enough to cost nothing.
@@ -79,21 +74,21 @@ KILL_MARGIN = 2
 
 
 class DrainingServer(Server):
-    """uvicorn ``Server`` whose shutdown finishes every accepted request.
+    """uvicorn `Server` whose shutdown finishes every accepted request.
 
-    Drain rules (applied from the first signal or the ``max_requests`` limit):
+    Drain rules (applied from the first signal or the `max_requests` limit):
 
     * listeners are closed at once (from the signal handler, via the loop);
-    * every response that *starts* after that carries ``Connection: close``,
+    * every response that *starts* after that carries `Connection: close`,
       so keep-alive clients learn in-band that the connection is going away;
     * a response that already started with keep-alive is left alone: closing
       the socket after it would race the client's next request;
     * a connection with no request in progress (fresh, or idle keep-alive) is
       closed only by uvicorn's own keep-alive timer, i.e. after
-      ``timeout_keep_alive`` seconds without a byte from the client. Any byte
-      cancels that timer in ``data_received``, so a request the client is
+      `timeout_keep_alive` seconds without a byte from the client. Any byte
+      cancels that timer in `data_received`, so a request the client is
       sending is never cut;
-    * the whole drain is bounded by ``drain_timeout``; what is still running
+    * the whole drain is bounded by `drain_timeout`; what is still running
       then is cancelled (uvicorn answers 500 if nothing was sent yet) and its
       connection closed, before the master's SIGKILL would lose it silently.
     """
@@ -108,7 +103,7 @@ class DrainingServer(Server):
         self._drain_reason = ""
         self._sigint_count = 0
         # Connections of a protocol we do not know how to drain politely; they
-        # get uvicorn's own ``shutdown()`` once.
+        # get uvicorn's own `shutdown()` once.
         self._shut_down: set[object] = set()
 
     # --- signals ---------------------------------------------------------
@@ -129,10 +124,10 @@ class DrainingServer(Server):
             # Ctrl+C on a terminal delivers SIGINT *and* the master's SIGQUIT to
             # each worker, and that pair must stay graceful.
             self.force_exit = self.force_exit or self._sigint_count > 1
-        # Deliberately not appended to ``_captured_signals``: uvicorn would
+        # Deliberately not appended to `_captured_signals`: uvicorn would
         # re-raise it after serve() with the SIG_DFL disposition UvicornWorker
         # installed, killing the worker by signal before gunicorn's
-        # ``worker_exit`` hook and "Worker exiting" log run (and SIGQUIT's
+        # `worker_exit` hook and "Worker exiting" log run (and SIGQUIT's
         # default action dumps core). The drain *is* the signal's effect.
         self.should_exit = True
         reason = f"received {signal.Signals(sig).name}"
@@ -151,10 +146,10 @@ class DrainingServer(Server):
         await super().startup(sockets=sockets)
 
     def _close_when_draining(self, app: ASGIApp) -> ASGIApp:
-        """Add ``Connection: close`` to responses that start during the drain.
+        """Add `Connection: close` to responses that start during the drain.
 
         Done at the ASGI layer because both h11 and httptools honour an
-        app-supplied ``connection: close`` (and then close after the body),
+        app-supplied `connection: close` (and then close after the body),
         which avoids touching protocol internals.
         """
 
@@ -215,7 +210,7 @@ class DrainingServer(Server):
         that was accepted but has not sent (or not finished sending) a request
         would otherwise stay open until the drain deadline
         (https://github.com/Kludex/uvicorn/pull/1192). Re-arming it every
-        tick means: close after ``timeout_keep_alive`` s of client silence.
+        tick means: close after `timeout_keep_alive` s of client silence.
         """
         for conn in list(self.server_state.connections):
             # Duck-typed on purpose: these are protocol internals (cycle,
@@ -238,7 +233,7 @@ class DrainingServer(Server):
     async def _heartbeat(self) -> None:
         # main_loop's on_tick is what normally calls callback_notify; it has
         # returned, and without this the master "WORKER TIMEOUT"s a recycle
-        # drain that outlasts gunicorn's ``timeout``.
+        # drain that outlasts gunicorn's `timeout`.
         if self.config.callback_notify is None:
             return
         now = time.time()
@@ -312,12 +307,12 @@ class DrainingServer(Server):
 
 
 class DrainingUvicornWorker(UvicornWorker):  # type: ignore[misc]
-    """``UvicornWorker`` whose every stop (signal or ``max_requests``) drains."""
+    """`UvicornWorker` whose every stop (signal or `max_requests`) drains."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         graceful = float(self.cfg.graceful_timeout)
-        # The master SIGKILLs ``graceful_timeout`` s after *its* signal; finish
+        # The master SIGKILLs `graceful_timeout` s after *its* signal; finish
         # (and log what we give up) KILL_MARGIN s before that. For recycles,
         # the same bound stops a stuck request from holding a worker slot
         # forever. The floor only matters for a tiny --graceful-timeout.

@@ -18,7 +18,8 @@ import os
 from urllib.parse import parse_qs
 
 from coffee_payment.conf import process_settings
-from coffee_payment.request_timeout import Receive, RequestTimeoutMiddleware, Scope, Send
+from coffee_payment.asgi_types import Receive, Scope, Send
+from coffee_payment.request_timeout import RequestTimeoutMiddleware
 
 
 async def _respond(send: Send, status: int, body: bytes) -> None:
