@@ -100,6 +100,7 @@ def assert_graceful_stop(server: Server, deliver: Callable[[], None], expect_rea
     except subprocess.TimeoutExpired:
         pytest.fail(f"master still running 5 s after the last response\n{server.logs()}")
     exit_delay = time.monotonic() - last_response
+    print(f"refused {refused_after:.2f} s after the signal; master exited {exit_delay:.2f} s after the last response")
     assert returncode == 0
     assert exit_delay < 2.0, f"master exited {exit_delay:.2f} s after the last response"
 

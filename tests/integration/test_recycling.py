@@ -65,7 +65,7 @@ def test_recycling_under_load_loses_no_request_in_either_connection_mode(tmp_pat
 @pytest.mark.timeout(60)
 def test_health_answers_while_django_workers_recycle(tmp_path: Path) -> None:
     """R6.5: /health on the production stack stays 200 through worker restarts, in both modes."""
-    env = recycling_environ(tmp_path, GUNICORN_MAX_REQUESTS="60", GUNICORN_MAX_REQUESTS_JITTER="30")
+    env = recycling_environ(tmp_path, GUNICORN_MAX_REQUESTS="40", GUNICORN_MAX_REQUESTS_JITTER="20")
     with gunicorn(tmp_path, env=env, worker_class=worker_class_under_test()) as server:
         assert_no_request_lost(server, rounds=1, seconds=3.0, min_recycles=5)
 

@@ -45,7 +45,7 @@ def three_workers(tmp_path: Path):
 
 def test_r1_r2_1_three_workers_share_requests(three_workers: Server) -> None:
     """R1.1, R1.2, R1.4, R2.1, R6.4: three (draining) UvicornWorker processes share the requests."""
-    workers = three_workers.worker_pids()
+    workers = three_workers.wait_for_workers(3)
     assert len(workers) == 3
     cmdlines = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in workers]
     assert all(b"gunicorn" in cmdline for cmdline in cmdlines)

@@ -75,7 +75,7 @@ def test_preloaded_master_hands_no_database_connection_to_workers(tmp_path: Path
     env = base_environ(tmp_path, GUNICORN_WORKERS="2")
     database = env["DATABASE_URL"].removeprefix("sqlite:///")
     with gunicorn(tmp_path, env=env, app="tests.support.db_at_import:application") as server:
-        workers = server.worker_pids()
+        workers = server.wait_for_workers(2)
         master = fd_targets(server.process.pid)
         logs = server.logs()
         assert f"db_at_import: connection opened in pid {server.process.pid}" in logs  # preloaded, in the master

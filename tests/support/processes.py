@@ -85,6 +85,16 @@ class Server:
                 pids.add(int(entry.name))
         return pids
 
+    def wait_for_workers(self, count: int, *, timeout: float = 10.0) -> set[int]:
+        """The worker pids once there are `count` (with preload_app the first one may serve before
+        the master has forked the last)."""
+        deadline = time.monotonic() + timeout
+        while len(pids := self.worker_pids()) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(pids)} of {count} workers after {timeout} s:\n{self.logs()}")
+            time.sleep(0.05)
+        return pids
+
     def wait_until_serving(self, *, timeout: float = 20.0, path: str = "/health") -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
