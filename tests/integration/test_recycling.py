@@ -64,10 +64,13 @@ def test_recycling_under_load_loses_no_request_in_either_connection_mode(tmp_pat
 
 @pytest.mark.timeout(60)
 def test_health_answers_while_django_workers_recycle(tmp_path: Path) -> None:
-    """R6.5: /health on the production stack stays 200 through worker restarts, in both modes."""
-    env = recycling_environ(tmp_path, GUNICORN_MAX_REQUESTS="40", GUNICORN_MAX_REQUESTS_JITTER="20")
+    """R6.5: /health on the production stack stays 200 through worker restarts, in both modes.
+
+    Django answers a few hundred requests a second here, hence a recycle every 25-35 requests.
+    """
+    env = recycling_environ(tmp_path, GUNICORN_MAX_REQUESTS="25", GUNICORN_MAX_REQUESTS_JITTER="10")
     with gunicorn(tmp_path, env=env, worker_class=worker_class_under_test()) as server:
-        assert_no_request_lost(server, rounds=1, seconds=3.0, min_recycles=5)
+        assert_no_request_lost(server, rounds=1, seconds=4.0, min_recycles=5)
 
 
 @pytest.mark.timeout(30)
