@@ -10,7 +10,6 @@ GUNICORN_TIMEOUT is "WORKER TIMEOUT"-aborted by the master with its request lost
 from __future__ import annotations
 
 import re
-import threading
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 
 from tests.support.loadgen import LoadResult, run_load_sync
 from tests.support.processes import Server, base_environ, gunicorn, worker_class_under_test
-from tests.support.rawhttp import RawResponse, get
+from tests.support.rawhttp import BackgroundGet, get
 
 pytestmark = pytest.mark.integration
 
@@ -84,14 +83,14 @@ def test_recycle_waiting_longer_than_the_heartbeat_keeps_its_request(tmp_path: P
     env = recycling_environ(tmp_path, GUNICORN_WORKERS="1", GUNICORN_TIMEOUT="2", GUNICORN_MAX_REQUESTS="3")
     with gunicorn(tmp_path, env=env, app="tests.support.asgi_app:app", worker_class=worker_class_under_test()) as server:
         first_pid = get(server.port, "/health").headers["x-worker-pid"]  # request 1 after the probe
-        slow: list[RawResponse] = []
-        thread = threading.Thread(target=lambda: slow.append(get(server.port, "/slow?seconds=4")), daemon=True)
-        thread.start()
+        slow = BackgroundGet(server.port, "/slow?seconds=4")
+        slow.start()
         time.sleep(0.2)
         get(server.port, "/health")  # the limit is reached: the drain starts with /slow in flight
-        thread.join(timeout=10)
-        assert slow and (slow[0].status, slow[0].body) == (200, b"slept")
-        assert slow[0].headers["x-worker-pid"] == first_pid
+        slow.join(timeout=10)
+        assert slow.error is None and slow.response is not None, f"the slow request was lost: {slow.error!r}"
+        assert (slow.response.status, slow.response.body) == (200, b"slept")
+        assert slow.response.headers["x-worker-pid"] == first_pid
 
         new_pid = first_pid
         deadline = time.monotonic() + 5

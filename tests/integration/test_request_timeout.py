@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.processes import Server, base_environ, gunicorn
-from tests.support.rawhttp import RawResponse, connect, get, read_until_close
+from tests.support.rawhttp import BackgroundGet, connect, get, read_until_close
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
@@ -36,22 +36,21 @@ def bare_server(tmp_path: Path) -> Iterator[Server]:
 
 def test_slow_request_gets_504_near_the_limit_while_the_worker_serves_others(bare_server: Server) -> None:
     """R3.5: a slow view or upstream call gets 504 at GUNICORN_TIMEOUT; /health answers throughout."""
-    slow: list[RawResponse] = []
     started = time.monotonic()
-    thread = threading.Thread(target=lambda: slow.append(get(bare_server.port, "/slow?seconds=20")), daemon=True)
-    thread.start()
+    slow = BackgroundGet(bare_server.port, "/slow?seconds=20")
+    slow.start()
     latencies = []
     while time.monotonic() - started < TIMEOUT + 0.5:  # before, at and after the 504
         asked = time.monotonic()
         assert get(bare_server.port, "/health", timeout=5).status == 200
         latencies.append(time.monotonic() - asked)
         time.sleep(0.1)
-    thread.join(timeout=10)
+    slow.join(timeout=10)
 
-    assert slow, "the slow request got no answer"
-    assert slow[0].status == 504 and slow[0].body == b"Gateway Timeout"
-    assert slow[0].headers.get("connection") == "close"
-    assert TIMEOUT <= slow[0].finished_at - started < TIMEOUT + LATE
+    assert slow.response is not None, f"the slow request got no answer: {slow.error!r}"
+    assert slow.response.status == 504 and slow.response.body == b"Gateway Timeout"
+    assert slow.response.headers.get("connection") == "close"
+    assert TIMEOUT <= slow.response.finished_at - started < TIMEOUT + LATE
     assert len(latencies) >= 5 and max(latencies) < 1.0, latencies
     assert get(bare_server.port, "/slow?seconds=0.2").body == b"slept"  # within the limit: untouched
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from dataclasses import dataclass
 
@@ -57,6 +58,22 @@ def get(port: int, path: str, timeout: float = 10.0) -> RawResponse:
     with connect(port, timeout) as sock:
         sock.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
         return read_until_close(sock)
+
+
+class BackgroundGet(threading.Thread):
+    """`get(port, path)` in a thread: after join(), `response`, or the `error` that stopped it."""
+
+    def __init__(self, port: int, path: str, timeout: float = 10.0) -> None:
+        super().__init__(daemon=True)
+        self.port, self.path, self.timeout = port, path, timeout
+        self.response: RawResponse | None = None
+        self.error: OSError | None = None
+
+    def run(self) -> None:
+        try:
+            self.response = get(self.port, self.path, self.timeout)
+        except OSError as exc:  # ConnectionError too: a reset or an empty answer
+            self.error = exc
 
 
 def refused_within(port: int, limit: float) -> float | None:
