@@ -82,3 +82,12 @@ image:
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) build *.egg-info .pytest_cache .hypothesis db.sqlite3
+
+# Benchmarks, not part of `make test` (ARGS="--help" lists their options): bench/run.py needs
+# wrk, bench/recycling.py only Python.
+.PHONY: bench bench-recycling
+bench: install-test
+	$(BIN)/python -m bench.run $(ARGS)
+
+bench-recycling: install-test
+	$(BIN)/python -m bench.recycling $(ARGS)

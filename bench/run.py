@@ -70,7 +70,8 @@ def serving(tmp: Path, *, env: dict[str, str], stack: Stack) -> Iterator[Server]
 
 def startup_figures(tmp: Path, *, env: dict[str, str], preload: bool) -> dict[str, float]:
     """Cold start (exec to first 200), worker boot, and memory per worker."""
-    args = ("--preload",) if preload else ()
+    # config/gunicorn.py preloads; the comparison turns it off with a second config file.
+    args = () if preload else ("-c", "bench/gunicorn_no_preload.py")
     logs = Path(tempfile.mkdtemp(dir=tmp))
     started = time.monotonic()
     with gunicorn(logs, env=env, args=args, wait=False) as server:

@@ -2,7 +2,10 @@
 
 import os
 
+from django.conf import settings
 from django.core.asgi import get_asgi_application
+
+from coffee_payment.request_timeout import RequestTimeoutMiddleware
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "coffee_payment.settings")
 
@@ -12,5 +15,10 @@ django_application = get_asgi_application()
 from coffee_payment.lifespan import Lifespan  # noqa: E402
 from payments import provider  # noqa: E402
 
-# The provider client is per worker event loop; close it when the worker stops.
-application = Lifespan(django_application, on_shutdown=(provider.aclose,))
+# A request not answered within GUNICORN_TIMEOUT seconds gets 504 (408 while its body is still
+# arriving); see coffee_payment/request_timeout.py for what cannot be interrupted. Outside it,
+# the lifespan handler: the provider client is per worker event loop, closed when the worker stops.
+application = Lifespan(
+    RequestTimeoutMiddleware(django_application, timeout=settings.REQUEST_TIMEOUT),
+    on_shutdown=(provider.aclose,),
+)

@@ -123,3 +123,10 @@ ORDER_EXPIRY_MINUTES = conf.order_expiry_minutes
 PROBE_PATHS = ("/health", "/ready")
 # Readiness gives the database this long to answer before reporting 503.
 READINESS_DATABASE_TIMEOUT = 2.0
+
+# REQUEST TIMEOUT
+# ------------------------------------------------------------------------------
+# Seconds a request may take before coffee_payment.asgi answers 504 (408 for a slow body):
+# GUNICORN_TIMEOUT. A drain waits GUNICORN_GRACEFUL_TIMEOUT, by default the same, so it never cuts
+# a request that arrived before the stop signal and is still within this limit.
+REQUEST_TIMEOUT = conf.server.timeout

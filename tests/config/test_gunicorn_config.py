@@ -35,9 +35,11 @@ def test_r2_6_print_config_shows_defaults_with_no_gunicorn_variables(tmp_path: P
     assert config["timeout"] == "30"
     assert config["max_requests"] == "0"
     assert config["max_requests_jitter"] == "0"
-    assert config["graceful_timeout"] == "30"
+    # GUNICORN_GRACEFUL_TIMEOUT (= GUNICORN_TIMEOUT) for the workers' drain, 2 s more for the
+    # master's SIGKILL.
+    assert config["graceful_timeout"] == "32"
     assert config["wsgi_app"] == "coffee_payment.asgi:application"
-    assert config["worker_class"].endswith("UvicornWorker")
+    assert config["worker_class"] == "coffee_payment.workers.DrainingUvicornWorker"
     assert config["control_socket_disable"] == "True"
     assert config["worker_tmp_dir"] == ("/dev/shm" if Path("/dev/shm").is_dir() else "None")
 

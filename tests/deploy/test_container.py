@@ -222,7 +222,8 @@ def test_gunicorn_is_pid_1_with_gunicorn_workers_uvicorn_workers_as_non_root(pro
     assert {p["uid"] for p in processes if p["pid"] in {1, *(w["pid"] for w in workers)}} == {APP_UID}
 
     logs = production.logs()
-    assert "Using worker: uvicorn_worker.UvicornWorker" in logs
+    # config/gunicorn.py's worker class, a uvicorn_worker.UvicornWorker subclass (tests/coffee_payment).
+    assert "Using worker: coffee_payment.workers.DrainingUvicornWorker" in logs
     # Each worker's uvicorn server logs its own pid once it serves.
     started = {int(pid) for pid in re.findall(r"Started server process \[(\d+)\]", logs)}
     assert started == {w["pid"] for w in workers}

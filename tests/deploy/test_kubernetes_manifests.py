@@ -216,6 +216,7 @@ def test_readiness_waits_longer_than_the_database_check(manifests: Manifests) ->
 
 
 def test_grace_period_covers_prestop_graceful_timeout_and_a_margin(manifests: Manifests) -> None:
+    """R3.7: shutdown completes within the Kubernetes termination grace period."""
     spec = pod_spec(manifests.deployment)
     pre_stop = containers(manifests.deployment)[0]["lifecycle"]["preStop"]
     # The native sleep handler: the image has no `sleep` binary to exec.

@@ -118,6 +118,7 @@ async def delete_pod(server: Server, *, pre_stop: float, endpoint_removal: float
 
 
 def test_deleting_a_pod_under_load_fails_no_request(production_server: Server) -> None:
+    """R3.7, R6.2: readiness-driven endpoint removal, preStop, SIGTERM: no request fails, in time."""
     termination = production_termination()
     pre_stop = termination.pre_stop * TIME_SCALE
     tally = asyncio.run(

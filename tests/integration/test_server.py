@@ -45,12 +45,12 @@ def three_workers(tmp_path: Path, server_database: str):
 
 
 def test_r1_r2_1_three_workers_share_requests(three_workers: Server) -> None:
-    """R1.1, R1.2, R1.4, R2.1, R6.4: three UvicornWorker processes, requests spread over them."""
-    workers = three_workers.worker_pids()
+    """R1.1, R1.2, R1.4, R2.1, R6.4: three (draining) UvicornWorker processes share the requests."""
+    workers = three_workers.wait_for_workers(3)
     assert len(workers) == 3
     cmdlines = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in workers]
     assert all(b"gunicorn" in cmdline for cmdline in cmdlines)
-    assert "Using worker: uvicorn_worker.UvicornWorker" in three_workers.logs()
+    assert "Using worker: coffee_payment.workers.DrainingUvicornWorker" in three_workers.logs()
 
     for _ in range(20):  # bounded: 20 bursts of 30 requests at most
         statuses = asyncio.run(burst(three_workers.url + "/health", requests=30))

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +17,9 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+# What config/gunicorn.py uses, and the stock class it subclasses (for comparisons).
+DRAINING_WORKER = "coffee_payment.workers.DrainingUvicornWorker"
+STOCK_WORKER = "uvicorn_worker.UvicornWorker"
 
 
 def free_port() -> int:
@@ -57,6 +60,15 @@ class Server:
     def logs(self) -> str:
         return self.stdout.read_text(errors="replace") + self.stderr.read_text(errors="replace")
 
+    def wait_for_log(self, text: str, *, timeout: float = 5.0) -> bool:
+        """Whether `text` shows up in the logs within `timeout` seconds (workers log asynchronously)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.logs():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
     def worker_pids(self) -> set[int]:
         """Children of the Gunicorn master, read from /proc."""
         pids = set()
@@ -71,6 +83,16 @@ class Server:
             ppid = int(stat.rsplit(")", 1)[1].split()[1])
             if ppid == self.process.pid:
                 pids.add(int(entry.name))
+        return pids
+
+    def wait_for_workers(self, count: int, *, timeout: float = 10.0) -> set[int]:
+        """The worker pids once there are `count` (with preload_app the first one may serve before
+        the master has forked the last)."""
+        deadline = time.monotonic() + timeout
+        while len(pids := self.worker_pids()) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(pids)} of {count} workers after {timeout} s:\n{self.logs()}")
+            time.sleep(0.05)
         return pids
 
     def wait_until_serving(self, *, timeout: float = 20.0, path: str = "/health") -> None:
@@ -105,6 +127,23 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         pass
 
 
+def gunicorn_command(
+    *, args: Sequence[str] = (), app: str | None = None, worker_class: str | None = None
+) -> list[str]:
+    """`gunicorn -c config/gunicorn.py`, optionally another worker class and another application."""
+    command = [str(BIN / "gunicorn"), "-c", "config/gunicorn.py", *args]
+    if worker_class is not None:
+        command += ["--worker-class", worker_class]
+    # Positional, so everything else (worker class, timeouts, hooks) is config/gunicorn.py's.
+    return command if app is None else [*command, app]
+
+
+def worker_class_under_test() -> str | None:
+    """TEST_WORKER_CLASS, if set: run the shutdown and recycling tests against another worker class
+    (`TEST_WORKER_CLASS=uvicorn_worker.UvicornWorker` shows what the stock worker gets wrong)."""
+    return os.environ.get("TEST_WORKER_CLASS") or None
+
+
 @contextmanager
 def serving(
     tmp_path: Path, name: str, command: list[str], *, env: Mapping[str, str], port: int, wait: bool = True
@@ -127,11 +166,17 @@ def gunicorn(
     tmp_path: Path,
     *,
     env: Mapping[str, str],
-    args: tuple[str, ...] = (),
+    args: Sequence[str] = (),
+    app: str | None = None,
+    worker_class: str | None = None,
+    command_prefix: Sequence[str] = (),
     wait: bool = True,
 ) -> Iterator[Server]:
-    """`gunicorn -c config/gunicorn.py` in its own process group, stopped on exit."""
-    command = [str(BIN / "gunicorn"), "-c", "config/gunicorn.py", *args]
+    """`gunicorn -c config/gunicorn.py` in its own process group, stopped on exit.
+
+    `command_prefix` must exec gunicorn (not fork it), so the process started is the master.
+    """
+    command = [*command_prefix, *gunicorn_command(args=args, app=app, worker_class=worker_class)]
     with serving(tmp_path, "gunicorn", command, env=env, port=int(env["GUNICORN_PORT"]), wait=wait) as server:
         yield server
 

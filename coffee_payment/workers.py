@@ -1,0 +1,332 @@
+"""Gunicorn worker for the ASGI service that drains instead of dropping work.
+
+Use with `worker_class = "coffee_payment.workers.DrainingUvicornWorker"`.
+
+Stock `uvicorn_worker.UvicornWorker` (0.4) loses requests in three ways, all
+of which this worker fixes by subclassing uvicorn's `Server` rather than
+re-implementing the HTTP protocols:
+
+* SIGQUIT, which the gunicorn master sends to workers when *it* gets SIGINT or
+  SIGQUIT, is routed to `Worker.handle_exit` which only flips
+  `self.alive`, a flag nothing in the uvicorn worker reads. The worker keeps
+  accepting until the master SIGKILLs it after `graceful_timeout`.
+  https://github.com/Kludex/uvicorn-worker/issues/2,
+  https://github.com/Kludex/uvicorn/issues/1116,
+  https://github.com/benoitc/gunicorn/issues/2604
+* `Server.shutdown()` calls `connection.shutdown()` on every connection in
+  the same loop iteration that stops listening. A connection that was accepted
+  but whose request bytes are still unread has no request cycle yet, so it is
+  closed with the request unread and the client gets a reset. The same happens
+  to an idle keep-alive connection on which the client is just sending its
+  next request. With `max_requests` that happens on every recycle.
+  https://github.com/Kludex/uvicorn/issues/2757,
+  https://github.com/Kludex/uvicorn/pull/3124,
+  https://github.com/benoitc/gunicorn/issues/2567
+* Once uvicorn's main loop returns, nothing calls `callback_notify` any more,
+  so a drain longer than gunicorn's `timeout` (e.g. a recycle waiting for a
+  slow request) is "WORKER TIMEOUT"-aborted by the master; and
+  `timeout_graceful_shutdown` is not derived from gunicorn's
+  `graceful_timeout`, so uvicorn never gets to cancel work itself before the
+  master's SIGKILL. https://github.com/Kludex/uvicorn/pull/2094
+
+The drain deadline is gunicorn's `graceful_timeout` less `KILL_MARGIN`:
+config/gunicorn.py hands gunicorn GUNICORN_GRACEFUL_TIMEOUT + KILL_MARGIN, so a
+worker stops waiting after exactly GUNICORN_GRACEFUL_TIMEOUT seconds (and logs
+what it cancels), and the master's SIGKILL is only a backstop for a worker that
+cannot exit (its event loop blocked by sync code).
+
+This relies on uvicorn and uvicorn-worker internals listed in PROJECT.md
+("Internals the worker depends on"); re-check them on every upgrade.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import sys
+import time
+from types import FrameType
+from typing import Any
+
+from gunicorn.arbiter import Arbiter  # type: ignore[import-untyped]
+from uvicorn.config import Config
+from uvicorn.server import Server
+from uvicorn_worker import UvicornWorker  # type: ignore[import-untyped]
+
+from coffee_payment.asgi_types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["KILL_MARGIN", "DrainingServer", "DrainingUvicornWorker"]
+
+logger = logging.getLogger("uvicorn.error")
+
+# How often the drain loop re-checks connections. Short enough that "exit once
+# the last response is out" is prompt; long enough to cost nothing.
+_DRAIN_TICK = 0.05
+# After cancelling overdue requests, how long their tasks get to send uvicorn's
+# 500 before the connections are closed under them.
+_CANCEL_GRACE = 0.5
+_MISSING = object()
+# Seconds between a worker's own drain deadline and the master's SIGKILL: time
+# for the cancelled requests' answers (_CANCEL_GRACE), closing and exiting.
+KILL_MARGIN = 2
+
+
+class DrainingServer(Server):
+    """uvicorn `Server` whose shutdown finishes every accepted request.
+
+    Drain rules (applied from the first signal or the `max_requests` limit):
+
+    * listeners are closed at once (from the signal handler, via the loop);
+    * every response that *starts* after that carries `Connection: close`,
+      so keep-alive clients learn in-band that the connection is going away;
+    * a response that already started with keep-alive is left alone: closing
+      the socket after it would race the client's next request;
+    * a connection with no request in progress (fresh, or idle keep-alive) is
+      closed only by uvicorn's own keep-alive timer, i.e. after
+      `timeout_keep_alive` seconds without a byte from the client. Any byte
+      cancels that timer in `data_received`, so a request the client is
+      sending is never cut;
+    * the whole drain is bounded by `drain_timeout`; what is still running
+      then is cancelled (uvicorn answers 500 if nothing was sent yet) and its
+      connection closed, before the master's SIGKILL would lose it silently.
+    """
+
+    def __init__(self, config: Config, *, drain_timeout: float) -> None:
+        super().__init__(config)
+        self.drain_timeout = drain_timeout
+        self.draining = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._listen_sockets: list[socket.socket] = []
+        self._drain_started = 0.0
+        self._drain_reason = ""
+        self._sigint_count = 0
+        # Connections of a protocol we do not know how to drain politely; they
+        # get uvicorn's own `shutdown()` once.
+        self._shut_down: set[object] = set()
+
+    # --- signals ---------------------------------------------------------
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets=sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """Start a graceful drain for SIGINT, SIGTERM and SIGQUIT alike.
+
+        Runs in signal context, so it only sets flags and schedules the drain
+        on the loop (logging here could re-enter a logging handler's lock).
+        """
+        if sig == signal.SIGINT:
+            self._sigint_count += 1
+            # Keep uvicorn's "second Ctrl+C forces quit", counting SIGINT only:
+            # Ctrl+C on a terminal delivers SIGINT *and* the master's SIGQUIT to
+            # each worker, and that pair must stay graceful.
+            self.force_exit = self.force_exit or self._sigint_count > 1
+        # Deliberately not appended to `_captured_signals`: uvicorn would
+        # re-raise it after serve() with the SIG_DFL disposition UvicornWorker
+        # installed, killing the worker by signal before gunicorn's
+        # `worker_exit` hook and "Worker exiting" log run (and SIGQUIT's
+        # default action dumps core). The drain *is* the signal's effect.
+        self.should_exit = True
+        reason = f"received {signal.Signals(sig).name}"
+        if self._loop is None:
+            self._drain_reason = self._drain_reason or reason
+        else:
+            self._loop.call_soon_threadsafe(self._begin_drain, reason)
+
+    # --- startup ---------------------------------------------------------
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self._listen_sockets = list(sockets or [])
+        # Wrap before the listeners exist, so no connection can get a protocol
+        # built with the unwrapped app (protocols read config.loaded_app).
+        self.config.loaded_app = self._close_when_draining(self.config.loaded_app)
+        await super().startup(sockets=sockets)
+
+    def _close_when_draining(self, app: ASGIApp) -> ASGIApp:
+        """Add `Connection: close` to responses that start during the drain.
+
+        Done at the ASGI layer because both h11 and httptools honour an
+        app-supplied `connection: close` (and then close after the body),
+        which avoids touching protocol internals.
+        """
+
+        async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+
+            async def send_closing(message: Message) -> None:
+                if self.draining and message["type"] == "http.response.start":
+                    # Replace, not add: "keep-alive" next to "close" is contradictory.
+                    headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+                    message = {**message, "headers": [*headers, (b"connection", b"close")]}
+                await send(message)
+
+            await app(scope, receive, send_closing)
+
+        return wrapped
+
+    # --- drain -----------------------------------------------------------
+
+    def _begin_drain(self, reason: str) -> None:
+        if self.draining:
+            if self.force_exit:
+                logger.warning("%s while draining: forcing exit, in-flight requests are dropped", reason)
+            else:
+                logger.info("%s while draining: drain continues", reason)
+            return
+        self._drain_reason = self._drain_reason or reason
+        if not self.started:
+            # Listeners do not exist yet; uvicorn's _serve skips main_loop on
+            # should_exit and shutdown() comes back here once started.
+            return
+        self.draining = True
+        self.should_exit = True
+        self._drain_started = time.monotonic()
+        # Stop accepting now rather than on the next 100 ms tick of main_loop.
+        # On a stop signal the master has already closed its copy, so once every
+        # worker has, new connections are refused; on a recycle the master keeps
+        # it and new connections queue for the siblings / the replacement.
+        for server in getattr(self, "servers", []):
+            server.close()
+        for sock in self._listen_sockets:
+            sock.close()
+        logger.info(
+            "Draining (%s): listeners closed, %d request(s) in flight, %d connection(s) open, "
+            "deadline %.1fs",
+            self._drain_reason,
+            len(self.server_state.tasks),
+            len(self.server_state.connections),
+            self.drain_timeout,
+        )
+
+    def _nudge_idle_connections(self) -> None:
+        """Let uvicorn's keep-alive timer close connections with no request.
+
+        httptools/h11 only arm that timer after a response, so a connection
+        that was accepted but has not sent (or not finished sending) a request
+        would otherwise stay open until the drain deadline
+        (https://github.com/Kludex/uvicorn/pull/1192). Re-arming it every
+        tick means: close after `timeout_keep_alive` s of client silence.
+        """
+        for conn in list(self.server_state.connections):
+            # Duck-typed on purpose: these are protocol internals (cycle,
+            # timeout_keep_alive_task) shared by httptools and h11 today.
+            proto: Any = conn
+            cycle: Any = getattr(proto, "cycle", _MISSING)
+            if cycle is _MISSING or not hasattr(proto, "timeout_keep_alive_task"):
+                # websockets, the zttp sniffer, future protocols: fall back to
+                # uvicorn's own graceful shutdown for them (once).
+                if proto not in self._shut_down:
+                    self._shut_down.add(proto)
+                    proto.shutdown()
+                continue
+            idle = cycle is None or cycle.response_complete
+            if idle and proto.timeout_keep_alive_task is None and not proto.transport.is_closing():
+                proto.timeout_keep_alive_task = proto.loop.call_later(
+                    proto.timeout_keep_alive, proto.timeout_keep_alive_handler
+                )
+
+    async def _heartbeat(self) -> None:
+        # main_loop's on_tick is what normally calls callback_notify; it has
+        # returned, and without this the master "WORKER TIMEOUT"s a recycle
+        # drain that outlasts gunicorn's `timeout`.
+        if self.config.callback_notify is None:
+            return
+        now = time.time()
+        if now - self.last_notified > self.config.timeout_notify:
+            self.last_notified = now
+            await self.config.callback_notify()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if not self.draining:
+            limit = self.limit_max_requests
+            if limit is not None and self.server_state.total_requests >= limit:
+                self._begin_drain(f"max_requests {limit} reached")
+            else:
+                self._begin_drain("server exit")
+        # Connections accepted just before the listeners closed may still have
+        # connection_made() queued on the loop (uvloop schedules it); let them
+        # register before the first "anything left?" check.
+        await asyncio.sleep(0)
+
+        state = self.server_state
+        deadline = self._drain_started + self.drain_timeout
+        next_report = time.monotonic() + 1.0
+        while (state.connections or state.tasks) and not self.force_exit:
+            now = time.monotonic()
+            if now >= deadline:
+                break
+            if now >= next_report:
+                next_report = now + 1.0
+                logger.info(
+                    "Draining: %d request(s) in flight, %d connection(s) open, %.1fs to deadline",
+                    len(state.tasks),
+                    len(state.connections),
+                    deadline - now,
+                )
+            self._nudge_idle_connections()
+            await self._heartbeat()
+            await asyncio.sleep(_DRAIN_TICK)
+
+        if (state.connections or state.tasks) and not self.force_exit:
+            logger.error(
+                "Drain deadline (%.1fs) exceeded: cancelling %d request(s), "
+                "closing %d connection(s)",
+                self.drain_timeout,
+                len(state.tasks),
+                len(state.connections),
+            )
+            for task in list(state.tasks):
+                task.cancel(msg="drain deadline exceeded")
+            if state.tasks:
+                await asyncio.wait(list(state.tasks), timeout=_CANCEL_GRACE)
+            for conn in list(state.connections):
+                conn.transport.close()
+
+        for server in getattr(self, "servers", []):
+            # On Python >= 3.12.1 wait_closed() also waits for connections;
+            # those are gone or closed by now, but never hang the exit on it.
+            try:
+                await asyncio.wait_for(server.wait_closed(), timeout=_CANCEL_GRACE)
+            except asyncio.TimeoutError:
+                pass
+
+        if not self.force_exit:
+            await self.lifespan.shutdown()
+        logger.info(
+            "Drain %s in %.2fs (%s); %d request(s) served by this worker; exiting",
+            "aborted (forced)" if self.force_exit else "finished",
+            time.monotonic() - self._drain_started,
+            self._drain_reason,
+            state.total_requests,
+        )
+
+
+class DrainingUvicornWorker(UvicornWorker):  # type: ignore[misc]
+    """`UvicornWorker` whose every stop (signal or `max_requests`) drains."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        graceful = float(self.cfg.graceful_timeout)
+        # The master SIGKILLs `graceful_timeout` s after *its* signal; finish
+        # (and log what we give up) KILL_MARGIN s before that. For recycles,
+        # the same bound stops a stuck request from holding a worker slot
+        # forever. The floor only matters for a tiny --graceful-timeout.
+        self.drain_timeout = max(graceful - KILL_MARGIN, graceful / 2)
+
+    async def _serve(self) -> None:
+        self.config.app = self.wsgi
+        server = DrainingServer(config=self.config, drain_timeout=self.drain_timeout)
+        # SIGQUIT is what the master sends for its own SIGINT/SIGQUIT; route it
+        # to the server so it drains instead of being ignored
+        # (https://github.com/Kludex/uvicorn-worker/issues/2). SIGINT/SIGTERM
+        # are installed by Server.capture_signals() onto the same handler.
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGQUIT, server.handle_exit, signal.SIGQUIT, None)
+        await server.serve(sockets=self.sockets)
+        if not server.started:
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
