@@ -52,9 +52,11 @@ test-sqlite: install-test
 	@echo "== test suite on SQLite =="
 	DATABASE_URL= $(BIN)/pytest $(PYTEST_ARGS)
 
+# tests/deploy runs once: the image, the manifests and the lint never use the suite's database
+# (the container tests give the container a SQLite file of its own).
 test-postgres: install-test
 	@echo "== test suite on PostgreSQL =="
-	$(BIN)/python -m tests.support.postgres -- $(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/python -m tests.support.postgres -- $(BIN)/pytest --ignore=tests/deploy $(PYTEST_ARGS)
 
 # checkov over what reaches a cluster: the rendered overlays, the Secret template, the Dockerfile.
 # Its own venv: checkov pins dependencies of its own. Offline: no mapping, no download.

@@ -180,7 +180,24 @@ def production(image: str) -> Iterator[Container]:
         yield running
 
 
+IMAGE_PACKAGES = """
+import importlib.metadata as m, json
+names = ["gunicorn", "uvicorn", "uvicorn-worker", "uvloop", "httptools", "websockets", "django"]
+print(json.dumps({name: m.version(name) for name in names}))
+"""
+
+
+def test_r4_image_installs_the_server_stack_and_exposes_the_port(image: str, production: Container) -> None:
+    """R4.1, R4.2, R4.5: Gunicorn, uvicorn with its standard extras and uvicorn-worker; EXPOSE 8000."""
+    versions = json.loads(podman("exec", production.name, "python3", "-c", IMAGE_PACKAGES).stdout)
+    # uvloop, httptools and websockets are what uvicorn[standard] adds to plain uvicorn.
+    assert {"gunicorn", "uvicorn", "uvicorn-worker", "uvloop", "httptools", "websockets"} <= set(versions)
+    exposed = podman("image", "inspect", "--format", "{{json .Config.ExposedPorts}}", image).stdout
+    assert set(json.loads(exposed)) == {"8000/tcp"}
+
+
 def test_every_variable_is_taken_from_podman_run_env(production: Container) -> None:
+    """R4.4: every GUNICORN_*, DJANGO_* and DATABASE_URL variable works from `run -e`."""
     assert set(VARIABLES) <= set(PRODUCTION_ENV), "give every variable a value in PRODUCTION_ENV"
     report = podman("exec", production.name, "python", "manage.py", "show_config").stdout
     sources = {line.split()[0]: line.split(None, 2)[2] for line in report.splitlines()[1:]}
@@ -214,6 +231,7 @@ def test_image_healthcheck_passes(production: Container) -> None:
 
 
 def test_gunicorn_is_pid_1_with_gunicorn_workers_uvicorn_workers_as_non_root(production: Container) -> None:
+    """R4.3, R1.1, R1.2: the container runs Gunicorn as PID 1 with UvicornWorker-class workers."""
     processes = production.processes()
     by_pid = {p["pid"]: p for p in processes}
     assert by_pid[1]["cmdline"].endswith("gunicorn -c config/gunicorn.py")
@@ -249,6 +267,7 @@ def timed_stop(name: str) -> tuple[subprocess.CompletedProcess[str], float]:
 
 
 def test_podman_stop_lets_a_request_in_flight_finish_and_exits_0(image: str) -> None:
+    """R3.1, R3.4, R3.5 in the container: STOPSIGNAL SIGTERM reaches Gunicorn as PID 1."""
     env = {**PRODUCTION_ENV, "GUNICORN_WORKERS": "2"}
     with container(image, env=env, port=8080) as running, ThreadPoolExecutor(max_workers=1) as pool:
         stops: list[Future[tuple[subprocess.CompletedProcess[str], float]]] = []
@@ -278,6 +297,7 @@ def test_podman_stop_lets_a_request_in_flight_finish_and_exits_0(image: str) -> 
 
 
 def test_development_mode_runs_the_django_development_server(image: str) -> None:
+    """R4.6: RUN_MODE=development runs Django's development server (production is the default)."""
     env = {
         "RUN_MODE": "development",
         "GUNICORN_PORT": "8001",
