@@ -5,11 +5,11 @@ ThreadSensitiveContext creates a one-thread executor on the request's first `syn
 and, when the request ends, starts a second thread to join the first. Two thread starts per
 request cost more than the primary-key read they carry (PROJECT.md, Performance).
 
-A lane is a one-thread executor that lives as long as the worker process. Each lean request is
-given the lane with the fewest requests on it and keeps it to the end, so all of its sync calls
-run in one thread, in order, as Django's thread-sensitive mode promises. Requests sharing a lane
-run their sync calls one after the other; a request stuck in sync code holds up only the requests
-on its lane, and new requests go to the others.
+A lane is a one-thread executor that lives as long as the worker process. At its first sync call a
+lean request takes the lane with the shortest queue and keeps it to the end, so all of its sync
+calls run in one thread, in order, as Django's thread-sensitive mode promises. Requests sharing a
+lane run their sync calls one after the other; a call stuck in a lane (a slow query, a lock wait)
+holds up only what is queued behind it, and the next requests go to the other lanes.
 
 Database connections are per thread, so a lane's connection is shared by the requests on it, one
 call at a time. Django's request signals run in the lane as they would in a request's own thread:
@@ -35,11 +35,29 @@ logger = logging.getLogger(__name__)
 
 
 class _Lane:
-    __slots__ = ("executor", "requests")
+    __slots__ = ("completed", "executor", "submitted")
 
     def __init__(self, name: str) -> None:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
-        self.requests = 0
+        # Each counter has one writer (`submitted` the worker's event loop, `completed` the lane's
+        # thread), so no lock is needed to read the queue length.
+        self.submitted = 0
+        self.completed = 0
+
+    @property
+    def queued(self) -> int:
+        """Calls waiting or running in this lane."""
+        return self.submitted - self.completed
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.submitted += 1
+        return self.executor.submit(self._run, fn, args, kwargs)
+
+    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.completed += 1
 
 
 class SyncLanes:
@@ -65,34 +83,40 @@ class SyncLanes:
         return self._lanes
 
     def acquire(self, *, scope: dict[str, Any]) -> RequestLane:
-        """The lane with the fewest requests on it, for one request; `release()` it at the end."""
-        lane = min(self._current(), key=lambda candidate: candidate.requests)
-        lane.requests += 1
-        return RequestLane(lane, sender=self.sender, scope=scope)
+        """One request's executor; it takes a lane at the request's first sync call. `release()` it."""
+        return RequestLane(self, sender=self.sender, scope=scope)
+
+    def shortest(self) -> _Lane:
+        return min(self._current(), key=lambda lane: lane.queued)
 
     def run(self, fn: Callable[[], Any]) -> list[Future[Any]]:
         """Queue `fn` on every lane (tests: what every lane's thread sees once its queue is done)."""
-        return [lane.executor.submit(fn) for lane in self._current()]
+        return [lane.submit(fn) for lane in self._current()]
 
 
 class RequestLane(Executor):
-    """One request's view of its lane: the executor asgiref's ThreadSensitiveContext is given."""
+    """One request's view of the lanes: the executor asgiref's ThreadSensitiveContext is given."""
 
-    def __init__(self, lane: _Lane, *, sender: type, scope: dict[str, Any]) -> None:
-        self._lane = lane
+    def __init__(self, lanes: SyncLanes, *, sender: type, scope: dict[str, Any]) -> None:
+        self._lanes = lanes
+        self._lane: _Lane | None = None
         self._sender = sender
         self._scope = scope
-        self.used = False
         self._released = False
+
+    @property
+    def used(self) -> bool:
+        """Whether the request has run sync code."""
+        return self._lane is not None
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:  # type: ignore[override]
         if self._released:
             raise RuntimeError("the request has ended; its lane takes no more work")
-        if not self.used:
-            self.used = True
+        if self._lane is None:
+            self._lane = self._lanes.shortest()
             # In the same job: the signal costs no extra thread switch.
-            return self._lane.executor.submit(self._first_call, fn, args, kwargs)
-        return self._lane.executor.submit(fn, *args, **kwargs)
+            return self._lane.submit(self._first_call, fn, args, kwargs)
+        return self._lane.submit(fn, *args, **kwargs)
 
     def _first_call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         signals.request_started.send(sender=self._sender, scope=self._scope)
@@ -107,9 +131,8 @@ class RequestLane(Executor):
         if self._released:
             return
         self._released = True
-        self._lane.requests -= 1
-        if self.used:
-            self._lane.executor.submit(self._finish, finish or self._request_finished)
+        if self._lane is not None:
+            self._lane.submit(self._finish, finish or self._request_finished)
 
     def _request_finished(self) -> None:
         signals.request_finished.send(sender=self._sender)

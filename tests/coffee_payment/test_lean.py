@@ -221,3 +221,15 @@ def test_middleware_that_would_need_a_thread_is_refused_on_the_lean_path(setting
     settings.LEAN_MIDDLEWARE = [f"{__name__}.SyncOnlyMiddleware"]
     with pytest.raises(ImproperlyConfigured, match="SyncOnlyMiddleware is neither async nor a MiddlewareMixin"):
         LeanHandler()
+
+
+async def test_a_request_takes_a_lane_that_no_slow_call_holds(lean: LeanASGIHandler, order: Order) -> None:
+    """A lane stuck in a slow query (or an SQLite lock wait) holds up only what is queued behind it."""
+    release = threading.Event()
+    stuck = lean.lanes.shortest().submit(release.wait, 10)
+    try:
+        response = await asyncio.wait_for(request(lean, "GET", f"/v1/order-status/{ORDER_ID}"), timeout=5)
+        assert response.status_code == 200 and not stuck.done()
+    finally:
+        release.set()
+    assert stuck.result(timeout=5) is True
