@@ -3,24 +3,27 @@
 - `GET /health` and `GET /v1/order-status/<id>`: a fixed JSON body (no database: this is what the
   server alone can do);
 - `POST /v1/orders/<id>/payment`: one `POST /payments` to the payment provider (the settings' URL
-  and first shop, as the project would send it) on one persistent httpx client, then a 303 to the
-  confirmation page. What the async provider wait costs with nothing else around it.
+  and first shop, as the project would send it) on one persistent aiohttp session sized like the
+  project's, then a 303 to the confirmation page. What the async provider wait costs with nothing
+  else around it.
 """
 
 from __future__ import annotations
 
-import json
+import base64
 import uuid
 from typing import Any
 
-import httpx
+import aiohttp
 
 from coffee_payment.asgi_types import Receive, Scope, Send
 from coffee_payment.conf import process_settings
 
 HEALTH = b'{"status": "ok"}'
 STATUS = b'{"order_id": "x", "status": "created", "label": "Waiting for payment", "final": false, "expired": false}'
-_client: httpx.AsyncClient | None = None
+# The project's pool size (payments.provider.POOL_CONNECTIONS), without importing the project.
+POOL_CONNECTIONS = 100
+_client: aiohttp.ClientSession | None = None
 
 
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -44,19 +47,20 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
 async def _payment_create(order_id: str) -> str:
     global _client
     if _client is None:
-        _client = httpx.AsyncClient()
+        _client = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=POOL_CONNECTIONS,
+                                                                       limit_per_host=POOL_CONNECTIONS))
     provider = process_settings().provider
     shop_id, secret = next(iter(provider.secrets.items()))
     body = {"amount": {"value": "159.00", "currency": "RUB"}, "capture": True,
             "confirmation": {"type": "redirect", "return_url": "http://127.0.0.1/"},
             "description": f"Cappuccino, order {order_id}", "metadata": {"order_id": order_id}}
-    response = await _client.post(
-        f"{provider.url}/payments", content=json.dumps(body), auth=(shop_id, secret),
-        headers={"Idempotence-Key": str(uuid.uuid5(uuid.NAMESPACE_URL, order_id)), "Content-Type": "application/json"},
-        timeout=provider.read_timeout,
-    )
-    response.raise_for_status()
-    return str(response.json()["confirmation"]["confirmation_url"])
+    headers = {"Authorization": "Basic " + base64.b64encode(f"{shop_id}:{secret}".encode()).decode(),
+               "Idempotence-Key": str(uuid.uuid5(uuid.NAMESPACE_URL, order_id))}
+    timeout = aiohttp.ClientTimeout(total=None, connect=provider.connect_timeout, sock_read=provider.read_timeout)
+    async with _client.post(f"{provider.url}/payments", json=body, headers=headers, timeout=timeout) as response:
+        response.raise_for_status()
+        payment = await response.json()
+    return str(payment["confirmation"]["confirmation_url"])
 
 
 async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
@@ -73,7 +77,7 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             if _client is not None:
-                await _client.aclose()
+                await _client.close()
                 _client = None
             await send({"type": "lifespan.shutdown.complete"})
             return

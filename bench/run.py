@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,13 +24,13 @@ from pathlib import Path
 import httpx
 
 from bench import wrk
+from bench.databases import KINDS, Seeded, seeded
 from bench.startup import startup_figures
 from bench.workloads import POLL_CONNECTIONS, WORKLOADS, Options
-from tests.support.processes import BIN, REPO, Server, base_environ, fake_provider, gunicorn
+from tests.support.processes import REPO, Server, base_environ, fake_provider, gunicorn
 
 RESULTS = REPO / "bench" / "results"
 PROVIDER_SHOP = "demo-shop:demo-secret"  # the shop bench/seed.py's merchant (seed_demo) uses
-
 
 @dataclass(frozen=True)
 class Stack:
@@ -66,25 +64,11 @@ def production_environ(tmp: Path, *, workers: int) -> dict[str, str]:
                         GUNICORN_WORKERS=str(workers), PAYMENT_PROVIDER_SECRETS=PROVIDER_SHOP)
 
 
-def seeded_database(tmp: Path, *, env: dict[str, str], options: Options) -> Path:
-    """Migrate and seed one SQLite file; every server gets a fresh copy of it."""
-    path = tmp / "seeded.sqlite3"
-    env = {**env, "DATABASE_URL": f"sqlite:///{path}"}
-    for command in (["manage.py", "migrate", "--noinput"],
-                    ["-m", "bench.seed", f"--status-orders={options.status_orders}",
-                     f"--payment-orders={options.payment_orders}"]):
-        subprocess.run([str(BIN / "python"), *command], cwd=REPO, env=env, check=True, capture_output=True,
-                       timeout=120)
-    return path
-
-
 @contextmanager
-def serving(tmp: Path, *, env: dict[str, str], stack: Stack, database: Path, latency: float) -> Iterator[Server]:
+def serving(tmp: Path, *, env: dict[str, str], stack: Stack, database: Seeded, latency: float) -> Iterator[Server]:
     logs = Path(tempfile.mkdtemp(dir=tmp))
-    copy = logs / "server.sqlite3"
-    shutil.copyfile(database, copy)
     with fake_provider(logs, "--latency", str(latency), "--credentials", PROVIDER_SHOP) as provider:
-        env = {**env, "DATABASE_URL": f"sqlite:///{copy}", "PAYMENT_PROVIDER_URL": provider.url + "/v3"}
+        env = {**env, "DATABASE_URL": database.copy(logs), "PAYMENT_PROVIDER_URL": provider.url + "/v3"}
         with gunicorn(logs, env=env, args=stack.args) as server:
             # Warm every worker (imports, first queries) before measuring.
             for _ in range(200):
@@ -92,7 +76,7 @@ def serving(tmp: Path, *, env: dict[str, str], stack: Stack, database: Path, lat
             yield server
 
 
-def one_round(tmp: Path, *, env: dict[str, str], database: Path, options: Options, workloads: list[str],
+def one_round(tmp: Path, *, env: dict[str, str], database: Seeded, options: Options, workloads: list[str],
               latency: float, log: Callable[[str], None]) -> dict[str, dict[str, dict[str, float | int]]]:
     """{row: {server: figures}} for one pass over every server."""
     rows: dict[str, dict[str, dict[str, float | int]]] = {}
@@ -167,6 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--payment-connections", type=int, default=200, help="payment creations in flight")
     parser.add_argument("--poll-rate", type=int, default=100, help="status polls per second during payments")
     parser.add_argument("--provider-latency", type=float, default=0.3, help="fake provider's seconds per call")
+    parser.add_argument("--database", choices=KINDS, default="sqlite",
+                        help="sqlite (a file) or postgres (a throwaway cluster; needs PostgreSQL's server binaries)")
     parser.add_argument("--no-startup", action="store_true", help="skip cold start, boot and memory figures")
     args = parser.parse_args(argv)
     workloads = [name.strip() for name in args.workloads.split(",") if name.strip()]
@@ -182,7 +168,9 @@ def main(argv: list[str] | None = None) -> None:
         "connections": args.connections, "seconds": args.seconds, "rounds": args.rounds,
         "payment_connections": args.payment_connections, "poll_rate": args.poll_rate,
         "poll_connections": POLL_CONNECTIONS, "provider_latency_s": args.provider_latency,
-        "database": "SQLite (WAL), a fresh copy per server", "layer": "production (JSON logs, DEBUG off)",
+        "database": {"sqlite": "SQLite file (WAL, synchronous=NORMAL, IMMEDIATE transactions)",
+                     "postgres": "PostgreSQL (throwaway cluster, fsync off, Django's pool)"}[args.database]
+        + ", a fresh copy per server", "layer": "production (JSON logs, DEBUG off)",
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
     }
     print("bench: " + ", ".join(f"{key} {value}" for key, value in settings.items()), flush=True)
@@ -190,20 +178,21 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="coffee-bench-") as tmp_name:
         tmp = Path(tmp_name)
         env = production_environ(tmp, workers=args.workers)
-        database = seeded_database(tmp, env=env, options=options)
-        rounds = []
-        for number in range(1, args.rounds + 1):
-            log(f"round {number}/{args.rounds}")
-            rounds.append(one_round(tmp, env=env, database=database, options=options, workloads=workloads,
-                                    latency=args.provider_latency, log=log))
-        figures = {"settings": settings, **summarise(rounds), "rounds": rounds}
-        if not args.no_startup:
-            log("startup figures ...")
-            startup_env = {**env, "DATABASE_URL": f"sqlite:///{database}"}
-            figures["startup"] = {
-                "without_preload": startup_figures(tmp, env=startup_env, preload=False),
-                "with_preload": startup_figures(tmp, env=startup_env, preload=True),
-            }
+        with seeded(args.database, tmp=tmp, env=env, status_orders=options.status_orders,
+                    payment_orders=options.payment_orders) as database:
+            rounds = []
+            for number in range(1, args.rounds + 1):
+                log(f"round {number}/{args.rounds}")
+                rounds.append(one_round(tmp, env=env, database=database, options=options, workloads=workloads,
+                                        latency=args.provider_latency, log=log))
+            figures = {"settings": settings, **summarise(rounds), "rounds": rounds}
+            if not args.no_startup:
+                log("startup figures ...")
+                startup_env = {**env, "DATABASE_URL": database.copy(Path(tempfile.mkdtemp(dir=tmp)))}
+                figures["startup"] = {
+                    "without_preload": startup_figures(tmp, env=startup_env, preload=False),
+                    "with_preload": startup_figures(tmp, env=startup_env, preload=True),
+                }
     figures.setdefault("startup", {})
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(figures, indent=2) + "\n")
