@@ -12,16 +12,14 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 from django.core.exceptions import ImproperlyConfigured
-from django.core.signals import request_finished
 from django.core.handlers.asgi import ASGIHandler
+from django.core.signals import request_finished
 from django.db import connections
 from django.db.backends.utils import CursorWrapper
 from django.http import HttpRequest, HttpResponse
-from django.urls import path
 
 from coffee_payment.asgi_types import ASGIApp
 from coffee_payment.lean import LeanASGIHandler, LeanHandler, LeanPaths
-from coffee_payment.request_timeout import DISCONNECT_GRACE, RequestTimeoutMiddleware
 from payments.fake_provider import FakeProvider
 from payments.models import Order
 from tests.payments.conftest import device, fake, fake_server, merchant, order, scan_parameters  # noqa: F401
@@ -178,33 +176,6 @@ async def test_lean_requests_start_no_thread_of_their_own(lean: LeanASGIHandler,
     assert await count_thread_starts(lean, status, requests=20, monkeypatch=monkeypatch) <= lean.lanes.count
     assert await count_thread_starts(lean, status, requests=20, monkeypatch=monkeypatch) == 0
     assert await count_thread_starts(ASGIHandler(), status, requests=20, monkeypatch=monkeypatch) >= 20
-
-
-VIEW_CANCELLED = asyncio.Event()
-
-
-async def slow_view(request: HttpRequest) -> HttpResponse:
-    try:
-        await asyncio.sleep(3600)  # a slow upstream call
-    except asyncio.CancelledError:
-        VIEW_CANCELLED.set()
-        raise
-    return HttpResponse("never")
-
-
-urlpatterns = [path("v1/slow", slow_view)]
-
-
-async def test_a_lean_view_past_the_request_timeout_is_cancelled(settings: Any) -> None:
-    settings.ROOT_URLCONF = __name__
-    VIEW_CANCELLED.clear()
-    limit = 0.2
-    app = RequestTimeoutMiddleware(LeanASGIHandler(), timeout=limit)
-    started = asyncio.get_running_loop().time()
-    response = await request(app, "GET", "/v1/slow")
-    assert response.status_code == 504
-    await asyncio.wait_for(VIEW_CANCELLED.wait(), timeout=DISCONNECT_GRACE)
-    assert asyncio.get_running_loop().time() - started < limit + DISCONNECT_GRACE
 
 
 class SyncOnlyMiddleware:
