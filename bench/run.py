@@ -103,6 +103,7 @@ def summarise(rounds: list[dict[str, dict[str, dict[str, float | int]]]]) -> dic
                 "p99_ms": round(statistics.median(float(c["p99_ms"]) for c in cells), 2),
                 "p99_ms_max": max(float(c["p99_ms"]) for c in cells),
                 "errors": sum(int(c["errors"]) for c in cells),
+                "requests": sum(int(c["requests"]) for c in cells),
             }
         if "stack" not in by_server or row.endswith("-poll"):
             continue
@@ -121,8 +122,10 @@ def print_report(figures: dict) -> None:
     for row, by_server in figures["table"].items():
         for server, cell in by_server.items():
             spread = f"({cell['req_per_s_min']:.0f}-{cell['req_per_s_max']:.0f})"
-            print(f"{row:<14}{server:<9}{cell['req_per_s']:>9.1f}{spread:>17}{cell['p50_ms']:>9.2f}"
-                  f"{cell['p99_ms']:>9.2f}{cell['errors']:>8}")
+            # wrk has no latency for a load that got no answer at all (sync workers all busy).
+            latency = (f"{cell['p50_ms']:>9.2f}{cell['p99_ms']:>9.2f}" if cell["requests"]
+                       else f"{'no answer in ' + str(figures['settings']['seconds']) + ' s':>18}")
+            print(f"{row:<14}{server:<9}{cell['req_per_s']:>9.1f}{spread:>17}{latency}{cell['errors']:>8}")
     print("\nratios (median of rounds, range):")
     for row, by_pair in figures["ratios"].items():
         print("  " + "   ".join(f"{row} {pair} {r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})"
