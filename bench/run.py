@@ -97,11 +97,13 @@ def summarise(rounds: list[dict[str, dict[str, dict[str, float | int]]]]) -> dic
         for server in by_server:
             cells = [r[row][server] for r in rounds]
             rps = [float(c["req_per_s"]) for c in cells]
+            # Latency only from rounds that got answers: wrk reports 0 ms for a load never answered.
+            answered = [c for c in cells if int(c["requests"])] or cells
             table.setdefault(row, {})[server] = {
                 "req_per_s": round(statistics.median(rps), 1), "req_per_s_min": min(rps), "req_per_s_max": max(rps),
-                "p50_ms": round(statistics.median(float(c["p50_ms"]) for c in cells), 2),
-                "p99_ms": round(statistics.median(float(c["p99_ms"]) for c in cells), 2),
-                "p99_ms_max": max(float(c["p99_ms"]) for c in cells),
+                "p50_ms": round(statistics.median(float(c["p50_ms"]) for c in answered), 2),
+                "p99_ms": round(statistics.median(float(c["p99_ms"]) for c in answered), 2),
+                "p99_ms_max": max(float(c["p99_ms"]) for c in answered),
                 "errors": sum(int(c["errors"]) for c in cells),
                 "requests": sum(int(c["requests"]) for c in cells),
             }
