@@ -97,15 +97,15 @@ def summarise(rounds: list[dict[str, dict[str, dict[str, float | int]]]]) -> dic
         for server in by_server:
             cells = [r[row][server] for r in rounds]
             rps = [float(c["req_per_s"]) for c in cells]
-            # Latency only from rounds that got answers: wrk reports 0 ms for a load never answered.
-            answered = [c for c in cells if int(c["requests"])] or cells
+            # Latency only from rounds that got answers: wrk reports 0 ms when every request timed out.
+            answered = [c for c in cells if int(c["requests"]) > int(c["errors"])] or cells
             table.setdefault(row, {})[server] = {
                 "req_per_s": round(statistics.median(rps), 1), "req_per_s_min": min(rps), "req_per_s_max": max(rps),
                 "p50_ms": round(statistics.median(float(c["p50_ms"]) for c in answered), 2),
                 "p99_ms": round(statistics.median(float(c["p99_ms"]) for c in answered), 2),
                 "p99_ms_max": max(float(c["p99_ms"]) for c in answered),
                 "errors": sum(int(c["errors"]) for c in cells),
-                "requests": sum(int(c["requests"]) for c in cells),
+                "answered": sum(max(int(c["requests"]) - int(c["errors"]), 0) for c in cells),
             }
         if "stack" not in by_server or row.endswith("-poll"):
             continue
@@ -125,7 +125,7 @@ def print_report(figures: dict) -> None:
         for server, cell in by_server.items():
             spread = f"({cell['req_per_s_min']:.0f}-{cell['req_per_s_max']:.0f})"
             # wrk has no latency for a load that got no answer at all (sync workers all busy).
-            latency = (f"{cell['p50_ms']:>9.2f}{cell['p99_ms']:>9.2f}" if cell["requests"]
+            latency = (f"{cell['p50_ms']:>9.2f}{cell['p99_ms']:>9.2f}" if cell["answered"]
                        else f"{'no answer in ' + str(figures['settings']['seconds']) + ' s':>18}")
             print(f"{row:<14}{server:<9}{cell['req_per_s']:>9.1f}{spread:>17}{latency}{cell['errors']:>8}")
     print("\nratios (median of rounds, range):")
