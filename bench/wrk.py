@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+LUA = Path(__file__).resolve().parent / "lua"
+# Seconds wrk waits for an answer before counting the request as a timeout (an error).
+TIMEOUT_S = 5
 
 
 @dataclass(frozen=True)
@@ -59,11 +62,47 @@ def parse(output: str) -> Result:
     return Result(float(rps.group(1)), _ms(p50.group(1)), _ms(p99.group(1)), int(total.group(1)), errors)
 
 
-def run(url: str, *, load: Load, script: Path | None = None) -> Result:
-    command = [require_wrk(), f"-t{load.threads}", f"-c{load.connections}", f"-d{load.seconds}s",
-               "--latency", "--timeout", "5s"]
+@dataclass(frozen=True)
+class Script:
+    """A Lua script under bench/lua and the arguments wrk passes to its init()."""
+
+    name: str
+    args: tuple[str, ...] = ()
+
+    @property
+    def path(self) -> Path:
+        return LUA / self.name
+
+
+def command(url: str, *, load: Load, script: Script | None = None) -> list[str]:
+    line = [require_wrk(), f"-t{load.threads}", f"-c{load.connections}", f"-d{load.seconds}s",
+            "--latency", "--timeout", f"{TIMEOUT_S}s"]
     if script is not None:
-        command += ["-s", str(script)]
-    # wrk stops by itself after -d seconds; the subprocess timeout is the backstop.
-    done = subprocess.run([*command, url], capture_output=True, text=True, timeout=load.seconds + 30, check=True)
-    return parse(done.stdout)
+        line += ["-s", str(script.path), url, "--", *script.args]
+    else:
+        line.append(url)
+    return line
+
+
+def run(url: str, *, load: Load, script: Script | None = None) -> Result:
+    return run_together([(url, load, script)])[0]
+
+
+def run_together(runs: list[tuple[str, Load, Script | None]]) -> list[Result]:
+    """Several wrk processes at once (one load while another measures); their results in order."""
+    processes = [subprocess.Popen(command(url, load=load, script=script), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for url, load, script in runs]
+    try:
+        outputs = []
+        for process, (_, load, _) in zip(processes, runs):
+            # wrk stops by itself after -d seconds; the timeout is the backstop.
+            stdout, stderr = process.communicate(timeout=load.seconds + 30)
+            if process.returncode != 0:
+                raise RuntimeError(f"wrk exited with {process.returncode}: {stderr.strip()}")
+            outputs.append(stdout)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
+    return [parse(output) for output in outputs]

@@ -3,13 +3,14 @@
 import os
 
 from django.conf import settings
-from django.core.asgi import get_asgi_application
 
+from coffee_payment.lean import get_lean_asgi_application
 from coffee_payment.request_timeout import RequestTimeoutMiddleware
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "coffee_payment.settings")
 
-django_application = get_asgi_application()
+# Django's ASGI handler, with the lean path for settings.LEAN_PATHS (coffee_payment/lean.py).
+django_application = get_lean_asgi_application()
 
 # Imported after Django is set up: the app's modules read django.conf.settings.
 from coffee_payment.lifespan import Lifespan  # noqa: E402

@@ -14,7 +14,8 @@ class ProbeMiddleware:
     """Serve settings.PROBE_PATHS straight from their views, before any middleware reads Host.
 
     Every other path still goes through SecurityMiddleware and CommonMiddleware, which enforce
-    ALLOWED_HOSTS. The probe views read neither the Host header nor the session.
+    ALLOWED_HOSTS. The probe views read neither the Host header nor the session. First in both
+    MIDDLEWARE and LEAN_MIDDLEWARE (coffee_payment/lean.py), where the probes are lean paths.
     """
 
     sync_capable = True

@@ -54,6 +54,27 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
+# LEAN PATH
+# ------------------------------------------------------------------------------
+# The customer's pages and the API (coffee_payment/lean.py): no session, user or messages, so they
+# skip that middleware and the thread switches it costs under ASGI. An entry ending in "/" is a
+# prefix. The admin and static files keep the whole MIDDLEWARE above.
+LEAN_PATHS = ("/health", "/ready", "/v1/")
+# An ordered subset of MIDDLEWARE (checked): what every lean path still needs. Host validation and
+# APPEND_SLASH (CommonMiddleware), security headers, CSRF for the payment form and X-Frame-Options.
+# Stock middleware listed here has its hooks run on the event loop: only middleware that does no
+# I/O in them belongs here (CsrfViewMiddleware qualifies while CSRF_USE_SESSIONS is off).
+LEAN_MIDDLEWARE = [
+    "coffee_payment.middleware.ProbeMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+# Long-lived threads per worker for the sync code (ORM calls) of lean requests; each request keeps
+# one (coffee_payment/sync_lanes.py). A request stuck in sync code holds up only its own lane.
+SYNC_LANES = 4
+
 # TEMPLATES
 # ------------------------------------------------------------------------------
 TEMPLATES = [

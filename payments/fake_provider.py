@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 
 log = logging.getLogger("payments.fake_provider")
 
@@ -112,7 +112,7 @@ class FakeProvider:
         self.credentials = dict(credentials or {})
         self.latency, self.fail, self.hang_seconds = latency, fail, hang_seconds
         self.webhook_url = webhook_url
-        self._client: httpx.AsyncClient | None = None
+        self._client: aiohttp.ClientSession | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -168,7 +168,7 @@ class FakeProvider:
 
     async def aclose(self) -> None:
         if self._client is not None:
-            await self._client.aclose()
+            await self._client.close()
             self._client = None
 
     async def _api(self, scope: Message, method: str, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
@@ -253,11 +253,12 @@ class FakeProvider:
         if not self.webhook_url:
             return
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=NOTIFY_TIMEOUT)
+            self._client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=NOTIFY_TIMEOUT))
         try:
-            response = await self._client.post(self.webhook_url, json=notification)
-            log.info("notified %s: HTTP %d %s", self.webhook_url, response.status_code, response.text[:200])
-        except httpx.HTTPError as exc:
+            async with self._client.post(self.webhook_url, json=notification) as response:
+                text = await response.text()
+            log.info("notified %s: HTTP %d %s", self.webhook_url, response.status, text[:200])
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             # The real provider retries for a day; the fake tells whoever runs it.
             log.warning("notification to %s failed: %s", self.webhook_url, exc)
 

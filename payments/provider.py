@@ -1,4 +1,4 @@
-"""The payment provider's REST protocol (YooKassa API v3), spoken with one httpx.AsyncClient.
+"""The payment provider's REST protocol (YooKassa API v3), spoken with one aiohttp session per worker.
 
 - `POST {url}/payments` with an `Idempotence-Key` creates a payment; the same key always returns
   the same payment, so a retry never charges twice.
@@ -14,6 +14,7 @@ refused connections and 5xx answers a bounded number of times with the same key.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import uuid
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-import httpx
+import aiohttp
 from django.conf import settings
 
 from payments.errors import InvalidParameter, ProviderRejected, ProviderUnavailable, ShopNotConfigured
@@ -70,17 +71,46 @@ def rubles(kopecks: int) -> str:
     return f"{kopecks // 100}.{kopecks % 100:02d}"
 
 
+@dataclass(frozen=True)
+class Answer:
+    """A provider response, read whole."""
+
+    status_code: int
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def text(self) -> str:
+        return self.body.decode(errors="replace")
+
+
 # One client per event loop: a Uvicorn worker has exactly one, so this is one client per worker
 # with one connection pool. Created on first use inside a request, so never in the Gunicorn master
 # and never shared across a fork; closed by the ASGI lifespan shutdown (coffee_payment.asgi).
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = weakref.WeakKeyDictionary()
+#
+# aiohttp rather than httpx: httpx 0.28's pool (httpcore 1.0) closes every connection it releases
+# once more than max_keepalive_connections are open, so under load every provider call paid a new
+# connection (against the real provider, a TLS handshake), and it spends CPU quadratic in open
+# connections and queued calls on every call (https://github.com/encode/httpcore/pull/1035). Its
+# fork httpx2 fixes both but still polls every idle connection twice per call
+# (https://github.com/pydantic/httpx2/pull/1169). aiohttp's pool reuses connections in constant
+# time: a call costs about a third of httpx2's CPU (PROJECT.md, Performance).
+# Up to POOL_CONNECTIONS calls at once per worker, every connection kept for the next call; more
+# calls wait for a connection up to the connect timeout.
+POOL_CONNECTIONS = 100
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = weakref.WeakKeyDictionary()
 
 
-def _client() -> httpx.AsyncClient:
+def _client() -> aiohttp.ClientSession:
     loop = asyncio.get_running_loop()
     client = _clients.get(loop)
-    if client is None or client.is_closed:
-        client = httpx.AsyncClient(headers={"User-Agent": "coffee-payment-server"})
+    if client is None or client.closed:
+        client = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=POOL_CONNECTIONS, limit_per_host=POOL_CONNECTIONS),
+            headers={"User-Agent": "coffee-payment-server"},
+        )
         _clients[loop] = client
     return client
 
@@ -89,43 +119,63 @@ async def aclose() -> None:
     """Close this event loop's client (at worker shutdown; tests call it after each test)."""
     client = _clients.pop(asyncio.get_running_loop(), None)
     if client is not None:
-        await client.aclose()
+        await client.close()
 
 
-def _auth(shop_id: str) -> httpx.BasicAuth:
+def _auth(shop_id: str) -> str:
+    """The Authorization header of the merchant's shop (HTTP Basic)."""
     secret = settings.PAYMENT_PROVIDER_SECRETS.get(shop_id)
     if not secret:
         log.error("no secret key for shop %r in PAYMENT_PROVIDER_SECRETS: its merchants cannot take payments", shop_id)
         raise ShopNotConfigured("Payments for this coffee machine are not set up yet. Please tell the staff.")
-    return httpx.BasicAuth(shop_id, secret)
+    return "Basic " + base64.b64encode(f"{shop_id}:{secret}".encode()).decode("ascii")
+
+
+# What to call a transport failure in the logs and in ProviderUnavailable.detail, most specific first.
+_FAILURE_KINDS: tuple[tuple[type[BaseException], str], ...] = (
+    (aiohttp.ConnectionTimeoutError, "ConnectTimeout"),
+    (aiohttp.SocketTimeoutError, "ReadTimeout"),
+    (aiohttp.ClientConnectorError, "ConnectError"),
+    (asyncio.TimeoutError, "Timeout"),
+)
+# Timeouts, refused and reset connections, a body cut short: worth another attempt.
+_TRANSPORT_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
+
+
+def _failure(exc: BaseException) -> str:
+    kind = next((name for cls, name in _FAILURE_KINDS if isinstance(exc, cls)), type(exc).__name__)
+    return f"{kind}: {exc}" if str(exc) else kind
 
 
 async def _request(
     method: str, path: str, *, shop_id: str, retries: int, body: dict[str, Any] | None = None, key: str | None = None
-) -> httpx.Response:
+) -> Answer:
     """One API call with bounded retries; a response below 500 (other than 202/429) is returned."""
-    auth = _auth(shop_id)
+    headers = {"Authorization": _auth(shop_id)}
+    if key:
+        headers["Idempotence-Key"] = key
     url = f"{settings.PAYMENT_PROVIDER_URL}{path}"
-    headers = {"Idempotence-Key": key} if key else {}
     connect, read = settings.PAYMENT_PROVIDER_CONNECT_TIMEOUT, settings.PAYMENT_PROVIDER_READ_TIMEOUT
-    timeout = httpx.Timeout(connect=connect, read=read, write=read, pool=connect)
+    # connect: waiting for a pooled connection and opening one; sock_read: each wait for the answer.
+    timeout = aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect, sock_read=read)
     failure = ""
     for attempt in range(retries + 1):
         if attempt:
             await asyncio.sleep(RETRY_BACKOFF * attempt)
         try:
-            response = await _client().request(method, url, json=body, headers=headers, auth=auth, timeout=timeout)
-        except httpx.TransportError as exc:  # timeouts, refused and reset connections
-            failure = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            async with _client().request(method, url, json=body, headers=headers, timeout=timeout) as response:
+                answer = Answer(response.status, await response.read())
+        except _TRANSPORT_ERRORS as exc:
+            failure = _failure(exc)
         else:
-            if response.status_code < 500 and response.status_code not in RETRY_STATUSES:
-                return response
-            failure = f"HTTP {response.status_code}"
+            if answer.status_code < 500 and answer.status_code not in RETRY_STATUSES:
+                return answer
+            failure = f"HTTP {answer.status_code}"
         log.warning("provider %s %s attempt %d/%d failed: %s", method, path, attempt + 1, retries + 1, failure)
     raise ProviderUnavailable("The payment service did not answer. Please try again in a moment.", detail=failure)
 
 
-def _payment(response: httpx.Response) -> ProviderPayment:
+def _payment(response: Answer) -> ProviderPayment:
     try:
         data = response.json()
         amount = Decimal(data["amount"]["value"])
@@ -148,7 +198,7 @@ def _payment(response: httpx.Response) -> ProviderPayment:
     return payment
 
 
-def _rejected(response: httpx.Response, what: str) -> ProviderRejected:
+def _rejected(response: Answer, what: str) -> ProviderRejected:
     # The provider's error object: {"type": "error", "code": ..., "description": ..., "parameter": ...}
     log.error("provider refused %s: HTTP %d %s", what, response.status_code, response.text[:500])
     return ProviderRejected(

@@ -105,15 +105,19 @@ def _order_transition(*, order_id: str, target: OrderStatus, **changes: Any) -> 
 
 
 def order_mark_pending(*, order_id: str, provider_payment_id: str) -> Order:
-    """created -> pending with the provider's payment; again with the same payment: no change."""
-    with transaction.atomic():
-        try:
-            return _order_transition(order_id=order_id, target=OrderStatus.PENDING, provider_payment_id=provider_payment_id)
-        except IllegalTransition as refused:
-            order = Order.objects.get(pk=order_id)
-            if order.status == OrderStatus.PENDING and order.provider_payment_id == provider_payment_id:
-                return order
-            raise refused
+    """created -> pending with the provider's payment; again with the same payment: no change.
+
+    No transaction of its own, like the other transitions: the compare-and-set UPDATE decides alone,
+    and the reads after it only report. On SQLite a transaction here held the database's one write
+    lock across those reads too, and every concurrent payment in every worker queued behind it.
+    """
+    try:
+        return _order_transition(order_id=order_id, target=OrderStatus.PENDING, provider_payment_id=provider_payment_id)
+    except IllegalTransition as refused:
+        order = Order.objects.get(pk=order_id)
+        if order.status == OrderStatus.PENDING and order.provider_payment_id == provider_payment_id:
+            return order
+        raise refused
 
 
 def order_mark_paid(*, order_id: str) -> Order:

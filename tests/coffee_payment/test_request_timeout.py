@@ -12,6 +12,7 @@ from django.core.signals import request_finished
 from django.http import HttpRequest, HttpResponse
 from django.urls import path
 
+from coffee_payment.lean import LeanASGIHandler
 from coffee_payment.request_timeout import DISCONNECT_GRACE, RequestTimeoutError, RequestTimeoutMiddleware
 
 pytestmark = pytest.mark.timeout(10)
@@ -139,7 +140,7 @@ async def slow_view(request: HttpRequest) -> HttpResponse:
     return HttpResponse("never")
 
 
-urlpatterns = [path("slow", slow_view)]
+urlpatterns = [path("slow", slow_view), path("v1/slow", slow_view)]
 
 
 async def test_django_cancels_the_view_through_its_own_disconnect_handling(settings: Any) -> None:
@@ -162,4 +163,16 @@ async def test_django_cancels_the_view_through_its_own_disconnect_handling(setti
     assert client.status == 504
     assert VIEW_CANCELLED.is_set() and finished
     # Django stopped on the disconnect, well before the grace after which the task is cancelled.
+    assert time.monotonic() - started < LIMIT + DISCONNECT_GRACE
+
+
+async def test_the_lean_path_cancels_the_view_the_same_way(settings: Any) -> None:
+    """/v1/ is a lean path (coffee_payment/lean.py): it keeps Django's disconnect watch."""
+    settings.ROOT_URLCONF = __name__
+    VIEW_CANCELLED.clear()
+    client = Client()
+    started = time.monotonic()
+    await RequestTimeoutMiddleware(LeanASGIHandler(), timeout=LIMIT)(
+        {**HTTP_SCOPE, "path": "/v1/slow"}, client.receive, client.send)
+    assert client.status == 504 and VIEW_CANCELLED.is_set()
     assert time.monotonic() - started < LIMIT + DISCONNECT_GRACE

@@ -101,7 +101,7 @@ def cluster() -> Iterator[str]:
         _run([str(binaries / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w",
               "-t", str(START_TIMEOUT), "start"], as_user=user, timeout=START_TIMEOUT + 10)
         url = f"postgres://{USER}@127.0.0.1:{port}/{DATABASE}"
-        _execute(url, "postgres", f'CREATE DATABASE "{DATABASE}"')
+        execute(url, "postgres", f'CREATE DATABASE "{DATABASE}"')
         yield url
     finally:
         if started:
@@ -121,15 +121,15 @@ def _stop(binaries: Path, data: Path, user: str | None) -> None:
             print(f"postgres: stop -m {mode} failed: {exc}", file=sys.stderr)
 
 
-def _with_database(url: str, name: str) -> str:
+def with_database(url: str, name: str) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
-def _execute(url: str, database: str, statement: str) -> None:
+def execute(url: str, database: str, statement: str) -> None:
     import psycopg
 
-    with psycopg.connect(_with_database(url, database), autocommit=True, connect_timeout=10) as connection:
+    with psycopg.connect(with_database(url, database), autocommit=True, connect_timeout=10) as connection:
         connection.execute(statement)  # type: ignore[arg-type]  # our own literal SQL
 
 
@@ -148,12 +148,12 @@ def server_database(tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path / 'server.sqlite3'}"
         return
     name = f"server_{uuid.uuid4().hex[:12]}"
-    _execute(suite, "postgres", f'CREATE DATABASE "{name}"')
+    execute(suite, "postgres", f'CREATE DATABASE "{name}"')
     try:
-        yield _with_database(suite, name)
+        yield with_database(suite, name)
     finally:
         # FORCE: a server killed mid-request may leave a connection behind.
-        _execute(suite, "postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        execute(suite, "postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def main(argv: list[str]) -> int:

@@ -1,0 +1,60 @@
+"""The bench's database: the demo merchant and machines, plus orders to poll and to pay.
+
+    python -m bench.seed --status-orders 200 --payment-orders 6000   (with the server's DJANGO_* and DATABASE_URL)
+
+Runs in a process of its own with the servers' environment, through the project's own code:
+`manage.py seed_demo` for the merchant and machines, `services.order_create` for every order (what a
+QR scan does). Order ids are `<prefix><number>`, numbered from 1, so the wrk scripts can name them
+without reading anything back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+
+STATUS_PREFIX = "bench-status-"
+PAYMENT_PREFIX = "bench-pay-"
+DEVICE = "demo-machine-lobby"
+
+
+def order_id(prefix: str, number: int) -> str:
+    # The Lua scripts format ids the same way: string.format("%s%06d", prefix, number).
+    return f"{prefix}{number:06d}"
+
+
+def seed(*, status_orders: int, payment_orders: int) -> None:
+    from django.core.management import call_command
+    from django.db import connection, transaction
+
+    from payments import services
+
+    call_command("seed_demo", stdout=io.StringIO())  # its QR links are for people
+    if connection.vendor == "sqlite":
+        # WAL: readers never wait for the writer, and the writers of four workers queue on one lock
+        # instead of failing; the mode is stored in the file, so every server copy has it.
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA journal_mode=WAL")
+    # One transaction: thousands of scans in a second or two instead of one fsync each.
+    with transaction.atomic():
+        for prefix, count in ((STATUS_PREFIX, status_orders), (PAYMENT_PREFIX, payment_orders)):
+            for number in range(1, count + 1):
+                services.order_create(order_id=order_id(prefix, number), device_uuid=DEVICE, drink_number=2,
+                                      drink_name="Cappuccino", size=2, price_kopecks=15900)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--status-orders", type=int, required=True)
+    parser.add_argument("--payment-orders", type=int, required=True)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "coffee_payment.settings")
+    import django
+
+    django.setup()
+    seed(status_orders=args.status_orders, payment_orders=args.payment_orders)
+
+
+if __name__ == "__main__":
+    main()
