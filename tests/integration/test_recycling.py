@@ -31,18 +31,27 @@ def recycling_environ(tmp_path: Path, **overrides: str) -> dict[str, str]:
 
 
 def assert_no_request_lost(server: Server, *, rounds: int, seconds: float, min_recycles: int) -> None:
-    """Load in both connection modes, `rounds` times; every run must see recycles and no failure."""
+    """Load in both connection modes, `rounds` times; every run must see recycles and no failure.
+
+    A run is `seconds` of load, extended by further slices of `seconds` (three at most) while it
+    has seen fewer than `min_recycles` recycles: a machine slowed by other work still gets its
+    recycles, and the load stays bounded.
+    """
     seen = 0
     report = []
     for round_no in range(rounds):
         for mode in ("close", "keepalive"):
-            result: LoadResult = run_load_sync(server.port, mode, duration=seconds, concurrency=16)
-            total = len(RECYCLE.findall(server.logs()))
-            recycles, seen = total - seen, total
-            report.append(f"round {round_no} {result.summary()}, recycles={recycles}")
-            summary = "\n".join(report)
-            assert result.error_count == 0, summary
-            assert result.non_2xx == 0, summary
+            recycles = 0
+            for _ in range(4):
+                result: LoadResult = run_load_sync(server.port, mode, duration=seconds, concurrency=16)
+                total = len(RECYCLE.findall(server.logs()))
+                recycles, seen = recycles + total - seen, total
+                report.append(f"round {round_no} {result.summary()}, recycles so far={recycles}")
+                summary = "\n".join(report)
+                assert result.error_count == 0, summary
+                assert result.non_2xx == 0, summary
+                if recycles >= min_recycles:
+                    break
             assert recycles >= min_recycles, summary
     print("\n".join(report))
     assert server.process.poll() is None, "master died during the load"
@@ -50,7 +59,7 @@ def assert_no_request_lost(server: Server, *, rounds: int, seconds: float, min_r
     assert "WORKER TIMEOUT" not in logs and "SIGKILL" not in logs and "Drain deadline" not in logs
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(150)
 def test_recycling_under_load_loses_no_request_in_either_connection_mode(tmp_path: Path) -> None:
     """R2.4, R2.5: max_requests 250 + jitter 100, 16 clients, 3 rounds x 2 modes x 3 s: zero errors, zero non-2xx.
 
@@ -61,7 +70,7 @@ def test_recycling_under_load_loses_no_request_in_either_connection_mode(tmp_pat
         assert_no_request_lost(server, rounds=3, seconds=3.0, min_recycles=5)
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(90)
 def test_health_answers_while_django_workers_recycle(tmp_path: Path) -> None:
     """R6.5: /health on the production stack stays 200 through worker restarts, in both modes.
 
