@@ -37,11 +37,11 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     path = scope["path"]
     if scope["method"] == "POST" and path.startswith("/v1/orders/") and path.endswith("/payment"):
         location = await _payment_create(path.split("/")[3])
-        await _respond(send, 303, b"", [(b"location", location.encode())])
+        await _respond(send, status=303, body=b"", headers=[(b"location", location.encode())])
     elif path.startswith("/v1/order-status/"):
-        await _respond(send, 200, STATUS, [(b"content-type", b"application/json")])
+        await _respond(send, status=200, body=STATUS, headers=[(b"content-type", b"application/json")])
     else:
-        await _respond(send, 200, HEALTH, [(b"content-type", b"application/json")])
+        await _respond(send, status=200, body=HEALTH, headers=[(b"content-type", b"application/json")])
 
 
 async def _payment_create(order_id: str) -> str:
@@ -63,7 +63,7 @@ async def _payment_create(order_id: str) -> str:
     return str(payment["confirmation"]["confirmation_url"])
 
 
-async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+async def _respond(send: Send, *, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
     headers = [*headers, (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -31,7 +31,8 @@ class Options:
     payment_orders: int
 
 
-def _orders(method: str, path_format: str, prefix: str, count: int, *, delay_ms: int = 0) -> wrk.Script:
+def _orders(*, method: str, path_format: str, prefix: str, count: int, delay_ms: int = 0) -> wrk.Script:
+    """bench/lua/orders.lua over the seeded orders `prefix`000001.. `prefix`<count>."""
     return wrk.Script("orders.lua", (method, path_format, prefix, str(count), str(delay_ms)))
 
 
@@ -42,16 +43,18 @@ def health(url: str, options: Options) -> dict[str, wrk.Result]:
 
 def status(url: str, options: Options) -> dict[str, wrk.Result]:
     load = wrk.Load(connections=options.connections, seconds=options.seconds)
-    script = _orders("GET", "/v1/order-status/%s", STATUS_PREFIX, options.status_orders)
+    script = _orders(method="GET", path_format="/v1/order-status/%s", prefix=STATUS_PREFIX,
+                     count=options.status_orders)
     return {"status": wrk.run(url, load=load, script=script)}
 
 
 def payment(url: str, options: Options) -> dict[str, wrk.Result]:
     create = wrk.Load(connections=options.payment_connections, seconds=options.seconds)
-    pay = _orders("POST", "/v1/orders/%s/payment", PAYMENT_PREFIX, options.payment_orders)
+    pay = _orders(method="POST", path_format="/v1/orders/%s/payment", prefix=PAYMENT_PREFIX,
+                  count=options.payment_orders)
     poll = wrk.Load(connections=POLL_CONNECTIONS, seconds=options.seconds)
-    polls = _orders("GET", "/v1/order-status/%s", STATUS_PREFIX, options.status_orders,
-                    delay_ms=1000 * POLL_CONNECTIONS // options.poll_rate)
+    polls = _orders(method="GET", path_format="/v1/order-status/%s", prefix=STATUS_PREFIX,
+                    count=options.status_orders, delay_ms=1000 * POLL_CONNECTIONS // options.poll_rate)
     created, polled = wrk.run_together([(url, create, pay), (url, poll, polls)])
     return {"payment": created, "payment-poll": polled}
 

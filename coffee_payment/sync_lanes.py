@@ -1,4 +1,4 @@
-"""Long-lived threads for the sync code of lean requests (ORM calls, services), one request per lane.
+"""Long-lived threads for the sync code of lean requests (ORM calls, services), each request on one lane.
 
 Under ASGI Django runs a request's sync code in a thread of that request's own: asgiref's
 ThreadSensitiveContext creates a one-thread executor on the request's first `sync_to_async` call
