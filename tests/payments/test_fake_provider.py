@@ -70,9 +70,86 @@ async def test_failure_modes(client: tuple[FakeProvider, httpx.AsyncClient]) -> 
     assert [(await create(http, key="k-2")).status_code for _ in range(2)] == [500, 200]
 
 
-@pytest.mark.parametrize("argv", [["--port", "0"], ["--latency", "1e3"], ["--fail", "sometimes"], ["--credentials", "shop"]])
+@pytest.mark.parametrize("argv", [["--port", "0"], ["--latency", "1e3"], ["--fail", "sometimes"], ["--credentials", "shop"],
+                                  ["--hold-seconds", "0"], ["--hold-seconds", "604801"]])
 def test_bad_command_line_is_refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         main(argv)
     assert exited.value.code == 2
     assert "error: argument" in capsys.readouterr().err
+
+
+async def test_shops_see_only_their_own_payments_and_refunds() -> None:
+    app = FakeProvider(credentials={"shop": "secret", "other": "secret-2"})
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://fake.test", auth=("shop", "secret")) as http:
+        payment = (await create(http)).json()
+        app.settle(payment["id"], "succeeded")
+        refund = {"payment_id": payment["id"], "amount": {"value": "1.00", "currency": "RUB"}}
+        assert (await http.post("/v3/refunds", json=refund, headers={"Idempotence-Key": "r"})).status_code == 200
+        other = ("other", "secret-2")
+        assert (await http.get(f"/v3/payments/{payment['id']}", auth=other)).status_code == 404
+        assert (await http.get("/v3/payments", auth=other)).json() == {"type": "list", "items": []}
+        assert (await http.get("/v3/refunds", auth=other)).json() == {"type": "list", "items": []}
+        stolen = await http.post("/v3/refunds", json=refund, headers={"Idempotence-Key": "r"}, auth=other)
+        assert (stolen.status_code, stolen.json()["parameter"]) == (400, "payment_id")
+        assert len(app.refunds) == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "body", "status", "parameter"),
+    [("POST", "/v3/payments/{id}/capture", {}, None, 400, "Idempotence-Key"),
+     ("POST", "/v3/payments/{id}/cancel", {}, None, 400, "Idempotence-Key"),
+     ("POST", "/v3/refunds", {}, None, 400, "Idempotence-Key"),
+     ("POST", "/v3/payments/{id}/capture", {"Idempotence-Key": "c"}, b"[1]", 400, None),
+     ("POST", "/v3/payments/{id}/cancel", {"Idempotence-Key": "c"}, b"{", 400, None),
+     ("POST", "/v3/payments/{id}/refund", {"Idempotence-Key": "c"}, None, 404, None),
+     ("DELETE", "/v3/payments/{id}", {}, None, 404, None),
+     ("GET", "/v3/payments/{id}/capture", {}, None, 404, None),
+     ("GET", "/v3/payments?limit=101", {}, None, 400, "limit"),
+     ("GET", "/v3/payments?status=pending&status=canceled", {}, None, 400, "status"),
+     ("GET", "/v3/refunds?payment_method=bank_card", {}, None, 400, "payment_method"),
+     ("GET", "/v3/refunds?created_at.gte=2026-11-30T05:00:00", {}, None, 400, "created_at.gte")],
+)
+async def test_malformed_api_calls_get_error_objects(client: tuple[FakeProvider, httpx.AsyncClient], method: str, path: str,
+                                                     headers: dict[str, str], body: bytes | None, status: int,
+                                                     parameter: str | None) -> None:
+    app, http = client
+    payment = (await create(http, body={**BODY, "capture": False})).json()
+    app.settle(payment["id"], "waiting_for_capture")
+    response = await http.request(method, path.format(id=payment["id"]), headers=headers, content=body)
+    error = response.json()
+    assert (response.status_code, error["type"], error.get("parameter")) == (status, "error", parameter)
+    assert error["code"] == ("not_found" if status == 404 else "invalid_request")
+    assert app.payments[payment["id"]].status == "waiting_for_capture"
+
+
+@pytest.mark.parametrize(
+    ("change", "parameter"),
+    [({"capture": "yes"}, "capture"), ({"metadata": {"k": 1}}, "metadata"), ({"metadata": {"k" * 33: "v"}}, "metadata"),
+     ({"payment_method_data": {"type": "cash"}}, "payment_method_data.type"),
+     ({"amount": {"value": "0.00", "currency": "RUB"}}, "amount.value"),
+     ({"amount": {"value": "1.00", "currency": "USD"}}, "amount.currency")],
+)
+async def test_bad_payment_requests_name_the_parameter(client: tuple[FakeProvider, httpx.AsyncClient],
+                                                       change: dict[str, Any], parameter: str) -> None:
+    app, http = client
+    response = await create(http, body={**BODY, **change})
+    assert (response.status_code, response.json()["parameter"]) == (400, parameter)
+    assert app.payments == {}
+
+
+async def test_a_hold_is_paid_on_the_page_and_captured_once(client: tuple[FakeProvider, httpx.AsyncClient]) -> None:
+    app, http = client
+    payment = (await create(http, body={**BODY, "capture": False, "payment_method_data": {"type": "bank_card"}})).json()
+    assert payment["payment_method"] == {"type": "bank_card", "id": payment["id"], "saved": False}
+    page = payment["confirmation"]["confirmation_url"].removeprefix("http://fake.test")
+    assert "Two-stage" in (await http.get(page)).text
+    await http.post(page, data={"action": "succeed"})
+    held = (await http.get(f"/v3/payments/{payment['id']}")).json()
+    assert (held["status"], held["paid"], held["payment_method"]["card"]["last4"]) == ("waiting_for_capture", True, "4444")
+    capture = {"amount": {"value": "50.00", "currency": "RUB"}}
+    answers = [await http.post(f"/v3/payments/{payment['id']}/capture", json=capture, headers={"Idempotence-Key": "c"})
+               for _ in range(2)]
+    assert [a.json()["amount"]["value"] for a in answers] == ["50.00", "50.00"]
+    assert [n["event"] for n in app.notifications] == ["payment.waiting_for_capture", "payment.succeeded"]
