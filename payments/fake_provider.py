@@ -246,8 +246,11 @@ class FakeProvider:
     def settle(self, payment_id: str, status: str) -> dict[str, Any]:
         """Move a pending payment to succeeded/waiting_for_capture/canceled, as the customer would.
 
-        Returns the notification the provider would send (not sent: the test posts it).
+        Returns the notification the provider would send (not sent: the test posts it). A test
+        expires a hold by setting the payment's `expires_at` to the past: the next read cancels it.
         """
+        if status not in ("succeeded", "waiting_for_capture", "canceled"):
+            raise ValueError(f"cannot settle a payment as {status!r}")
         payment = self.payments[payment_id]
         if payment.status == "pending":
             if status == "canceled":
@@ -276,6 +279,16 @@ class FakeProvider:
             self._cancel(payment, party="yoo_money", reason="expired_on_capture")
             self._notify_later(_notification("payment.canceled", payment))
         return payment
+
+    def _expire_later(self, payment: FakePayment) -> None:
+        """Cancel the hold when it expires, whether or not anyone reads it, and notify then."""
+
+        def expire() -> None:
+            if self.payments.get(payment.id) is payment:  # not forgotten by reset()
+                self._current(payment)
+
+        # A hair late: expires_at is on the millisecond grid, the timer is not.
+        asyncio.get_running_loop().call_later(self.hold_seconds + 0.01, expire)
 
     # ASGI --------------------------------------------------------------------------------------
 
@@ -489,6 +502,8 @@ class FakeProvider:
         if payment.status == "pending":  # a settled payment stays settled
             if action == "succeed":
                 self._pay(payment, capture=payment.capture)
+                if payment.status == "waiting_for_capture":
+                    self._expire_later(payment)
             else:
                 self._cancel(payment, party="yoo_money", reason="expired_on_confirmation")
             # The customer's browser waits for the notification: back on the shop, it is applied.
@@ -613,7 +628,7 @@ def _list(items: list[tuple[int, dict[str, Any]]], query: str, allowed: frozense
     for seq, item in items:
         if after is not None and seq >= after:
             continue
-        if any(params.get(k, item.get(k)) != item.get(k) for k in ("status", "payment_id")):
+        if any(name in params and item.get(name) != params[name] for name in ("status", "payment_id")):
             continue
         if "payment_method" in params and item.get("payment_method", {}).get("type") != params["payment_method"]:
             continue
