@@ -69,7 +69,9 @@ async def scan(request: HttpRequest) -> HttpResponse:
 @require_POST
 async def payment_start(request: HttpRequest, order_id: str) -> HttpResponse:
     """POST /v1/orders/<id>/payment: create the provider payment, 303 to its confirmation page."""
-    status_page = request.build_absolute_uri(reverse("order-page", args=[order_id]))
+    # Sent to the provider under the order's fixed Idempotence-Key: it must not depend on the
+    # request (Host, X-Forwarded-Proto), or a second attempt would be "the same key, another body".
+    status_page = settings.PUBLIC_BASE_URL + reverse("order-page", args=[order_id])
     try:
         confirmation_url = await services.order_payment_start(order_id=order_id, return_url=status_page)
     except PaymentsError as error:

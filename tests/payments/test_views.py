@@ -132,6 +132,22 @@ async def test_retrying_the_payment_never_charges_twice(fake: FakeProvider, orde
     assert len(fake.payments) == 1 and fake.calls["POST /payments"] == 2
 
 
+async def test_the_payment_is_the_same_whatever_host_or_scheme_the_customer_used(fake: FakeProvider, order: Order) -> None:
+    """The body sent under the order's Idempotence-Key never depends on the request: no 502 for a
+    second attempt through another host name or with a forged X-Forwarded-Proto."""
+    attempts = [({"Host": "localhost", "X-Forwarded-Proto": "https"}, False), ({"Host": "127.0.0.1"}, False),
+                ({"Host": "localhost"}, True)]
+    locations = []
+    for headers, secure in attempts:
+        response = await AsyncClient(headers=headers).post(f"/v1/orders/{ORDER_ID}/payment", secure=secure)
+        assert response.status_code == 303, response.content
+        locations.append(response["Location"])
+    payment = next(iter(fake.payments.values()))
+    assert len(fake.payments) == 1 and fake.calls["POST /payments"] == 3
+    assert locations == [payment.confirmation_url] * 3
+    assert payment.return_url == f"http://testserver/v1/orders/{ORDER_ID}"
+
+
 async def test_payment_form_works_with_csrf_checks(fake: FakeProvider, device: Device) -> None:
     client = AsyncClient(enforce_csrf_checks=True)
     page = (await client.get(qr_url())).content.decode()
