@@ -50,16 +50,15 @@ def _order_page(request: HttpRequest, template: str, order: Order) -> HttpRespon
 
 @require_GET
 async def scan(request: HttpRequest) -> HttpResponse:
-    """GET /v1/pay?deviceUuid=&orderId=&drinkNo=&drinkName=&size=&price= : the QR code's page."""
+    """GET /v1/pay?deviceUuid=&orderId=&drinkNo=&size= : the QR code's page; name and price from the menu."""
     try:
         parameters = scan_parse(request.GET)
         order = await sync_to_async(services.order_create)(
             order_id=parameters.order_id,
             device_uuid=parameters.device_uuid,
             drink_number=parameters.drink_number,
-            drink_name=parameters.drink_name,
             size=parameters.size,
-            price_kopecks=parameters.price_kopecks,
+            quoted_price_kopecks=parameters.quoted_price_kopecks,
         )
     except PaymentsError as error:
         return _error_page(request, error)

@@ -28,8 +28,7 @@ from tests.payments.conftest import device, fake, fake_server, merchant, order, 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
 
 ORDER_ID = scan_parameters()["order_id"]
-QR = {"deviceUuid": "machine-1", "orderId": ORDER_ID, "drinkNo": "2", "drinkName": "Cappuccino", "size": "2",
-      "price": "15900"}
+QR = {"deviceUuid": "machine-1", "orderId": ORDER_ID, "drinkNo": "2", "size": "2"}
 
 
 @pytest.fixture

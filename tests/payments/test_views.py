@@ -24,8 +24,7 @@ from tests.payments.conftest import scan_parameters
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ORDER_ID = scan_parameters()["order_id"]
-QR = {"deviceUuid": "machine-1", "orderId": ORDER_ID, "drinkNo": "2", "drinkName": "Cappuccino", "size": "2",
-      "price": "15900"}
+QR = {"deviceUuid": "machine-1", "orderId": ORDER_ID, "drinkNo": "2", "size": "2"}
 
 
 def qr_url(**changes: str) -> str:
@@ -66,16 +65,39 @@ async def test_the_same_qr_scanned_twice_shows_the_same_order(device: Device) ->
 
 async def test_conflicting_reuse_of_an_order_id_is_refused(device: Device) -> None:
     await AsyncClient().get(qr_url())
-    response = await AsyncClient().get(qr_url(price="100"))
+    response = await AsyncClient().get(qr_url(size="3"))
     assert_error_page(response, 409, "This order cannot be used", "already exists for another drink")
     assert (await order_row()).price_kopecks == 15900
+
+
+async def test_an_older_link_with_the_menus_price_scans_and_its_drink_name_is_not_shown(device: Device) -> None:
+    response = await AsyncClient().get(qr_url(price="15900", drinkName="Free coffee"))
+    content = response.content.decode()
+    assert response.status_code == 200 and "159.00" in content and "Cappuccino" in content
+    assert "Free coffee" not in content
+
+
+@pytest.mark.parametrize(
+    ("changes", "status", "texts"),
+    [
+        ({"price": "1"}, 409, ["price is not the machine", "says 0.01 ₽, but Cappuccino (medium) costs 159.00 ₽"]),
+        ({"drinkNo": "7"}, 404, ["not on the machine", "no drink 7 in size medium"]),
+        ({"drinkNo": "3", "size": "3"}, 409, ["This drink is not available", "Latte (large) is not available"]),
+    ],
+)
+async def test_a_link_the_menu_does_not_back_gets_a_page_and_writes_nothing(
+    device: Device, changes: dict[str, str], status: int, texts: list[str]
+) -> None:
+    assert_error_page(await AsyncClient().get(qr_url(**changes)), status, *texts)
+    assert not await Order.objects.aexists()
 
 
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
         ({"size": "4"}, "size=&#x27;4&#x27; is not one of 1 (small), 2 (medium), 3 (large)"),
-        ({"price": ""}, "price is missing"),
+        ({"drinkNo": ""}, "drinkNo is missing"),
+        ({"price": "1.00"}, "price=&#x27;1.00&#x27; is not a whole number"),
         ({"orderId": "a b"}, "orderId=&#x27;a b&#x27; is not 1-64 letters"),
     ],
 )
@@ -292,7 +314,9 @@ async def test_order_status_json(order: Order) -> None:
     assert response.status_code == 200
     assert response["Cache-Control"] == "no-store"
     assert response.json() == {"order_id": ORDER_ID, "status": "created", "label": "Waiting for payment",
-                               "final": False, "expired": False}
+                               "final": False, "expired": False, "drink_number": 2, "drink_name": "Cappuccino",
+                               "size": 2, "size_label": "Medium", "amount_kopecks": 15900, "amount": "159.00",
+                               "currency": "RUB"}
 
 
 async def test_order_status_of_an_unknown_order_is_a_json_404() -> None:
