@@ -11,7 +11,7 @@ from django.http import QueryDict
 
 from payments import services
 from payments.forms import scan_parse
-from payments.models import Device, Merchant
+from payments.models import Device, MenuItem, Merchant
 
 pytestmark = pytest.mark.django_db
 
@@ -28,14 +28,18 @@ def test_seed_creates_the_demo_and_prints_links_that_scan() -> None:
     assert Merchant.objects.get().shop_id == "demo-shop"
     assert set(Device.objects.values_list("status", flat=True)) == {"online", "test"}
     for link in links:
-        scan = scan_parse(QueryDict(urlsplit(link).query))
-        services.order_create(**vars(scan))
+        query = QueryDict(urlsplit(link).query)
+        assert set(query) == {"deviceUuid", "orderId", "drinkNo", "size"}  # name and price: the menu's
+        order = services.order_create(**vars(scan_parse(query)))
+        assert order.price_kopecks == MenuItem.objects.get(device=order.device, drink_number=order.drink_number,
+                                                           size=order.size).price_kopecks
 
 
 def test_seed_twice_updates_in_place_with_fresh_order_ids() -> None:
     first, second = seed(), seed("--shop-id", "506751")
     assert (Merchant.objects.count(), Device.objects.count()) == (1, 2)
     assert Merchant.objects.get().shop_id == "506751"
+    assert MenuItem.objects.count() == 2 * 5
     order_ids = {dict(parse_qsl(urlsplit(link).query))["orderId"] for link in first + second}
     assert len(order_ids) == 12
 
