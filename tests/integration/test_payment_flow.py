@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests.support import postgres
+from tests.support.fake_provider import fake_provider_thread
 from tests.support.processes import BIN, Server, base_environ, fake_provider, gunicorn, run
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -151,3 +152,36 @@ def test_provider_down_leaves_the_order_payable(tmp_path: Path, seeded: tuple[st
         assert response.status_code == 503
         assert "The payment service did not answer" in response.text and "Traceback" not in response.text
         assert wait_for_status(server, order_id, "created")["final"] is False
+
+
+def test_twenty_simultaneous_webhook_confirmations_on_sqlite_are_all_applied(tmp_path: Path) -> None:
+    """SQLite (whichever database the suite runs on), a real Gunicorn with two workers: 20 orders
+    paid at once, their 20 notifications sent at once. Every one is answered 200 and every order
+    ends paid: writers wait for SQLite's one write lock instead of failing "database is locked"."""
+    orders = 20
+    env = base_environ(tmp_path, DATABASE_URL=f"sqlite:///{tmp_path / 'webhooks.sqlite3'}")
+    for command in (["migrate", "--noinput"], ["seed_demo"]):
+        result = run([str(BIN / "python"), "manage.py", *command], env=env)
+        assert result.returncode == 0, result.stderr
+    with fake_provider_thread(credentials={"demo-shop": "demo-secret"}) as fake, gunicorn(
+        tmp_path, env=server_environ(tmp_path, env["DATABASE_URL"], fake.url, GUNICORN_PORT=env["GUNICORN_PORT"],
+                                     GUNICORN_WORKERS="2")
+    ) as server, httpx.Client(base_url=server.url, timeout=10) as browser:
+        order_ids = [f"sqlite-webhook-{number:02d}" for number in range(orders)]
+        for order_id in order_ids:  # scan and Pay, one after the other: the customers
+            page = browser.get(f"/v1/pay?deviceUuid=demo-machine-lobby&orderId={order_id}&drinkNo=2&size=2")
+            assert page.status_code == 200, page.text
+            assert browser.post(f"/v1/orders/{order_id}/payment", **csrf(page)).status_code == 303  # type: ignore[arg-type]
+        notifications = [fake.app.settle(payment_id, "succeeded") for payment_id in list(fake.app.payments)]
+        assert len(notifications) == orders
+
+        async def notify_all() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as provider:
+                return await asyncio.gather(*(provider.post("/v1/payments/webhook", json=body) for body in notifications))
+
+        answers = asyncio.run(notify_all())
+        assert [answer.status_code for answer in answers] == [200] * orders, server.logs()
+        assert sorted(answer.json()["status"] for answer in answers) == ["paid"] * orders
+        for order_id in order_ids:
+            assert browser.get(f"/v1/order-status/{order_id}").json()["status"] == "paid"
+        assert "database is locked" not in server.logs()
