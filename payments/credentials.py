@@ -1,8 +1,8 @@
 """Machine API tokens: `<key id>.<secret>`, 256 random bits of secret, kept only as a SHA-256.
 
 A fast hash is right here: the secret is random and long, so no dictionary or brute force reaches
-it, and every machine request checks one (a password hasher would spend tens of milliseconds of
-CPU on each). The key id finds the stored hash by index; the hashes are compared in constant time.
+it, and every machine request checks one (a password hasher, Django's PBKDF2 with a million
+iterations, would spend a large part of a second of CPU on each). The key id finds the stored hash by index; the hashes are compared in constant time.
 """
 
 from __future__ import annotations
