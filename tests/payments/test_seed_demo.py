@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from io import StringIO
 from urllib.parse import parse_qsl, urlsplit
 
@@ -9,9 +10,9 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.http import QueryDict
 
-from payments import services
+from payments import credentials, services
 from payments.forms import scan_parse
-from payments.models import Device, MenuItem, Merchant
+from payments.models import Device, DeviceCredential, MenuItem, Merchant
 
 pytestmark = pytest.mark.django_db
 
@@ -42,6 +43,18 @@ def test_seed_twice_updates_in_place_with_fresh_order_ids() -> None:
     assert MenuItem.objects.count() == 2 * 5
     order_ids = {dict(parse_qsl(urlsplit(link).query))["orderId"] for link in first + second}
     assert len(order_ids) == 12
+
+
+def test_seed_issues_machine_tokens_only_when_asked() -> None:
+    seed()
+    assert not DeviceCredential.objects.exists()
+    out = StringIO()
+    call_command("seed_demo", "--machine-tokens", stdout=out)
+    tokens = dict(re.findall(r"^device ([\w-]+): machine API token (\S+)$", out.getvalue(), flags=re.MULTILINE))
+    assert set(tokens) == {"demo-machine-lobby", "demo-machine-test"}
+    for device, token in tokens.items():
+        stored = DeviceCredential.objects.get(device__device_uuid=device)
+        assert credentials.token_matches(token, stored.token_sha256)
 
 
 @pytest.mark.parametrize(("args", "message"), [(["--shop-id", "a b"], "--shop-id='a b'"),

@@ -54,6 +54,8 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--base-url", default="http://localhost:8000", help="where the server answers")
         parser.add_argument("--shop-id", default=DEMO_SHOP_ID, help="provider shop id of the demo merchant")
+        parser.add_argument("--machine-tokens", action="store_true",
+                            help="issue and print a machine API token per machine (the previous one stops working)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         shop_id, base_url = options["shop_id"], options["base_url"].rstrip("/")
@@ -80,6 +82,9 @@ class Command(BaseCommand):
                 },
             )
             services.device_menu_replace(device_id=device.pk, entries=MENU_ENTRIES)
+            if options["machine_tokens"]:
+                token = services.device_credential_issue(device_id=device.pk)
+                self.stdout.write(f"device {device_uuid}: machine API token {token}")
             self.stdout.write(f"device {device_uuid} ({status}) at {location}; QR links:")
             names = {(entry.drink_number, entry.size): entry.drink_name for entry in MENU_ENTRIES}
             for number, size in LINKED:
