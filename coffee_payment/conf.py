@@ -315,6 +315,9 @@ def _text(value: Any, where: str) -> str:
     raise ConfigError(f"{where} is not a non-empty string")
 
 
+# Where `make run` answers: the public base URL of a non-production layer that sets none.
+DEVELOPMENT_BASE_URL = "http://localhost:8000"
+
 SUPPORTED_ENGINES = ("django.db.backends.sqlite3", "django.db.backends.postgresql")
 DATABASE_URL_FORMS = "sqlite:///path, postgres://user:password@host:port/name"
 
@@ -378,8 +381,6 @@ def _provider(resolver: _Resolver) -> ProviderSettings:
 
 # libpq waits at least 2 s whatever the value; /ready's 2 s bound relies on connects giving up too.
 DATABASE_CONNECT_TIMEOUT = 2
-# Where `make run` answers; the public base URL of a layer that sets none (production must).
-DEVELOPMENT_BASE_URL = "http://localhost:8000"
 # Seconds a request waits for a pooled connection before failing, rather than queueing forever.
 DATABASE_POOL_TIMEOUT = 10
 # SQLite: seconds a connection waits for the one write lock before "database is locked"; well
@@ -499,6 +500,7 @@ def load_settings(*, environ: Mapping[str, str], settings_file: Path = SETTINGS_
     database = _database(url, url_where, pool_max_size=pool_max_size)
     allow_found = resolver.lookup("database_allow_sqlite")
     allow_sqlite = _boolean(*allow_found) if allow_found else False
+    resolver.sources.setdefault("database_allow_sqlite", "built-in")
     if production and database["ENGINE"] == "django.db.backends.sqlite3" and not allow_sqlite:
         # One file, one writer at a time, no sharing between pods: fine for one replica, not a fleet.
         raise ConfigError(
@@ -510,6 +512,7 @@ def load_settings(*, environ: Mapping[str, str], settings_file: Path = SETTINGS_
     # from a request's Host or X-Forwarded-Proto, so every attempt sends the same body.
     found = _required(resolver, "public_base_url") if production else resolver.lookup("public_base_url")
     public_base_url = _http_url(*found, path=False) if found else DEVELOPMENT_BASE_URL
+    resolver.sources.setdefault("public_base_url", "built-in")
 
     level = resolver.lookup("log_level")
     fmt = resolver.lookup("log_format")
