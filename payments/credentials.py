@@ -2,7 +2,8 @@
 
 A fast hash is right here: the secret is random and long, so no dictionary or brute force reaches
 it, and every machine request checks one (a password hasher, Django's PBKDF2 with a million
-iterations, would spend a large part of a second of CPU on each). The key id finds the stored hash by index; the hashes are compared in constant time.
+iterations, would spend a large part of a second of CPU on each). The key id finds the stored
+hash by index; the hashes are compared in constant time.
 """
 
 from __future__ import annotations

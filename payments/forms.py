@@ -153,5 +153,7 @@ def menu_parse(body: bytes) -> list[MenuEntry]:
     for index, entry in enumerate(entries):
         first = seen.setdefault((entry.drink_number, entry.size), index)
         if first != index:
-            raise InvalidParameter(f"items[{index}] repeats drink {entry.drink_number} size {entry.size} of items[{first}]")
+            raise InvalidParameter(
+                f"items[{index}] repeats drink {entry.drink_number} size {entry.size} of items[{first}]"
+            )
     return entries

@@ -77,7 +77,8 @@ async def device_credential_find(*, key_id: str) -> tuple[int, str] | None:
 
 async def device_menu(*, device_id: int) -> list[dict[str, Any]]:
     fields = ("drink_number", "size", "drink_name", "price_kopecks", "available")
-    return [item async for item in MenuItem.objects.filter(device_id=device_id).order_by("drink_number", "size").values(*fields)]
+    items = MenuItem.objects.filter(device_id=device_id).order_by("drink_number", "size").values(*fields)
+    return [item async for item in items]
 
 
 async def order_get(*, order_id: str) -> Order:

@@ -70,6 +70,8 @@ async def test_api_paths_enforce_allowed_hosts_and_probes_do_not(lean: LeanASGIH
         ("GET", f"/v1/orders/{ORDER_ID}"),
         ("GET", "/v1/pay?" + urlencode(QR)),
         ("POST", f"/v1/orders/{ORDER_ID}/payment"),  # no CSRF token: 403
+        ("GET", f"/v1/machine/orders/{ORDER_ID}"),  # no machine token: 401
+        ("PUT", "/v1/machine/menu"),  # no machine token, no CSRF token either: 401, CSRF-exempt
         ("GET", "/v1/no-such-page"),
         ("GET", "/health"),
     ],
