@@ -38,12 +38,15 @@ COPY coffee_payment/ coffee_payment/
 COPY payments/ payments/
 COPY deploy/container/entrypoint.sh deploy/container/
 
-# collectstatic loads the production settings, which require these three variables: the values
-# are set for this one command only and are not secrets (nothing is signed or stored with them).
+# collectstatic loads the production settings, which require these variables: the values are set
+# for this one command only and are not secrets (nothing is signed or stored with them; no
+# database is opened, so SQLite is allowed here).
 RUN DJANGO_ENV=production \
     DJANGO_SECRET_KEY=collectstatic-at-build-time \
     DJANGO_ALLOWED_HOSTS=localhost \
+    DJANGO_PUBLIC_BASE_URL=http://localhost \
     DATABASE_URL=sqlite:////tmp/collectstatic.sqlite3 \
+    DATABASE_ALLOW_SQLITE=true \
     /opt/venv/bin/python manage.py collectstatic --noinput --verbosity 0 \
  && /opt/venv/bin/python -m compileall -q config coffee_payment payments
 

@@ -2,8 +2,7 @@
 
 - `sqlite` (the default): a file in WAL mode, copied per server; connections skip the per-commit
   fsync WAL does not need (synchronous=NORMAL) and take the write lock when a transaction begins
-  (transaction_mode=IMMEDIATE), as a web application on SQLite would run. Both reach Django's
-  OPTIONS through DATABASE_URL.
+  (transaction_mode=IMMEDIATE), as every SQLite connection of the server does (conf.py).
 - `postgres`: a throwaway cluster (tests/support/postgres.py: fsync off), one database per server
   made from the seeded one as a template; the server's pool is Django's, as in production.
 """
@@ -22,7 +21,6 @@ from tests.support import postgres
 from tests.support.processes import BIN, REPO
 
 KINDS = ("sqlite", "postgres")
-SQLITE_OPTIONS = "?init_command=PRAGMA+synchronous%3DNORMAL&transaction_mode=IMMEDIATE"
 
 
 @dataclass(frozen=True)
@@ -35,7 +33,7 @@ class Seeded:
         if self.kind == "sqlite":
             copy = directory / "server.sqlite3"
             shutil.copyfile(self.url.removeprefix("sqlite:///"), copy)
-            return f"sqlite:///{copy}{SQLITE_OPTIONS}"
+            return f"sqlite:///{copy}"
         name = f"bench_{uuid.uuid4().hex[:12]}"
         postgres.execute(self.url, "postgres", f'CREATE DATABASE "{name}" TEMPLATE "{postgres.DATABASE}"')
         return postgres.with_database(self.url, name)

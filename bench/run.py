@@ -61,7 +61,9 @@ TARGETS: tuple[Target, ...] = (
 def production_environ(tmp: Path, *, workers: int) -> dict[str, str]:
     return base_environ(tmp, DJANGO_ENV="production", DJANGO_SECRET_KEY="bench-" + "x" * 50,
                         DJANGO_ALLOWED_HOSTS="localhost,127.0.0.1", DJANGO_LOG_FORMAT="json",
-                        GUNICORN_WORKERS=str(workers), PAYMENT_PROVIDER_SECRETS=PROVIDER_SHOP)
+                        GUNICORN_WORKERS=str(workers), PAYMENT_PROVIDER_SECRETS=PROVIDER_SHOP,
+                        # One server per database file at a time (postgres: ignored).
+                        DATABASE_ALLOW_SQLITE="true")
 
 
 @contextmanager

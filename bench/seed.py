@@ -26,22 +26,19 @@ def order_id(prefix: str, number: int) -> str:
 
 def seed(*, status_orders: int, payment_orders: int) -> None:
     from django.core.management import call_command
-    from django.db import connection, transaction
+    from django.db import transaction
 
     from payments import services
 
-    call_command("seed_demo", stdout=io.StringIO())  # its QR links are for people
-    if connection.vendor == "sqlite":
-        # WAL: readers never wait for the writer, and the writers of four workers queue on one lock
-        # instead of failing; the mode is stored in the file, so every server copy has it.
-        with connection.cursor() as cursor:
-            cursor.execute("PRAGMA journal_mode=WAL")
+    # Machines and their menus; its QR links are for people. SQLite files are in WAL mode already
+    # (conf.py's init_command), and the mode is stored in the file, so every server copy has it.
+    call_command("seed_demo", stdout=io.StringIO())
     # One transaction: thousands of scans in a second or two instead of one fsync each.
     with transaction.atomic():
         for prefix, count in ((STATUS_PREFIX, status_orders), (PAYMENT_PREFIX, payment_orders)):
             for number in range(1, count + 1):
-                services.order_create(order_id=order_id(prefix, number), device_uuid=DEVICE, drink_number=2,
-                                      drink_name="Cappuccino", size=2, price_kopecks=15900)
+                # A medium Cappuccino from seed_demo's menu: name and price come from there.
+                services.order_create(order_id=order_id(prefix, number), device_uuid=DEVICE, drink_number=2, size=2)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -113,6 +113,8 @@ VARIABLES: dict[str, str] = {
     **{s.variable: s.key for s in (PROVIDER_CONNECT_TIMEOUT, PROVIDER_READ_TIMEOUT, PROVIDER_RETRIES)},
     ORDER_EXPIRY_MINUTES.variable: ORDER_EXPIRY_MINUTES.key,
     DATABASE_POOL_MAX_SIZE.variable: DATABASE_POOL_MAX_SIZE.key,
+    "DJANGO_PUBLIC_BASE_URL": "public_base_url",
+    "DATABASE_ALLOW_SQLITE": "database_allow_sqlite",
 }
 KEY_VARIABLES = {key: variable for variable, key in VARIABLES.items()}
 
@@ -161,6 +163,9 @@ class Settings:
     server: ServerSettings
     provider: ProviderSettings
     order_expiry_minutes: int
+    # Where customers reach the site, e.g. "https://pay.example.com": the provider's return URL.
+    public_base_url: str
+    database_allow_sqlite: bool
     # Dotted key -> where the value came from: "[default]", "[production]", "env DJANGO_DEBUG", ...
     sources: Mapping[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
@@ -184,6 +189,8 @@ class Settings:
             "provider.read_timeout": self.provider.read_timeout,
             "provider.retries": self.provider.retries,
             "orders.expiry_minutes": self.order_expiry_minutes,
+            "public_base_url": self.public_base_url,
+            "database_allow_sqlite": self.database_allow_sqlite,
         }
         return [(key, str(value), self.sources.get(key, "")) for key, value in values.items()]
 
@@ -308,11 +315,14 @@ def _text(value: Any, where: str) -> str:
     raise ConfigError(f"{where} is not a non-empty string")
 
 
+# Where `make run` answers: the public base URL of a non-production layer that sets none.
+DEVELOPMENT_BASE_URL = "http://localhost:8000"
+
 SUPPORTED_ENGINES = ("django.db.backends.sqlite3", "django.db.backends.postgresql")
 DATABASE_URL_FORMS = "sqlite:///path, postgres://user:password@host:port/name"
 
 
-def _http_url(value: Any, where: str) -> str:
+def _http_url(value: Any, where: str, *, path: bool = True) -> str:
     parts = urllib.parse.urlsplit(value.strip()) if isinstance(value, str) else None
     if (
         parts is None
@@ -321,8 +331,10 @@ def _http_url(value: Any, where: str) -> str:
         or parts.username is not None
         or parts.query
         or parts.fragment
+        or (not path and parts.path.strip("/"))
     ):
-        raise ConfigError(f"{where} is not a base URL (allowed: http(s)://host[:port]/path, no user, query or fragment)")
+        form = "http(s)://host[:port]/path" if path else "http(s)://host[:port], no path"
+        raise ConfigError(f"{where} is not a base URL (allowed: {form}, no user, query or fragment)")
     # Paths are joined as base + "/payments": a trailing slash would double it.
     return value.strip().rstrip("/")
 
@@ -371,6 +383,19 @@ def _provider(resolver: _Resolver) -> ProviderSettings:
 DATABASE_CONNECT_TIMEOUT = 2
 # Seconds a request waits for a pooled connection before failing, rather than queueing forever.
 DATABASE_POOL_TIMEOUT = 10
+# SQLite: seconds a connection waits for the one write lock before "database is locked"; well
+# inside GUNICORN_TIMEOUT's default, far longer than any of this server's write transactions.
+SQLITE_BUSY_TIMEOUT = 20
+# Every SQLite connection: WAL (readers never wait for the writer; stored in the file),
+# synchronous=NORMAL (WAL needs no fsync per commit to stay consistent), and transactions that take
+# the write lock at BEGIN (IMMEDIATE), where the busy timeout applies: a DEFERRED transaction that
+# read first and then writes fails at once with "database is locked" when another writer got there
+# first, and waiting cannot help it.
+SQLITE_OPTIONS: dict[str, Any] = {
+    "transaction_mode": "IMMEDIATE",
+    "timeout": SQLITE_BUSY_TIMEOUT,
+    "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
+}
 
 
 def _database(url: str, where: str, *, pool_max_size: int) -> dict[str, Any]:
@@ -385,6 +410,8 @@ def _database(url: str, where: str, *, pool_max_size: int) -> dict[str, Any]:
         if str(name) != ":memory:" and not name.is_absolute():
             # Relative SQLite paths are relative to the project, not to wherever the server starts.
             config["NAME"] = str(BASE_DIR / name)
+        # Options in the URL (?timeout=5) win over these.
+        config["OPTIONS"] = {**SQLITE_OPTIONS, **config.get("OPTIONS", {})}
     # Under ASGI every request may run in a fresh thread: persistent connections would leak.
     config["CONN_MAX_AGE"] = 0
     if config["ENGINE"] == "django.db.backends.postgresql":
@@ -470,6 +497,22 @@ def load_settings(*, environ: Mapping[str, str], settings_file: Path = SETTINGS_
     url, url_where = _required(resolver, "database_url")
     url = _text(url, url_where)
     pool_max_size = _whole_number(*_required(resolver, DATABASE_POOL_MAX_SIZE.key), setting=DATABASE_POOL_MAX_SIZE)
+    database = _database(url, url_where, pool_max_size=pool_max_size)
+    allow_found = resolver.lookup("database_allow_sqlite")
+    allow_sqlite = _boolean(*allow_found) if allow_found else False
+    resolver.sources.setdefault("database_allow_sqlite", "built-in")
+    if production and database["ENGINE"] == "django.db.backends.sqlite3" and not allow_sqlite:
+        # One file, one writer at a time, no sharing between pods: fine for one replica, not a fleet.
+        raise ConfigError(
+            f"{mask_database_url(url_where)} is SQLite, refused in the production layer "
+            "(use PostgreSQL, or set DATABASE_ALLOW_SQLITE=true for a single replica)"
+        )
+
+    # The provider's return URL, sent under the order's fixed Idempotence-Key: from here, never
+    # from a request's Host or X-Forwarded-Proto, so every attempt sends the same body.
+    found = _required(resolver, "public_base_url") if production else resolver.lookup("public_base_url")
+    public_base_url = _http_url(*found, path=False) if found else DEVELOPMENT_BASE_URL
+    resolver.sources.setdefault("public_base_url", "built-in")
 
     level = resolver.lookup("log_level")
     fmt = resolver.lookup("log_format")
@@ -480,7 +523,7 @@ def load_settings(*, environ: Mapping[str, str], settings_file: Path = SETTINGS_
         secret_key=secret_key,
         allowed_hosts=allowed_hosts,
         database_url=url,
-        database=_database(url, url_where, pool_max_size=pool_max_size),
+        database=database,
         database_pool_max_size=pool_max_size,
         log_level=_choice(*level, allowed=LOG_LEVELS, normalise=str.upper) if level else "INFO",
         log_format=_choice(*fmt, allowed=LOG_FORMATS, normalise=str.lower) if fmt else "json",
@@ -488,6 +531,8 @@ def load_settings(*, environ: Mapping[str, str], settings_file: Path = SETTINGS_
         server=_server(resolver),
         provider=_provider(resolver),
         order_expiry_minutes=_whole_number(*_required(resolver, ORDER_EXPIRY_MINUTES.key), setting=ORDER_EXPIRY_MINUTES),
+        public_base_url=public_base_url,
+        database_allow_sqlite=allow_sqlite,
         sources=dict(resolver.sources),
         warnings=_unknown_variable_warnings(environ),
     )

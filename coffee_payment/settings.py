@@ -151,3 +151,9 @@ READINESS_DATABASE_TIMEOUT = 2.0
 # GUNICORN_TIMEOUT. A drain waits GUNICORN_GRACEFUL_TIMEOUT, by default the same, so it never cuts
 # a request that arrived before the stop signal and is still within this limit.
 REQUEST_TIMEOUT = conf.server.timeout
+
+# PUBLIC ADDRESS
+# ------------------------------------------------------------------------------
+# Where customers reach the site ("https://pay.example.com"): links the server hands out to the
+# provider (the return URL) are built on it, never on the request's Host or X-Forwarded-Proto.
+PUBLIC_BASE_URL = conf.public_base_url

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Callable
 
 from django.contrib import admin, messages
 from django.db import models
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.template.response import TemplateResponse
 
 from payments import services
 from payments.errors import IllegalTransition
-from payments.models import Device, Merchant, Order
+from payments.models import Device, MenuItem, Merchant, Order
 
 
 @admin.register(Merchant)
@@ -20,14 +22,38 @@ class MerchantAdmin(admin.ModelAdmin):
     search_fields = ("name", "shop_id", "contact_email")
 
 
+class MenuItemInline(admin.TabularInline):
+    model = MenuItem
+    extra = 1
+    fields = ("drink_number", "size", "drink_name", "price_kopecks", "available")
+
+
 @admin.register(Device)
 class DeviceAdmin(admin.ModelAdmin):
-    list_display = ("device_uuid", "merchant", "location", "status")
+    list_display = ("device_uuid", "merchant", "location", "status", "credential_issued_at")
     list_filter = ("status", "merchant")
     search_fields = ("device_uuid", "location")
-    list_select_related = ("merchant",)
+    list_select_related = ("merchant", "credential")
     # A logo address typed without a scheme is https (Django 6's default; silences 5.x's warning).
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
+    inlines = [MenuItemInline]
+    actions = ["issue_credential"]
+
+    @admin.display(description="API token issued")
+    def credential_issued_at(self, device: Device) -> datetime.datetime | None:
+        credential = getattr(device, "credential", None)
+        return credential.issued_at if credential else None
+
+    @admin.action(description="Issue a new machine API token (the old one stops working)")
+    def issue_credential(self, request: HttpRequest, queryset: QuerySet[Device]) -> TemplateResponse:
+        # A page of its own, not a message: messages may travel in a cookie, a token must not.
+        issued = [(device, services.device_credential_issue(device_id=device.pk)) for device in queryset]
+        response = TemplateResponse(
+            request, "admin/payments/device/credentials_issued.html",
+            {**self.admin_site.each_context(request), "issued": issued, "title": "New machine credentials"},
+        )
+        response["Cache-Control"] = "no-store"
+        return response
 
 
 def _transition_action(name: str, service: Callable[..., Order], description: str) -> Callable[..., None]:

@@ -46,6 +46,23 @@ class OrderConflict(PaymentsError):
     title = "This order cannot be used"
 
 
+class DrinkNotOnMenu(PaymentsError):
+    status = 404
+    title = "This drink is not on the machine's menu"
+
+
+class DrinkUnavailable(PaymentsError):
+    status = 409
+    title = "This drink is not available"
+
+
+class PriceMismatch(PaymentsError):
+    """An older link's `price` is not the menu's: someone edited it, or the menu changed since."""
+
+    status = 409
+    title = "This QR code's price is not the machine's price"
+
+
 class IllegalTransition(PaymentsError):
     status = 409
     title = "This order cannot change that way"

@@ -1,7 +1,9 @@
-"""The QR code's query parameters, validated strictly; a refusal names the parameter and its value."""
+"""What machines and customers send, validated strictly: the QR code's query parameters and a
+machine's menu. A refusal names the parameter (or field) and its value."""
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -10,11 +12,10 @@ from django import forms
 from django.http import QueryDict
 
 from payments.errors import InvalidParameter
-from payments.models import IDENTIFIER
-# Kopecks: up to 10 000 roubles, far above any drink; a bigger number is a broken code.
-PRICE_MAX = 1_000_000
-DRINK_NUMBER_MAX = 9999
-DRINK_NAME_MAX = 100
+from payments.models import DRINK_NAME_MAX, DRINK_NUMBER_MAX, IDENTIFIER, PRICE_MAX, Size
+
+# 9999 drinks in three sizes is not a menu; a few hundred entries is a large one.
+MENU_ITEMS_MAX = 300
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -36,14 +37,6 @@ class WholeNumberField(forms.Field):
         return number
 
 
-class DrinkNameField(forms.CharField):
-    def to_python(self, value: Any) -> str:
-        text = super().to_python(value)
-        if _CONTROL.search(text):
-            raise forms.ValidationError("contains control characters")
-        return text
-
-
 def _identifier() -> forms.RegexField:
     return forms.RegexField(
         regex=rf"\A{IDENTIFIER}\Z", strip=False, error_messages={"invalid": "is not 1-64 letters, digits, '-' or '_'"}
@@ -54,15 +47,13 @@ class ScanForm(forms.Form):
     deviceUuid = _identifier()
     orderId = _identifier()
     drinkNo = WholeNumberField(low=1, high=DRINK_NUMBER_MAX)
-    drinkName = DrinkNameField(
-        max_length=DRINK_NAME_MAX, error_messages={"max_length": f"is longer than {DRINK_NAME_MAX} characters"}
-    )
     size = forms.TypedChoiceField(
         choices=[("1", "small"), ("2", "medium"), ("3", "large")],
         coerce=int,
         error_messages={"invalid_choice": "is not one of 1 (small), 2 (medium), 3 (large)"},
     )
-    price = WholeNumberField(low=1, high=PRICE_MAX)
+    # Optional, from older links: only compared with the menu's price (services.order_create).
+    price = WholeNumberField(low=1, high=PRICE_MAX, required=False)
 
 
 @dataclass(frozen=True)
@@ -70,13 +61,17 @@ class Scan:
     device_uuid: str
     order_id: str
     drink_number: int
-    drink_name: str
     size: int
-    price_kopecks: int
+    # The `price` of an older link, if it has one: never charged, only checked against the menu.
+    quoted_price_kopecks: int | None
 
 
 def scan_parse(query: QueryDict) -> Scan:
-    """The scan's parameters, or InvalidParameter naming the first bad one."""
+    """The scan's parameters, or InvalidParameter naming the first bad one.
+
+    Parameters other than the form's (`drinkName` of older links, a tracker's `utm_source`) are
+    ignored: the drink's name and price come from the machine's menu.
+    """
     form = ScanForm(query)
     for name in form.fields:
         count = len(query.getlist(name))
@@ -94,7 +89,71 @@ def scan_parse(query: QueryDict) -> Scan:
         device_uuid=data["deviceUuid"],
         order_id=data["orderId"],
         drink_number=data["drinkNo"],
-        drink_name=data["drinkName"],
         size=data["size"],
-        price_kopecks=data["price"],
+        quoted_price_kopecks=data["price"],
     )
+
+
+@dataclass(frozen=True)
+class MenuEntry:
+    drink_number: int
+    size: int
+    drink_name: str
+    price_kopecks: int
+    available: bool
+
+
+_MENU_FIELDS = ("drink_number", "size", "drink_name", "price_kopecks", "available")
+
+
+def _menu_number(item: dict[str, Any], key: str, where: str, *, low: int, high: int) -> int:
+    value = item[key]
+    # JSON true is a Python int, and 2.0 equals 2: a machine sending either has a bug worth naming.
+    if type(value) is not int or not low <= value <= high:
+        raise InvalidParameter(f"{where}.{key}={value!r} is not a whole number in {low}..{high}")
+    return value
+
+
+def _menu_item(item: Any, where: str) -> MenuEntry:
+    if not isinstance(item, dict):
+        raise InvalidParameter(f"{where} is not an object")
+    unknown = sorted(set(item) - set(_MENU_FIELDS))
+    if unknown:
+        raise InvalidParameter(f"{where} has unknown field {unknown[0]!r} (allowed: {', '.join(_MENU_FIELDS)})")
+    missing = [key for key in _MENU_FIELDS if key not in item]
+    if missing:
+        raise InvalidParameter(f"{where}.{missing[0]} is missing")
+    name, available = item["drink_name"], item["available"]
+    if not isinstance(name, str) or not name.strip() or len(name) > DRINK_NAME_MAX or _CONTROL.search(name):
+        raise InvalidParameter(f"{where}.drink_name is not 1-{DRINK_NAME_MAX} characters without control characters")
+    if not isinstance(available, bool):
+        raise InvalidParameter(f"{where}.available={available!r} is not true or false")
+    return MenuEntry(
+        drink_number=_menu_number(item, "drink_number", where, low=1, high=DRINK_NUMBER_MAX),
+        size=_menu_number(item, "size", where, low=min(Size.values), high=max(Size.values)),
+        drink_name=name.strip(),
+        price_kopecks=_menu_number(item, "price_kopecks", where, low=1, high=PRICE_MAX),
+        available=available,
+    )
+
+
+def menu_parse(body: bytes) -> list[MenuEntry]:
+    """A machine's whole menu, `{"items": [{drink_number, size, drink_name, price_kopecks, available}]}`,
+    or InvalidParameter naming the first bad field (`items[3].size=4 is not ...`)."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidParameter("the body is not JSON") from None
+    if not isinstance(data, dict) or set(data) != {"items"} or not isinstance(data["items"], list):
+        raise InvalidParameter('the body is not {"items": [...]}')
+    if len(data["items"]) > MENU_ITEMS_MAX:
+        raise InvalidParameter(f"items has {len(data['items'])} entries (allowed: up to {MENU_ITEMS_MAX})")
+    entries = [_menu_item(item, f"items[{index}]") for index, item in enumerate(data["items"])]
+    seen: dict[tuple[int, int], int] = {}
+    for index, entry in enumerate(entries):
+        first = seen.setdefault((entry.drink_number, entry.size), index)
+        if first != index:
+            raise InvalidParameter(
+                f"items[{index}] repeats drink {entry.drink_number} size {entry.size} of items[{first}]"
+            )
+    return entries

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime
 
-from django.core.validators import RegexValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 
 # Ids that appear in QR codes and provider credentials: letters, digits, "-" and "_".
@@ -105,6 +105,50 @@ class Size(models.IntegerChoices):
     SMALL = 1, "Small"
     MEDIUM = 2, "Medium"
     LARGE = 3, "Large"
+
+
+# Kopecks: up to 10 000 roubles, far above any drink; a bigger number is a mistake.
+PRICE_MAX = 1_000_000
+DRINK_NUMBER_MAX = 9999
+DRINK_NAME_MAX = 100
+
+
+class MenuItem(models.Model):
+    """What a machine sells: its drink number and size -> name and price. Orders take both from here,
+    never from the QR link."""
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="menu_items")
+    drink_number = models.PositiveIntegerField(validators=[MinValueValidator(1), MaxValueValidator(DRINK_NUMBER_MAX)])
+    size = models.PositiveSmallIntegerField(choices=Size.choices)
+    drink_name = models.CharField(max_length=DRINK_NAME_MAX)
+    price_kopecks = models.PositiveIntegerField(validators=[MinValueValidator(1), MaxValueValidator(PRICE_MAX)])
+    # Off: scans of this drink are refused (out of milk), the price stays on record.
+    available = models.BooleanField(default=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("drink_number", "size")
+        constraints = [
+            models.UniqueConstraint(fields=("device", "drink_number", "size"), name="menu_item_unique_drink_size"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.drink_number} {self.drink_name} ({self.get_size_display()})"
+
+
+class DeviceCredential(models.Model):
+    """A machine's API token, stored as its SHA-256: `<key_id>.<secret>`, the key id finds the row.
+
+    One per machine; issuing a new one replaces it, so the old token stops working at once.
+    """
+
+    device = models.OneToOneField(Device, on_delete=models.CASCADE, related_name="credential")
+    key_id = models.CharField(max_length=32, unique=True)
+    token_sha256 = models.CharField(max_length=64)
+    issued_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"credential {self.key_id} of {self.device_id}"
 
 
 class Order(models.Model):

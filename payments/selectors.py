@@ -7,16 +7,29 @@ from dataclasses import dataclass
 from typing import Any
 
 from payments.errors import OrderNotFound
-from payments.models import FINAL_STATUSES, Order, OrderStatus
+from payments.models import FINAL_STATUSES, DeviceCredential, MenuItem, Order, OrderStatus, Size
+from payments.provider import CURRENCY, rubles
+
+
+# Statuses in which the provider holds the customer's money for the order.
+MONEY_TAKEN_STATUSES = frozenset({
+    OrderStatus.PAID, OrderStatus.MAKE_PENDING, OrderStatus.SUCCESSFUL, OrderStatus.MAKE_FAILED,
+    OrderStatus.MANUAL_MAKE,
+})
+_STATE_COLUMNS = ("status", "expires_at", "drink_number", "drink_name", "size", "price_kopecks")
 
 
 @dataclass(frozen=True)
 class OrderState:
-    """What the status page needs, from one row read by primary key."""
+    """What the status page and the machine need, from one row read by primary key."""
 
     order_id: str
     status: str
     expires_at: datetime.datetime
+    drink_number: int
+    drink_name: str
+    size: int
+    price_kopecks: int
 
     def as_json(self, *, now: datetime.datetime) -> dict[str, Any]:
         return {
@@ -25,15 +38,47 @@ class OrderState:
             "label": OrderStatus(self.status).label,
             "final": self.status in FINAL_STATUSES,
             "expired": self.status == OrderStatus.CREATED and now >= self.expires_at,
+            "drink_number": self.drink_number,
+            "drink_name": self.drink_name,
+            "size": self.size,
+            "size_label": Size(self.size).label,
+            "amount_kopecks": self.price_kopecks,
+            "amount": rubles(self.price_kopecks),
+            "currency": CURRENCY,
         }
+
+    def as_machine_json(self, *, now: datetime.datetime) -> dict[str, Any]:
+        """The customer's view plus what the machine pours on: has the money been taken, how much."""
+        paid = self.status in MONEY_TAKEN_STATUSES
+        return {**self.as_json(now=now), "paid": paid, "amount_paid_kopecks": self.price_kopecks if paid else 0}
+
+
+def _order_state(order_id: str, row: tuple[Any, ...] | None) -> OrderState | None:
+    return None if row is None else OrderState(order_id, *row)
 
 
 async def order_get_status(*, order_id: str) -> OrderState | None:
-    """The hot path (every status page polls it): one primary-key read of two columns."""
-    row = await Order.objects.filter(pk=order_id).values_list("status", "expires_at").afirst()
-    if row is None:
-        return None
-    return OrderState(order_id=order_id, status=row[0], expires_at=row[1])
+    """The hot path (every status page polls it): one primary-key read of a few columns."""
+    row = await Order.objects.filter(pk=order_id).values_list(*_STATE_COLUMNS).afirst()
+    return _order_state(order_id, row)
+
+
+async def order_get_for_device(*, order_id: str, device_id: int) -> OrderState | None:
+    """The order if it is this machine's, else None (another machine's order does not exist for it).
+    One primary-key read."""
+    row = await Order.objects.filter(pk=order_id, device_id=device_id).values_list(*_STATE_COLUMNS).afirst()
+    return _order_state(order_id, row)
+
+
+async def device_credential_find(*, key_id: str) -> tuple[int, str] | None:
+    """(device id, token hash) of the credential with this key id: one read by a unique index."""
+    return await DeviceCredential.objects.filter(key_id=key_id).values_list("device_id", "token_sha256").afirst()
+
+
+async def device_menu(*, device_id: int) -> list[dict[str, Any]]:
+    fields = ("drink_number", "size", "drink_name", "price_kopecks", "available")
+    items = MenuItem.objects.filter(device_id=device_id).order_by("drink_number", "size").values(*fields)
+    return [item async for item in items]
 
 
 async def order_get(*, order_id: str) -> Order:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -17,31 +18,38 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from payments import provider, selectors
+from payments import credentials, provider, selectors
 from payments.errors import (
     DeviceNotFound,
     DeviceUnavailable,
+    DrinkNotOnMenu,
+    DrinkUnavailable,
     IllegalTransition,
     MerchantInactive,
     OrderConflict,
     OrderExpired,
     OrderNotFound,
+    PriceMismatch,
 )
 from payments.models import (
     ORDERING_DEVICE_STATUSES,
     PAYABLE_STATUSES,
     Device,
+    DeviceCredential,
+    MenuItem,
     Merchant,
     Order,
     OrderStatus,
+    Size,
     sources_of,
 )
+from payments.forms import MenuEntry
 from payments.provider import Notification, ProviderPayment
 
 log = logging.getLogger(__name__)
 
 # The columns a repeated scan must match for it to be the same order.
-SCAN_FIELDS = ("device_id", "drink_number", "drink_name", "size", "price_kopecks")
+SCAN_FIELDS = ("device_id", "drink_number", "size")
 
 
 def _ensure_can_order(merchant: Merchant, device: Device, *, now: datetime.datetime) -> None:
@@ -56,39 +64,82 @@ def _ensure_not_expired(order: Order, *, now: datetime.datetime) -> None:
         raise OrderExpired("This order was not paid in time. Please choose your drink on the machine again.")
 
 
+def _menu_item_for(device: Device, *, drink_number: int, size: int, quoted_price_kopecks: int | None) -> MenuItem:
+    item = MenuItem.objects.filter(device=device, drink_number=drink_number, size=size).first()
+    size_name = Size(size).label.lower()
+    if item is None:
+        raise DrinkNotOnMenu(f"This coffee machine has no drink {drink_number} in size {size_name}. "
+                             "Please choose your drink on the machine again.")
+    if not item.available:
+        raise DrinkUnavailable(f"{item.drink_name} ({size_name}) is not available on this machine right now. "
+                               "Please choose another drink.")
+    if quoted_price_kopecks is not None and quoted_price_kopecks != item.price_kopecks:
+        log.warning("scan of %s drink %d size %d quotes %d kopecks, the menu says %d", device.device_uuid,
+                    drink_number, size, quoted_price_kopecks, item.price_kopecks)
+        raise PriceMismatch(f"This QR code says {provider.rubles(quoted_price_kopecks)} ₽, but {item.drink_name} "
+                            f"({size_name}) costs {provider.rubles(item.price_kopecks)} ₽ on this machine. "
+                            "Please choose your drink on the machine again.")
+    return item
+
+
 def order_create(
     *,
     order_id: str,
     device_uuid: str,
     drink_number: int,
-    drink_name: str,
     size: int,
-    price_kopecks: int,
+    quoted_price_kopecks: int | None = None,
     now: datetime.datetime | None = None,
 ) -> Order:
     """The order behind a scanned QR code: created on the first scan, the same one on later scans.
 
-    A scan that reuses an order id for a different device, drink, size or price is refused.
+    Name and price come from the machine's menu, as it is at the first scan. A drink that is not on
+    the menu or not available, or an older link's `price` (quoted_price_kopecks) that is not the
+    menu's, is refused and writes nothing; so is a scan that reuses an order id for another device,
+    drink or size.
     """
     now = now or timezone.now()
     device = Device.objects.select_related("merchant").filter(device_uuid=device_uuid).first()
     if device is None:
         raise DeviceNotFound(f"There is no coffee machine {device_uuid!r}. Please scan the QR code on the machine again.")
     _ensure_can_order(device.merchant, device, now=now)
-    wanted: dict[str, Any] = {
-        "device_id": device.pk, "drink_number": drink_number, "drink_name": drink_name,
-        "size": size, "price_kopecks": price_kopecks,
-    }
+    item = _menu_item_for(device, drink_number=drink_number, size=size, quoted_price_kopecks=quoted_price_kopecks)
+    wanted: dict[str, Any] = {"device_id": device.pk, "drink_number": drink_number, "size": size}
     expires_at = now + datetime.timedelta(minutes=settings.ORDER_EXPIRY_MINUTES)
     # get_or_create: two scans of a new code at once create one order (the loser reads it back).
     order, created = Order.objects.get_or_create(
-        pk=order_id, defaults={**wanted, "merchant_id": device.merchant_id, "expires_at": expires_at}
+        pk=order_id,
+        defaults={**wanted, "drink_name": item.drink_name, "price_kopecks": item.price_kopecks,
+                  "merchant_id": device.merchant_id, "expires_at": expires_at},
     )
     if not created and any(getattr(order, field) != value for field, value in wanted.items()):
         raise OrderConflict(f"Order {order_id!r} already exists for another drink. Please choose your drink again.")
     order.device = device  # already loaded: pages use it without another query
     _ensure_not_expired(order, now=now)
     return order
+
+
+def device_menu_replace(*, device_id: int, entries: Sequence[MenuEntry]) -> list[MenuItem]:
+    """The machine's whole menu becomes `entries`, at once or not at all.
+
+    Orders already scanned keep the name and price they were scanned at.
+    """
+    with transaction.atomic():
+        # Row lock on PostgreSQL (SQLite's IMMEDIATE transaction locks already): two uploads for one
+        # machine apply one after the other, never interleaved into a unique-constraint error.
+        Device.objects.select_for_update().filter(pk=device_id).values_list("pk", flat=True).get()
+        MenuItem.objects.filter(device_id=device_id).delete()
+        return MenuItem.objects.bulk_create(MenuItem(device_id=device_id, **vars(entry)) for entry in entries)
+
+
+def device_credential_issue(*, device_id: int, now: datetime.datetime | None = None) -> str:
+    """A new API token for the machine, returned once; only its hash is kept. The old one stops working."""
+    issued = credentials.credential_new()
+    DeviceCredential.objects.update_or_create(
+        device_id=device_id,
+        defaults={"key_id": issued.key_id, "token_sha256": issued.token_sha256, "issued_at": now or timezone.now()},
+    )
+    return issued.token
 
 
 def _order_transition(*, order_id: str, target: OrderStatus, **changes: Any) -> Order:

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from payments import views
+from payments import machine_api, views
 
 # Every view here is async: payments.checks refuses a sync one (it would hold a thread per request).
 urlpatterns = [
@@ -11,4 +11,7 @@ urlpatterns = [
     path("v1/payments/webhook", views.payment_webhook, name="payment-webhook"),
     path("v1/order-status/<str:order_id>", views.order_status, name="order-status"),
     path("v1/orders/<str:order_id>", views.order_page, name="order-page"),
+    path("v1/machine/orders/<str:order_id>", machine_api.machine_order, name="machine-order"),
+    path("v1/machine/orders/<str:order_id>/report", machine_api.machine_order_report, name="machine-order-report"),
+    path("v1/machine/menu", machine_api.machine_menu, name="machine-menu"),
 ]

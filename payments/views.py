@@ -50,16 +50,15 @@ def _order_page(request: HttpRequest, template: str, order: Order) -> HttpRespon
 
 @require_GET
 async def scan(request: HttpRequest) -> HttpResponse:
-    """GET /v1/pay?deviceUuid=&orderId=&drinkNo=&drinkName=&size=&price= : the QR code's page."""
+    """GET /v1/pay?deviceUuid=&orderId=&drinkNo=&size= : the QR code's page; name and price from the menu."""
     try:
         parameters = scan_parse(request.GET)
         order = await sync_to_async(services.order_create)(
             order_id=parameters.order_id,
             device_uuid=parameters.device_uuid,
             drink_number=parameters.drink_number,
-            drink_name=parameters.drink_name,
             size=parameters.size,
-            price_kopecks=parameters.price_kopecks,
+            quoted_price_kopecks=parameters.quoted_price_kopecks,
         )
     except PaymentsError as error:
         return _error_page(request, error)
@@ -69,7 +68,9 @@ async def scan(request: HttpRequest) -> HttpResponse:
 @require_POST
 async def payment_start(request: HttpRequest, order_id: str) -> HttpResponse:
     """POST /v1/orders/<id>/payment: create the provider payment, 303 to its confirmation page."""
-    status_page = request.build_absolute_uri(reverse("order-page", args=[order_id]))
+    # Sent to the provider under the order's fixed Idempotence-Key: it must not depend on the
+    # request (Host, X-Forwarded-Proto), or a second attempt would be "the same key, another body".
+    status_page = settings.PUBLIC_BASE_URL + reverse("order-page", args=[order_id])
     try:
         confirmation_url = await services.order_payment_start(order_id=order_id, return_url=status_page)
     except PaymentsError as error:

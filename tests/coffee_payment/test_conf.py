@@ -199,6 +199,7 @@ PRODUCTION_OK = {
     "DJANGO_SECRET_KEY": "s3cret-value",
     "DJANGO_ALLOWED_HOSTS": " pay.example.com, ,api.example.com ",
     "DATABASE_URL": "postgres://coffee:hunter2@db:5432/coffee",
+    "DJANGO_PUBLIC_BASE_URL": "https://pay.example.com",
 }
 
 
@@ -208,7 +209,7 @@ def test_django_env_unset_or_empty_means_production() -> None:
             load_settings(environ=environ)
 
 
-@pytest.mark.parametrize("missing", ["DJANGO_SECRET_KEY", "DJANGO_ALLOWED_HOSTS", "DATABASE_URL"])
+@pytest.mark.parametrize("missing", ["DJANGO_SECRET_KEY", "DJANGO_ALLOWED_HOSTS", "DATABASE_URL", "DJANGO_PUBLIC_BASE_URL"])
 def test_production_refuses_to_start_without_required_variable(missing: str) -> None:
     environ = {key: value for key, value in PRODUCTION_OK.items() if key != missing}
     with pytest.raises(ConfigError) as refused:
@@ -385,3 +386,47 @@ def test_postgres_gets_django_pool_and_connect_timeout() -> None:
     assert loaded.database["OPTIONS"]["connect_timeout"] == 2
     sqlite = load_settings(environ={**TESTING, "DATABASE_URL": "sqlite:///x.sqlite3"})
     assert "pool" not in sqlite.database.get("OPTIONS", {})
+
+
+# Public base URL and SQLite -----------------------------------------------------------------------
+
+
+def test_public_base_url_per_layer() -> None:
+    assert load_settings(environ=PRODUCTION_OK).public_base_url == "https://pay.example.com"
+    assert load_settings(environ={"DJANGO_ENV": "development"}).public_base_url == "http://localhost:8000"
+    assert load_settings(environ=TESTING).public_base_url == "http://testserver"
+    given = load_settings(environ={**TESTING, "DJANGO_PUBLIC_BASE_URL": " https://pay.example.com:8443/ "})
+    assert (given.public_base_url, given.sources["public_base_url"]) == ("https://pay.example.com:8443",
+                                                                         "env DJANGO_PUBLIC_BASE_URL")
+
+
+@pytest.mark.parametrize("raw", ["pay.example.com", "ftp://pay.example.com", "https://pay.example.com/shop",
+                                 "https://u:p@pay.example.com", "https://pay.example.com?x=1", "https://"])
+def test_bad_public_base_url_is_refused(raw: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(environ={**PRODUCTION_OK, "DJANGO_PUBLIC_BASE_URL": raw})
+    assert str(refused.value) == (f"DJANGO_PUBLIC_BASE_URL={raw!r} is not a base URL "
+                                  "(allowed: http(s)://host[:port], no path, no user, query or fragment)")
+
+
+def test_sqlite_gets_immediate_transactions_a_busy_timeout_and_wal() -> None:
+    options = load_settings(environ={**TESTING, "DATABASE_URL": "sqlite:///x.sqlite3"}).database["OPTIONS"]
+    assert options == {"transaction_mode": "IMMEDIATE", "timeout": 20,
+                       "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL"}
+    given = load_settings(environ={**TESTING, "DATABASE_URL": "sqlite:///x.sqlite3?timeout=5"}).database["OPTIONS"]
+    assert (given["timeout"], given["transaction_mode"]) == (5, "IMMEDIATE")
+
+
+def test_production_refuses_sqlite_unless_allowed() -> None:
+    sqlite = {**PRODUCTION_OK, "DATABASE_URL": "sqlite:////data/db.sqlite3"}
+    with pytest.raises(ConfigError) as refused:
+        load_settings(environ=sqlite)
+    assert str(refused.value) == (
+        "DATABASE_URL='sqlite:////data/db.sqlite3' is SQLite, refused in the production layer "
+        "(use PostgreSQL, or set DATABASE_ALLOW_SQLITE=true for a single replica)"
+    )
+    allowed = load_settings(environ={**sqlite, "DATABASE_ALLOW_SQLITE": "true"})
+    assert (allowed.database_allow_sqlite, allowed.sources["database_allow_sqlite"]) == (True, "env DATABASE_ALLOW_SQLITE")
+    assert load_settings(environ={**TESTING, "DATABASE_URL": "sqlite:///x.sqlite3"}).database_allow_sqlite is False
+    with pytest.raises(ConfigError, match=r"^DATABASE_ALLOW_SQLITE='once' is not a boolean"):
+        load_settings(environ={**sqlite, "DATABASE_ALLOW_SQLITE": "once"})

@@ -28,8 +28,7 @@ from tests.payments.conftest import device, fake, fake_server, merchant, order, 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
 
 ORDER_ID = scan_parameters()["order_id"]
-QR = {"deviceUuid": "machine-1", "orderId": ORDER_ID, "drinkNo": "2", "drinkName": "Cappuccino", "size": "2",
-      "price": "15900"}
+QR = {"deviceUuid": "machine-1", "orderId": ORDER_ID, "drinkNo": "2", "size": "2"}
 
 
 @pytest.fixture
@@ -71,6 +70,8 @@ async def test_api_paths_enforce_allowed_hosts_and_probes_do_not(lean: LeanASGIH
         ("GET", f"/v1/orders/{ORDER_ID}"),
         ("GET", "/v1/pay?" + urlencode(QR)),
         ("POST", f"/v1/orders/{ORDER_ID}/payment"),  # no CSRF token: 403
+        ("GET", f"/v1/machine/orders/{ORDER_ID}"),  # no machine token: 401
+        ("PUT", "/v1/machine/menu"),  # no machine token, no CSRF token either: 401, CSRF-exempt
         ("GET", "/v1/no-such-page"),
         ("GET", "/health"),
     ],

@@ -47,7 +47,10 @@ PRODUCTION_ENV = {
     "DJANGO_LOG_LEVEL": "INFO",
     "DJANGO_LOG_FORMAT": "json",
     "DATABASE_URL": "sqlite:////tmp/db.sqlite3",
+    # One container, one SQLite file: the single-replica case the production layer allows when told.
+    "DATABASE_ALLOW_SQLITE": "true",
     "DATABASE_POOL_MAX_SIZE": "5",
+    "DJANGO_PUBLIC_BASE_URL": "http://localhost:8080",
     "ORDER_EXPIRY_MINUTES": "20",
     "PAYMENT_PROVIDER_URL": "http://127.0.0.1:9/v3",
     "PAYMENT_PROVIDER_SECRETS": "shop-1:container-test-only",

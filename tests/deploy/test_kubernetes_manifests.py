@@ -52,7 +52,7 @@ MIGRATION_COMPONENTS = frozenset({"config", "migrate"})
 OVERLAY_DIFFERENCES = [
     r"\w+/[\w-]+:metadata\.namespace",
     r"ConfigMap/coffee-payment-server:metadata\.name",  # the hash of the values
-    r"ConfigMap/coffee-payment-server:data\.(GUNICORN_\w+|DJANGO_ALLOWED_HOSTS)",
+    r"ConfigMap/coffee-payment-server:data\.(GUNICORN_\w+|DJANGO_ALLOWED_HOSTS|DJANGO_PUBLIC_BASE_URL)",
     r"(Deployment|Job)/[\w-]+:spec\.template\.spec\.containers\.0\.envFrom\.0\.configMapRef\.name",
     r"(Deployment|Job)/[\w-]+:spec\.template\.spec\.containers\.0\.image",
     r"Deployment/coffee-payment-server:spec\.template\.spec\.containers\.0\.resources\..*",

@@ -68,6 +68,8 @@ def production_server(tmp_path: Path):
     # Loopback, a free port and a local database instead of the cluster's.
     local = {"GUNICORN_HOST", "GUNICORN_PORT", "DATABASE_URL"}
     env = base_environ(tmp_path, **{k: v for k, v in pod_environ.items() if k not in local})
+    # The production layer refuses SQLite unless told: here one server, one file.
+    env["DATABASE_ALLOW_SQLITE"] = "true"
     with gunicorn(tmp_path, env=env) as server:
         yield server
 

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests.support import postgres
+from tests.support.fake_provider import fake_provider_thread
 from tests.support.processes import BIN, Server, base_environ, fake_provider, gunicorn, run
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -25,16 +26,19 @@ SECRETS = "demo-shop:demo-secret"
 
 
 @pytest.fixture(scope="module")
-def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[str]]]:
-    """A migrated, seeded database for the servers of this module; the QR links' query strings."""
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[str], str]]:
+    """A migrated, seeded database for the servers of this module; the QR links' query strings and
+    the lobby machine's API token."""
     tmp_path = tmp_path_factory.mktemp("flow-db")
     with postgres.server_database(tmp_path) as url:
         env = base_environ(tmp_path, DATABASE_URL=url)
-        for command in (["migrate", "--noinput"], ["seed_demo"]):
+        for command in (["migrate", "--noinput"], ["seed_demo", "--machine-tokens"]):
             result = run([str(BIN / "python"), "manage.py", *command], env=env)
             assert result.returncode == 0, result.stderr
         queries = [urlsplit(line.split()[-1]).query for line in result.stdout.splitlines() if "/v1/pay?" in line]
-        yield url, queries
+        token = re.search(r"^device demo-machine-lobby: machine API token (\S+)$", result.stdout, flags=re.MULTILINE)
+        assert token, result.stdout
+        yield url, queries, token.group(1)
 
 
 def server_environ(tmp_path: Path, database_url: str, provider: str, **overrides: str) -> dict[str, str]:
@@ -73,9 +77,10 @@ def wait_for_status(server: Server, order_id: str, wanted: str, *, timeout: floa
     raise AssertionError(f"order {order_id} is {state.get('status')} after {timeout} s, not {wanted}:\n{server.logs()}")
 
 
-def test_scan_pay_webhook_status(tmp_path: Path, seeded: tuple[str, list[str]]) -> None:
-    """The whole flow on a real Gunicorn (two workers) against the fake provider."""
-    database_url, queries = seeded
+def test_scan_pay_webhook_status(tmp_path: Path, seeded: tuple[str, list[str], str]) -> None:
+    """The whole flow on a real Gunicorn (two workers) against the fake provider, and the machine
+    making the drink."""
+    database_url, queries, token = seeded
     port = base_environ(tmp_path)["GUNICORN_PORT"]
     webhook = f"http://127.0.0.1:{port}/v1/payments/webhook"
     with fake_provider(tmp_path, "--credentials", SECRETS, "--webhook-url", webhook) as provider, gunicorn(
@@ -101,12 +106,22 @@ def test_scan_pay_webhook_status(tmp_path: Path, seeded: tuple[str, list[str]]) 
         assert status_page.status_code == 200 and f"/v1/order-status/{order_id}" in status_page.text
         assert wait_for_status(server, order_id, "paid")["label"] == "Paid"
         assert "notified" in provider.logs() and '"status": "paid"' in provider.logs()
+
+        machine = {"Authorization": f"Bearer {token}"}
+        order = browser.get(f"{server.url}/v1/machine/orders/{order_id}", headers=machine).json()
+        assert (order["paid"], order["amount_paid_kopecks"], order["drink_name"]) == (True, 9900, "Espresso")
+        for outcome in ("make_pending", "successful"):
+            report = browser.post(f"{server.url}/v1/machine/orders/{order_id}/report", json={"outcome": outcome},
+                                  headers=machine)
+            assert (report.status_code, report.json()["status"]) == (200, outcome), report.text
+        assert wait_for_status(server, order_id, "successful")["final"] is True
+        assert browser.get(f"{server.url}/v1/machine/orders/{order_id}").status_code == 401
         assert "Traceback" not in server.logs()
 
 
-def test_a_slow_provider_does_not_hold_up_status_polls(tmp_path: Path, seeded: tuple[str, list[str]]) -> None:
+def test_a_slow_provider_does_not_hold_up_status_polls(tmp_path: Path, seeded: tuple[str, list[str], str]) -> None:
     """One worker: while a payment waits 1.5 s on the provider, status polls answer at once."""
-    database_url, queries = seeded
+    database_url, queries, _ = seeded
     with fake_provider(tmp_path, "--credentials", SECRETS, "--latency", "1.5") as provider, gunicorn(
         tmp_path, env=server_environ(tmp_path, database_url, provider.url, GUNICORN_WORKERS="1")
     ) as server:
@@ -139,9 +154,9 @@ def test_a_slow_provider_does_not_hold_up_status_polls(tmp_path: Path, seeded: t
         assert max(poll_seconds) < 0.5, poll_seconds
 
 
-def test_provider_down_leaves_the_order_payable(tmp_path: Path, seeded: tuple[str, list[str]]) -> None:
+def test_provider_down_leaves_the_order_payable(tmp_path: Path, seeded: tuple[str, list[str], str]) -> None:
     """Refused connection to the provider: a clear 503 page, the order is still `created`."""
-    database_url, queries = seeded
+    database_url, queries, _ = seeded
     nothing_listens = f"http://127.0.0.1:{base_environ(tmp_path)['GUNICORN_PORT']}"
     with gunicorn(tmp_path, env=server_environ(tmp_path, database_url, nothing_listens, GUNICORN_WORKERS="1")) as server:
         order_id = order_id_of(queries[2])
@@ -151,3 +166,36 @@ def test_provider_down_leaves_the_order_payable(tmp_path: Path, seeded: tuple[st
         assert response.status_code == 503
         assert "The payment service did not answer" in response.text and "Traceback" not in response.text
         assert wait_for_status(server, order_id, "created")["final"] is False
+
+
+def test_twenty_simultaneous_webhook_confirmations_on_sqlite_are_all_applied(tmp_path: Path) -> None:
+    """SQLite (whichever database the suite runs on), a real Gunicorn with two workers: 20 orders
+    paid at once, their 20 notifications sent at once. Every one is answered 200 and every order
+    ends paid: writers wait for SQLite's one write lock instead of failing "database is locked"."""
+    orders = 20
+    env = base_environ(tmp_path, DATABASE_URL=f"sqlite:///{tmp_path / 'webhooks.sqlite3'}")
+    for command in (["migrate", "--noinput"], ["seed_demo"]):
+        result = run([str(BIN / "python"), "manage.py", *command], env=env)
+        assert result.returncode == 0, result.stderr
+    with fake_provider_thread(credentials={"demo-shop": "demo-secret"}) as fake, gunicorn(
+        tmp_path, env=server_environ(tmp_path, env["DATABASE_URL"], fake.url, GUNICORN_PORT=env["GUNICORN_PORT"],
+                                     GUNICORN_WORKERS="2")
+    ) as server, httpx.Client(base_url=server.url, timeout=10) as browser:
+        order_ids = [f"sqlite-webhook-{number:02d}" for number in range(orders)]
+        for order_id in order_ids:  # scan and Pay, one after the other: the customers
+            page = browser.get(f"/v1/pay?deviceUuid=demo-machine-lobby&orderId={order_id}&drinkNo=2&size=2")
+            assert page.status_code == 200, page.text
+            assert browser.post(f"/v1/orders/{order_id}/payment", **csrf(page)).status_code == 303  # type: ignore[arg-type]
+        notifications = [fake.app.settle(payment_id, "succeeded") for payment_id in list(fake.app.payments)]
+        assert len(notifications) == orders
+
+        async def notify_all() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as provider:
+                return await asyncio.gather(*(provider.post("/v1/payments/webhook", json=body) for body in notifications))
+
+        answers = asyncio.run(notify_all())
+        assert [answer.status_code for answer in answers] == [200] * orders, server.logs()
+        assert sorted(answer.json()["status"] for answer in answers) == ["paid"] * orders
+        for order_id in order_ids:
+            assert browser.get(f"/v1/order-status/{order_id}").json()["status"] == "paid"
+        assert "database is locked" not in server.logs()

@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from payments import provider, services
 from payments.fake_provider import FakeProvider
+from payments.forms import MenuEntry
 from payments.models import Device, DeviceStatus, Merchant, Order
 from tests.support.fake_provider import RunningFake, fake_provider_thread
 
@@ -44,15 +45,34 @@ def merchant() -> Merchant:
     )
 
 
+# machine-1's menu: (drink number, size) -> (name, price in kopecks, available).
+MENU = {
+    (1, 1): ("Espresso", 9900, True),
+    (2, 2): ("Cappuccino", 15900, True),
+    (2, 3): ("Cappuccino", 18900, True),
+    (3, 3): ("Latte", 19900, False),
+}
+
+
+def menu_entries(menu: dict[tuple[int, int], tuple[str, int, bool]] = MENU) -> list[MenuEntry]:
+    return [MenuEntry(drink_number=number, size=size, drink_name=name, price_kopecks=price, available=available)
+            for (number, size), (name, price, available) in menu.items()]
+
+
 @pytest.fixture
 def device(merchant: Merchant) -> Device:
-    return Device.objects.create(device_uuid="machine-1", merchant=merchant, location="Lobby", status=DeviceStatus.ONLINE)
+    """machine-1, online, with MENU."""
+    device = Device.objects.create(device_uuid="machine-1", merchant=merchant, location="Lobby",
+                                   status=DeviceStatus.ONLINE)
+    services.device_menu_replace(device_id=device.pk, entries=menu_entries())
+    return device
 
 
 def scan_parameters(**overrides: Any) -> dict[str, Any]:
-    """Keyword arguments of services.order_create for a valid scan of machine-1."""
+    """Keyword arguments of services.order_create for a valid scan of machine-1: a medium Cappuccino,
+    15900 kopecks on its menu."""
     return {"order_id": "20250317110122659ba6d7-9ace-cndn", "device_uuid": "machine-1", "drink_number": 2,
-            "drink_name": "Cappuccino", "size": 2, "price_kopecks": 15900, **overrides}
+            "size": 2, **overrides}
 
 
 @pytest.fixture

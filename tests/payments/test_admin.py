@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 
-from payments import services
-from payments.models import Order
+from payments import credentials, services
+from payments.models import Device, DeviceCredential, Order
 
 pytestmark = pytest.mark.django_db
 
@@ -38,3 +39,23 @@ def test_admin_action_applies_only_legal_transitions(admin_client: Any, order: O
     )
     assert "is manual_make and cannot become failed" in response.content.decode()
     assert Order.objects.get(pk=order.pk).status == "manual_make"
+
+
+def test_staff_edit_the_menu_inline_on_the_machine(admin_client: Any, device: Device) -> None:
+    page = admin_client.get(f"/admin/payments/device/{device.pk}/change/").content.decode()
+    assert "menu_items-0-price_kopecks" in page and 'value="15900"' in page
+
+
+def test_issuing_a_token_shows_it_once_and_retires_the_old_one(admin_client: Any, device: Device) -> None:
+    old = services.device_credential_issue(device_id=device.pk)
+    response = admin_client.post("/admin/payments/device/", {"action": "issue_credential",
+                                                              "_selected_action": [device.pk]})
+    page = response.content.decode()
+    assert response.status_code == 200 and "no-store" in response["Cache-Control"]
+    token = re.search(r"<code>([0-9a-f]{16}\.[\w-]{43})</code>", page)
+    assert token is not None and old not in page
+    stored = DeviceCredential.objects.get(device=device)
+    assert credentials.token_matches(token.group(1), stored.token_sha256)
+    assert not credentials.token_matches(old, stored.token_sha256)
+    assert token.group(1) not in admin_client.get(f"/admin/payments/device/{device.pk}/change/").content.decode()
+    assert token.group(1) not in admin_client.get("/admin/payments/device/").content.decode()

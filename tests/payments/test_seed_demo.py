@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from io import StringIO
 from urllib.parse import parse_qsl, urlsplit
 
@@ -9,9 +10,9 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.http import QueryDict
 
-from payments import services
+from payments import credentials, services
 from payments.forms import scan_parse
-from payments.models import Device, Merchant
+from payments.models import Device, DeviceCredential, MenuItem, Merchant
 
 pytestmark = pytest.mark.django_db
 
@@ -28,16 +29,32 @@ def test_seed_creates_the_demo_and_prints_links_that_scan() -> None:
     assert Merchant.objects.get().shop_id == "demo-shop"
     assert set(Device.objects.values_list("status", flat=True)) == {"online", "test"}
     for link in links:
-        scan = scan_parse(QueryDict(urlsplit(link).query))
-        services.order_create(**vars(scan))
+        query = QueryDict(urlsplit(link).query)
+        assert set(query) == {"deviceUuid", "orderId", "drinkNo", "size"}  # name and price: the menu's
+        order = services.order_create(**vars(scan_parse(query)))
+        assert order.price_kopecks == MenuItem.objects.get(device=order.device, drink_number=order.drink_number,
+                                                           size=order.size).price_kopecks
 
 
 def test_seed_twice_updates_in_place_with_fresh_order_ids() -> None:
     first, second = seed(), seed("--shop-id", "506751")
     assert (Merchant.objects.count(), Device.objects.count()) == (1, 2)
     assert Merchant.objects.get().shop_id == "506751"
+    assert MenuItem.objects.count() == 2 * 5
     order_ids = {dict(parse_qsl(urlsplit(link).query))["orderId"] for link in first + second}
     assert len(order_ids) == 12
+
+
+def test_seed_issues_machine_tokens_only_when_asked() -> None:
+    seed()
+    assert not DeviceCredential.objects.exists()
+    out = StringIO()
+    call_command("seed_demo", "--machine-tokens", stdout=out)
+    tokens = dict(re.findall(r"^device ([\w-]+): machine API token (\S+)$", out.getvalue(), flags=re.MULTILINE))
+    assert set(tokens) == {"demo-machine-lobby", "demo-machine-test"}
+    for device, token in tokens.items():
+        stored = DeviceCredential.objects.get(device__device_uuid=device)
+        assert credentials.token_matches(token, stored.token_sha256)
 
 
 @pytest.mark.parametrize(("args", "message"), [(["--shop-id", "a b"], "--shop-id='a b'"),

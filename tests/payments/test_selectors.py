@@ -25,11 +25,35 @@ def test_order_status_is_one_query(order: Order, django_assert_num_queries: Any)
     assert '"payments_order"."id" = ' in sql and "JOIN" not in sql
 
 
+def test_machine_reads_its_own_order_in_one_primary_key_query(order: Order, django_assert_num_queries: Any) -> None:
+    read = async_to_sync(selectors.order_get_for_device)
+    with django_assert_num_queries(1) as captured:
+        state = read(order_id=order.pk, device_id=order.device_id)
+    assert state is not None and state.as_machine_json(now=timezone.now())["paid"] is False
+    assert '"payments_order"."id" = ' in captured.captured_queries[0]["sql"]
+    assert read(order_id=order.pk, device_id=order.device_id + 1) is None
+
+
+@pytest.mark.parametrize(
+    ("status", "paid"),
+    [("created", False), ("pending", False), ("paid", True), ("make_pending", True), ("successful", True),
+     ("make_failed", True), ("manual_make", True), ("not_paid", False), ("failed", False)],
+)
+def test_the_machine_sees_whether_the_money_is_taken(order: Order, status: str, paid: bool) -> None:
+    Order.objects.filter(pk=order.pk).update(status=status)
+    state = async_to_sync(selectors.order_get_for_device)(order_id=order.pk, device_id=order.device_id)
+    assert state is not None
+    shown = state.as_machine_json(now=timezone.now())
+    assert (shown["paid"], shown["amount_paid_kopecks"]) == (paid, 15900 if paid else 0)
+
+
 def test_order_status_json(order: Order) -> None:
     state = async_to_sync(selectors.order_get_status)(order_id=order.pk)
     assert state is not None
     assert state.as_json(now=timezone.now()) == {
         "order_id": order.pk, "status": "created", "label": "Waiting for payment", "final": False, "expired": False,
+        "drink_number": 2, "drink_name": "Cappuccino", "size": 2, "size_label": "Medium",
+        "amount_kopecks": 15900, "amount": "159.00", "currency": "RUB",
     }
     later = order.expires_at + datetime.timedelta(seconds=1)
     assert state.as_json(now=later)["expired"] is True

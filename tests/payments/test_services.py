@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import re
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -17,17 +18,20 @@ from payments import services
 from payments.errors import (
     DeviceNotFound,
     DeviceUnavailable,
+    DrinkNotOnMenu,
+    DrinkUnavailable,
     IllegalTransition,
     MerchantInactive,
     OrderConflict,
     OrderExpired,
     OrderNotFound,
+    PriceMismatch,
     ProviderUnavailable,
 )
 from payments.fake_provider import FakeProvider
-from payments.models import Device, Merchant, Order
+from payments.models import Device, MenuItem, Merchant, Order
 from payments.provider import Notification, ProviderPayment
-from tests.payments.conftest import scan_parameters
+from tests.payments.conftest import menu_entries, scan_parameters
 
 # The lifecycle as the issue states it, written out independently of payments.models.TRANSITIONS.
 LEGAL = {
@@ -76,15 +80,58 @@ def test_the_same_scan_twice_is_the_same_order(device: Device) -> None:
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize(
-    "change", [{"drink_number": 3}, {"drink_name": "Latte"}, {"size": 3}, {"price_kopecks": 100}, {"device_uuid": "machine-2"}]
-)
+@pytest.mark.parametrize("change", [{"drink_number": 1, "size": 1}, {"size": 3}, {"device_uuid": "machine-2"}])
 def test_reusing_an_order_id_for_another_order_is_refused(device: Device, change: dict[str, Any]) -> None:
-    Device.objects.create(device_uuid="machine-2", merchant=device.merchant, location="Hall")
+    other = Device.objects.create(device_uuid="machine-2", merchant=device.merchant, location="Hall")
+    services.device_menu_replace(device_id=other.pk, entries=menu_entries())
     original = row(services.order_create(**scan_parameters()).pk)
     with pytest.raises(OrderConflict):
         services.order_create(**scan_parameters(**change))
     assert row(original["id"]) == original
+
+
+@pytest.mark.django_db
+def test_name_and_price_come_from_the_menu_as_it_was_at_the_first_scan(device: Device) -> None:
+    order = services.order_create(**scan_parameters(drink_number=2, size=3))
+    assert (order.drink_name, order.price_kopecks) == ("Cappuccino", 18900)
+    services.device_menu_replace(device_id=device.pk, entries=menu_entries({(2, 3): ("Cappuccino XL", 25000, True)}))
+    again = services.order_create(**scan_parameters(drink_number=2, size=3))
+    assert (again.drink_name, again.price_kopecks) == ("Cappuccino", 18900)
+    assert row(order.pk)["price_kopecks"] == 18900
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        ({"drink_number": 7}, DrinkNotOnMenu, "no drink 7 in size medium"),
+        ({"drink_number": 1, "size": 3}, DrinkNotOnMenu, "no drink 1 in size large"),
+        ({"drink_number": 3, "size": 3}, DrinkUnavailable, "Latte (large) is not available"),
+        ({"quoted_price_kopecks": 1}, PriceMismatch, "says 0.01 ₽, but Cappuccino (medium) costs 159.00 ₽"),
+        ({"quoted_price_kopecks": 15901}, PriceMismatch, "says 159.01 ₽"),
+    ],
+)
+def test_a_scan_the_menu_does_not_back_is_refused_and_writes_nothing(
+    device: Device, change: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=re.escape(message)):
+        services.order_create(**scan_parameters(**change))
+    assert not Order.objects.exists()
+
+
+@pytest.mark.django_db
+def test_an_older_link_whose_price_is_the_menus_still_scans(device: Device) -> None:
+    order = services.order_create(**scan_parameters(quoted_price_kopecks=15900))
+    assert (order.drink_name, order.price_kopecks) == ("Cappuccino", 15900)
+
+
+@pytest.mark.django_db
+def test_a_menu_upload_replaces_the_whole_menu(device: Device) -> None:
+    services.device_menu_replace(device_id=device.pk, entries=menu_entries({(9, 1): ("Tea", 5000, True)}))
+    assert list(MenuItem.objects.values_list("drink_number", "size", "drink_name", "price_kopecks")) == [
+        (9, 1, "Tea", 5000)]
+    with pytest.raises(DrinkNotOnMenu):
+        services.order_create(**scan_parameters())
 
 
 @pytest.mark.django_db

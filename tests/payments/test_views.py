@@ -12,10 +12,10 @@ from urllib.parse import urlencode
 import pytest
 from asgiref.sync import sync_to_async
 from django.http import HttpResponse
-from django.test import AsyncClient
+from django.test import AsyncClient, AsyncRequestFactory
 from django.utils import timezone
 
-from payments import provider, services
+from payments import provider, services, views
 from payments.fake_provider import FakeProvider
 from payments.models import Device, Merchant, Order
 from tests.payments.conftest import scan_parameters
@@ -24,8 +24,7 @@ from tests.payments.conftest import scan_parameters
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ORDER_ID = scan_parameters()["order_id"]
-QR = {"deviceUuid": "machine-1", "orderId": ORDER_ID, "drinkNo": "2", "drinkName": "Cappuccino", "size": "2",
-      "price": "15900"}
+QR = {"deviceUuid": "machine-1", "orderId": ORDER_ID, "drinkNo": "2", "size": "2"}
 
 
 def qr_url(**changes: str) -> str:
@@ -66,16 +65,39 @@ async def test_the_same_qr_scanned_twice_shows_the_same_order(device: Device) ->
 
 async def test_conflicting_reuse_of_an_order_id_is_refused(device: Device) -> None:
     await AsyncClient().get(qr_url())
-    response = await AsyncClient().get(qr_url(price="100"))
+    response = await AsyncClient().get(qr_url(size="3"))
     assert_error_page(response, 409, "This order cannot be used", "already exists for another drink")
     assert (await order_row()).price_kopecks == 15900
+
+
+async def test_an_older_link_with_the_menus_price_scans_and_its_drink_name_is_not_shown(device: Device) -> None:
+    response = await AsyncClient().get(qr_url(price="15900", drinkName="Free coffee"))
+    content = response.content.decode()
+    assert response.status_code == 200 and "159.00" in content and "Cappuccino" in content
+    assert "Free coffee" not in content
+
+
+@pytest.mark.parametrize(
+    ("changes", "status", "texts"),
+    [
+        ({"price": "1"}, 409, ["price is not the machine", "says 0.01 ₽, but Cappuccino (medium) costs 159.00 ₽"]),
+        ({"drinkNo": "7"}, 404, ["not on the machine", "no drink 7 in size medium"]),
+        ({"drinkNo": "3", "size": "3"}, 409, ["This drink is not available", "Latte (large) is not available"]),
+    ],
+)
+async def test_a_link_the_menu_does_not_back_gets_a_page_and_writes_nothing(
+    device: Device, changes: dict[str, str], status: int, texts: list[str]
+) -> None:
+    assert_error_page(await AsyncClient().get(qr_url(**changes)), status, *texts)
+    assert not await Order.objects.aexists()
 
 
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
         ({"size": "4"}, "size=&#x27;4&#x27; is not one of 1 (small), 2 (medium), 3 (large)"),
-        ({"price": ""}, "price is missing"),
+        ({"drinkNo": ""}, "drinkNo is missing"),
+        ({"price": "1.00"}, "price=&#x27;1.00&#x27; is not a whole number"),
         ({"orderId": "a b"}, "orderId=&#x27;a b&#x27; is not 1-64 letters"),
     ],
 )
@@ -130,6 +152,26 @@ async def test_retrying_the_payment_never_charges_twice(fake: FakeProvider, orde
     first, second = await start_payment(), await start_payment()
     assert first["Location"] == second["Location"]
     assert len(fake.payments) == 1 and fake.calls["POST /payments"] == 2
+
+
+async def test_the_payment_is_the_same_whatever_host_or_scheme_the_customer_used(fake: FakeProvider, order: Order) -> None:
+    """The body sent under the order's Idempotence-Key never depends on the request: no 502 for a
+    second attempt through another host name or with a forged X-Forwarded-Proto."""
+    # The view itself, with the request's META as a proxy would pass it on: the test client always
+    # sends Host: testserver.
+    attempts = [{"HTTP_HOST": "localhost", "HTTP_X_FORWARDED_PROTO": "https"}, {"HTTP_HOST": "127.0.0.1"},
+                {"HTTP_HOST": "localhost"}]
+    locations = []
+    for meta in attempts:
+        request = AsyncRequestFactory().post(f"/v1/orders/{ORDER_ID}/payment")
+        request.META.update(meta)
+        response = await views.payment_start(request, ORDER_ID)
+        assert response.status_code == 303, response.content
+        locations.append(response["Location"])
+    payment = next(iter(fake.payments.values()))
+    assert len(fake.payments) == 1 and fake.calls["POST /payments"] == 3
+    assert locations == [payment.confirmation_url] * 3
+    assert payment.return_url == f"http://testserver/v1/orders/{ORDER_ID}"
 
 
 async def test_payment_form_works_with_csrf_checks(fake: FakeProvider, device: Device) -> None:
@@ -276,7 +318,9 @@ async def test_order_status_json(order: Order) -> None:
     assert response.status_code == 200
     assert response["Cache-Control"] == "no-store"
     assert response.json() == {"order_id": ORDER_ID, "status": "created", "label": "Waiting for payment",
-                               "final": False, "expired": False}
+                               "final": False, "expired": False, "drink_number": 2, "drink_name": "Cappuccino",
+                               "size": 2, "size_label": "Medium", "amount_kopecks": 15900, "amount": "159.00",
+                               "currency": "RUB"}
 
 
 async def test_order_status_of_an_unknown_order_is_a_json_404() -> None:

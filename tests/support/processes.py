@@ -43,6 +43,8 @@ def base_environ(tmp_path: Path, **overrides: str) -> dict[str, str]:
         HOME=str(tmp_path),
     )
     env.update(overrides)
+    # Where the server's customers are sent back from the provider: this server itself.
+    env.setdefault("DJANGO_PUBLIC_BASE_URL", f"http://127.0.0.1:{env['GUNICORN_PORT']}")
     return env
 
 

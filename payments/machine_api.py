@@ -1,0 +1,141 @@
+"""The machine API: JSON for the coffee machines, each authenticated by its own bearer token.
+
+A machine reads its orders (paid? for what?), reports what became of the drink, and uploads its
+menu. Token auth, not cookies, so no CSRF; another machine's order answers 404, as if it did not
+exist. Every view is async (payments.checks).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, JsonResponse
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from payments import credentials, selectors, services
+from payments.errors import IllegalTransition, InvalidParameter
+from payments.forms import menu_parse
+
+# What a machine may report, each the service of the same name (order_mark_<outcome>).
+OUTCOMES = ("make_pending", "successful", "make_failed")
+REALM = 'Bearer realm="coffee-machine"'
+
+MachineView = Callable[..., Awaitable[JsonResponse]]
+
+
+def _json(data: dict[str, Any], *, status: int = 200) -> JsonResponse:
+    response = JsonResponse(data, status=status)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+def _unauthorized(message: str, *, invalid: bool) -> JsonResponse:
+    response = _json({"error": message}, status=401)
+    # RFC 6750: no credential gets the bare challenge; a wrong one says so.
+    response["WWW-Authenticate"] = f'{REALM}, error="invalid_token"' if invalid else REALM
+    return response
+
+
+async def _authenticated_device(request: HttpRequest) -> int | JsonResponse:
+    """The id of the machine whose token the request carries, or the 401 to answer."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return _unauthorized("this API needs the machine's token: Authorization: Bearer <token>", invalid=False)
+    token = token.strip()
+    key_id = credentials.token_key_id(token)
+    found = await selectors.device_credential_find(key_id=key_id) if key_id else None
+    if found is None or not credentials.token_matches(token, found[1]):
+        return _unauthorized("the machine's token is not valid (issue a new one in the admin)", invalid=True)
+    return found[0]
+
+
+def machine_endpoint(view: MachineView) -> MachineView:
+    """Authenticate the machine first; the view gets its `device_id`."""
+
+    @functools.wraps(view)
+    async def authenticated(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+        device = await _authenticated_device(request)
+        if isinstance(device, JsonResponse):
+            return device
+        return await view(request, *args, device_id=device, **kwargs)
+
+    return csrf_exempt(authenticated)
+
+
+def _body(request: HttpRequest) -> bytes:
+    try:
+        return request.body
+    except RequestDataTooBig:
+        raise InvalidParameter("the body is too large") from None
+
+
+def _no_order(order_id: str) -> JsonResponse:
+    return _json({"error": f"no order {order_id[:64]!r} for this machine"}, status=404)
+
+
+@require_GET
+@machine_endpoint
+async def machine_order(request: HttpRequest, order_id: str, *, device_id: int) -> JsonResponse:
+    """GET /v1/machine/orders/<id>: status, drink and amount paid. One primary-key read."""
+    state = await selectors.order_get_for_device(order_id=order_id, device_id=device_id)
+    if state is None:
+        return _no_order(order_id)
+    return _json(state.as_machine_json(now=timezone.now()))
+
+
+def _outcome_parse(body: bytes) -> str:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidParameter("the body is not JSON") from None
+    if not isinstance(data, dict) or set(data) != {"outcome"}:
+        raise InvalidParameter('the body is not {"outcome": "..."}')
+    if data["outcome"] not in OUTCOMES:
+        raise InvalidParameter(f"outcome={str(data['outcome'])[:64]!r} is not one of {', '.join(OUTCOMES)}")
+    return data["outcome"]
+
+
+@require_POST
+@machine_endpoint
+async def machine_order_report(request: HttpRequest, order_id: str, *, device_id: int) -> JsonResponse:
+    """POST /v1/machine/orders/<id>/report {"outcome": ...}: the drink is being made, made, or failed.
+
+    The same report again answers 200 with the order as it is; a report the order's status does not
+    allow answers 409 naming both.
+    """
+    try:
+        outcome = _outcome_parse(_body(request))
+    except InvalidParameter as error:
+        return _json({"error": error.message}, status=400)
+    if await selectors.order_get_for_device(order_id=order_id, device_id=device_id) is None:
+        return _no_order(order_id)
+    service = getattr(services, f"order_mark_{outcome}")
+    try:
+        await sync_to_async(service)(order_id=order_id)
+    except IllegalTransition as refused:
+        if refused.current != outcome:
+            return _json({"error": refused.message, "status": refused.current, "outcome": outcome}, status=409)
+    state = await selectors.order_get_for_device(order_id=order_id, device_id=device_id)
+    if state is None:  # deleted in between
+        return _no_order(order_id)
+    return _json(state.as_machine_json(now=timezone.now()))
+
+
+@require_http_methods(["GET", "PUT"])
+@machine_endpoint
+async def machine_menu(request: HttpRequest, *, device_id: int) -> JsonResponse:
+    """GET /v1/machine/menu: the machine's menu. PUT: replace it whole (validated, all or nothing)."""
+    if request.method == "PUT":
+        try:
+            entries = menu_parse(_body(request))
+        except InvalidParameter as error:
+            return _json({"error": error.message}, status=400)
+        await sync_to_async(services.device_menu_replace)(device_id=device_id, entries=entries)
+    return _json({"items": await selectors.device_menu(device_id=device_id)})
