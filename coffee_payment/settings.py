@@ -151,3 +151,12 @@ READINESS_DATABASE_TIMEOUT = 2.0
 # GUNICORN_TIMEOUT. A drain waits GUNICORN_GRACEFUL_TIMEOUT, by default the same, so it never cuts
 # a request that arrived before the stop signal and is still within this limit.
 REQUEST_TIMEOUT = conf.server.timeout
+
+# REQUEST BODY LIMIT
+# ------------------------------------------------------------------------------
+# GUNICORN_MAX_BODY_BYTES: coffee_payment.asgi answers 413 to a larger body before reading it.
+# Django's own limit agrees, and a body that is accepted stays in memory: nothing is spooled to
+# /tmp (a small memory-backed volume in the pod).
+REQUEST_BODY_LIMIT = conf.server.max_body_bytes
+DATA_UPLOAD_MAX_MEMORY_SIZE = REQUEST_BODY_LIMIT
+FILE_UPLOAD_MAX_MEMORY_SIZE = REQUEST_BODY_LIMIT
