@@ -14,7 +14,7 @@ What this adds, as nginx does with `large_client_header_buffers` and `client_hea
   they exceed `max_header_bytes` the client gets `431 Request Header Fields Too Large` and the
   connection is closed. The count is taken after each read is parsed, so a read that completes
   the headers and carries body bytes is never miscounted, and the parser never holds more than
-  the limit plus one read (at most 256 KiB with uvloop).
+  the limit plus one read (uvloop reads at most 256 000 bytes at a time).
 * time: a connection must complete a request's header section within `header_timeout` seconds of
   connecting, or of the first byte of a later request on a keep-alive connection. Otherwise it
   gets `408 Request Timeout` (or, if it sent nothing at all, is just closed, as nginx does) and
@@ -35,7 +35,7 @@ import asyncio
 import logging
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 __all__ = ["LimitedHttpToolsProtocol"]
 
@@ -49,14 +49,17 @@ LINGER_SECONDS = 5.0
 class _LingeringClose:
     """A request cycle's transport whose close() is the protocol's lingering close."""
 
-    def __init__(self, protocol: LimitedHttpToolsProtocol, cycle: RequestResponseCycle) -> None:
+    def __init__(self, protocol: LimitedHttpToolsProtocol, transport: asyncio.Transport) -> None:
         self._protocol = protocol
-        self._cycle = cycle
-        self._transport = cycle.transport
+        self._transport = transport
+        # What a cycle calls on every response, bound once rather than found by __getattr__.
+        self.write = transport.write
+        self.is_closing = transport.is_closing
 
     def close(self) -> None:
-        # more_body: the parser has not reached the end of this request's body.
-        self._protocol.close_lingering(request_unfinished=self._cycle.more_body)
+        # The latest request's more_body: the parser has not reached the end of its body (with
+        # pipelining, a request parsed after the closing one means the closing one's body ended).
+        self._protocol.close_lingering(request_unfinished=self._protocol.cycle.more_body)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
@@ -81,11 +84,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._header_timer: asyncio.TimerHandle | None = None
         self._refused = False
         self._linger_timer: asyncio.TimerHandle | None = None
+        self._cycle_transport: _LingeringClose | None = None
 
     # --- connection ------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._cycle_transport = _LingeringClose(self, transport)
         self._arm_header_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -116,6 +121,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().data_received(data)
         if not self._awaiting_headers or self.transport.is_closing():
             return
+        # The clock of a request that did not arrive in one read starts now, with its first read;
+        # a request that did (nearly all) never costs a timer.
+        self._arm_header_timer()
         # A request began in this read (a fresh one, or one pipelined after a complete request):
         # count from this read; otherwise the header section simply grew by it.
         self._header_bytes = len(data) if self._message_began else self._header_bytes + len(data)
@@ -133,8 +141,6 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._message_began = True
         self._awaiting_headers = True
         self._header_bytes = 0
-        # A keep-alive connection's next request: its clock starts with its first byte.
-        self._arm_header_timer()
 
     def on_headers_complete(self) -> None:
         self._awaiting_headers = False
@@ -143,7 +149,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         previous = self.cycle
         super().on_headers_complete()
         if self.cycle is not previous:  # not a websocket upgrade: a request cycle was made
-            self.cycle.transport = _LingeringClose(self, self.cycle)  # type: ignore[assignment]
+            self.cycle.transport = self._cycle_transport  # type: ignore[assignment]
 
     # --- limits ----------------------------------------------------------
 
@@ -160,6 +166,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._header_timer = None
         if not self._awaiting_headers or self.transport.is_closing():
             return
+        # The clock of a request that did not arrive in one read starts now, with its first read;
+        # a request that did (nearly all) never costs a timer.
+        self._arm_header_timer()
         if self.headers is not None:  # set by on_message_begin: a request has begun
             logger.warning(
                 "%s: request headers incomplete after %gs; answered 408", self._peer(), self.header_timeout
