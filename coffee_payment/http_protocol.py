@@ -166,9 +166,6 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._header_timer = None
         if not self._awaiting_headers or self.transport.is_closing():
             return
-        # The clock of a request that did not arrive in one read starts now, with its first read;
-        # a request that did (nearly all) never costs a timer.
-        self._arm_header_timer()
         if self.headers is not None:  # set by on_message_begin: a request has begun
             logger.warning(
                 "%s: request headers incomplete after %gs; answered 408", self._peer(), self.header_timeout
