@@ -14,7 +14,8 @@ What this adds, as nginx does with `large_client_header_buffers` and `client_hea
   they exceed `max_header_bytes` the client gets `431 Request Header Fields Too Large` and the
   connection is closed. The count is taken after each read is parsed, so a read that completes
   the headers and carries body bytes is never miscounted, and the parser never holds more than
-  the limit plus one read (uvloop reads at most 256 000 bytes at a time).
+  the limit plus one read (uvloop reads at most 256 000 bytes at a time). A section that
+  completes within a read that could hold more than the limit is measured exactly when parsed.
 * time: a connection must complete a request's header section within `header_timeout` seconds of
   connecting, or of the first byte of a later request on a keep-alive connection. Otherwise it
   gets `408 Request Timeout` (or, if it sent nothing at all, is just closed, as nginx does) and
@@ -81,6 +82,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._awaiting_headers = True
         self._message_began = False
         self._header_bytes = 0
+        self._read_bytes = 0
         self._header_timer: asyncio.TimerHandle | None = None
         self._refused = False
         self._linger_timer: asyncio.TimerHandle | None = None
@@ -118,8 +120,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._refused:
             return
         self._message_began = False
+        self._read_bytes = len(data)
         super().data_received(data)
-        if not self._awaiting_headers or self.transport.is_closing():
+        if self._refused or not self._awaiting_headers or self.transport.is_closing():
             return
         # The clock of a request that did not arrive in one read starts now, with its first read;
         # a request that did (nearly all) never costs a timer.
@@ -128,11 +131,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         # count from this read; otherwise the header section simply grew by it.
         self._header_bytes = len(data) if self._message_began else self._header_bytes + len(data)
         if self._header_bytes > self.max_header_bytes:
-            logger.warning(
-                "%s: request header section over %d bytes; answered 431",
-                self._peer(), self.max_header_bytes,
-            )
-            self._refuse(431, b"Request Header Fields Too Large")
+            self._refuse_too_large()
 
     # --- parser callbacks ------------------------------------------------
 
@@ -143,15 +142,42 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._header_bytes = 0
 
     def on_headers_complete(self) -> None:
+        if self._refused:
+            return
+        # Reads counted so far plus this one bound the section; only a bound over the limit (a
+        # large read) needs the exact size: a section that arrived complete in one read.
+        too_large = (
+            self._header_bytes + self._read_bytes > self.max_header_bytes
+            and self._header_section_size() > self.max_header_bytes
+        )
         self._awaiting_headers = False
         self._header_bytes = 0
         self._cancel_header_timer()
+        if too_large:
+            self._refuse_too_large()
+            return
         previous = self.cycle
         super().on_headers_complete()
         if self.cycle is not previous:  # not a websocket upgrade: a request cycle was made
             self.cycle.transport = self._cycle_transport  # type: ignore[assignment]
 
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:  # the rest of a read after a refusal is parsed, never used
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self._refused:
+            super().on_message_complete()
+
     # --- limits ----------------------------------------------------------
+
+    def _header_section_size(self) -> int:
+        # The request line and header lines as sent, give or take optional whitespace.
+        return len(self.url) + 16 + sum(len(name) + len(value) + 4 for name, value in self.headers)
+
+    def _refuse_too_large(self) -> None:
+        logger.warning("%s: request header section over %d bytes; answered 431", self._peer(), self.max_header_bytes)
+        self._refuse(431, b"Request Header Fields Too Large")
 
     def _arm_header_timer(self) -> None:
         if self._header_timer is None:

@@ -94,6 +94,28 @@ def test_8_mib_header_is_answered_431_within_a_second_while_another_connection_i
     assert server.wait_for_log(f"request header section over {HEADER_LIMIT} bytes; answered 431")
 
 
+@pytest.mark.parametrize("size", [HEADER_LIMIT + 1024, 200_000])
+def test_header_section_over_the_limit_in_one_read_is_answered_431(server: Server, size: int) -> None:
+    """A section that arrives whole, with its end, in a single read is measured too."""
+    head = b"GET /health HTTP/1.1\r\nHost: t\r\nX-Big: "
+    with connect(server.port) as sock:
+        sock.sendall(head + b"a" * (size - len(head) - 4) + b"\r\n\r\n")
+        response = read_until_close(sock)
+    assert (response.status, response.body) == (431, b"Request Header Fields Too Large")
+
+
+def test_pipelined_requests_and_a_body_in_the_same_read_are_served(server: Server) -> None:
+    """Counting per read never mistakes a body or the next request for a header section."""
+    body = b"x" * (HEADER_LIMIT * 2)
+    with connect(server.port) as sock:
+        sock.sendall(b"POST /health HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+                     + b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        answers = b""
+        while chunk := sock.recv(65536):  # both answers, then the close the second one asked for
+            answers += chunk
+    assert answers.count(b"HTTP/1.1 200 OK\r\n") == 2, answers
+
+
 def test_worker_memory_stays_bounded_while_four_clients_send_100_mib_headers(server: Server) -> None:
     (pid,) = server.wait_for_workers(1)
     baseline = rss_kib(pid)
