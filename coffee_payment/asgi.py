@@ -4,6 +4,7 @@ import os
 
 from django.conf import settings
 
+from coffee_payment.body_limit import BodyLimitMiddleware
 from coffee_payment.lean import get_lean_asgi_application
 from coffee_payment.request_timeout import RequestTimeoutMiddleware
 
@@ -19,7 +20,12 @@ from payments import provider  # noqa: E402
 # A request not answered within GUNICORN_TIMEOUT seconds gets 504 (408 while its body is still
 # arriving); see coffee_payment/request_timeout.py for what cannot be interrupted. Outside it,
 # the lifespan handler: the provider client is per worker event loop, closed when the worker stops.
+# Outside the timeout, the body limit (GUNICORN_MAX_BODY_BYTES): a body over it gets 413 before
+# it is read (coffee_payment/body_limit.py).
 application = Lifespan(
-    RequestTimeoutMiddleware(django_application, timeout=settings.REQUEST_TIMEOUT),
+    BodyLimitMiddleware(
+        RequestTimeoutMiddleware(django_application, timeout=settings.REQUEST_TIMEOUT),
+        limit=settings.REQUEST_BODY_LIMIT,
+    ),
     on_shutdown=(provider.aclose,),
 )

@@ -74,6 +74,12 @@ SERVER_INT_SETTINGS = (
     IntSetting("max_requests", "GUNICORN_MAX_REQUESTS", 0, 10_000_000),
     IntSetting("max_requests_jitter", "GUNICORN_MAX_REQUESTS_JITTER", 0, 10_000_000),
     IntSetting("keepalive", "GUNICORN_KEEPALIVE", 1, 300),
+    # Hostile clients (PROJECT.md, "Request limits"). Header section: at least what browsers and
+    # proxies send with cookies, at most 1 MiB. Header timeout: whole seconds, up to 5 minutes.
+    # Body: 1 KiB (a webhook is a few hundred bytes) to 64 MiB (held in memory, never spooled).
+    IntSetting("max_header_bytes", "GUNICORN_MAX_HEADER_BYTES", 4096, 1_048_576),
+    IntSetting("header_timeout", "GUNICORN_HEADER_TIMEOUT", 1, 300),
+    IntSetting("max_body_bytes", "GUNICORN_MAX_BODY_BYTES", 1024, 67_108_864),
 )
 
 # Payment settings that are whole numbers. Retries: each one repeats a provider call with the same
@@ -129,6 +135,9 @@ class ServerSettings:
     max_requests: int
     max_requests_jitter: int
     keepalive: int
+    max_header_bytes: int
+    header_timeout: int
+    max_body_bytes: int
 
     @property
     def bind(self) -> str:

@@ -157,3 +157,12 @@ REQUEST_TIMEOUT = conf.server.timeout
 # Where customers reach the site ("https://pay.example.com"): links the server hands out to the
 # provider (the return URL) are built on it, never on the request's Host or X-Forwarded-Proto.
 PUBLIC_BASE_URL = conf.public_base_url
+
+# REQUEST BODY LIMIT
+# ------------------------------------------------------------------------------
+# GUNICORN_MAX_BODY_BYTES: coffee_payment.asgi answers 413 to a larger body before reading it.
+# Django's own limit agrees, and a body that is accepted stays in memory: nothing is spooled to
+# /tmp (a small memory-backed volume in the pod).
+REQUEST_BODY_LIMIT = conf.server.max_body_bytes
+DATA_UPLOAD_MAX_MEMORY_SIZE = REQUEST_BODY_LIMIT
+FILE_UPLOAD_MAX_MEMORY_SIZE = REQUEST_BODY_LIMIT

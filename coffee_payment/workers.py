@@ -42,6 +42,7 @@ This relies on uvicorn and uvicorn-worker internals listed in PROJECT.md
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import socket
@@ -56,6 +57,8 @@ from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker  # type: ignore[import-untyped]
 
 from coffee_payment.asgi_types import ASGIApp, Message, Receive, Scope, Send
+from coffee_payment.conf import process_settings
+from coffee_payment.http_protocol import LimitedHttpToolsProtocol
 
 __all__ = ["KILL_MARGIN", "DrainingServer", "DrainingUvicornWorker"]
 
@@ -307,10 +310,25 @@ class DrainingServer(Server):
 
 
 class DrainingUvicornWorker(UvicornWorker):  # type: ignore[misc]
-    """`UvicornWorker` whose every stop (signal or `max_requests`) drains."""
+    """`UvicornWorker` whose every stop (signal or `max_requests`) drains.
+
+    Its HTTP protocol is uvicorn's httptools one with limits on the request header section
+    (GUNICORN_MAX_HEADER_BYTES, GUNICORN_HEADER_TIMEOUT; coffee_payment/http_protocol.py), and its
+    responses carry no `server` header: nothing tells a client which server and version to attack.
+    """
+
+    CONFIG_KWARGS = {**UvicornWorker.CONFIG_KWARGS, "server_header": False}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        limits = process_settings().server  # validated in the master by config/gunicorn.py
+        # uvicorn's Config takes a protocol class for `http`; its server builds each connection's
+        # protocol with (config, server_state, app_state, _loop), so the limits are bound here.
+        self.config.http = functools.partial(
+            LimitedHttpToolsProtocol,
+            max_header_bytes=limits.max_header_bytes,
+            header_timeout=limits.header_timeout,
+        )
         graceful = float(self.cfg.graceful_timeout)
         # The master SIGKILLs `graceful_timeout` s after *its* signal; finish
         # (and log what we give up) KILL_MARGIN s before that. For recycles,

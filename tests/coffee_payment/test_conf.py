@@ -137,6 +137,9 @@ timeout = 30
 max_requests = 0
 max_requests_jitter = 0
 keepalive = 5
+max_header_bytes = 32768
+header_timeout = 10
+max_body_bytes = 1048576
 [default.provider]
 url = "https://provider.example/v3"
 connect_timeout = 3.0

@@ -6,8 +6,8 @@ request. The stock stack has no request timeout at all: the slow request runs to
 
 from __future__ import annotations
 
+import itertools
 import json
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.processes import Server, base_environ, gunicorn
-from tests.support.rawhttp import BackgroundGet, connect, get, read_until_close
+from tests.support.rawhttp import BackgroundGet, connect, get, read_until_close, read_while_trickling
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
@@ -71,22 +71,8 @@ def test_slow_body_to_django_gets_408(tmp_path: Path) -> None:
     with gunicorn(tmp_path, env=one_worker(tmp_path)) as server, connect(server.port) as sock:
         sock.sendall(b"POST /health HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n0123456789")
         started = time.monotonic()
-        stop = threading.Event()
-
-        def trickle() -> None:  # far too slow to finish 100 bytes before the limit
-            while not stop.wait(0.3):
-                try:
-                    sock.sendall(b"x")
-                except OSError:
-                    return
-
-        sender = threading.Thread(target=trickle, daemon=True)
-        sender.start()
-        try:
-            response = read_until_close(sock)
-        finally:
-            stop.set()
-            sender.join(timeout=2)
+        # Far too slow to finish 100 bytes before the limit.
+        response = read_while_trickling(sock, itertools.repeat(b"x", 100), interval=0.3)
         assert response.status == 408
         assert response.headers.get("connection") == "close"
         assert TIMEOUT <= response.finished_at - started < TIMEOUT + LATE

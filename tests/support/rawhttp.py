@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -39,6 +40,29 @@ def read_until_close(sock: socket.socket) -> RawResponse:
     if headers.get("transfer-encoding") == "chunked":
         body = _dechunk(body)
     return RawResponse(int(lines[0].split()[1]), headers, body, finished)
+
+
+def read_while_trickling(sock: socket.socket, pieces: Iterable[bytes], *, interval: float) -> RawResponse:
+    """`read_until_close`, while a thread sends one of `pieces` every `interval` seconds (a slow
+    client); the thread stops at the answer, at a send error, or when `pieces` run out."""
+    stop = threading.Event()
+
+    def trickle() -> None:
+        for piece in pieces:
+            if stop.wait(interval):
+                return
+            try:
+                sock.sendall(piece)
+            except OSError:
+                return
+
+    sender = threading.Thread(target=trickle, daemon=True)
+    sender.start()
+    try:
+        return read_until_close(sock)
+    finally:
+        stop.set()
+        sender.join(timeout=2)
 
 
 def _dechunk(raw: bytes) -> bytes:

@@ -1,0 +1,110 @@
+"""A size limit on request bodies (GUNICORN_MAX_BODY_BYTES), enforced before the body is read.
+
+Django's ASGI handler reads the whole body into a temporary file (spooled to disk past
+FILE_UPLOAD_MAX_MEMORY_SIZE) before it dispatches, and only checks DATA_UPLOAD_MAX_MEMORY_SIZE
+when a view touches `request.POST` or `request.body`: a 200 MB body would be read and written to
+/tmp first. This middleware answers as nginx's `client_max_body_size` does:
+
+- a `Content-Length` over the limit gets `413 Content Too Large` at once; the application never
+  runs and the body is never read (a client that sent `Expect: 100-continue` is never told to
+  send it);
+- a body without a length (chunked) is counted as it arrives; the read that crosses the limit
+  gets the 413 and the application sees a client disconnect (Django then drops the request
+  without a response of its own).
+
+The 413 carries `Connection: close`: the rest of the body is still on the wire. If the
+application had already started a response before the body crossed the limit, no status can be
+sent any more; it sees the disconnect and the response it sends is kept.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from coffee_payment.asgi_types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["BodyLimitMiddleware"]
+
+logger = logging.getLogger(__name__)
+
+DISCONNECT: Message = {"type": "http.disconnect"}
+REASON = b"Content Too Large"
+
+
+class BodyLimitMiddleware:
+    """Refuse HTTP request bodies over `limit` bytes with 413; other scopes pass through."""
+
+    def __init__(self, app: ASGIApp, *, limit: int) -> None:
+        if limit < 0:
+            raise ValueError(f"limit={limit!r} is not a number of bytes (allowed: >= 0)")
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.limit:
+            logger.warning("%s %s declared a %d-byte body (limit %d): answered 413",
+                           scope.get("method"), scope.get("path"), declared, self.limit)
+            await _send_413(send)
+            return
+
+        received = 0
+        refused = False
+        response_started = False
+
+        async def counted_receive() -> Message:
+            nonlocal received, refused
+            if refused:
+                return DISCONNECT
+            message = await receive()
+            if message["type"] != "http.request":
+                return message
+            received += len(message.get("body", b""))
+            if received <= self.limit:
+                return message
+            refused = True
+            if response_started:
+                logger.warning("%s %s body passed %d bytes after its response started; reading stopped",
+                               scope.get("method"), scope.get("path"), self.limit)
+            else:
+                logger.warning("%s %s body passed %d bytes: answered 413",
+                               scope.get("method"), scope.get("path"), self.limit)
+                await _send_413(send)
+            return DISCONNECT
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal response_started
+            if refused and not response_started:
+                return  # the client has its 413; whatever the application says after it is dropped
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        await self.app(scope, counted_receive, guarded_send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            # The HTTP parser has already refused a malformed or conflicting length with 400.
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _send_413(send: Send) -> None:
+    await send({
+        "type": "http.response.start",
+        "status": 413,
+        "headers": [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(REASON)).encode()),
+            (b"connection", b"close"),
+        ],
+    })
+    await send({"type": "http.response.body", "body": REASON, "more_body": False})
