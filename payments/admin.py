@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
+from asgiref.sync import async_to_sync
 from django.contrib import admin, messages
 from django.db import models
 from django.db.models import QuerySet
@@ -16,7 +17,7 @@ from payments.models import Device, Merchant, Order
 
 @admin.register(Merchant)
 class MerchantAdmin(admin.ModelAdmin):
-    list_display = ("name", "shop_id", "contact_email", "active_until")
+    list_display = ("name", "shop_id", "contact_email", "active_until", "two_stage_payments")
     search_fields = ("name", "shop_id", "contact_email")
 
 
@@ -28,6 +29,11 @@ class DeviceAdmin(admin.ModelAdmin):
     list_select_related = ("merchant",)
     # A logo address typed without a scheme is https (Django 6's default; silences 5.x's warning).
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
+
+
+def _synchronous(service: Callable[..., Awaitable[Order]]) -> Callable[..., Order]:
+    """An async service (one that calls the provider) for the admin's sync actions."""
+    return async_to_sync(service)
 
 
 def _transition_action(name: str, service: Callable[..., Order], description: str) -> Callable[..., None]:
@@ -47,7 +53,7 @@ def _transition_action(name: str, service: Callable[..., Order], description: st
 
 @admin.register(Order)
 class OrderAdmin(admin.ModelAdmin):
-    list_display = ("id", "device", "drink_name", "size", "price_rubles", "status", "created_at")
+    list_display = ("id", "device", "drink_name", "size", "price_rubles", "status", "two_stage", "created_at")
     list_filter = ("status", "merchant")
     search_fields = ("id", "provider_payment_id", "device__device_uuid")
     list_select_related = ("device", "merchant")
@@ -56,7 +62,10 @@ class OrderAdmin(admin.ModelAdmin):
     readonly_fields = [field.name for field in Order._meta.fields]
     actions = [
         _transition_action("mark_manual_make", services.order_mark_manual_make, "Mark as made by staff"),
-        _transition_action("mark_make_failed", services.order_mark_make_failed, "Mark as could not be made"),
+        # Then the money goes back at once: a refund, or the hold released.
+        _transition_action(
+            "mark_make_failed", _synchronous(services.aorder_mark_make_failed), "Mark as could not be made (returns the money)"
+        ),
         _transition_action("mark_failed", services.order_mark_failed, "Mark as failed (unpaid orders)"),
     ]
 
