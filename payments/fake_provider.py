@@ -3,10 +3,27 @@
     python -m payments.fake_provider --port 8001 --webhook-url http://127.0.0.1:8000/v1/payments/webhook
     python -m payments.fake_provider --port 8001 --latency 0.3 --fail flaky
 
-API (HTTP Basic shop_id:secret): `POST /v3/payments` (Idempotence-Key required; the same key
-returns the same payment) and `GET /v3/payments/<id>`. The confirmation URL is this server's
-`/confirm/<id>` page: "Pay" or "Cancel" settles the payment, POSTs a `payment.succeeded` or
-`payment.canceled` notification to --webhook-url and sends the browser back to the return URL.
+API (HTTP Basic shop_id:secret; every POST needs an Idempotence-Key: the same key with the same
+body answers the object the first request made, as it is now; with another body it is refused):
+
+- `POST /v3/payments` (`capture` true: one stage; false, the default as in API v3: a hold),
+  `GET /v3/payments/<id>`, `POST /v3/payments/<id>/capture` (optional smaller `amount`),
+  `POST /v3/payments/<id>/cancel` (pending or waiting_for_capture).
+- `POST /v3/refunds` (`payment_id`, `amount`; a succeeded payment, up to what is left),
+  `GET /v3/refunds/<id>`.
+- `GET /v3/payments` and `GET /v3/refunds`: newest first, filtered by `status`,
+  `created_at.gte|gt|lte|lt` (payments also `captured_at.*` and `payment_method`, refunds
+  `payment_id`), `limit` (1..100, default 10) and `cursor`; `{"type": "list", "items": [...],
+  "next_cursor": ...}`.
+- Errors are API v3 error objects: 401 invalid_credentials, 404 not_found, 400 invalid_request
+  naming the `parameter` (including a state change the payment's status does not allow).
+
+The confirmation URL is this server's `/confirm/<id>` page: "Pay" moves the payment to succeeded
+(or, with `capture: false`, to waiting_for_capture until --hold-seconds pass, then it is canceled
+as the real hold expires), "Cancel" cancels it; the fake POSTs the notification
+(`payment.succeeded`, `payment.waiting_for_capture`, `payment.canceled`) to --webhook-url and
+sends the browser back to the return URL. Capture, cancel, refund and an expired hold notify
+too (`refund.succeeded` for a refund), in the background as the real provider does.
 `GET /health` answers 200 once the fake serves.
 
 Failure modes for the API (--fail): `error` answers 500 to every call; `hang` answers after
@@ -20,16 +37,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import binascii
 import datetime
 import html
+import itertools
 import json
 import logging
 import re
 import urllib.parse
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import aiohttp
@@ -42,6 +62,22 @@ API_PREFIX = "/v3"
 NOTIFY_TIMEOUT = 5.0
 MAX_BODY = 64 * 1024
 _AMOUNT = re.compile(r"[0-9]{1,8}\.[0-9]{2}")
+_ID = r"([A-Za-z0-9-]{1,64})"
+KOPECK = Decimal("0.01")
+# The fake's fee: income_amount is the amount less 3.5 % (rounded to kopecks), as a card fee would be.
+COMMISSION = Decimal("0.035")
+# A bank-card hold lasts 7 days at the real provider; --hold-seconds shortens it for tests.
+HOLD_SECONDS = 7 * 24 * 3600
+# API v3 limits: metadata has at most 16 keys of up to 32 characters, values up to 512.
+METADATA_KEYS, METADATA_KEY_LENGTH, METADATA_VALUE_LENGTH = 16, 32, 512
+# Lists: `limit` 1..100, 10 when absent.
+LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX = 10, 100
+PAYMENT_STATUSES = ("pending", "waiting_for_capture", "succeeded", "canceled")
+REFUND_STATUSES = ("pending", "succeeded", "canceled")
+# The one payment method the fake offers; the page pays with this test card.
+METHOD = "bank_card"
+CARD = {"first6": "555555", "last4": "4444", "expiry_year": "2030", "expiry_month": "12",
+        "card_type": "MasterCard", "issuer_country": "RU"}
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -57,44 +93,120 @@ class ApiError(Exception):
             self.body["parameter"] = parameter
 
 
+def _invalid(description: str, parameter: str | None = None) -> ApiError:
+    return ApiError(400, "invalid_request", description, parameter)
+
+
+def _now() -> datetime.datetime:
+    # Milliseconds, as the API prints them: a time read from a response filters exactly.
+    now = datetime.datetime.now(datetime.UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def _iso(moment: datetime.datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _money(value: Decimal, currency: str) -> dict[str, str]:
+    return {"value": f"{value:.2f}", "currency": currency}
+
+
 @dataclass
 class FakePayment:
     id: str
+    seq: int
     shop_id: str
-    amount: dict[str, str]
+    amount: Decimal
+    currency: str
     description: str
     metadata: dict[str, Any]
     return_url: str
     confirmation_url: str
+    capture: bool = False
+    # The method named at creation (payment_method_data); the card, once the customer paid with it.
+    method_chosen: bool = False
+    card_used: bool = False
     status: str = "pending"
-    created_at: str = field(default_factory=lambda: _now())
-    captured_at: str | None = None
+    created_at: datetime.datetime = field(default_factory=_now)
+    captured_at: datetime.datetime | None = None
+    expires_at: datetime.datetime | None = None
+    cancellation: dict[str, str] | None = None
+    refunded: Decimal = Decimal("0.00")
+
+    @property
+    def paid(self) -> bool:
+        return self.status in ("waiting_for_capture", "succeeded")
+
+    @property
+    def refundable_left(self) -> Decimal:
+        return self.amount - self.refunded if self.status == "succeeded" else Decimal("0.00")
 
     def as_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "id": self.id,
             "status": self.status,
-            "paid": self.status == "succeeded",
-            "amount": self.amount,
-            "created_at": self.created_at,
-            "description": self.description,
+            "paid": self.paid,
+            "amount": _money(self.amount, self.currency),
+            "created_at": _iso(self.created_at),
             "metadata": self.metadata,
             "recipient": {"account_id": self.shop_id, "gateway_id": "fake"},
-            "refundable": self.status == "succeeded",
+            "refundable": self.refundable_left > 0,
             "test": True,
         }
+        if self.description:
+            data["description"] = self.description
+        if self.paid:
+            fee = (self.amount * COMMISSION).quantize(KOPECK, rounding=ROUND_HALF_UP)
+            data["income_amount"] = _money(self.amount - fee, self.currency)
+        if self.method_chosen or self.card_used:
+            method: dict[str, Any] = {"type": METHOD, "id": self.id, "saved": False}
+            if self.card_used:
+                method.update(title=f"Bank card *{CARD['last4']}", card=CARD)
+            data["payment_method"] = method
         if self.status == "pending":
             data["confirmation"] = {"type": "redirect", "confirmation_url": self.confirmation_url,
                                     "return_url": self.return_url}
         if self.captured_at:
-            data["captured_at"] = self.captured_at
-        if self.status == "canceled":
-            data["cancellation_details"] = {"party": "yoo_money", "reason": "canceled_by_customer"}
+            data["captured_at"] = _iso(self.captured_at)
+        if self.status == "waiting_for_capture" and self.expires_at:
+            data["expires_at"] = _iso(self.expires_at)
+        if self.cancellation:
+            data["cancellation_details"] = self.cancellation
+        if self.refunded:
+            data["refunded_amount"] = _money(self.refunded, self.currency)
         return data
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+@dataclass
+class FakeRefund:
+    id: str
+    seq: int
+    shop_id: str
+    payment_id: str
+    amount: Decimal
+    currency: str
+    description: str
+    metadata: dict[str, Any] | None
+    status: str = "succeeded"
+    created_at: datetime.datetime = field(default_factory=_now)
+
+    def as_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": self.id,
+            "payment_id": self.payment_id,
+            "status": self.status,
+            "amount": _money(self.amount, self.currency),
+            "created_at": _iso(self.created_at),
+        }
+        if self.description:
+            data["description"] = self.description
+        if self.metadata is not None:
+            data["metadata"] = self.metadata
+        return data
+
+
+def _notification(event: str, obj: FakePayment | FakeRefund) -> dict[str, Any]:
+    return {"type": "notification", "event": event, "object": obj.as_json()}
 
 
 class FakeProvider:
@@ -107,31 +219,63 @@ class FakeProvider:
         latency: float = 0.0,
         fail: str = "none",
         hang_seconds: float = 30.0,
+        hold_seconds: float = HOLD_SECONDS,
         webhook_url: str | None = None,
     ) -> None:
         self.credentials = dict(credentials or {})
         self.latency, self.fail, self.hang_seconds = latency, fail, hang_seconds
+        self.hold_seconds = hold_seconds
         self.webhook_url = webhook_url
         self._client: aiohttp.ClientSession | None = None
+        self._sending: set[asyncio.Task[None]] = set()
         self.reset()
 
     def reset(self) -> None:
-        """Forget every payment and call (tests share one running fake)."""
+        """Forget every payment, refund and call (tests share one running fake)."""
         self.payments: dict[str, FakePayment] = {}
-        self.keys: dict[tuple[str, str], tuple[str, str]] = {}  # (shop, key) -> (body, payment id)
+        self.refunds: dict[str, FakeRefund] = {}
+        self.keys: dict[tuple[str, str], tuple[str, str]] = {}  # (shop, key) -> (body, object id)
+        self.key_routes: dict[tuple[str, str], str] = {}  # (shop, key) -> "POST /payments/<id>/capture"
         self.calls: Counter[str] = Counter()  # "POST /payments", "GET /payments/<id>"
         self.notifications: list[dict[str, Any]] = []
         self._attempts: Counter[str] = Counter()
+        self._seq = itertools.count(1)
 
     # Test helpers ------------------------------------------------------------------------------
 
     def settle(self, payment_id: str, status: str) -> dict[str, Any]:
-        """Move a pending payment to succeeded/canceled; the notification the provider would send."""
+        """Move a pending payment to succeeded/waiting_for_capture/canceled, as the customer would.
+
+        Returns the notification the provider would send (not sent: the test posts it).
+        """
         payment = self.payments[payment_id]
         if payment.status == "pending":
-            payment.status = status
-            payment.captured_at = _now() if status == "succeeded" else None
-        return {"type": "notification", "event": f"payment.{payment.status}", "object": payment.as_json()}
+            if status == "canceled":
+                self._cancel(payment, party="yoo_money", reason="expired_on_confirmation")
+            else:
+                self._pay(payment, capture=status == "succeeded")
+        return _notification(f"payment.{payment.status}", payment)
+
+    # State changes: each one synchronous, so no other request sees half of it. -----------------
+
+    def _pay(self, payment: FakePayment, *, capture: bool) -> None:
+        payment.card_used = True
+        if capture:
+            payment.status, payment.captured_at = "succeeded", _now()
+        else:
+            payment.status = "waiting_for_capture"
+            payment.expires_at = _now() + datetime.timedelta(seconds=self.hold_seconds)
+
+    def _cancel(self, payment: FakePayment, *, party: str, reason: str) -> None:
+        payment.status, payment.expires_at = "canceled", None
+        payment.cancellation = {"party": party, "reason": reason}
+
+    def _current(self, payment: FakePayment) -> FakePayment:
+        """The payment now: a hold past its expires_at is canceled, as the real provider does."""
+        if payment.status == "waiting_for_capture" and payment.expires_at and _now() >= payment.expires_at:
+            self._cancel(payment, party="yoo_money", reason="expired_on_capture")
+            self._notify_later(_notification("payment.canceled", payment))
+        return payment
 
     # ASGI --------------------------------------------------------------------------------------
 
@@ -167,6 +311,8 @@ class FakeProvider:
                 return
 
     async def aclose(self) -> None:
+        if self._sending:
+            await asyncio.wait(self._sending, timeout=NOTIFY_TIMEOUT)
         if self._client is not None:
             await self._client.close()
             self._client = None
@@ -175,19 +321,51 @@ class FakeProvider:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         shop_id = self._authenticate(headers.get("authorization", ""))
         key = headers.get("idempotence-key", "")
+        query = scope.get("query_string", b"").decode("latin-1")
         call = f"{method} {path}"
         self.calls[call] += 1
         await asyncio.sleep(self.latency)
-        await self._maybe_fail(f"{call} {key}")
-        if method == "POST" and path == "/payments":
-            return 200, self._create(shop_id, key, body, base_url=_base_url(scope, headers)).as_json()
-        match = re.fullmatch(r"/payments/([A-Za-z0-9-]{1,64})", path)
-        if method == "GET" and match:
-            payment = self.payments.get(match.group(1))
-            if payment is None or payment.shop_id != shop_id:
-                raise ApiError(404, "not_found", "payment not found")
-            return 200, payment.as_json()
-        raise ApiError(404, "not_found", f"no API route {method} {path}")
+        await self._maybe_fail(f"{call}?{query} {key}")
+        if method == "GET":
+            return 200, self._read(shop_id, path, query)
+        if method != "POST":
+            raise ApiError(404, "not_found", f"no API route {call}")
+        if path == "/payments":
+            return 200, self._once(shop_id, key, call, body, lambda: self._create(
+                shop_id, body, base_url=_base_url(scope, headers)))
+        if path == "/refunds":
+            return 200, self._once(shop_id, key, call, body, lambda: self._refund(shop_id, body))
+        match = re.fullmatch(rf"/payments/{_ID}/(capture|cancel)", path)
+        if match is None:
+            raise ApiError(404, "not_found", f"no API route {call}")
+        payment = self._payment(shop_id, match.group(1))
+        act = self._capture if match.group(2) == "capture" else self._cancel_by_merchant
+        return 200, self._once(shop_id, key, call, body, lambda: act(payment, body))
+
+    def _read(self, shop_id: str, path: str, query: str) -> dict[str, Any]:
+        if path == "/payments":
+            return _list(self._owned(self.payments.values(), shop_id), query, PAYMENT_LIST_FILTERS)
+        if path == "/refunds":
+            return _list(self._owned(self.refunds.values(), shop_id), query, REFUND_LIST_FILTERS)
+        if match := re.fullmatch(rf"/payments/{_ID}", path):
+            return self._payment(shop_id, match.group(1)).as_json()
+        if match := re.fullmatch(rf"/refunds/{_ID}", path):
+            refund = self.refunds.get(match.group(1))
+            if refund is None or refund.shop_id != shop_id:
+                raise ApiError(404, "not_found", "refund not found", "refund_id")
+            return refund.as_json()
+        raise ApiError(404, "not_found", f"no API route GET {path}")
+
+    def _owned(self, objects: Iterable[FakePayment | FakeRefund], shop_id: str) -> list[tuple[int, dict[str, Any]]]:
+        """The shop's objects, newest first: (sequence number, JSON)."""
+        mine = [self._current(o) if isinstance(o, FakePayment) else o for o in objects if o.shop_id == shop_id]
+        return [(o.seq, o.as_json()) for o in sorted(mine, key=lambda o: o.seq, reverse=True)]
+
+    def _payment(self, shop_id: str, payment_id: str) -> FakePayment:
+        payment = self.payments.get(payment_id)
+        if payment is None or payment.shop_id != shop_id:
+            raise ApiError(404, "not_found", "payment not found", "payment_id")
+        return self._current(payment)
 
     def _authenticate(self, authorization: str) -> str:
         scheme, _, encoded = authorization.partition(" ")
@@ -211,45 +389,128 @@ class FakeProvider:
             if self._attempts[attempt] % 2 == 1:
                 raise ApiError(500, "internal_server_error", "fake provider: --fail flaky")
 
-    def _create(self, shop_id: str, key: str, body: bytes, *, base_url: str) -> FakePayment:
+    def _once(self, shop_id: str, key: str, call: str, body: bytes,
+              act: Callable[[], FakePayment | FakeRefund]) -> dict[str, Any]:
+        """Idempotence: a key's first request acts; a repeat answers its object as it is now."""
         if not 1 <= len(key) <= 64:
-            raise ApiError(400, "invalid_request", "Idempotence-Key header is required", "Idempotence-Key")
+            raise _invalid("Idempotence-Key header is required", "Idempotence-Key")
+        text = body.decode(errors="replace")
         seen = self.keys.get((shop_id, key))
         if seen is not None:
-            if seen[0] != body.decode(errors="replace"):
-                raise ApiError(400, "invalid_request", "Idempotence-Key reused with another request", "Idempotence-Key")
-            return self.payments[seen[1]]
+            if seen[0] != text or self.key_routes[(shop_id, key)] != call:
+                raise _invalid("Idempotence-Key reused with another request", "Idempotence-Key")
+            if call == "POST /refunds":
+                return self.refunds[seen[1]].as_json()
+            return self._current(self.payments[seen[1]]).as_json()
+        done = act()
+        self.keys[(shop_id, key)] = (text, done.id)
+        self.key_routes[(shop_id, key)] = call
+        return done.as_json()
+
+    def _create(self, shop_id: str, body: bytes, *, base_url: str) -> FakePayment:
         data = _payment_request(body)
         payment_id = str(uuid.uuid4())
+        amount, currency = _amount(data.get("amount"), "amount")
         payment = FakePayment(
             id=payment_id,
+            seq=next(self._seq),
             shop_id=shop_id,
-            amount=data["amount"],
+            amount=amount,
+            currency=currency,
             description=data.get("description", ""),
             metadata=data.get("metadata") or {},
             return_url=data["confirmation"]["return_url"],
             confirmation_url=f"{base_url}/confirm/{payment_id}",
+            capture=data.get("capture", False),
+            method_chosen="payment_method_data" in data,
         )
         self.payments[payment_id] = payment
-        self.keys[(shop_id, key)] = (body.decode(errors="replace"), payment_id)
         return payment
+
+    def _capture(self, payment: FakePayment, body: bytes) -> FakePayment:
+        data = _json_object(body, empty_ok=True)
+        if payment.status != "waiting_for_capture":
+            raise _invalid(f"payment is {payment.status}: only a waiting_for_capture payment can be captured")
+        if "amount" in data:
+            amount, currency = _amount(data["amount"], "amount")
+            if currency != payment.currency:
+                raise _invalid(f"amount.currency must be the payment's {payment.currency}", "amount.currency")
+            if amount > payment.amount:
+                raise _invalid(f"amount.value is more than the {payment.amount} held", "amount.value")
+            payment.amount = amount
+        payment.status, payment.captured_at, payment.expires_at = "succeeded", _now(), None
+        self._notify_later(_notification("payment.succeeded", payment))
+        return payment
+
+    def _cancel_by_merchant(self, payment: FakePayment, body: bytes) -> FakePayment:
+        _json_object(body, empty_ok=True)
+        if payment.status not in ("pending", "waiting_for_capture"):
+            raise _invalid(f"payment is {payment.status}: only a pending or waiting_for_capture payment can be canceled")
+        self._cancel(payment, party="merchant", reason="canceled_by_merchant")
+        self._notify_later(_notification("payment.canceled", payment))
+        return payment
+
+    def _refund(self, shop_id: str, body: bytes) -> FakeRefund:
+        data = _json_object(body)
+        payment_id = data.get("payment_id")
+        payment = self.payments.get(payment_id) if isinstance(payment_id, str) else None
+        if payment is None or payment.shop_id != shop_id:
+            raise _invalid("payment_id names no payment of this shop", "payment_id")
+        self._current(payment)
+        amount, currency = _amount(data.get("amount"), "amount")
+        description = data.get("description", "")
+        if not isinstance(description, str) or len(description) > 250:
+            raise _invalid("description must be a string of up to 250 characters", "description")
+        metadata = _metadata(data["metadata"]) if "metadata" in data else None
+        if payment.status != "succeeded":
+            raise _invalid(f"payment is {payment.status}: only a succeeded payment can be refunded", "payment_id")
+        if currency != payment.currency:
+            raise _invalid(f"amount.currency must be the payment's {payment.currency}", "amount.currency")
+        if amount > payment.refundable_left:
+            raise _invalid(f"amount.value is more than the {payment.refundable_left} left to refund", "amount.value")
+        refund = FakeRefund(id=str(uuid.uuid4()), seq=next(self._seq), shop_id=shop_id, payment_id=payment.id,
+                            amount=amount, currency=currency, description=description, metadata=metadata)
+        payment.refunded += amount
+        self.refunds[refund.id] = refund
+        self._notify_later(_notification("refund.succeeded", refund))
+        return refund
 
     async def _confirm(self, send: Send, method: str, payment_id: str, body: bytes) -> None:
         payment = self.payments.get(payment_id)
         if payment is None:
             raise ApiError(404, "not_found", "payment not found")
+        self._current(payment)
         if method == "GET":
             await _respond(send, 200, _confirmation_page(payment).encode(), "text/html; charset=utf-8")
             return
         action = urllib.parse.parse_qs(body.decode(errors="replace")).get("action", [""])[0]
         if method != "POST" or action not in ("succeed", "cancel"):
-            raise ApiError(400, "invalid_request", "POST action=succeed or action=cancel", "action")
-        notification = self.settle(payment_id, "succeeded" if action == "succeed" else "canceled")
-        await self._notify(notification)
+            raise _invalid("POST action=succeed or action=cancel", "action")
+        if payment.status == "pending":  # a settled payment stays settled
+            if action == "succeed":
+                self._pay(payment, capture=payment.capture)
+            else:
+                self._cancel(payment, party="yoo_money", reason="expired_on_confirmation")
+            # The customer's browser waits for the notification: back on the shop, it is applied.
+            await self._notify(_notification(f"payment.{payment.status}", payment))
         await _respond(send, 303, b"", "text/plain", location=payment.return_url)
+
+    # Notifications -----------------------------------------------------------------------------
+
+    def _notify_later(self, notification: dict[str, Any]) -> None:
+        """Notify without holding up the answer: the API call that caused it may hold a lock the
+        webhook handler needs, and the real provider notifies asynchronously too."""
+        self.notifications.append(notification)
+        if self.webhook_url:
+            task = asyncio.get_running_loop().create_task(self._send(notification))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
 
     async def _notify(self, notification: dict[str, Any]) -> None:
         self.notifications.append(notification)
+        await self._send(notification)
+
+    async def _send(self, notification: dict[str, Any]) -> None:
         if not self.webhook_url:
             return
         if self._client is None:
@@ -257,28 +518,133 @@ class FakeProvider:
         try:
             async with self._client.post(self.webhook_url, json=notification) as response:
                 text = await response.text()
-            log.info("notified %s: HTTP %d %s", self.webhook_url, response.status, text[:200])
+            log.info("notified %s of %s: HTTP %d %s", self.webhook_url, notification["event"], response.status, text[:200])
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             # The real provider retries for a day; the fake tells whoever runs it.
             log.warning("notification to %s failed: %s", self.webhook_url, exc)
 
 
-def _payment_request(body: bytes) -> dict[str, Any]:
+# Request bodies ---------------------------------------------------------------------------------
+
+
+def _json_object(body: bytes, *, empty_ok: bool = False) -> dict[str, Any]:
+    if empty_ok and not body.strip():
+        return {}
     try:
         data = json.loads(body)
     except ValueError:
-        raise ApiError(400, "invalid_request", "body is not JSON") from None
-    amount = data.get("amount") if isinstance(data, dict) else None
+        raise _invalid("body is not JSON") from None
+    if not isinstance(data, dict):
+        raise _invalid("body is not a JSON object")
+    return data
+
+
+def _amount(amount: Any, parameter: str) -> tuple[Decimal, str]:
     if not isinstance(amount, dict) or not _AMOUNT.fullmatch(str(amount.get("value", ""))):
-        raise ApiError(400, "invalid_request", "amount.value must be a decimal string like 120.00", "amount.value")
+        raise _invalid(f"{parameter}.value must be a decimal string like 120.00", f"{parameter}.value")
     if amount.get("currency") != "RUB":
-        raise ApiError(400, "invalid_request", "amount.currency must be RUB", "amount.currency")
+        raise _invalid(f"{parameter}.currency must be RUB", f"{parameter}.currency")
+    value = Decimal(amount["value"])
+    if value <= 0:
+        raise _invalid(f"{parameter}.value must be more than 0", f"{parameter}.value")
+    return value, "RUB"
+
+
+def _metadata(metadata: Any) -> dict[str, Any]:
+    if not isinstance(metadata, dict) or len(metadata) > METADATA_KEYS or any(
+        not isinstance(k, str) or len(k) > METADATA_KEY_LENGTH or not isinstance(v, str) or len(v) > METADATA_VALUE_LENGTH
+        for k, v in metadata.items()
+    ):
+        raise _invalid(f"metadata must map at most {METADATA_KEYS} keys of up to {METADATA_KEY_LENGTH} characters "
+                       f"to strings of up to {METADATA_VALUE_LENGTH}", "metadata")
+    return metadata
+
+
+def _payment_request(body: bytes) -> dict[str, Any]:
+    data = _json_object(body)
+    _amount(data.get("amount"), "amount")
     confirmation = data.get("confirmation")
     if not isinstance(confirmation, dict) or confirmation.get("type") != "redirect" or not confirmation.get("return_url"):
-        raise ApiError(400, "invalid_request", "confirmation must be a redirect with return_url", "confirmation")
-    if len(str(data.get("description", ""))) > 128:
-        raise ApiError(400, "invalid_request", "description is longer than 128 characters", "description")
+        raise _invalid("confirmation must be a redirect with return_url", "confirmation")
+    if not isinstance(data.get("description", ""), str) or len(data.get("description", "")) > 128:
+        raise _invalid("description is longer than 128 characters", "description")
+    if not isinstance(data.get("capture", False), bool):
+        raise _invalid("capture must be true or false", "capture")
+    if "metadata" in data and data["metadata"] is not None:
+        _metadata(data["metadata"])
+    method = data.get("payment_method_data")
+    if method is not None and (not isinstance(method, dict) or method.get("type") != METHOD):
+        raise _invalid(f"payment_method_data.type must be {METHOD} (the only method the fake offers)",
+                       "payment_method_data.type")
     return data
+
+
+# Lists ------------------------------------------------------------------------------------------
+
+_COMPARISONS = {"gte": lambda a, b: a >= b, "gt": lambda a, b: a > b, "lte": lambda a, b: a <= b, "lt": lambda a, b: a < b}
+_TIMES = {f"{name}.{op}" for name in ("created_at", "captured_at") for op in _COMPARISONS}
+PAYMENT_LIST_FILTERS = frozenset(_TIMES | {"status", "payment_method", "limit", "cursor"})
+REFUND_LIST_FILTERS = frozenset({t for t in _TIMES if t.startswith("created_at")} | {"status", "payment_id", "limit", "cursor"})
+
+
+def _list(items: list[tuple[int, dict[str, Any]]], query: str, allowed: frozenset[str]) -> dict[str, Any]:
+    """One page of `items` ((sequence number, JSON), newest first) under the API v3 list filters."""
+    try:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        raise _invalid("query string is malformed") from None
+    params: dict[str, str] = {}
+    for name, value in pairs:
+        if name not in allowed:
+            raise _invalid(f"unknown list parameter {name!r}; allowed: {', '.join(sorted(allowed))}", name)
+        if name in params:
+            raise _invalid(f"{name} is given more than once", name)
+        params[name] = value
+    statuses = PAYMENT_STATUSES if "payment_method" in allowed else REFUND_STATUSES
+    if "status" in params and params["status"] not in statuses:
+        raise _invalid(f"status must be one of {', '.join(statuses)}", "status")
+    limit = params.get("limit", str(LIST_LIMIT_DEFAULT))
+    if not limit.isdigit() or not 1 <= int(limit) <= LIST_LIMIT_MAX:
+        raise _invalid(f"limit must be a whole number 1..{LIST_LIMIT_MAX}", "limit")
+    after = _cursor_seq(params["cursor"]) if "cursor" in params else None
+    checks = [(name.split(".")[0], _COMPARISONS[name.split(".")[1]], _moment(value, name))
+              for name, value in params.items() if name in _TIMES]
+    chosen = []
+    for seq, item in items:
+        if after is not None and seq >= after:
+            continue
+        if any(params.get(k, item.get(k)) != item.get(k) for k in ("status", "payment_id")):
+            continue
+        if "payment_method" in params and item.get("payment_method", {}).get("type") != params["payment_method"]:
+            continue
+        if not all(item.get(f) is not None and test(_moment(item[f], f), moment) for f, test, moment in checks):
+            continue
+        chosen.append((seq, item))
+    page = chosen[: int(limit)]
+    answer: dict[str, Any] = {"type": "list", "items": [item for _, item in page]}
+    if len(chosen) > len(page):
+        answer["next_cursor"] = base64.urlsafe_b64encode(str(page[-1][0]).encode()).decode()
+    return answer
+
+
+def _cursor_seq(cursor: str) -> int:
+    try:
+        return int(base64.urlsafe_b64decode(cursor.encode("ascii")).decode("ascii"), 10)
+    except (ValueError, binascii.Error, UnicodeError):
+        raise _invalid("cursor is not a next_cursor this API gave", "cursor") from None
+
+
+def _moment(text: str, parameter: str) -> datetime.datetime:
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise _invalid(f"{parameter} must be an ISO 8601 time with a zone, like 2026-11-30T05:00:00.000Z", parameter)
+    return moment
+
+
+# Pages and plumbing -----------------------------------------------------------------------------
 
 
 def _base_url(scope: Message, headers: Mapping[str, str]) -> str:
@@ -287,7 +653,7 @@ def _base_url(scope: Message, headers: Mapping[str, str]) -> str:
 
 
 def _confirmation_page(payment: FakePayment) -> str:
-    amount = html.escape(f"{payment.amount['value']} {payment.amount['currency']}")
+    amount = html.escape(f"{payment.amount:.2f} {payment.currency}")
     if payment.status != "pending":
         buttons = f"<p>This payment is {html.escape(payment.status)}.</p>"
     else:
@@ -295,9 +661,11 @@ def _confirmation_page(payment: FakePayment) -> str:
             '<form method="post"><button name="action" value="succeed">Pay</button> '
             '<button name="action" value="cancel">Cancel</button></form>'
         )
+    hold = "" if payment.capture else "<p>Two-stage: paying puts a hold on the card until the shop captures it.</p>"
     return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>Fake provider</title></head><body>"
-        f"<h1>Fake payment provider</h1><p>{html.escape(payment.description)}</p><p>{amount}</p>"
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'><title>Fake provider</title></head><body>"
+        f"<h1>Fake payment provider</h1><p>{html.escape(payment.description)}</p><p>{amount}</p>{hold}"
         f"{buttons}</body></html>"
     )
 
@@ -330,10 +698,15 @@ def _credentials(text: str) -> dict[str, str]:
     return {shop.strip(): secret.strip() for shop, secret in pairs}
 
 
-def _seconds(text: str) -> float:
-    if not re.fullmatch(r"[0-9]+(\.[0-9]+)?", text) or float(text) > 3600:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (allowed: 0..3600)")
-    return float(text)
+def _seconds_up_to(high: float, low: float = 0.0) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        if not re.fullmatch(r"[0-9]+(\.[0-9]+)?", text) or not low <= float(text) <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (allowed: {low:g}..{high:g})")
+        return float(text)
+    return parse
+
+
+_seconds = _seconds_up_to(3600)
 
 
 def _port(text: str) -> int:
@@ -349,12 +722,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency", type=_seconds, default=0.0, help="seconds added to every API answer")
     parser.add_argument("--fail", choices=FAIL_MODES, default="none")
     parser.add_argument("--hang-seconds", type=_seconds, default=30.0, help="how long --fail hang waits")
+    parser.add_argument("--hold-seconds", type=_seconds_up_to(HOLD_SECONDS, 1), default=float(HOLD_SECONDS),
+                        help="how long a capture: false payment stays waiting_for_capture (default 7 days)")
     parser.add_argument("--webhook-url", help="where to POST notifications, e.g. http://127.0.0.1:8000/v1/payments/webhook")
     parser.add_argument("--credentials", type=_credentials, default={},
                         help="shop_id:secret,... to accept (default: any non-empty secret)")
     args = parser.parse_args(argv)
     app = FakeProvider(credentials=args.credentials, latency=args.latency, fail=args.fail,
-                       hang_seconds=args.hang_seconds, webhook_url=args.webhook_url)
+                       hang_seconds=args.hang_seconds, hold_seconds=args.hold_seconds, webhook_url=args.webhook_url)
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s fake-provider %(levelname)s %(message)s")
