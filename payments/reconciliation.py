@@ -37,7 +37,8 @@ from payments.models import MONEY_PENDING_STATUSES, UNPAID_STATUSES, Order, Orde
 log = logging.getLogger(__name__)
 
 S = OrderStatus
-# Orders claimed per query: a run goes on until nothing due is left or it has handled `limit`.
+# Orders claimed per query (claimed orders wait for this run: small batches share the work with a
+# concurrent run); a run goes on until nothing due is left or it has handled `limit`.
 BATCH = 100
 
 
@@ -89,7 +90,7 @@ async def order_reconcile(*, order_id: str, now: datetime.datetime) -> str:
     return await services.order_money_settle(order_id=order.id)
 
 
-async def orders_reconcile(*, now: datetime.datetime | None = None, limit: int = 1000) -> Counter[str]:
+async def orders_reconcile(*, now: datetime.datetime | None = None, limit: int = 1000, batch: int = BATCH) -> Counter[str]:
     """One reconciliation run; counts of what happened (outcome -> orders), for the command's report."""
     now = now or timezone.now()
     outcomes: Counter[str] = Counter()
@@ -98,7 +99,7 @@ async def orders_reconcile(*, now: datetime.datetime | None = None, limit: int =
         outcomes["purged"] = purged
     handled = 0
     while handled < limit:
-        claimed = await sync_to_async(orders_claim)(now=now, limit=min(BATCH, limit - handled))
+        claimed = await sync_to_async(orders_claim)(now=now, limit=min(batch, limit - handled))
         if not claimed:
             break
         handled += len(claimed)

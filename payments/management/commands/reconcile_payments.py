@@ -17,7 +17,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
 from payments import provider
-from payments.reconciliation import orders_reconcile
+from payments.reconciliation import BATCH, orders_reconcile
 
 # A run handles at most this many orders by default: bounded, so it ends within the CronJob's
 # deadline; what is left is due in the next run.
@@ -26,7 +26,7 @@ DEFAULT_LIMIT = 1000
 
 def _positive(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 100_000:
-        raise argparse.ArgumentTypeError(f"--limit={text!r} is not a whole number of orders (allowed: 1..100000)")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of orders (allowed: 1..100000)")
     return int(text)
 
 
@@ -35,9 +35,10 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--limit", type=_positive, default=DEFAULT_LIMIT, help="most orders to handle in this run")
+        parser.add_argument("--batch", type=_positive, default=BATCH, help="orders claimed at a time")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        outcomes = asyncio.run(self._run(limit=options["limit"]))
+        outcomes = asyncio.run(self._run(limit=options["limit"], batch=options["batch"]))
         for outcome, count in sorted(outcomes.items()):
             self.stdout.write(f"{outcome} {count}")
         if not outcomes:
@@ -46,9 +47,9 @@ class Command(BaseCommand):
         if errors:
             raise CommandError(f"{errors} order(s) could not be reconciled; the next run retries them")
 
-    async def _run(self, *, limit: int) -> Counter[str]:
+    async def _run(self, *, limit: int, batch: int) -> Counter[str]:
         try:
-            return await orders_reconcile(limit=limit)
+            return await orders_reconcile(limit=limit, batch=batch)
         finally:
             await provider.aclose()
             # The ORM ran in asgiref's sync thread: close its connections there, not in this one.
