@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from asgiref.sync import async_to_sync
 from django.contrib import admin, messages
@@ -10,7 +11,7 @@ from django.db import models
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from payments import services
+from payments import provider, services
 from payments.errors import IllegalTransition
 from payments.models import Device, Merchant, Order
 
@@ -32,8 +33,19 @@ class DeviceAdmin(admin.ModelAdmin):
 
 
 def _synchronous(service: Callable[..., Awaitable[Order]]) -> Callable[..., Order]:
-    """An async service (one that calls the provider) for the admin's sync actions."""
-    return async_to_sync(service)
+    """An async service (one that calls the provider) for the admin's sync actions.
+
+    On an event loop of its own, with a provider client of its own closed after the call: the
+    action never depends on whether it runs under the ASGI server's loop, a test or a shell.
+    """
+
+    async def call(**kwargs: Any) -> Order:
+        try:
+            return await service(**kwargs)
+        finally:
+            await provider.aclose()
+
+    return async_to_sync(call, force_new_loop=True)
 
 
 def _transition_action(name: str, service: Callable[..., Order], description: str) -> Callable[..., None]:
