@@ -262,6 +262,9 @@ def order_apply_payment(*, order_id: str, payment: ProviderPayment, now: datetim
             if payment.status == "succeeded" and order.status in (S.NOT_PAID, S.FAILED, S.RELEASED):
                 log.error("payment %s succeeded but order %r is %s: refund or hand the drink over",
                           payment.id, order.id, order.status)
+            if payment.status == "waiting_for_capture" and order.status in (S.NOT_PAID, S.FAILED):
+                log.error("payment %s holds money for order %r, which is %s: release the hold at the provider",
+                          payment.id, order.id, order.status)
             if payment.status == "canceled" and order.status == S.MAKE_PENDING and order.two_stage:
                 log.error("the hold of payment %s was released while order %r is being made", payment.id, order.id)
             return f"unchanged: order is {order.status}, payment is {payment.status}"
