@@ -131,6 +131,15 @@ PAYABLE_STATUSES = frozenset({S.CREATED, S.PENDING})
 MAKEABLE_STATUSES = frozenset({S.PAID, S.HELD})
 # A provider call is due or may be in flight: reconciliation finishes these.
 MONEY_PENDING_STATUSES = frozenset({S.CAPTURE_PENDING, S.CANCEL_PENDING, S.REFUND_PENDING})
+# A machine's report (make_pending, successful, make_failed) -> the statuses an order may be in
+# once that report was applied, money flows included: a repeated report finding one is harmless.
+REPORTED_STATUSES: dict[str, frozenset[str]] = {
+    S.MAKE_PENDING: frozenset({S.MAKE_PENDING, S.CAPTURE_PENDING, S.SUCCESSFUL, S.MAKE_FAILED, S.CANCEL_PENDING,
+                               S.REFUND_PENDING, S.RELEASED, S.REFUNDED, S.REFUND_FAILED, S.MANUAL_MAKE}),
+    S.SUCCESSFUL: frozenset({S.CAPTURE_PENDING, S.SUCCESSFUL}),
+    S.MAKE_FAILED: frozenset({S.MAKE_FAILED, S.CANCEL_PENDING, S.REFUND_PENDING, S.RELEASED, S.REFUNDED,
+                              S.REFUND_FAILED, S.MANUAL_MAKE}),
+}
 # No money was ever taken or held: reconciliation deletes these after the retention period.
 UNPAID_STATUSES = frozenset({S.CREATED, S.NOT_PAID})
 
