@@ -51,18 +51,18 @@ def _due(*, now: datetime.datetime) -> Q:
     return (waited | hold_aged) & not_claimed
 
 
-def orders_claim(*, now: datetime.datetime, limit: int) -> list[str]:
-    """Ids of up to `limit` due orders that this run, and no other, will handle now."""
+def orders_claim(*, now: datetime.datetime, limit: int) -> tuple[int, list[str]]:
+    """(due orders seen, ids of those that this run, and no other, will handle now), at most `limit`."""
     due = _due(now=now)
     candidates = Order.objects.filter(due).order_by("updated_at")
     if connection.features.has_select_for_update_skip_locked:
         # PostgreSQL: rows another run is claiming right now are skipped, not waited for.
         with transaction.atomic():
             ids = list(candidates.select_for_update(skip_locked=True).values_list("pk", flat=True)[:limit])
-            return [pk for pk in ids if Order.objects.filter(due, pk=pk).update(reconciled_at=now)]
+            return len(ids), [pk for pk in ids if Order.objects.filter(due, pk=pk).update(reconciled_at=now)]
     # SQLite: no transaction around the claims; each compare-and-set UPDATE is atomic alone.
     ids = list(candidates.values_list("pk", flat=True)[:limit])
-    return [pk for pk in ids if Order.objects.filter(due, pk=pk).update(reconciled_at=now)]
+    return len(ids), [pk for pk in ids if Order.objects.filter(due, pk=pk).update(reconciled_at=now)]
 
 
 def orders_purge(*, now: datetime.datetime) -> int:
@@ -99,10 +99,11 @@ async def orders_reconcile(*, now: datetime.datetime | None = None, limit: int =
         outcomes["purged"] = purged
     handled = 0
     while handled < limit:
-        claimed = await sync_to_async(orders_claim)(now=now, limit=min(batch, limit - handled))
-        if not claimed:
+        seen, claimed = await sync_to_async(orders_claim)(now=now, limit=min(batch, limit - handled))
+        if not seen:
             break
-        handled += len(claimed)
+        # Orders another run claimed first are not ours but count towards the bound: a run ends.
+        handled += seen
         for order_id in claimed:
             try:
                 outcome = await order_reconcile(order_id=order_id, now=now)

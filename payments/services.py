@@ -4,6 +4,9 @@ Status changes are compare-and-set updates (`UPDATE ... WHERE status IN (legal s
 illegal transition changes no row and raises IllegalTransition, and two concurrent writers cannot
 both win. The writes are sync functions (Django has no async transactions); async callers run
 them with `sync_to_async`, which gives them the request's own thread and database connection.
+Flows that call the provider are async (`order_payment_start`, `order_money_settle`,
+`aorder_mark_successful`, `aorder_mark_make_failed`) and never hold a transaction across a call:
+they record the intent, call, then record the answer (PROJECT.md, Money flows).
 """
 
 from __future__ import annotations
@@ -43,6 +46,11 @@ from payments.models import (
 from payments.provider import Notification, ProviderPayment, ProviderRefund
 
 log = logging.getLogger(__name__)
+
+S = OrderStatus
+# The two branches of the money flows (PROJECT.md, Money flows), as conditions of a compare-and-set.
+SINGLE_STAGE = Q(two_stage=False)
+TWO_STAGE = Q(two_stage=True)
 
 # The columns a repeated scan must match for it to be the same order.
 SCAN_FIELDS = ("device_id", "drink_number", "drink_name", "size", "price_kopecks")
@@ -120,11 +128,6 @@ def _order_transition(
             raise OrderNotFound(f"There is no order {order_id!r}.")
         raise IllegalTransition(order_id=order_id, current=current, target=target)
     return Order.objects.get(pk=order_id)
-
-
-S = OrderStatus
-SINGLE_STAGE = Q(two_stage=False)
-TWO_STAGE = Q(two_stage=True)
 
 
 def order_mark_pending(*, order_id: str, provider_payment_id: str) -> Order:
