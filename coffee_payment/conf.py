@@ -87,6 +87,12 @@ SERVER_INT_SETTINGS = (
 PROVIDER_RETRIES = IntSetting("provider.retries", "PAYMENT_PROVIDER_RETRIES", 0, 5)
 ORDER_EXPIRY_MINUTES = IntSetting("orders.expiry_minutes", "ORDER_EXPIRY_MINUTES", 1, 1440)
 DATABASE_POOL_MAX_SIZE = IntSetting("database_pool_max_size", "DATABASE_POOL_MAX_SIZE", 1, 100)
+# Money settings of `manage.py reconcile_payments`. Hold: the provider keeps a held amount for 7
+# days at most (YooKassa), so a hold is released well before that (6 days at the very most).
+ORDER_RECONCILE_AFTER_MINUTES = IntSetting("orders.reconcile_after_minutes", "ORDER_RECONCILE_AFTER_MINUTES", 1, 1440)
+ORDER_HOLD_MAX_MINUTES = IntSetting("orders.hold_max_minutes", "ORDER_HOLD_MAX_MINUTES", 1, 8640)
+ORDER_RETENTION_DAYS = IntSetting("orders.retention_days", "ORDER_RETENTION_DAYS", 1, 3650)
+ORDER_MONEY_SETTINGS = (ORDER_RECONCILE_AFTER_MINUTES, ORDER_HOLD_MAX_MINUTES, ORDER_RETENTION_DAYS)
 
 
 @dataclass(frozen=True)
@@ -121,6 +127,7 @@ VARIABLES: dict[str, str] = {
     DATABASE_POOL_MAX_SIZE.variable: DATABASE_POOL_MAX_SIZE.key,
     "DJANGO_PUBLIC_BASE_URL": "public_base_url",
     "DATABASE_ALLOW_SQLITE": "database_allow_sqlite",
+    **{s.variable: s.key for s in ORDER_MONEY_SETTINGS},
 }
 KEY_VARIABLES = {key: variable for variable, key in VARIABLES.items()}
 
@@ -175,6 +182,9 @@ class Settings:
     # Where customers reach the site, e.g. "https://pay.example.com": the provider's return URL.
     public_base_url: str
     database_allow_sqlite: bool
+    order_reconcile_after_minutes: int
+    order_hold_max_minutes: int
+    order_retention_days: int
     # Dotted key -> where the value came from: "[default]", "[production]", "env DJANGO_DEBUG", ...
     sources: Mapping[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
@@ -200,6 +210,9 @@ class Settings:
             "orders.expiry_minutes": self.order_expiry_minutes,
             "public_base_url": self.public_base_url,
             "database_allow_sqlite": self.database_allow_sqlite,
+            "orders.reconcile_after_minutes": self.order_reconcile_after_minutes,
+            "orders.hold_max_minutes": self.order_hold_max_minutes,
+            "orders.retention_days": self.order_retention_days,
         }
         return [(key, str(value), self.sources.get(key, "")) for key, value in values.items()]
 
@@ -542,6 +555,11 @@ def load_settings(*, environ: Mapping[str, str], settings_file: Path = SETTINGS_
         order_expiry_minutes=_whole_number(*_required(resolver, ORDER_EXPIRY_MINUTES.key), setting=ORDER_EXPIRY_MINUTES),
         public_base_url=public_base_url,
         database_allow_sqlite=allow_sqlite,
+        order_reconcile_after_minutes=_whole_number(
+            *_required(resolver, ORDER_RECONCILE_AFTER_MINUTES.key), setting=ORDER_RECONCILE_AFTER_MINUTES
+        ),
+        order_hold_max_minutes=_whole_number(*_required(resolver, ORDER_HOLD_MAX_MINUTES.key), setting=ORDER_HOLD_MAX_MINUTES),
+        order_retention_days=_whole_number(*_required(resolver, ORDER_RETENTION_DAYS.key), setting=ORDER_RETENTION_DAYS),
         sources=dict(resolver.sources),
         warnings=_unknown_variable_warnings(environ),
     )

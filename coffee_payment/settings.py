@@ -137,6 +137,9 @@ PAYMENT_PROVIDER_CONNECT_TIMEOUT = conf.provider.connect_timeout
 PAYMENT_PROVIDER_READ_TIMEOUT = conf.provider.read_timeout
 PAYMENT_PROVIDER_RETRIES = conf.provider.retries
 ORDER_EXPIRY_MINUTES = conf.order_expiry_minutes
+ORDER_RECONCILE_AFTER_MINUTES = conf.order_reconcile_after_minutes
+ORDER_HOLD_MAX_MINUTES = conf.order_hold_max_minutes
+ORDER_RETENTION_DAYS = conf.order_retention_days
 
 # PROBES
 # ------------------------------------------------------------------------------

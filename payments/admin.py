@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
+from asgiref.sync import async_to_sync
 from django.contrib import admin, messages
 from django.db import models
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 
-from payments import services
+from payments import provider, services
 from payments.errors import IllegalTransition
 from payments.models import Device, MenuItem, Merchant, Order
 
 
 @admin.register(Merchant)
 class MerchantAdmin(admin.ModelAdmin):
-    list_display = ("name", "shop_id", "contact_email", "active_until")
+    list_display = ("name", "shop_id", "contact_email", "active_until", "two_stage_payments")
     search_fields = ("name", "shop_id", "contact_email")
 
 
@@ -56,6 +58,22 @@ class DeviceAdmin(admin.ModelAdmin):
         return response
 
 
+def _synchronous(service: Callable[..., Awaitable[Order]]) -> Callable[..., Order]:
+    """An async service (one that calls the provider) for the admin's sync actions.
+
+    On an event loop of its own, with a provider client of its own closed after the call: the
+    action never depends on whether it runs under the ASGI server's loop, a test or a shell.
+    """
+
+    async def call(**kwargs: Any) -> Order:
+        try:
+            return await service(**kwargs)
+        finally:
+            await provider.aclose()
+
+    return async_to_sync(call, force_new_loop=True)
+
+
 def _transition_action(name: str, service: Callable[..., Order], description: str) -> Callable[..., None]:
     def action(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Order]) -> None:
         changed = 0
@@ -73,7 +91,7 @@ def _transition_action(name: str, service: Callable[..., Order], description: st
 
 @admin.register(Order)
 class OrderAdmin(admin.ModelAdmin):
-    list_display = ("id", "device", "drink_name", "size", "price_rubles", "status", "created_at")
+    list_display = ("id", "device", "drink_name", "size", "price_rubles", "status", "two_stage", "created_at")
     list_filter = ("status", "merchant")
     search_fields = ("id", "provider_payment_id", "device__device_uuid")
     list_select_related = ("device", "merchant")
@@ -82,7 +100,10 @@ class OrderAdmin(admin.ModelAdmin):
     readonly_fields = [field.name for field in Order._meta.fields]
     actions = [
         _transition_action("mark_manual_make", services.order_mark_manual_make, "Mark as made by staff"),
-        _transition_action("mark_make_failed", services.order_mark_make_failed, "Mark as could not be made"),
+        # Then the money goes back at once: a refund, or the hold released.
+        _transition_action(
+            "mark_make_failed", _synchronous(services.aorder_mark_make_failed), "Mark as could not be made (returns the money)"
+        ),
         _transition_action("mark_failed", services.order_mark_failed, "Mark as failed (unpaid orders)"),
     ]
 

@@ -22,9 +22,16 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from payments import credentials, selectors, services
 from payments.errors import IllegalTransition, InvalidParameter
 from payments.forms import menu_parse
+from payments.models import REPORTED_STATUSES
 
-# What a machine may report, each the service of the same name (order_mark_<outcome>).
-OUTCOMES = ("make_pending", "successful", "make_failed")
+# What a machine may report, each the service of the same name. Made and failed move the money at
+# once (capture a hold; refund or release), not at the next reconciliation.
+REPORT_SERVICES: dict[str, Callable[..., Awaitable[Any]]] = {
+    "make_pending": sync_to_async(services.order_mark_make_pending),
+    "successful": services.aorder_mark_successful,
+    "make_failed": services.aorder_mark_make_failed,
+}
+OUTCOMES = tuple(REPORT_SERVICES)
 REALM = 'Bearer realm="coffee-machine"'
 
 MachineView = Callable[..., Awaitable[JsonResponse]]
@@ -116,11 +123,12 @@ async def machine_order_report(request: HttpRequest, order_id: str, *, device_id
         return _json({"error": error.message}, status=400)
     if await selectors.order_get_for_device(order_id=order_id, device_id=device_id) is None:
         return _no_order(order_id)
-    service = getattr(services, f"order_mark_{outcome}")
     try:
-        await sync_to_async(service)(order_id=order_id)
+        await REPORT_SERVICES[outcome](order_id=order_id)
     except IllegalTransition as refused:
-        if refused.current != outcome:
+        # The same report again finds the order where that report (and the money flow it started)
+        # took it: harmless.
+        if refused.current not in REPORTED_STATUSES[outcome]:
             return _json({"error": refused.message, "status": refused.current, "outcome": outcome}, status=409)
     state = await selectors.order_get_for_device(order_id=order_id, device_id=device_id)
     if state is None:  # deleted in between

@@ -23,6 +23,12 @@ class Merchant(models.Model):
     active_until = models.DateField()
     # The provider's shop id. Its secret key is looked up in PAYMENT_PROVIDER_SECRETS, never stored.
     shop_id = models.CharField(max_length=64, validators=[identifier_validator])
+    # Two-stage payments: the provider only holds the customer's money (`capture: false`) and this
+    # server captures it when the machine reports the drink made, or releases it when it cannot be.
+    # Read at the order's creation: a later change applies to new orders only.
+    two_stage_payments = models.BooleanField(
+        default=False, help_text="Hold the amount and charge it only when the machine reports the drink made."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
@@ -64,10 +70,17 @@ class OrderStatus(models.TextChoices):
     CREATED = "created", "Waiting for payment"
     PENDING = "pending", "Payment in progress"
     PAID = "paid", "Paid"
+    HELD = "held", "Paid (amount on hold)"
     NOT_PAID = "not_paid", "Not paid"
     MAKE_PENDING = "make_pending", "Being made"
+    CAPTURE_PENDING = "capture_pending", "Ready, completing payment"
     SUCCESSFUL = "successful", "Ready"
     MAKE_FAILED = "make_failed", "Could not be made"
+    CANCEL_PENDING = "cancel_pending", "Releasing the held amount"
+    RELEASED = "released", "Not charged"
+    REFUND_PENDING = "refund_pending", "Refund in progress"
+    REFUNDED = "refunded", "Refunded"
+    REFUND_FAILED = "refund_failed", "Refund failed, please ask the staff"
     FAILED = "failed", "Failed"
     MANUAL_MAKE = "manual_make", "Made by staff"
 
@@ -75,18 +88,38 @@ class OrderStatus(models.TextChoices):
 S = OrderStatus
 # The order lifecycle: status -> the statuses it may move to. Anything else is refused.
 #   created -> pending                     the provider accepted the payment
-#   pending -> paid | not_paid             the provider says succeeded | canceled
-#   paid -> make_pending -> successful | make_failed      the machine makes the drink
-#   paid | make_failed -> manual_make      staff hand the drink over themselves
+#   pending -> paid | held | not_paid      the provider says succeeded | waiting_for_capture | canceled
+#   paid | held -> make_pending            the machine starts the drink
+#   make_pending -> successful             made (single-stage: the money was taken at payment)
+#   make_pending -> capture_pending -> successful     made (two-stage): capture the held amount
+#   make_pending -> make_failed -> refund_pending -> refunded | refund_failed   (single-stage)
+#   make_pending | make_failed | held -> cancel_pending -> released   (two-stage: release the hold;
+#                                          from make_pending and held only when the hold has aged)
+#   held -> released                       the provider dropped the hold itself
+#   held -> paid                           the held amount was captured outside this server
+#   cancel_pending -> refund_pending       the hold turned out captured: refund instead
+#   capture_pending -> failed              the hold was gone before the capture (logged as error)
+#   paid | make_failed -> manual_make      staff hand the drink over themselves (single-stage)
 #   created | pending -> failed            the payment cannot be trusted (e.g. wrong amount)
+# The *_pending money states record an intent before the provider is called (with an
+# Idempotence-Key derived from the order and the operation), so a crash between the call and the
+# write of its result is finished by `manage.py reconcile_payments`. payments.services enforces
+# which branch applies (single- or two-stage: Order.two_stage).
 TRANSITIONS: dict[str, frozenset[str]] = {
     S.CREATED: frozenset({S.PENDING, S.FAILED}),
-    S.PENDING: frozenset({S.PAID, S.NOT_PAID, S.FAILED}),
+    S.PENDING: frozenset({S.PAID, S.HELD, S.NOT_PAID, S.FAILED}),
     S.PAID: frozenset({S.MAKE_PENDING, S.MANUAL_MAKE}),
-    S.MAKE_PENDING: frozenset({S.SUCCESSFUL, S.MAKE_FAILED}),
-    S.MAKE_FAILED: frozenset({S.MANUAL_MAKE}),
+    S.HELD: frozenset({S.PAID, S.MAKE_PENDING, S.CANCEL_PENDING, S.RELEASED}),
+    S.MAKE_PENDING: frozenset({S.SUCCESSFUL, S.CAPTURE_PENDING, S.MAKE_FAILED, S.CANCEL_PENDING}),
+    S.CAPTURE_PENDING: frozenset({S.SUCCESSFUL, S.FAILED}),
+    S.MAKE_FAILED: frozenset({S.MANUAL_MAKE, S.REFUND_PENDING, S.CANCEL_PENDING}),
+    S.CANCEL_PENDING: frozenset({S.RELEASED, S.REFUND_PENDING}),
+    S.REFUND_PENDING: frozenset({S.REFUNDED, S.REFUND_FAILED}),
     S.NOT_PAID: frozenset(),
     S.SUCCESSFUL: frozenset(),
+    S.RELEASED: frozenset(),
+    S.REFUNDED: frozenset(),
+    S.REFUND_FAILED: frozenset(),
     S.FAILED: frozenset(),
     S.MANUAL_MAKE: frozenset(),
 }
@@ -94,6 +127,21 @@ FINAL_STATUSES = frozenset(status for status, targets in TRANSITIONS.items() if 
 # A payment may be started for these (again, for pending: the same Idempotence-Key returns the
 # same provider payment, so a retry never charges twice).
 PAYABLE_STATUSES = frozenset({S.CREATED, S.PENDING})
+# The customer's money is taken (paid) or held for the order (held): the machine may make it.
+MAKEABLE_STATUSES = frozenset({S.PAID, S.HELD})
+# A provider call is due or may be in flight: reconciliation finishes these.
+MONEY_PENDING_STATUSES = frozenset({S.CAPTURE_PENDING, S.CANCEL_PENDING, S.REFUND_PENDING})
+# A machine's report (make_pending, successful, make_failed) -> the statuses an order may be in
+# once that report was applied, money flows included: a repeated report finding one is harmless.
+REPORTED_STATUSES: dict[str, frozenset[str]] = {
+    S.MAKE_PENDING: frozenset({S.MAKE_PENDING, S.CAPTURE_PENDING, S.SUCCESSFUL, S.MAKE_FAILED, S.CANCEL_PENDING,
+                               S.REFUND_PENDING, S.RELEASED, S.REFUNDED, S.REFUND_FAILED, S.MANUAL_MAKE}),
+    S.SUCCESSFUL: frozenset({S.CAPTURE_PENDING, S.SUCCESSFUL}),
+    S.MAKE_FAILED: frozenset({S.MAKE_FAILED, S.CANCEL_PENDING, S.REFUND_PENDING, S.RELEASED, S.REFUNDED,
+                              S.REFUND_FAILED, S.MANUAL_MAKE}),
+}
+# No money was ever taken or held: reconciliation deletes these after the retention period.
+UNPAID_STATUSES = frozenset({S.CREATED, S.NOT_PAID})
 
 
 def sources_of(status: str) -> frozenset[str]:
@@ -167,12 +215,29 @@ class Order(models.Model):
     expires_at = models.DateTimeField()
     # Set when the provider accepted the payment; notifications are matched on it.
     provider_payment_id = models.CharField(max_length=64, null=True, blank=True, unique=True)
+    # The payment asks the provider to hold the amount (`capture: false`), from the merchant's
+    # setting at creation: the body sent under the order's Idempotence-Key must never change. Cleared
+    # when the provider reports the amount captured outside this server (from then on, refunds).
+    two_stage = models.BooleanField(default=False)
+    # Two-stage: the held amount is released if the drink is not made by then (ORDER_HOLD_MAX_MINUTES,
+    # or the provider's own expires_at if sooner).
+    hold_expires_at = models.DateTimeField(null=True, blank=True)
+    # Single-stage: the refund of a paid drink that could not be made, as the provider reports it.
+    refund_id = models.CharField(max_length=64, null=True, blank=True)
+    refund_status = models.CharField(max_length=16, blank=True)
+    refunded_kopecks = models.PositiveIntegerField(default=0)
+    # When reconciliation last claimed the order (a run skips orders another run claimed recently).
+    reconciled_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ("-created_at",)
-        indexes = [models.Index(fields=("device", "-created_at"), name="order_device_created")]
+        indexes = [
+            models.Index(fields=("device", "-created_at"), name="order_device_created"),
+            # Reconciliation's scans: orders in a status, oldest change first.
+            models.Index(fields=("status", "updated_at"), name="order_status_updated"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.id} {self.drink_name} ({self.status})"

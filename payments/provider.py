@@ -1,10 +1,16 @@
 """The payment provider's REST protocol (YooKassa API v3), spoken with one aiohttp session per worker.
 
 - `POST {url}/payments` with an `Idempotence-Key` creates a payment; the same key always returns
-  the same payment, so a retry never charges twice.
+  the same payment, so a retry never charges twice. `capture: false` asks for a hold
+  (`waiting_for_capture`) that `POST {url}/payments/{id}/capture` takes or `.../cancel` releases.
+- `POST {url}/refunds` returns a succeeded payment's money; `GET {url}/refunds/{id}` reads it.
 - `GET {url}/payments/{id}` reads a payment: the only source of truth for its status
   (notification bodies are never trusted).
-- Notifications (`payment.succeeded`, `payment.canceled`, ...) only say which payment to re-read.
+- Notifications (`payment.waiting_for_capture`, `payment.succeeded`, `payment.canceled`,
+  `refund.succeeded`) only say which payment or refund to re-read.
+
+Every write sends an Idempotence-Key derived from the order and the operation, and the same body for
+the same order, so a retry, a second reconciliation run or a restart repeats the same operation.
 
 Every call authenticates as the merchant's shop (HTTP Basic, shop id : secret key from
 PAYMENT_PROVIDER_SECRETS), waits at most the configured connect/read timeouts and retries timeouts,
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import json
 import logging
 import uuid
@@ -32,6 +39,7 @@ log = logging.getLogger(__name__)
 
 # Payment statuses of API v3; notifications name the same ones as `payment.<status>`.
 PAYMENT_STATUSES = frozenset({"pending", "waiting_for_capture", "succeeded", "canceled"})
+REFUND_STATUSES = frozenset({"pending", "succeeded", "canceled"})
 CURRENCY = "RUB"
 # Provider limit on the payment description.
 DESCRIPTION_MAX = 128
@@ -52,6 +60,17 @@ class ProviderPayment:
     # metadata.order_id, as we sent it at creation.
     order_id: str | None
     confirmation_url: str | None
+    # A held payment (waiting_for_capture) is released by the provider at this time.
+    expires_at: datetime.datetime | None = None
+
+
+@dataclass(frozen=True)
+class ProviderRefund:
+    id: str
+    payment_id: str
+    status: str
+    amount_kopecks: int
+    currency: str
 
 
 @dataclass(frozen=True)
@@ -60,11 +79,24 @@ class Notification:
     payment_id: str
     # Untrusted: used only to find the order when the payment id is not stored yet.
     order_id_hint: str | None
+    # refund.* notifications: the refund to re-read (payment_id is the refund's payment).
+    refund_id: str | None = None
 
 
-def idempotence_key(order_id: str) -> str:
-    """The one key of an order's payment: every attempt for the order sends the same."""
-    return str(uuid.uuid5(IDEMPOTENCE_NAMESPACE, order_id))
+# The operations on an order's money, each under a key of its own.
+OPERATIONS = ("payment", "capture", "cancel", "refund")
+
+
+def idempotence_key(order_id: str, operation: str = "payment") -> str:
+    """The key of one operation on an order's money: every attempt of it sends the same.
+
+    The payment's key is the order's own (uuid5 of the order id, as before operations had keys):
+    orders created before stay payable under the key the provider already knows.
+    """
+    if operation not in OPERATIONS:
+        raise ValueError(f"operation {operation!r} is not one of {', '.join(OPERATIONS)}")
+    name = order_id if operation == "payment" else f"{order_id}/{operation}"
+    return str(uuid.uuid5(IDEMPOTENCE_NAMESPACE, name))
 
 
 def rubles(kopecks: int) -> str:
@@ -175,27 +207,66 @@ async def _request(
     raise ProviderUnavailable("The payment service did not answer. Please try again in a moment.", detail=failure)
 
 
+_UNREADABLE = "The payment service gave an answer we could not read. Please try again."
+_PARSE_ERRORS = (ValueError, KeyError, TypeError, AttributeError, InvalidOperation)
+
+
+def _timestamp(value: Any) -> datetime.datetime | None:
+    """An ISO 8601 time of the API ("2026-11-30T05:00:00.000Z"), always with its zone."""
+    if value is None:
+        return None
+    moment = datetime.datetime.fromisoformat(str(value))
+    if moment.tzinfo is None:
+        raise ValueError(f"time {value!r} has no zone")
+    return moment
+
+
+def _kopecks(amount: Any) -> tuple[int, str]:
+    value = Decimal(amount["value"])
+    if value * 100 != int(value * 100) or value < 0:
+        raise ValueError(f"amount {value} is not whole kopecks")
+    return int(value * 100), str(amount["currency"])
+
+
 def _payment(response: Answer) -> ProviderPayment:
     try:
         data = response.json()
-        amount = Decimal(data["amount"]["value"])
+        amount_kopecks, currency = _kopecks(data["amount"])
         metadata = data.get("metadata") or {}
         confirmation = data.get("confirmation") or {}
         payment = ProviderPayment(
             id=str(data["id"]),
             status=str(data["status"]),
-            amount_kopecks=int(amount * 100),
-            currency=str(data["amount"]["currency"]),
+            amount_kopecks=amount_kopecks,
+            currency=currency,
             order_id=metadata.get("order_id"),
             confirmation_url=confirmation.get("confirmation_url"),
+            expires_at=_timestamp(data.get("expires_at")),
         )
-    except (ValueError, KeyError, TypeError, AttributeError, InvalidOperation) as exc:
+    except _PARSE_ERRORS as exc:
         log.error("provider answered HTTP %d with an unreadable payment: %r", response.status_code, exc)
-        raise ProviderUnavailable("The payment service gave an answer we could not read. Please try again.") from None
-    if payment.status not in PAYMENT_STATUSES or amount * 100 != payment.amount_kopecks:
-        log.error("provider payment %s has status %r, amount %s", payment.id, payment.status, amount)
-        raise ProviderUnavailable("The payment service gave an answer we could not read. Please try again.")
+        raise ProviderUnavailable(_UNREADABLE) from None
+    if payment.status not in PAYMENT_STATUSES:
+        log.error("provider payment %s has status %r", payment.id, payment.status)
+        raise ProviderUnavailable(_UNREADABLE)
     return payment
+
+
+def _refund(response: Answer) -> ProviderRefund:
+    try:
+        data = response.json()
+        amount_kopecks, currency = _kopecks(data["amount"])
+        refund = ProviderRefund(
+            id=str(data["id"]), payment_id=str(data["payment_id"]), status=str(data["status"]),
+            amount_kopecks=amount_kopecks, currency=currency,
+        )
+    except _PARSE_ERRORS as exc:
+        log.error("provider answered HTTP %d with an unreadable refund: %r", response.status_code, exc)
+        raise ProviderUnavailable(_UNREADABLE) from None
+    if refund.status not in REFUND_STATUSES:
+        log.error("provider refund %s has status %r", refund.id, refund.status)
+        raise ProviderUnavailable(_UNREADABLE)
+    return refund
 
 
 def _rejected(response: Answer, what: str) -> ProviderRejected:
@@ -208,13 +279,16 @@ def _rejected(response: Answer, what: str) -> ProviderRejected:
 
 
 async def payment_create(
-    *, shop_id: str, order_id: str, amount_kopecks: int, description: str, return_url: str
+    *, shop_id: str, order_id: str, amount_kopecks: int, description: str, return_url: str, capture: bool = True
 ) -> ProviderPayment:
-    """Create (or, for the same order, find again) the order's payment; redirect confirmation."""
+    """Create (or, for the same order, find again) the order's payment; redirect confirmation.
+
+    capture=True: single-stage, the money is taken as soon as the customer confirms. False:
+    two-stage, the provider holds it (waiting_for_capture) until payment_capture or payment_cancel.
+    """
     body = {
         "amount": {"value": rubles(amount_kopecks), "currency": CURRENCY},
-        # One-stage payment: the money is captured as soon as the customer confirms.
-        "capture": True,
+        "capture": capture,
         "confirmation": {"type": "redirect", "return_url": return_url},
         "description": description[:DESCRIPTION_MAX],
         "metadata": {"order_id": order_id},
@@ -229,8 +303,58 @@ async def payment_create(
     # Only a payment still waiting for the customer has a page to send them to.
     if payment.status == "pending" and not payment.confirmation_url:
         log.error("provider payment %s for order %r has no confirmation URL", payment.id, order_id)
-        raise ProviderUnavailable("The payment service gave an answer we could not read. Please try again.")
+        raise ProviderUnavailable(_UNREADABLE)
     return payment
+
+
+async def _payment_write(*, shop_id: str, order_id: str, payment_id: str, operation: str, body: dict[str, Any]) -> ProviderPayment:
+    response = await _request(
+        "POST", f"/payments/{payment_id}/{operation}", shop_id=shop_id, retries=settings.PAYMENT_PROVIDER_RETRIES,
+        body=body, key=idempotence_key(order_id, operation),
+    )
+    if response.status_code != 200:
+        raise _rejected(response, f"{operation} of payment {payment_id!r} (order {order_id!r})")
+    return _payment(response)
+
+
+async def payment_capture(*, shop_id: str, order_id: str, payment_id: str, amount_kopecks: int) -> ProviderPayment:
+    """Take the held amount (the whole of it): waiting_for_capture -> succeeded."""
+    body = {"amount": {"value": rubles(amount_kopecks), "currency": CURRENCY}}
+    return await _payment_write(shop_id=shop_id, order_id=order_id, payment_id=payment_id, operation="capture", body=body)
+
+
+async def payment_cancel(*, shop_id: str, order_id: str, payment_id: str) -> ProviderPayment:
+    """Release the held amount: waiting_for_capture -> canceled."""
+    return await _payment_write(shop_id=shop_id, order_id=order_id, payment_id=payment_id, operation="cancel", body={})
+
+
+async def refund_create(
+    *, shop_id: str, order_id: str, payment_id: str, amount_kopecks: int, description: str
+) -> ProviderRefund:
+    """Return a succeeded payment's money; the same order gets the same refund on every attempt."""
+    body = {
+        "payment_id": payment_id,
+        "amount": {"value": rubles(amount_kopecks), "currency": CURRENCY},
+        "description": description[:DESCRIPTION_MAX],
+    }
+    response = await _request(
+        "POST", "/refunds", shop_id=shop_id, retries=settings.PAYMENT_PROVIDER_RETRIES,
+        body=body, key=idempotence_key(order_id, "refund"),
+    )
+    if response.status_code != 200:
+        raise _rejected(response, f"refund of payment {payment_id!r} (order {order_id!r})")
+    return _refund(response)
+
+
+async def refund_get(*, shop_id: str, refund_id: str, retries: int | None = None) -> ProviderRefund | None:
+    """The refund as the provider sees it now; None when the provider does not know it."""
+    retries = settings.PAYMENT_PROVIDER_RETRIES if retries is None else retries
+    response = await _request("GET", f"/refunds/{refund_id}", shop_id=shop_id, retries=retries)
+    if response.status_code == 404:
+        return None
+    if response.status_code != 200:
+        raise _rejected(response, f"reading refund {refund_id!r}")
+    return _refund(response)
 
 
 async def payment_get(*, shop_id: str, payment_id: str, retries: int | None = None) -> ProviderPayment | None:
@@ -244,8 +368,14 @@ async def payment_get(*, shop_id: str, payment_id: str, retries: int | None = No
     return _payment(response)
 
 
+def _provider_id(value: Any, where: str, *, what: str) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= 64:
+        raise InvalidParameter(f"notification {where}={value!r} is not a {what} id")
+    return value
+
+
 def notification_parse(body: bytes) -> Notification:
-    """The notification's event and payment id; InvalidParameter names what is wrong."""
+    """The notification's event and payment (and refund) id; InvalidParameter names what is wrong."""
     try:
         data = json.loads(body)
     except ValueError:
@@ -255,9 +385,12 @@ def notification_parse(body: bytes) -> Notification:
     event, payment = data.get("event"), data.get("object")
     if not isinstance(event, str) or not isinstance(payment, dict):
         raise InvalidParameter("notification has no \"event\" string and \"object\" object")
-    payment_id = payment.get("id")
-    if not isinstance(payment_id, str) or not 1 <= len(payment_id) <= 64:
-        raise InvalidParameter(f"notification object.id={payment_id!r} is not a payment id")
+    if event.startswith("refund."):
+        # The object is the refund; it names its payment.
+        refund_id = _provider_id(payment.get("id"), "object.id", what="refund")
+        payment_id = _provider_id(payment.get("payment_id"), "object.payment_id", what="payment")
+        return Notification(event=event, payment_id=payment_id, order_id_hint=None, refund_id=refund_id)
+    payment_id = _provider_id(payment.get("id"), "object.id", what="payment")
     metadata = payment.get("metadata")
     hint = metadata.get("order_id") if isinstance(metadata, dict) else None
     return Notification(event=event, payment_id=payment_id, order_id_hint=hint if isinstance(hint, str) else None)

@@ -7,14 +7,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from payments.errors import OrderNotFound
-from payments.models import FINAL_STATUSES, DeviceCredential, MenuItem, Order, OrderStatus, Size
+from payments.models import FINAL_STATUSES, MAKEABLE_STATUSES, DeviceCredential, MenuItem, Order, OrderStatus, Size
 from payments.provider import CURRENCY, rubles
 
 
-# Statuses in which the provider holds the customer's money for the order.
+S = OrderStatus
+# Statuses in which the customer's money is taken or held for the order (a refund or a release
+# under way has not given it back yet).
 MONEY_TAKEN_STATUSES = frozenset({
-    OrderStatus.PAID, OrderStatus.MAKE_PENDING, OrderStatus.SUCCESSFUL, OrderStatus.MAKE_FAILED,
-    OrderStatus.MANUAL_MAKE,
+    S.PAID, S.HELD, S.MAKE_PENDING, S.CAPTURE_PENDING, S.SUCCESSFUL, S.MAKE_FAILED, S.MANUAL_MAKE,
+    S.CANCEL_PENDING, S.REFUND_PENDING, S.REFUND_FAILED,
 })
 _STATE_COLUMNS = ("status", "expires_at", "drink_number", "drink_name", "size", "price_kopecks")
 
@@ -50,7 +52,11 @@ class OrderState:
     def as_machine_json(self, *, now: datetime.datetime) -> dict[str, Any]:
         """The customer's view plus what the machine pours on: has the money been taken, how much."""
         paid = self.status in MONEY_TAKEN_STATUSES
-        return {**self.as_json(now=now), "paid": paid, "amount_paid_kopecks": self.price_kopecks if paid else 0}
+        return {
+            **self.as_json(now=now), "paid": paid, "amount_paid_kopecks": self.price_kopecks if paid else 0,
+            # Paid or held and not yet started: the one state in which the machine may pour.
+            "can_make": self.status in MAKEABLE_STATUSES,
+        }
 
 
 def _order_state(order_id: str, row: tuple[Any, ...] | None) -> OrderState | None:

@@ -4,6 +4,9 @@ Status changes are compare-and-set updates (`UPDATE ... WHERE status IN (legal s
 illegal transition changes no row and raises IllegalTransition, and two concurrent writers cannot
 both win. The writes are sync functions (Django has no async transactions); async callers run
 them with `sync_to_async`, which gives them the request's own thread and database connection.
+Flows that call the provider are async (`order_payment_start`, `order_money_settle`,
+`aorder_mark_successful`, `aorder_mark_make_failed`) and never hold a transaction across a call:
+they record the intent, call, then record the answer (PROJECT.md, Money flows).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from payments import credentials, provider, selectors
@@ -29,9 +33,12 @@ from payments.errors import (
     OrderConflict,
     OrderExpired,
     OrderNotFound,
+    PaymentsError,
     PriceMismatch,
+    ProviderRejected,
 )
 from payments.models import (
+    MONEY_PENDING_STATUSES,
     ORDERING_DEVICE_STATUSES,
     PAYABLE_STATUSES,
     Device,
@@ -44,9 +51,14 @@ from payments.models import (
     sources_of,
 )
 from payments.forms import MenuEntry
-from payments.provider import Notification, ProviderPayment
+from payments.provider import Notification, ProviderPayment, ProviderRefund
 
 log = logging.getLogger(__name__)
+
+S = OrderStatus
+# The two branches of the money flows (PROJECT.md, Money flows), as conditions of a compare-and-set.
+SINGLE_STAGE = Q(two_stage=False)
+TWO_STAGE = Q(two_stage=True)
 
 # The columns a repeated scan must match for it to be the same order.
 SCAN_FIELDS = ("device_id", "drink_number", "size")
@@ -109,8 +121,11 @@ def order_create(
     # get_or_create: two scans of a new code at once create one order (the loser reads it back).
     order, created = Order.objects.get_or_create(
         pk=order_id,
-        defaults={**wanted, "drink_name": item.drink_name, "price_kopecks": item.price_kopecks,
-                  "merchant_id": device.merchant_id, "expires_at": expires_at},
+        defaults={
+            **wanted, "drink_name": item.drink_name, "price_kopecks": item.price_kopecks,
+            "merchant_id": device.merchant_id, "expires_at": expires_at,
+            "two_stage": device.merchant.two_stage_payments,
+        },
     )
     if not created and any(getattr(order, field) != value for field, value in wanted.items()):
         raise OrderConflict(f"Order {order_id!r} already exists for another drink. Please choose your drink again.")
@@ -142,11 +157,21 @@ def device_credential_issue(*, device_id: int, now: datetime.datetime | None = N
     return issued.token
 
 
-def _order_transition(*, order_id: str, target: OrderStatus, **changes: Any) -> Order:
-    """Move the order to `target` if its current status allows it; else change nothing and raise."""
-    updated = Order.objects.filter(pk=order_id, status__in=sources_of(target)).update(
-        status=target, updated_at=timezone.now(), **changes
-    )
+def _order_transition(
+    *, order_id: str, target: OrderStatus, sources: frozenset[str] | None = None, when: Q | None = None, **changes: Any
+) -> Order:
+    """Move the order to `target` if its current status allows it; else change nothing and raise.
+
+    `sources` narrows the legal sources of `target` (a service may allow only some); `when` adds a
+    condition on the row (single- or two-stage, the hold not expired) to the same compare-and-set.
+    """
+    legal = sources_of(target) if sources is None else sources
+    if not legal <= sources_of(target):
+        raise ValueError(f"{sorted(legal - sources_of(target))} -> {target} is not in TRANSITIONS")
+    rows = Order.objects.filter(pk=order_id, status__in=legal)
+    if when is not None:
+        rows = rows.filter(when)
+    updated = rows.update(status=target, updated_at=timezone.now(), **changes)
     if not updated:
         current = Order.objects.filter(pk=order_id).values_list("status", flat=True).first()
         if current is None:
@@ -172,7 +197,14 @@ def order_mark_pending(*, order_id: str, provider_payment_id: str) -> Order:
 
 
 def order_mark_paid(*, order_id: str) -> Order:
-    return _order_transition(order_id=order_id, target=OrderStatus.PAID)
+    """pending | held -> paid: the money is taken (from a held payment: captured outside this server,
+    so from now on the order is single-stage and a failed drink is refunded)."""
+    return _order_transition(order_id=order_id, target=S.PAID, two_stage=False)
+
+
+def order_mark_held(*, order_id: str, hold_expires_at: datetime.datetime) -> Order:
+    """pending -> held: the provider holds the amount (waiting_for_capture) until we capture or release it."""
+    return _order_transition(order_id=order_id, target=S.HELD, two_stage=True, hold_expires_at=hold_expires_at)
 
 
 def order_mark_not_paid(*, order_id: str) -> Order:
@@ -180,38 +212,99 @@ def order_mark_not_paid(*, order_id: str) -> Order:
 
 
 def order_mark_failed(*, order_id: str) -> Order:
-    return _order_transition(order_id=order_id, target=OrderStatus.FAILED)
+    """An unpaid order whose payment cannot be trusted (staff, or a payment of the wrong amount)."""
+    return _order_transition(order_id=order_id, target=S.FAILED, sources=frozenset({S.CREATED, S.PENDING}))
 
 
-def order_mark_make_pending(*, order_id: str) -> Order:
-    return _order_transition(order_id=order_id, target=OrderStatus.MAKE_PENDING)
+def order_mark_make_pending(*, order_id: str, now: datetime.datetime | None = None) -> Order:
+    """paid | held -> make_pending; a hold that has expired (or is about to be released) is refused."""
+    now = now or timezone.now()
+    hold_alive = Q(status=S.PAID) | Q(hold_expires_at__isnull=True) | Q(hold_expires_at__gt=now)
+    return _order_transition(order_id=order_id, target=S.MAKE_PENDING, when=hold_alive)
 
 
 def order_mark_successful(*, order_id: str) -> Order:
-    return _order_transition(order_id=order_id, target=OrderStatus.SUCCESSFUL)
+    """make_pending -> successful; two-stage: -> capture_pending, the capture being due.
+
+    The held amount is captured only once the machine reports the drink made, never before: a
+    customer is charged for drinks made. aorder_mark_successful captures at once; whatever a
+    crash or an unreachable provider leaves in capture_pending, reconciliation captures.
+    """
+    two_stage = Order.objects.filter(pk=order_id).values_list("two_stage", flat=True).first()
+    if not two_stage:
+        return _order_transition(order_id=order_id, target=S.SUCCESSFUL, sources=frozenset({S.MAKE_PENDING}), when=SINGLE_STAGE)
+    try:
+        return _order_transition(order_id=order_id, target=S.CAPTURE_PENDING, when=TWO_STAGE)
+    except IllegalTransition as refused:
+        # The caller asked for successful: say so (capture_pending is this server's own step).
+        raise IllegalTransition(order_id=order_id, current=refused.current, target=S.SUCCESSFUL) from None
 
 
 def order_mark_make_failed(*, order_id: str) -> Order:
+    """make_pending -> make_failed: the customer's money is due back (aorder_mark_make_failed, or
+    reconciliation after ORDER_RECONCILE_AFTER_MINUTES, during which staff may still hand the drink over)."""
     return _order_transition(order_id=order_id, target=OrderStatus.MAKE_FAILED)
 
 
 def order_mark_manual_make(*, order_id: str) -> Order:
-    return _order_transition(order_id=order_id, target=OrderStatus.MANUAL_MAKE)
+    """Staff hand the drink over. Single-stage only: a held amount is never captured by hand."""
+    return _order_transition(order_id=order_id, target=S.MANUAL_MAKE, when=SINGLE_STAGE)
 
 
-def order_apply_payment(*, order_id: str, payment: ProviderPayment) -> str:
+def order_mark_money_return(*, order_id: str) -> Order:
+    """make_failed -> refund_pending (single-stage) | cancel_pending (two-stage): the intent, recorded
+    before the provider is called."""
+    two_stage = Order.objects.filter(pk=order_id).values_list("two_stage", flat=True).first()
+    if two_stage:
+        return _order_transition(order_id=order_id, target=S.CANCEL_PENDING, sources=frozenset({S.MAKE_FAILED}), when=TWO_STAGE)
+    return _order_transition(order_id=order_id, target=S.REFUND_PENDING, sources=frozenset({S.MAKE_FAILED}), when=SINGLE_STAGE)
+
+
+def order_mark_hold_release(*, order_id: str, now: datetime.datetime | None = None) -> Order:
+    """held | make_pending -> cancel_pending once the hold has aged past its expiry: the drink was
+    not reported made in time, so the customer is not charged."""
+    now = now or timezone.now()
+    return _order_transition(
+        order_id=order_id, target=S.CANCEL_PENDING, sources=frozenset({S.HELD, S.MAKE_PENDING}),
+        when=TWO_STAGE & Q(hold_expires_at__lte=now),
+    )
+
+
+def _hold_expiry(payment: ProviderPayment, *, now: datetime.datetime) -> datetime.datetime:
+    """Ours (ORDER_HOLD_MAX_MINUTES) or the provider's, whichever comes first."""
+    ours = now + datetime.timedelta(minutes=settings.ORDER_HOLD_MAX_MINUTES)
+    return min(ours, payment.expires_at) if payment.expires_at else ours
+
+
+# What a payment's provider status means for an order in each status: the target, if any.
+_PAYMENT_OUTCOMES: dict[tuple[str, str], OrderStatus] = {
+    (S.PENDING, "succeeded"): S.PAID,
+    (S.PENDING, "waiting_for_capture"): S.HELD,
+    (S.PENDING, "canceled"): S.NOT_PAID,
+    (S.HELD, "succeeded"): S.PAID,
+    (S.HELD, "canceled"): S.RELEASED,
+    (S.CAPTURE_PENDING, "succeeded"): S.SUCCESSFUL,
+    (S.CAPTURE_PENDING, "canceled"): S.FAILED,
+    (S.CANCEL_PENDING, "canceled"): S.RELEASED,
+    (S.CANCEL_PENDING, "succeeded"): S.REFUND_PENDING,
+}
+
+
+def order_apply_payment(*, order_id: str, payment: ProviderPayment, now: datetime.datetime | None = None) -> str:
     """Bring the order in line with the provider's current view of its payment; say what changed.
 
     Idempotent and order-insensitive: the provider's state is applied, not the notification's
     event, so a duplicate, late or out-of-order notification changes nothing it should not.
     """
+    now = now or timezone.now()
     with transaction.atomic():
         # Row lock on PostgreSQL: concurrent notifications for one order apply one after another.
         order = Order.objects.select_for_update().get(pk=order_id)
         if payment.order_id != order.id or order.provider_payment_id not in (None, payment.id):
             log.warning("payment %s (metadata order %r) does not belong to order %r", payment.id, payment.order_id, order.id)
             return "ignored: payment belongs to another order"
-        if payment.status == "succeeded" and (payment.amount_kopecks, payment.currency) != (order.price_kopecks, provider.CURRENCY):
+        taken = payment.status in ("succeeded", "waiting_for_capture")
+        if taken and (payment.amount_kopecks, payment.currency) != (order.price_kopecks, provider.CURRENCY):
             log.error("payment %s for order %r is %d %s, the order costs %d", payment.id, order.id,
                       payment.amount_kopecks, payment.currency, order.price_kopecks)
             if order.status in PAYABLE_STATUSES:
@@ -221,16 +314,118 @@ def order_apply_payment(*, order_id: str, payment: ProviderPayment) -> str:
         if order.status == OrderStatus.CREATED:
             # The notification overtook the request that stores the payment id: record it first.
             order = order_mark_pending(order_id=order.id, provider_payment_id=payment.id)
-        if order.status != OrderStatus.PENDING or payment.status not in ("succeeded", "canceled"):
-            if payment.status == "succeeded" and order.status in (OrderStatus.NOT_PAID, OrderStatus.FAILED):
+        target = _PAYMENT_OUTCOMES.get((order.status, payment.status))
+        if target is None:
+            if payment.status == "succeeded" and order.status in (S.NOT_PAID, S.FAILED, S.RELEASED):
                 log.error("payment %s succeeded but order %r is %s: refund or hand the drink over",
                           payment.id, order.id, order.status)
+            if payment.status == "waiting_for_capture" and order.status in (S.NOT_PAID, S.FAILED):
+                log.error("payment %s holds money for order %r, which is %s: release the hold at the provider",
+                          payment.id, order.id, order.status)
+            if payment.status == "canceled" and order.status == S.MAKE_PENDING and order.two_stage:
+                log.error("the hold of payment %s was released while order %r is being made", payment.id, order.id)
             return f"unchanged: order is {order.status}, payment is {payment.status}"
-        if payment.status == "succeeded":
+        if target == S.HELD:
+            order_mark_held(order_id=order.id, hold_expires_at=_hold_expiry(payment, now=now))
+        elif target == S.PAID:
+            if order.status == S.HELD:
+                log.warning("the hold of payment %s (order %r) was captured outside this server", payment.id, order.id)
             order_mark_paid(order_id=order.id)
-            return "paid"
-        order_mark_not_paid(order_id=order.id)
-        return "not_paid"
+        elif target == S.FAILED:
+            log.error("order %r: the drink was made but the hold of payment %s was gone before its capture",
+                      order.id, payment.id)
+            _order_transition(order_id=order.id, target=S.FAILED, sources=frozenset({S.CAPTURE_PENDING}))
+        elif target == S.REFUND_PENDING:
+            log.warning("the hold of payment %s (order %r) was captured: refunding instead", payment.id, order.id)
+            _order_transition(order_id=order.id, target=target, sources=frozenset({order.status}), two_stage=False)
+        else:
+            _order_transition(order_id=order.id, target=target, sources=frozenset({order.status}))
+        return str(target)
+
+
+def order_apply_refund(*, order_id: str, refund: ProviderRefund) -> str:
+    """Record the provider's view of the order's refund; refund_pending -> refunded | refund_failed."""
+    with transaction.atomic():
+        order = Order.objects.select_for_update().get(pk=order_id)
+        if refund.payment_id != order.provider_payment_id or order.refund_id not in (None, refund.id):
+            log.warning("refund %s (payment %s) does not belong to order %r", refund.id, refund.payment_id, order.id)
+            return "ignored: refund belongs to another payment"
+        if order.status != S.REFUND_PENDING:
+            return f"unchanged: order is {order.status}, refund is {refund.status}"
+        recorded = {"refund_id": refund.id, "refund_status": refund.status}
+        if refund.status == "succeeded":
+            _order_transition(order_id=order.id, target=S.REFUNDED, refunded_kopecks=refund.amount_kopecks, **recorded)
+            return str(S.REFUNDED)
+        if refund.status == "canceled":
+            log.error("refund %s of order %r was canceled by the provider: the staff must return the money",
+                      refund.id, order.id)
+            _order_transition(order_id=order.id, target=S.REFUND_FAILED, **recorded)
+            return str(S.REFUND_FAILED)
+        Order.objects.filter(pk=order.id, status=S.REFUND_PENDING).update(**recorded)
+        return f"unchanged: order is {order.status}, refund is {refund.status}"
+
+
+async def order_money_settle(*, order_id: str) -> str:
+    """Make the provider call that the order's money status records as due, then record its outcome.
+
+    capture_pending: capture; cancel_pending: release the hold; refund_pending: refund the whole
+    price. Each call has its own Idempotence-Key, so repeating this (a retry, a second
+    reconciliation run, a restart after a crash) repeats the same operation, never a second one.
+    A refused call (e.g. capturing a hold that is gone) is settled by re-reading the payment.
+    """
+    outcome = "unchanged"
+    # cancel_pending may turn into refund_pending (the hold was captured): then one more round.
+    for _ in range(2):
+        order = await selectors.order_get(order_id=order_id)
+        if order.status not in MONEY_PENDING_STATUSES or order.provider_payment_id is None:
+            return outcome if outcome != "unchanged" else f"unchanged: order is {order.status}"
+        shop_id, payment_id = order.merchant.shop_id, order.provider_payment_id
+        if order.status == S.REFUND_PENDING:
+            refund = await provider.refund_create(
+                shop_id=shop_id, order_id=order.id, payment_id=payment_id, amount_kopecks=order.price_kopecks,
+                description=f"{order.drink_name}, order {order.id}: could not be made",
+            )
+            return await sync_to_async(order_apply_refund)(order_id=order.id, refund=refund)
+        try:
+            if order.status == S.CAPTURE_PENDING:
+                payment = await provider.payment_capture(
+                    shop_id=shop_id, order_id=order.id, payment_id=payment_id, amount_kopecks=order.price_kopecks
+                )
+            else:
+                payment = await provider.payment_cancel(shop_id=shop_id, order_id=order.id, payment_id=payment_id)
+        except ProviderRejected:
+            found = await provider.payment_get(shop_id=shop_id, payment_id=payment_id)
+            if found is None:
+                return "ignored: the provider does not know this payment"
+            payment = found
+        outcome = await sync_to_async(order_apply_payment)(order_id=order.id, payment=payment)
+    return outcome
+
+
+async def _order_money_settle_now(*, order_id: str) -> None:
+    """Settle at once if the provider answers; else reconciliation will (the intent is recorded)."""
+    try:
+        await order_money_settle(order_id=order_id)
+    except PaymentsError as error:
+        log.warning("order %r: provider call left to reconciliation: %s %s", order_id, error.message,
+                    getattr(error, "detail", ""))
+
+
+async def aorder_mark_successful(*, order_id: str) -> Order:
+    """order_mark_successful, then the capture of a held amount, at once."""
+    order = await sync_to_async(order_mark_successful)(order_id=order_id)
+    if order.status == S.CAPTURE_PENDING:
+        await _order_money_settle_now(order_id=order_id)
+        order = await Order.objects.aget(pk=order_id)
+    return order
+
+
+async def aorder_mark_make_failed(*, order_id: str) -> Order:
+    """order_mark_make_failed, then the customer's money back at once: refund or release the hold."""
+    await sync_to_async(order_mark_make_failed)(order_id=order_id)
+    await sync_to_async(order_mark_money_return)(order_id=order_id)
+    await _order_money_settle_now(order_id=order_id)
+    return await Order.objects.aget(pk=order_id)
 
 
 async def order_payment_start(*, order_id: str, return_url: str, now: datetime.datetime | None = None) -> str | None:
@@ -250,6 +445,7 @@ async def order_payment_start(*, order_id: str, return_url: str, now: datetime.d
         amount_kopecks=order.price_kopecks,
         description=f"{order.drink_name}, order {order.id}",
         return_url=return_url,
+        capture=not order.two_stage,
     )
     if payment.status != "pending":
         # Paid or canceled already (a notification went astray): record it, show the status.
@@ -260,7 +456,9 @@ async def order_payment_start(*, order_id: str, return_url: str, now: datetime.d
 
 
 async def payment_notification_apply(*, notification: Notification) -> str:
-    """Re-read the notified payment from the provider and apply it; say what happened."""
+    """Re-read the notified payment (or refund) from the provider and apply it; say what happened."""
+    if notification.refund_id is not None:
+        return await _refund_notification_apply(notification=notification, refund_id=notification.refund_id)
     order = await selectors.order_find_for_payment(
         payment_id=notification.payment_id, order_id_hint=notification.order_id_hint
     )
@@ -273,3 +471,15 @@ async def payment_notification_apply(*, notification: Notification) -> str:
         log.warning("notification for payment %s that the provider does not know", notification.payment_id)
         return "ignored: the provider does not know this payment"
     return await sync_to_async(order_apply_payment)(order_id=order.id, payment=payment)
+
+
+async def _refund_notification_apply(*, notification: Notification, refund_id: str) -> str:
+    order = await selectors.order_find_for_payment(payment_id=notification.payment_id, order_id_hint=None)
+    if order is None:
+        log.warning("notification %s for refund %s matches no order", notification.event, refund_id)
+        return "ignored: no order for this payment"
+    refund = await provider.refund_get(shop_id=order.merchant.shop_id, refund_id=refund_id, retries=0)
+    if refund is None:
+        log.warning("notification for refund %s that the provider does not know", refund_id)
+        return "ignored: the provider does not know this refund"
+    return await sync_to_async(order_apply_refund)(order_id=order.id, refund=refund)

@@ -61,3 +61,15 @@ def test_r5_7_project_md_covers_the_deployment_architecture(criterion: str, phra
     """R5.7-R5.10: PROJECT.md describes architecture, the Gunicorn + Uvicorn setup, shutdown, Kubernetes."""
     missing = [phrase for phrase in phrases if phrase not in PROJECT]
     assert not missing, (criterion, missing)
+
+
+def test_project_md_state_diagram_is_the_transition_table() -> None:
+    """PROJECT.md's Mermaid diagram of the order states has exactly the transitions of TRANSITIONS."""
+    from payments.models import FINAL_STATUSES, TRANSITIONS
+
+    diagram = PROJECT.split("```mermaid\nstateDiagram-v2\n", 1)[1].split("```", 1)[0]
+    edges = set(re.findall(r"^\s*(\w+) --> (\w+)", diagram, flags=re.MULTILINE))
+    drawn = {(source, target) for source, target in edges if "[*]" not in (source, target) and source != "*"}
+    assert drawn == {(source, target) for source, targets in TRANSITIONS.items() for target in targets}
+    ends = set(re.findall(r"^\s*(\w+) --> \[\*\]", diagram, flags=re.MULTILINE))
+    assert ends == set(FINAL_STATUSES)

@@ -147,6 +147,9 @@ read_timeout = 10.0
 retries = 2
 [default.orders]
 expiry_minutes = 15
+reconcile_after_minutes = 10
+hold_max_minutes = 60
+retention_days = 30
 
 [development]
 debug = true
@@ -289,6 +292,9 @@ PAYMENT_NUMBERS = {
     "PAYMENT_PROVIDER_RETRIES": "(allowed: 0..5)",
     "ORDER_EXPIRY_MINUTES": "(allowed: 1..1440)",
     "DATABASE_POOL_MAX_SIZE": "(allowed: 1..100)",
+    "ORDER_RECONCILE_AFTER_MINUTES": "(allowed: 1..1440)",
+    "ORDER_HOLD_MAX_MINUTES": "(allowed: 1..8640)",
+    "ORDER_RETENTION_DAYS": "(allowed: 1..3650)",
 }
 
 
@@ -299,6 +305,10 @@ def test_payment_defaults_per_layer() -> None:
     assert production.provider.retries == 2
     assert production.order_expiry_minutes == 15
     assert production.database_pool_max_size == 10
+    money = (production.order_reconcile_after_minutes, production.order_hold_max_minutes, production.order_retention_days)
+    assert money == (10, 60, 30)
+    # A hold is released well before the provider's own 7-day limit, whatever the setting.
+    assert load_settings(environ={**PRODUCTION_OK, "ORDER_HOLD_MAX_MINUTES": "8640"}).order_hold_max_minutes < 7 * 24 * 60
     development = load_settings(environ={"DJANGO_ENV": "development"})
     assert development.provider.url == "http://127.0.0.1:8001/v3"
     assert development.sources["provider.url"] == "[development]"
@@ -378,6 +388,9 @@ def test_payment_numbers_are_exact_or_refused_naming_the_variable(variable: str,
         "PAYMENT_PROVIDER_RETRIES": loaded.provider.retries,
         "ORDER_EXPIRY_MINUTES": loaded.order_expiry_minutes,
         "DATABASE_POOL_MAX_SIZE": loaded.database_pool_max_size,
+        "ORDER_RECONCILE_AFTER_MINUTES": loaded.order_reconcile_after_minutes,
+        "ORDER_HOLD_MAX_MINUTES": loaded.order_hold_max_minutes,
+        "ORDER_RETENTION_DAYS": loaded.order_retention_days,
     }
     assert values[variable] == (float(raw) if "TIMEOUT" in variable else int(raw))
 

@@ -13,6 +13,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 from django.conf import settings
+from django.core.management import get_commands
 from django.urls import Resolver404, resolve
 
 from coffee_payment.conf import LAYER_VARIABLE, VARIABLES, ConfigError, Settings, load_settings
@@ -23,6 +24,7 @@ from tests.support.kubernetes import (
     Manifests,
     containers,
     overlay,
+    pod_spec,
     plain_name,
     quantity,
     rendered,
@@ -55,6 +57,8 @@ OVERLAY_DIFFERENCES = [
     r"ConfigMap/coffee-payment-server:data\.(GUNICORN_\w+|DJANGO_ALLOWED_HOSTS|DJANGO_PUBLIC_BASE_URL)",
     r"(Deployment|Job)/[\w-]+:spec\.template\.spec\.containers\.0\.envFrom\.0\.configMapRef\.name",
     r"(Deployment|Job)/[\w-]+:spec\.template\.spec\.containers\.0\.image",
+    r"CronJob/[\w-]+:spec\.jobTemplate\.spec\.template\.spec\.containers\.0\.envFrom\.0\.configMapRef\.name",
+    r"CronJob/[\w-]+:spec\.jobTemplate\.spec\.template\.spec\.containers\.0\.image",
     r"Deployment/coffee-payment-server:spec\.template\.spec\.containers\.0\.resources\..*",
     r"HorizontalPodAutoscaler/coffee-payment-server:spec\.(minReplicas|maxReplicas)",
 ]
@@ -68,10 +72,6 @@ def manifests(request: pytest.FixtureRequest) -> Manifests:
 def server_settings(manifests: Manifests, workload: dict[str, Any]) -> Settings:
     """What the server in this workload would resolve at start, through the real validator."""
     return load_settings(environ=manifests.pod_environ(workload, secret=SECRET_STAND_INS))
-
-
-def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
-    return workload["spec"]["template"]["spec"]
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -106,9 +106,11 @@ def test_each_overlay_has_the_resources_of_a_release(manifests: Manifests) -> No
     kinds = sorted(doc["kind"] for doc in manifests.documents)
     assert kinds == [
         "ConfigMap",
+        "CronJob",
         "Deployment",
         "HorizontalPodAutoscaler",
         "Job",
+        "NetworkPolicy",
         "NetworkPolicy",
         "NetworkPolicy",
         "PodDisruptionBudget",
@@ -148,9 +150,16 @@ def test_the_migration_job_gets_the_same_environment_as_the_server(manifests: Ma
     assert manifests.pod_environ(manifests.job, secret=SECRET_STAND_INS) == deployment_env
 
 
+def test_the_reconciliation_cron_job_gets_the_same_environment_as_the_server(manifests: Manifests) -> None:
+    deployment_env = manifests.pod_environ(manifests.deployment, secret=SECRET_STAND_INS)
+    assert manifests.pod_environ(manifests.cron_job, secret=SECRET_STAND_INS) == deployment_env
+    loaded = server_settings(manifests, manifests.cron_job)
+    assert (loaded.layer, loaded.warnings) == ("production", ())
+
+
 def test_every_variable_the_pods_get_is_read_by_the_app_or_the_image(manifests: Manifests) -> None:
     known = {*VARIABLES, LAYER_VARIABLE, *IMAGE_VARIABLES}
-    for workload in (manifests.deployment, manifests.job):
+    for workload in (manifests.deployment, manifests.job, manifests.cron_job):
         assert set(manifests.pod_environ(workload, secret=SECRET_STAND_INS)) <= known
 
 
@@ -170,7 +179,7 @@ def test_an_empty_secret_stops_the_server_with_the_variables_name(manifests: Man
 
 
 def test_service_links_are_off_because_an_injected_variable_stops_the_server(manifests: Manifests) -> None:
-    for workload in (manifests.deployment, manifests.job):
+    for workload in (manifests.deployment, manifests.job, manifests.cron_job):
         assert pod_spec(workload)["enableServiceLinks"] is False
     # What a Service named `gunicorn` would inject with service links on.
     environ = manifests.pod_environ(manifests.deployment, secret=SECRET_STAND_INS)
@@ -266,7 +275,7 @@ def test_memory_covers_the_master_and_every_worker(manifests: Manifests) -> None
 # ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["Deployment", "Job"])
+@pytest.mark.parametrize("kind", ["Deployment", "Job", "CronJob"])
 def test_pods_run_unprivileged_with_a_read_only_root(manifests: Manifests, kind: str) -> None:
     spec = pod_spec(manifests.one(kind))
     assert spec["securityContext"] == {
@@ -296,9 +305,29 @@ def test_the_migration_job_runs_migrate_in_the_server_image(manifests: Manifests
     assert pod_spec(manifests.job)["restartPolicy"] == "Never"
 
 
+def test_the_reconciliation_cron_job_runs_one_bounded_run_at_a_time(manifests: Manifests) -> None:
+    cron_job = manifests.cron_job
+    (container,) = containers(cron_job)
+    assert container["args"] == ["python", "manage.py", "reconcile_payments"]
+    assert "reconcile_payments" in get_commands()
+    assert container["image"] == containers(manifests.deployment)[0]["image"]
+    spec, job = cron_job["spec"], cron_job["spec"]["jobTemplate"]["spec"]
+    assert spec["concurrencyPolicy"] == "Forbid"
+    assert 1 <= spec["successfulJobsHistoryLimit"] <= 3 and 1 <= spec["failedJobsHistoryLimit"] <= 5
+    # Every 5 minutes, and a run stops before the next one is due.
+    minutes = int(re.fullmatch(r"\*/(\d+) \* \* \* \*", spec["schedule"]).group(1))
+    assert 0 < job["activeDeadlineSeconds"] < minutes * 60
+    assert spec["startingDeadlineSeconds"] < minutes * 60
+    assert (job["backoffLimit"], pod_spec(cron_job)["restartPolicy"]) == (0, "Never")
+    # Its re-read age is longer than its period: an order is re-read at most once per age.
+    loaded = server_settings(manifests, cron_job)
+    assert loaded.order_reconcile_after_minutes >= minutes
+
+
 def test_traffic_and_disruption_budget_select_the_web_pods_only(manifests: Manifests) -> None:
     web = manifests.deployment["spec"]["template"]["metadata"]["labels"]
     migrate = manifests.job["spec"]["template"]["metadata"]["labels"]
+    reconcile = manifests.cron_job["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
     assert manifests.deployment["spec"]["selector"]["matchLabels"] == web
     for selector in (
         manifests.one("Service")["spec"]["selector"],
@@ -307,6 +336,10 @@ def test_traffic_and_disruption_budget_select_the_web_pods_only(manifests: Manif
     ):
         assert selector.items() <= web.items()
         assert not selector.items() <= migrate.items()
+        assert not selector.items() <= reconcile.items()
+    own = manifests.one("NetworkPolicy", "coffee-payment-server-reconcile")["spec"]
+    assert own["podSelector"]["matchLabels"].items() <= reconcile.items()
+    assert own["policyTypes"] == ["Ingress"] and "ingress" not in own
 
 
 def test_the_migration_step_selects_the_job_and_its_config_only(manifests: Manifests) -> None:

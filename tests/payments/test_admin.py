@@ -6,9 +6,11 @@ import re
 from typing import Any
 
 import pytest
+from asgiref.sync import async_to_sync
 
-from payments import credentials, services
+from payments import credentials, provider, services
 from payments.models import Device, DeviceCredential, Order
+from tests.payments.conftest import SECRET, SHOP_ID
 
 pytestmark = pytest.mark.django_db
 
@@ -59,3 +61,29 @@ def test_issuing_a_token_shows_it_once_and_retires_the_old_one(admin_client: Any
     assert not credentials.token_matches(old, stored.token_sha256)
     assert token.group(1) not in admin_client.get(f"/admin/payments/device/{device.pk}/change/").content.decode()
     assert token.group(1) not in admin_client.get("/admin/payments/device/").content.decode()
+@pytest.mark.django_db(transaction=True)
+def test_marking_a_paid_order_could_not_be_made_refunds_it(admin_client: Any, order: Order, fake_server: Any,
+                                                          settings: Any) -> None:
+    settings.PAYMENT_PROVIDER_URL = fake_server.api_url
+    settings.PAYMENT_PROVIDER_SECRETS = {SHOP_ID: SECRET}
+    fake_server.app.reset()
+
+    async def create() -> provider.ProviderPayment:
+        try:
+            return await provider.payment_create(shop_id=SHOP_ID, order_id=order.pk, amount_kopecks=order.price_kopecks,
+                                                 description="Latte", return_url="http://testserver/back")
+        finally:
+            await provider.aclose()
+
+    payment = async_to_sync(create, force_new_loop=True)()
+    fake_server.app.settle(payment.id, "succeeded")
+    services.order_mark_pending(order_id=order.pk, provider_payment_id=payment.id)
+    services.order_mark_paid(order_id=order.pk)
+    services.order_mark_make_pending(order_id=order.pk)
+    response = admin_client.post(
+        "/admin/payments/order/", {"action": "mark_make_failed", "_selected_action": [order.pk]}, follow=True
+    )
+    assert "1 order(s) changed." in response.content.decode()
+    stored = Order.objects.get(pk=order.pk)
+    assert (stored.status, stored.refunded_kopecks) == ("refunded", order.price_kopecks)
+    assert [refund.payment_id for refund in fake_server.app.refunds.values()] == [payment.id]

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from typing import Any
 
 import pytest
@@ -155,6 +156,10 @@ def test_an_unreadable_payment_is_unavailable_not_a_crash(body: Any) -> None:
         (b'{"type": "payment"}', 'notification body has no "type": "notification"'),
         (b'{"type": "notification", "event": "payment.succeeded"}', 'notification has no "event" string'),
         (b'{"type": "notification", "event": "payment.succeeded", "object": {"id": 5}}', "notification object.id=5 is not a payment id"),
+        (b'{"type": "notification", "event": "refund.succeeded", "object": {"id": "r-1"}}',
+         "notification object.payment_id=None is not a payment id"),
+        (b'{"type": "notification", "event": "refund.succeeded", "object": {"payment_id": "p-1"}}',
+         "notification object.id=None is not a refund id"),
     ],
 )
 def test_malformed_notification_is_named(body: bytes, message: str) -> None:
@@ -169,3 +174,70 @@ def test_notification_gives_the_payment_and_an_order_hint() -> None:
     assert provider.notification_parse(json.dumps(body).encode()) == provider.Notification(
         event="payment.succeeded", payment_id="pay-1", order_id_hint="o-1"
     )
+
+
+def test_refund_notification_gives_the_refund_and_its_payment() -> None:
+    body = {"type": "notification", "event": "refund.succeeded",
+            "object": {"id": "ref-1", "payment_id": "pay-1", "status": "succeeded"}}
+    assert provider.notification_parse(json.dumps(body).encode()) == provider.Notification(
+        event="refund.succeeded", payment_id="pay-1", order_id_hint=None, refund_id="ref-1"
+    )
+
+
+def test_each_operation_on_an_order_has_its_own_key_and_the_payment_keeps_the_old_one() -> None:
+    keys = {operation: provider.idempotence_key("order-1", operation) for operation in provider.OPERATIONS}
+    assert len(set(keys.values())) == len(provider.OPERATIONS)
+    assert keys["payment"] == str(uuid.uuid5(provider.IDEMPOTENCE_NAMESPACE, "order-1"))
+    with pytest.raises(ValueError, match="operation 'charge' is not one of"):
+        provider.idempotence_key("order-1", "charge")
+
+
+async def held(order_id: str = "order-1") -> provider.ProviderPayment:
+    payment = await provider.payment_create(
+        shop_id="demo-shop", order_id=order_id, amount_kopecks=15900, description="Latte",
+        return_url="http://testserver/v1/orders/order-1", capture=False,
+    )
+    return payment
+
+
+async def test_a_two_stage_payment_is_held_then_captured_under_its_own_key(fake: FakeProvider) -> None:
+    payment = await held()
+    sent = json.loads(fake.keys[("demo-shop", provider.idempotence_key("order-1"))][0])
+    assert sent["capture"] is False
+    fake.settle(payment.id, "waiting_for_capture")
+    waiting = await provider.payment_get(shop_id="demo-shop", payment_id=payment.id)
+    assert waiting is not None and waiting.status == "waiting_for_capture" and waiting.expires_at is not None
+    fake.fail = "flaky"  # the first attempt fails: the retry sends the same key and the same body
+    captured = await provider.payment_capture(shop_id="demo-shop", order_id="order-1", payment_id=payment.id,
+                                              amount_kopecks=15900)
+    again = await provider.payment_capture(shop_id="demo-shop", order_id="order-1", payment_id=payment.id,
+                                           amount_kopecks=15900)
+    assert captured.status == again.status == "succeeded" and captured.amount_kopecks == 15900
+    body, _ = fake.keys[("demo-shop", provider.idempotence_key("order-1", "capture"))]
+    assert json.loads(body) == {"amount": {"value": "159.00", "currency": "RUB"}}
+    assert fake.calls[f"POST /payments/{payment.id}/capture"] == 4  # two calls, each retried once
+
+
+async def test_a_hold_is_released_by_cancel(fake: FakeProvider) -> None:
+    payment = await held()
+    fake.settle(payment.id, "waiting_for_capture")
+    released = await provider.payment_cancel(shop_id="demo-shop", order_id="order-1", payment_id=payment.id)
+    assert released.status == "canceled"
+    # Capturing it now is refused by the provider (4xx): no retry, a rejection.
+    with pytest.raises(ProviderRejected) as rejected:
+        await provider.payment_capture(shop_id="demo-shop", order_id="order-1", payment_id=payment.id,
+                                       amount_kopecks=15900)
+    assert rejected.value.provider_status == 400
+
+
+async def test_a_refund_is_created_once_per_order_and_read_back(fake: FakeProvider) -> None:
+    payment = await create()
+    fake.settle(payment.id, "succeeded")
+    arguments = {"shop_id": "demo-shop", "order_id": "order-1", "payment_id": payment.id, "amount_kopecks": 15900,
+                 "description": "Latte, order order-1: could not be made"}
+    first = await provider.refund_create(**arguments)
+    assert await provider.refund_create(**arguments) == first
+    assert (first.payment_id, first.status, first.amount_kopecks, first.currency) == (payment.id, "succeeded", 15900, "RUB")
+    assert len(fake.refunds) == 1
+    assert await provider.refund_get(shop_id="demo-shop", refund_id=first.id) == first
+    assert await provider.refund_get(shop_id="demo-shop", refund_id="unknown") is None

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import json
 import re
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.utils import timezone
-from hypothesis import settings as hypothesis_settings, strategies as st
+from hypothesis import event, settings as hypothesis_settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
-from payments import services
+from payments import provider, services
 from payments.errors import (
     DeviceNotFound,
     DeviceUnavailable,
@@ -29,29 +31,72 @@ from payments.errors import (
     ProviderUnavailable,
 )
 from payments.fake_provider import FakeProvider
-from payments.models import Device, MenuItem, Merchant, Order
-from payments.provider import Notification, ProviderPayment
+from payments.models import REPORTED_STATUSES, Device, MenuItem, Merchant, Order
+from payments.provider import Notification, ProviderPayment, ProviderRefund
 from tests.payments.conftest import menu_entries, scan_parameters
 
-# The lifecycle as the issue states it, written out independently of payments.models.TRANSITIONS.
-LEGAL = {
-    ("created", "pending"), ("created", "failed"),
-    ("pending", "paid"), ("pending", "not_paid"), ("pending", "failed"),
-    ("paid", "make_pending"), ("paid", "manual_make"),
-    ("make_pending", "successful"), ("make_pending", "make_failed"),
-    ("make_failed", "manual_make"),
+# The lifecycle as the issue states it, written out independently of payments.models.TRANSITIONS:
+# (status, action) -> status after; `two_stage` (the amount is held, not taken) decides some of
+# them. Anything not listed is refused and changes nothing.
+HOLD = datetime.timedelta(hours=1)
+LATE = 2 * HOLD  # past any hold the test creates
+
+
+def expected(status: str, two_stage: bool, action: str) -> tuple[str, bool] | None:
+    """(status, two_stage) after `action`, or None when the action must be refused."""
+    single = not two_stage
+    legal: dict[tuple[str, str], tuple[str, bool] | None] = {
+        ("created", "pending"): ("pending", two_stage),
+        ("created", "failed"): ("failed", two_stage),
+        ("pending", "paid"): ("paid", False),
+        ("held", "paid"): ("paid", False),
+        ("pending", "held"): ("held", True),
+        ("pending", "not_paid"): ("not_paid", two_stage),
+        ("pending", "failed"): ("failed", two_stage),
+        ("paid", "make_pending"): ("make_pending", two_stage),
+        ("held", "make_pending"): ("make_pending", two_stage),
+        ("paid", "make_pending_late"): ("make_pending", two_stage),
+        ("make_pending", "successful"): ("capture_pending" if two_stage else "successful", two_stage),
+        ("make_pending", "make_failed"): ("make_failed", two_stage),
+        ("paid", "manual_make"): ("manual_make", two_stage) if single else None,
+        ("make_failed", "manual_make"): ("manual_make", two_stage) if single else None,
+        ("make_failed", "money_return"): ("cancel_pending" if two_stage else "refund_pending", two_stage),
+        ("held", "hold_release"): ("cancel_pending", two_stage) if two_stage else None,
+        ("make_pending", "hold_release"): ("cancel_pending", two_stage) if two_stage else None,
+    }
+    return legal.get((status, action))
+
+
+# The provider's answers: (status, payment status) -> (status, two_stage) after; else unchanged.
+PAYMENT_OUTCOMES = {
+    ("pending", "succeeded"): ("paid", False),
+    ("pending", "waiting_for_capture"): ("held", True),
+    ("pending", "canceled"): ("not_paid", None),
+    ("held", "succeeded"): ("paid", False),
+    ("held", "canceled"): ("released", None),
+    ("capture_pending", "succeeded"): ("successful", None),
+    ("capture_pending", "canceled"): ("failed", None),
+    ("cancel_pending", "canceled"): ("released", None),
+    ("cancel_pending", "succeeded"): ("refund_pending", False),
 }
-STATUSES = ("created", "pending", "paid", "not_paid", "make_pending", "successful", "make_failed", "failed",
+REFUND_OUTCOMES = {("refund_pending", "succeeded"): "refunded", ("refund_pending", "canceled"): "refund_failed"}
+STATUSES = ("created", "pending", "paid", "held", "not_paid", "make_pending", "capture_pending", "successful",
+            "make_failed", "cancel_pending", "released", "refund_pending", "refunded", "refund_failed", "failed",
             "manual_make")
 MARK: dict[str, Callable[..., Order]] = {
     "pending": lambda order_id: services.order_mark_pending(order_id=order_id, provider_payment_id=f"pay-{order_id}"),
     "paid": lambda order_id: services.order_mark_paid(order_id=order_id),
+    "held": lambda order_id: services.order_mark_held(order_id=order_id, hold_expires_at=timezone.now() + HOLD),
     "not_paid": lambda order_id: services.order_mark_not_paid(order_id=order_id),
     "failed": lambda order_id: services.order_mark_failed(order_id=order_id),
     "make_pending": lambda order_id: services.order_mark_make_pending(order_id=order_id),
+    # The machine starts a drink after the hold expired: refused for a held amount.
+    "make_pending_late": lambda order_id: services.order_mark_make_pending(order_id=order_id, now=timezone.now() + LATE),
     "successful": lambda order_id: services.order_mark_successful(order_id=order_id),
     "make_failed": lambda order_id: services.order_mark_make_failed(order_id=order_id),
     "manual_make": lambda order_id: services.order_mark_manual_make(order_id=order_id),
+    "money_return": lambda order_id: services.order_mark_money_return(order_id=order_id),
+    "hold_release": lambda order_id: services.order_mark_hold_release(order_id=order_id, now=timezone.now() + LATE),
 }
 
 
@@ -179,18 +224,31 @@ def test_an_unpaid_order_expires(device: Device, settings: Any) -> None:
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize(("source", "target"), list(itertools.product(STATUSES, MARK)))
-def test_every_transition_is_legal_or_refused_leaving_the_order_unchanged(order: Order, source: str, target: str) -> None:
-    Order.objects.filter(pk=order.pk).update(status=source)
-    before = row(order.pk)
-    if (source, target) in LEGAL:
-        assert MARK[target](order.pk).status == target
-        assert row(order.pk)["status"] == target
-    else:
-        with pytest.raises(IllegalTransition) as refused:
+@pytest.mark.parametrize("source", STATUSES)
+def test_every_transition_is_legal_or_refused_leaving_the_order_unchanged(order: Order, source: str) -> None:
+    for target, two_stage in itertools.product(MARK, (False, True)):
+        Order.objects.filter(pk=order.pk).update(
+            status=source, two_stage=two_stage, hold_expires_at=timezone.now() + HOLD, provider_payment_id=f"pay-{order.pk}"
+        )
+        if source == "created":
+            Order.objects.filter(pk=order.pk).update(provider_payment_id=None)
+        before = row(order.pk)
+        after = expected(source, two_stage, target)
+        if after is not None:
             MARK[target](order.pk)
-        assert refused.value.message == f"order {order.pk!r} is {source} and cannot become {target}"
-        assert row(order.pk) == before
+            assert (row(order.pk)["status"], row(order.pk)["two_stage"]) == after, (source, two_stage, target)
+        elif (source, target) == ("pending", "pending"):
+            MARK[target](order.pk)  # the same payment again: no change
+            assert row(order.pk) == before
+        else:
+            with pytest.raises(IllegalTransition) as refused:
+                MARK[target](order.pk)
+            wanted = {"make_pending_late": "make_pending", "money_return": "refund_pending",
+                      "hold_release": "cancel_pending"}.get(target, target)
+            assert refused.value.message.startswith(f"order {order.pk!r} is {source} and cannot become "), (source, target)
+            if target != "money_return":
+                assert refused.value.target == wanted
+            assert row(order.pk) == before, (source, two_stage, target)
 
 
 @pytest.mark.django_db
@@ -211,21 +269,24 @@ def test_transition_of_an_unknown_order_is_refused() -> None:
 
 
 class OrderLifecycle(RuleBasedStateMachine):
-    """Any sequence of transition attempts: legal ones apply, illegal ones change nothing."""
+    """Any sequence of transition attempts and provider answers, for single- and two-stage orders:
+    legal ones apply, illegal ones change nothing, and the money fields follow the status."""
 
-    @initialize()
-    def scan(self) -> None:
+    @initialize(two_stage=st.booleans())
+    def scan(self, two_stage: bool) -> None:
         self.order_id = f"o-{uuid.uuid4().hex[:12]}"
+        Merchant.objects.update(two_stage_payments=two_stage)
         services.order_create(**scan_parameters(order_id=self.order_id))
-        self.status = "created"
+        self.status, self.two_stage = "created", two_stage
 
     # Not `target=`: that keyword is hypothesis's, for bundles.
     @rule(wanted=st.sampled_from(sorted(MARK)))
     def attempt(self, wanted: str) -> None:
         before = row(self.order_id)
-        if (self.status, wanted) in LEGAL:
+        after = expected(self.status, self.two_stage, wanted)
+        if after is not None:
             MARK[wanted](self.order_id)
-            self.status = wanted
+            self.status, self.two_stage = after
         elif (self.status, wanted) == ("pending", "pending"):
             # The same payment again (MARK always names the order's one payment): no change.
             MARK[wanted](self.order_id)
@@ -235,16 +296,54 @@ class OrderLifecycle(RuleBasedStateMachine):
                 MARK[wanted](self.order_id)
             assert row(self.order_id) == before
 
+    @rule(data=st.data())
+    def advance(self, data: st.DataObject) -> None:
+        """A step the model says is legal, towards the money states: random attempts rarely walk the
+        long paths (capture, release, refund) before a final status ends the walk."""
+        final = {"not_paid", "failed", "manual_make", "released"}
+        legal = [a for a in sorted(MARK) if (expected(self.status, self.two_stage, a) or ("failed",))[0] not in final]
+        answers = sorted(p for (source, p), (to, _) in PAYMENT_OUTCOMES.items() if source == self.status and to not in final)
+        refunds = sorted(status for (source, status) in REFUND_OUTCOMES if source == self.status)
+        steps = [("mark", a) for a in legal] + [("payment", a) for a in answers] + [("refund", a) for a in refunds]
+        if not steps:
+            return
+        kind, argument = data.draw(st.sampled_from(steps))
+        {"mark": self.attempt, "payment": self.provider_says, "refund": self.provider_refund_says}[kind](argument)
+
+    @rule(status=st.sampled_from(["pending", "waiting_for_capture", "succeeded", "canceled"]))
+    def provider_says(self, status: str) -> None:
+        """A notification or a reconciliation run re-read the payment: the provider's state applies."""
+        order = Order.objects.get(pk=self.order_id)
+        services.order_apply_payment(order_id=self.order_id, payment=payment(order, status, id=f"pay-{self.order_id}"))
+        if self.status == "created":
+            self.status = "pending"
+        after = PAYMENT_OUTCOMES.get((self.status, status))
+        if after is not None:
+            self.status = after[0]
+            self.two_stage = self.two_stage if after[1] is None else after[1]
+
+    @rule(status=st.sampled_from(["pending", "succeeded", "canceled"]))
+    def provider_refund_says(self, status: str) -> None:
+        order = Order.objects.get(pk=self.order_id)
+        refund = ProviderRefund(id="refund-1", payment_id=order.provider_payment_id or "none", status=status,
+                                amount_kopecks=order.price_kopecks, currency="RUB")
+        services.order_apply_refund(order_id=self.order_id, refund=refund)
+        self.status = REFUND_OUTCOMES.get((self.status, status), self.status)
+
     @invariant()
-    def stored_status_is_the_model_status(self) -> None:
+    def stored_order_is_the_model_order(self) -> None:
         if hasattr(self, "order_id"):
-            assert row(self.order_id)["status"] == self.status
+            stored = row(self.order_id)
+            event(f"reached {self.status}")
+            assert (stored["status"], stored["two_stage"]) == (self.status, self.two_stage)
+            assert (stored["refunded_kopecks"] > 0) == (self.status == "refunded")
+            assert (stored["hold_expires_at"] is not None) or self.status not in ("held", "cancel_pending", "capture_pending")
 
 
 @pytest.mark.django_db
 def test_order_lifecycle_state_machine(device: Device) -> None:
     run_state_machine_as_test(
-        OrderLifecycle, settings=hypothesis_settings(max_examples=40, stateful_step_count=12, deadline=None)
+        OrderLifecycle, settings=hypothesis_settings(max_examples=40, stateful_step_count=14, deadline=None)
     )
 
 
@@ -368,3 +467,136 @@ async def test_notification_for_an_unknown_payment_is_ignored(fake: FakeProvider
     hinted = Notification(event="payment.succeeded", payment_id="not-ours", order_id_hint=order.pk)
     assert await services.payment_notification_apply(notification=hinted) == "ignored: the provider does not know this payment"
     assert (await Order.objects.aget(pk=order.pk)).status == "created"
+
+
+# Money: two-stage payments, captures, releases and refunds against the fake provider -----------
+
+
+async def paid_order(fake: FakeProvider, order: Order, *, two_stage: bool) -> str:
+    """The order paid by the customer (held, for two-stage) and told by its notification; its payment id."""
+    await Merchant.objects.filter(pk=order.merchant_id).aupdate(two_stage_payments=two_stage)
+    await Order.objects.filter(pk=order.pk).aupdate(two_stage=two_stage)
+    await services.order_payment_start(order_id=order.pk, return_url="http://testserver/back")
+    payment_id = next(iter(fake.payments))
+    notification = fake.settle(payment_id, "waiting_for_capture" if two_stage else "succeeded")
+    told = Notification(event=notification["event"], payment_id=payment_id, order_id_hint=order.pk)
+    assert await services.payment_notification_apply(notification=told) == ("held" if two_stage else "paid")
+    return payment_id
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_two_stage_order_is_charged_only_when_the_drink_is_made(fake: FakeProvider, order: Order) -> None:
+    payment_id = await paid_order(fake, order, two_stage=True)
+    assert fake.payments[payment_id].capture is False
+    held = await Order.objects.aget(pk=order.pk)
+    # Our hold limit or the provider's, whichever is sooner.
+    assert held.hold_expires_at is not None and held.hold_expires_at <= fake.payments[payment_id].expires_at
+    await sync_to_async(services.order_mark_make_pending)(order_id=order.pk)
+    assert fake.payments[payment_id].status == "waiting_for_capture"  # nothing taken while it is made
+    made = await services.aorder_mark_successful(order_id=order.pk)
+    assert made.status == "successful"
+    assert fake.payments[payment_id].status == "succeeded"
+    assert fake.calls[f"POST /payments/{payment_id}/capture"] == 1
+    assert (await provider.payment_get(shop_id="demo-shop", payment_id=payment_id)).amount_kopecks == order.price_kopecks
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_two_stage_drink_that_fails_releases_the_hold(fake: FakeProvider, order: Order) -> None:
+    payment_id = await paid_order(fake, order, two_stage=True)
+    await sync_to_async(services.order_mark_make_pending)(order_id=order.pk)
+    assert (await services.aorder_mark_make_failed(order_id=order.pk)).status == "released"
+    assert fake.payments[payment_id].status == "canceled"
+    assert fake.payments[payment_id].cancellation["party"] == "merchant"
+    assert fake.calls[f"POST /payments/{payment_id}/capture"] == 0
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_paid_drink_that_fails_is_refunded_in_full_and_recorded(fake: FakeProvider, order: Order) -> None:
+    payment_id = await paid_order(fake, order, two_stage=False)
+    await sync_to_async(services.order_mark_make_pending)(order_id=order.pk)
+    refunded = await services.aorder_mark_make_failed(order_id=order.pk)
+    (refund,) = fake.refunds.values()
+    assert (refunded.status, refunded.refund_id, refunded.refund_status) == ("refunded", refund.id, "succeeded")
+    assert refunded.refunded_kopecks == order.price_kopecks and refund.payment_id == payment_id
+    # The provider's refund.succeeded notification, late: re-read, already recorded.
+    told = provider.notification_parse(json.dumps({"type": "notification", "event": "refund.succeeded",
+                                                   "object": refund.as_json()}).encode())
+    assert await services.payment_notification_apply(notification=told) == "unchanged: order is refunded, refund is succeeded"
+    assert fake.calls[f"GET /refunds/{refund.id}"] == 1
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_refund_whose_answer_was_lost_is_recorded_from_its_notification(fake: FakeProvider, order: Order) -> None:
+    payment_id = await paid_order(fake, order, two_stage=False)
+    for mark in (services.order_mark_make_pending, services.order_mark_make_failed, services.order_mark_money_return):
+        await sync_to_async(mark)(order_id=order.pk)
+    # The refund went through but its answer never came back (a crash after the call).
+    refund = await provider.refund_create(shop_id="demo-shop", order_id=order.pk, payment_id=payment_id,
+                                          amount_kopecks=order.price_kopecks, description="lost")
+    told = Notification(event="refund.succeeded", payment_id=payment_id, order_id_hint=None, refund_id=refund.id)
+    assert await services.payment_notification_apply(notification=told) == "refunded"
+    stored = await Order.objects.aget(pk=order.pk)
+    assert (stored.refund_id, stored.refunded_kopecks) == (refund.id, order.price_kopecks)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_capture_interrupted_by_the_provider_is_finished_under_the_same_key(fake: FakeProvider, order: Order) -> None:
+    payment_id = await paid_order(fake, order, two_stage=True)
+    await sync_to_async(services.order_mark_make_pending)(order_id=order.pk)
+    fake.fail = "error"
+    # The machine's report is recorded (the intent), the capture is left for later.
+    assert (await services.aorder_mark_successful(order_id=order.pk)).status == "capture_pending"
+    assert fake.payments[payment_id].status == "waiting_for_capture"
+    fake.fail = "none"
+    assert await services.order_money_settle(order_id=order.pk) == "successful"
+    assert await services.order_money_settle(order_id=order.pk) == "unchanged: order is successful"
+    key = provider.idempotence_key(order.pk, "capture")
+    assert fake.key_routes[("demo-shop", key)] == f"POST /payments/{payment_id}/capture"
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_capturing_a_hold_the_provider_already_dropped_fails_the_order(fake: FakeProvider, order: Order) -> None:
+    payment_id = await paid_order(fake, order, two_stage=True)
+    await sync_to_async(services.order_mark_make_pending)(order_id=order.pk)
+    fake.payments[payment_id].expires_at = datetime.datetime.now(datetime.UTC)  # the provider's hold ran out
+    assert (await services.aorder_mark_successful(order_id=order.pk)).status == "failed"
+    assert fake.payments[payment_id].status == "canceled"
+
+
+@pytest.mark.django_db
+def test_a_held_order_cannot_be_started_after_its_hold_expires(order: Order) -> None:
+    services.order_mark_pending(order_id=order.pk, provider_payment_id="pay-1")
+    expiry = timezone.now() + HOLD
+    services.order_mark_held(order_id=order.pk, hold_expires_at=expiry)
+    with pytest.raises(IllegalTransition):
+        services.order_mark_make_pending(order_id=order.pk, now=expiry)
+    assert row(order.pk)["status"] == "held"
+    assert services.order_mark_make_pending(order_id=order.pk, now=expiry - datetime.timedelta(seconds=1)).status == "make_pending"
+
+
+@pytest.mark.django_db
+def test_an_order_takes_the_merchants_payment_mode_at_its_creation(device: Device) -> None:
+    Merchant.objects.update(two_stage_payments=True)
+    order = services.order_create(**scan_parameters())
+    Merchant.objects.update(two_stage_payments=False)
+    # The body sent under the order's Idempotence-Key must not change with the merchant's setting.
+    assert services.order_create(**scan_parameters()).two_stage is order.two_stage is True
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("two_stage", [False, True])
+def test_a_repeated_machine_report_finds_the_order_among_its_reported_statuses(order: Order, two_stage: bool) -> None:
+    """What the machine API needs to answer a repeated report as harmless, whatever the money did since."""
+    Order.objects.filter(pk=order.pk).update(two_stage=two_stage)
+    services.order_mark_pending(order_id=order.pk, provider_payment_id="pay-1")
+    if two_stage:
+        services.order_mark_held(order_id=order.pk, hold_expires_at=timezone.now() + HOLD)
+    else:
+        services.order_mark_paid(order_id=order.pk)
+    for report, mark in (("make_pending", services.order_mark_make_pending), ("successful", services.order_mark_successful)):
+        mark(order_id=order.pk)
+        with pytest.raises(IllegalTransition) as repeated:
+            mark(order_id=order.pk)
+        assert repeated.value.target == report
+        assert repeated.value.current in REPORTED_STATUSES[report]
+        assert row(order.pk)["status"] in REPORTED_STATUSES[report]

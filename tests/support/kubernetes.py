@@ -86,6 +86,10 @@ class Manifests:
         return self.one("Job")
 
     @property
+    def cron_job(self) -> dict[str, Any]:
+        return self.one("CronJob")
+
+    @property
     def config_map(self) -> dict[str, Any]:
         return self.one("ConfigMap")
 
@@ -110,8 +114,16 @@ def plain_name(document: Mapping[str, Any]) -> str:
     return _HASH_SUFFIX.sub("", name) if document["kind"] == "ConfigMap" else name
 
 
+def pod_spec(workload: Mapping[str, Any]) -> dict[str, Any]:
+    """The pod template's spec of a Deployment, a Job or a CronJob."""
+    spec = workload["spec"]
+    if "jobTemplate" in spec:
+        spec = spec["jobTemplate"]["spec"]
+    return spec["template"]["spec"]
+
+
 def containers(workload: Mapping[str, Any]) -> list[dict[str, Any]]:
-    return workload["spec"]["template"]["spec"]["containers"]
+    return pod_spec(workload)["containers"]
 
 
 def rendered(directory: Path) -> Manifests:

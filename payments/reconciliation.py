@@ -1,0 +1,116 @@
+"""Reconciliation: bring every order whose money is unsettled in line with the provider.
+
+`manage.py reconcile_payments` runs `orders_reconcile` (a Kubernetes CronJob does, every few
+minutes). Each run: deletes unpaid orders past the retention period; then claims the orders that
+are due and, one by one, re-reads or finishes them:
+
+- pending or held for ORDER_RECONCILE_AFTER_MINUTES: re-read the payment and apply it (a lost
+  notification: the customer paid while this server or its database was down);
+- held, or being made, past its hold expiry: release the hold (the drink was not reported made);
+- make_failed for ORDER_RECONCILE_AFTER_MINUTES: return the money (refund or release);
+- capture_pending, cancel_pending, refund_pending for that long: repeat the provider call under its
+  Idempotence-Key (a crash or an unreachable provider interrupted it) and record the outcome.
+
+Two runs at once (two pods) never handle one order twice: a run claims an order by a
+compare-and-set of `reconciled_at` (and on PostgreSQL skips rows another run has locked), and an
+order claimed within ORDER_RECONCILE_AFTER_MINUTES is not due again. Every step is a
+compare-and-set transition and every provider write is idempotent, so even a repeated step is
+harmless.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections import Counter
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from payments import provider, services
+from payments.errors import PaymentsError
+from payments.models import MONEY_PENDING_STATUSES, UNPAID_STATUSES, Order, OrderStatus
+
+log = logging.getLogger(__name__)
+
+S = OrderStatus
+# Orders claimed per query (claimed orders wait for this run: small batches share the work with a
+# concurrent run); a run goes on until nothing due is left or it has handled `limit`.
+BATCH = 100
+
+
+def _due(*, now: datetime.datetime) -> Q:
+    """Orders whose money needs the provider, and which no run has claimed recently."""
+    settled_for = now - datetime.timedelta(minutes=settings.ORDER_RECONCILE_AFTER_MINUTES)
+    waited = Q(status__in={S.PENDING, S.HELD, S.MAKE_FAILED, *MONEY_PENDING_STATUSES}, updated_at__lte=settled_for)
+    hold_aged = Q(status__in={S.HELD, S.MAKE_PENDING}, two_stage=True, hold_expires_at__lte=now)
+    not_claimed = Q(reconciled_at__isnull=True) | Q(reconciled_at__lte=settled_for)
+    return (waited | hold_aged) & not_claimed
+
+
+def orders_claim(*, now: datetime.datetime, limit: int) -> tuple[int, list[str]]:
+    """(due orders seen, ids of those that this run, and no other, will handle now), at most `limit`."""
+    due = _due(now=now)
+    candidates = Order.objects.filter(due).order_by("updated_at")
+    if connection.features.has_select_for_update_skip_locked:
+        # PostgreSQL: rows another run is claiming right now are skipped, not waited for.
+        with transaction.atomic():
+            ids = list(candidates.select_for_update(skip_locked=True).values_list("pk", flat=True)[:limit])
+            return len(ids), [pk for pk in ids if Order.objects.filter(due, pk=pk).update(reconciled_at=now)]
+    # SQLite: no transaction around the claims; each compare-and-set UPDATE is atomic alone.
+    ids = list(candidates.values_list("pk", flat=True)[:limit])
+    return len(ids), [pk for pk in ids if Order.objects.filter(due, pk=pk).update(reconciled_at=now)]
+
+
+def orders_purge(*, now: datetime.datetime) -> int:
+    """Delete orders that never took money, expired more than ORDER_RETENTION_DAYS ago."""
+    cutoff = now - datetime.timedelta(days=settings.ORDER_RETENTION_DAYS)
+    deleted, _ = Order.objects.filter(status__in=UNPAID_STATUSES, expires_at__lte=cutoff).delete()
+    return deleted
+
+
+async def order_reconcile(*, order_id: str, now: datetime.datetime) -> str:
+    """Handle one claimed order; say what happened."""
+    order = await Order.objects.select_related("merchant").aget(pk=order_id)
+    if order.two_stage and order.status in (S.HELD, S.MAKE_PENDING) and order.hold_expires_at and order.hold_expires_at <= now:
+        log.warning("order %r: the hold expired %s before the drink was reported made: releasing it",
+                    order.id, order.hold_expires_at.isoformat())
+        await sync_to_async(services.order_mark_hold_release)(order_id=order.id, now=now)
+    elif order.status == S.MAKE_FAILED:
+        await sync_to_async(services.order_mark_money_return)(order_id=order.id)
+    elif order.status in (S.PENDING, S.HELD) and order.provider_payment_id:
+        payment = await provider.payment_get(shop_id=order.merchant.shop_id, payment_id=order.provider_payment_id)
+        if payment is None:
+            log.error("order %r: the provider does not know its payment %s", order.id, order.provider_payment_id)
+            return "ignored: the provider does not know this payment"
+        return await sync_to_async(services.order_apply_payment)(order_id=order.id, payment=payment)
+    return await services.order_money_settle(order_id=order.id)
+
+
+async def orders_reconcile(*, now: datetime.datetime | None = None, limit: int = 1000, batch: int = BATCH) -> Counter[str]:
+    """One reconciliation run; counts of what happened (outcome -> orders), for the command's report."""
+    now = now or timezone.now()
+    outcomes: Counter[str] = Counter()
+    purged = await sync_to_async(orders_purge)(now=now)
+    if purged:
+        outcomes["purged"] = purged
+    handled = 0
+    while handled < limit:
+        seen, claimed = await sync_to_async(orders_claim)(now=now, limit=min(batch, limit - handled))
+        if not seen:
+            break
+        # Orders another run claimed first are not ours but count towards the bound: a run ends.
+        handled += seen
+        for order_id in claimed:
+            try:
+                outcome = await order_reconcile(order_id=order_id, now=now)
+            except PaymentsError as error:
+                # The next run retries (after ORDER_RECONCILE_AFTER_MINUTES); the others go on.
+                log.warning("order %r not reconciled: %s %s", order_id, error.message, getattr(error, "detail", ""))
+                outcome = f"error: {type(error).__name__}"
+            log.info("reconciled order %r: %s", order_id, outcome)
+            outcomes[outcome.split(":")[0] if outcome.startswith(("unchanged", "ignored")) else outcome] += 1
+    return outcomes

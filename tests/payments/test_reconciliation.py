@@ -1,0 +1,190 @@
+"""Reconciliation: lost notifications, stale holds, interrupted provider calls, purging, two runs at once."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import io
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.core.management import CommandError, call_command
+from django.db import connection
+from django.utils import timezone
+
+from payments import reconciliation, services
+from payments.fake_provider import FakeProvider
+from payments.models import Merchant, Order
+from tests.payments.conftest import SECRET, SHOP_ID, scan_parameters
+from tests.support.postgres import is_postgres, with_database
+from tests.support.processes import REPO, base_environ
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def later(minutes: float) -> datetime.datetime:
+    return timezone.now() + datetime.timedelta(minutes=minutes)
+
+
+async def started(fake: FakeProvider, order_id: str, *, two_stage: bool = False) -> str:
+    """A payment the customer started; the provider's id."""
+    await Merchant.objects.aupdate(two_stage_payments=two_stage)
+    await sync_to_async(services.order_create)(**scan_parameters(order_id=order_id))
+    await services.order_payment_start(order_id=order_id, return_url="http://testserver/back")
+    return (await Order.objects.aget(pk=order_id)).provider_payment_id
+
+
+async def status(order_id: str) -> str:
+    return (await Order.objects.aget(pk=order_id)).status
+
+
+async def test_a_payment_whose_notification_was_lost_is_paid_by_reconciliation(
+    fake: FakeProvider, device: Any, settings: Any
+) -> None:
+    """The customer paid while the webhook could not be delivered (server or database down)."""
+    settings.ORDER_RECONCILE_AFTER_MINUTES = 10
+    payment_id = await started(fake, "lost-1")
+    fake.settle(payment_id, "succeeded")  # its notification never arrives
+    assert await reconciliation.orders_reconcile(now=later(9)) == {}  # too young to re-read
+    assert fake.calls[f"GET /payments/{payment_id}"] == 0
+    assert await reconciliation.orders_reconcile(now=later(11)) == {"paid": 1}
+    assert await status("lost-1") == "paid"
+    # Idempotent: the order is settled, nothing is due any more.
+    assert await reconciliation.orders_reconcile(now=later(30)) == {}
+    assert fake.calls[f"GET /payments/{payment_id}"] == 1
+
+
+async def test_a_hold_past_its_age_is_released(fake: FakeProvider, device: Any, settings: Any) -> None:
+    settings.ORDER_HOLD_MAX_MINUTES = 30
+    payment_id = await started(fake, "hold-1", two_stage=True)
+    fake.settle(payment_id, "waiting_for_capture")
+    assert await reconciliation.orders_reconcile(now=later(11)) == {"held": 1}
+    await sync_to_async(services.order_mark_make_pending)(order_id="hold-1")
+    # The machine never reported the drink: after the hold's age the customer is not charged.
+    assert await reconciliation.orders_reconcile(now=later(29)) == {}
+    assert await reconciliation.orders_reconcile(now=later(31)) == {"released": 1}
+    assert fake.payments[payment_id].status == "canceled"
+    assert fake.calls[f"POST /payments/{payment_id}/capture"] == 0
+
+
+async def test_a_failed_drink_reported_without_the_provider_is_refunded_later(fake: FakeProvider, device: Any) -> None:
+    payment_id = await started(fake, "fail-1")
+    fake.settle(payment_id, "succeeded")
+    await reconciliation.orders_reconcile(now=later(11))
+    for mark in (services.order_mark_make_pending, services.order_mark_make_failed):
+        await sync_to_async(mark)(order_id="fail-1")
+    assert await reconciliation.orders_reconcile(now=later(22)) == {"refunded": 1}
+    (refund,) = fake.refunds.values()
+    assert (refund.payment_id, refund.amount * 100) == (payment_id, 15900)
+
+
+async def test_a_provider_down_during_a_run_is_retried_by_the_next_run(fake: FakeProvider, device: Any) -> None:
+    payment_id = await started(fake, "down-1")
+    fake.settle(payment_id, "succeeded")
+    fake.fail = "error"
+    assert await reconciliation.orders_reconcile(now=later(11)) == {"error: ProviderUnavailable": 1}
+    fake.fail = "none"
+    assert await reconciliation.orders_reconcile(now=later(15)) == {}  # claimed 4 minutes ago
+    assert await reconciliation.orders_reconcile(now=later(22)) == {"paid": 1}
+
+
+def test_unpaid_orders_are_purged_after_the_retention_period(device: Any, settings: Any) -> None:
+    settings.ORDER_RETENTION_DAYS = 30
+    for order_id in ("unpaid", "declined", "paid", "recent"):
+        services.order_create(**scan_parameters(order_id=order_id))
+    services.order_mark_pending(order_id="declined", provider_payment_id="pay-declined")
+    services.order_mark_not_paid(order_id="declined")
+    services.order_mark_pending(order_id="paid", provider_payment_id="pay-paid")
+    services.order_mark_paid(order_id="paid")
+    Order.objects.exclude(pk="recent").update(expires_at=timezone.now() - datetime.timedelta(days=31))
+    assert reconciliation.orders_purge(now=timezone.now()) == 2
+    assert sorted(Order.objects.values_list("pk", flat=True)) == ["paid", "recent"]
+
+
+def test_the_command_reports_what_it_did_and_fails_when_the_provider_did_not_answer(
+    fake_server: Any, device: Any, settings: Any
+) -> None:
+    settings.PAYMENT_PROVIDER_URL = fake_server.api_url
+    settings.PAYMENT_PROVIDER_SECRETS = {SHOP_ID: SECRET}
+    services.order_create(**scan_parameters(order_id="cmd-1"))
+    services.order_mark_pending(order_id="cmd-1", provider_payment_id="not-at-the-provider")
+    Order.objects.update(updated_at=timezone.now() - datetime.timedelta(hours=1))
+    out = _call("reconcile_payments")
+    assert out == "ignored 1\n"
+    assert _call("reconcile_payments") == "nothing due\n"
+    services.order_create(**scan_parameters(order_id="cmd-2"))
+    services.order_mark_pending(order_id="cmd-2", provider_payment_id="pay-2")
+    Order.objects.filter(pk="cmd-2").update(updated_at=timezone.now() - datetime.timedelta(hours=1))
+    settings.PAYMENT_PROVIDER_URL = "http://127.0.0.1:9/v3"  # nothing listens there
+    with pytest.raises(CommandError, match="1 order\\(s\\) could not be reconciled"):
+        _call("reconcile_payments")
+    with pytest.raises(CommandError, match="argument --limit: '0' is not a whole number of orders"):
+        _call("reconcile_payments", "--limit", "0")
+
+
+def _call(*args: str) -> str:
+    out = io.StringIO()
+    call_command(*args, stdout=out)
+    return out.getvalue()
+
+
+# Two runs at once (two pods) ------------------------------------------------------------------
+
+PAID_ORDERS, HELD_ORDERS = 24, 8
+
+
+async def _command(environ: dict[str, str]) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "manage.py", "reconcile_payments", "--batch", "3", cwd=REPO, env=environ,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    return process.returncode or 0, out.decode(), err.decode()
+
+
+@pytest.mark.skipif(not is_postgres(os.environ.get("DATABASE_URL", "")), reason="two processes share PostgreSQL only")
+async def test_two_runs_at_once_handle_every_order_exactly_once(fake: FakeProvider, fake_server: Any, device: Any,
+                                                                   tmp_path: Path) -> None:
+    """Two `manage.py reconcile_payments` processes on one PostgreSQL database, at the same time:
+    every lost payment is re-read once and every due capture is made once, between them."""
+    payments = {}
+    for number in range(PAID_ORDERS):
+        payments[f"paid-{number}"] = await started(fake, f"paid-{number}")
+        fake.settle(payments[f"paid-{number}"], "succeeded")
+    for number in range(HELD_ORDERS):
+        order_id = f"made-{number}"
+        payments[order_id] = await started(fake, order_id, two_stage=True)
+        fake.settle(payments[order_id], "waiting_for_capture")
+        # Held, made, and the capture interrupted (a crash after recording the intent).
+        await sync_to_async(services.order_mark_held)(order_id=order_id, hold_expires_at=later(60))
+        await sync_to_async(services.order_mark_make_pending)(order_id=order_id)
+        await sync_to_async(services.order_mark_successful)(order_id=order_id)
+    await Order.objects.aupdate(updated_at=timezone.now() - datetime.timedelta(hours=1))
+    fake.latency = 0.1  # each provider call takes a while: the two runs overlap
+    fake.calls.clear()
+    database = with_database(os.environ["DATABASE_URL"], connection.settings_dict["NAME"])
+    environ = base_environ(tmp_path, DATABASE_URL=database, PAYMENT_PROVIDER_URL=fake_server.api_url,
+                           PAYMENT_PROVIDER_SECRETS=f"{SHOP_ID}:{SECRET}")
+    runs = await asyncio.gather(_command(environ), _command(environ))
+    assert [code for code, _, _ in runs] == [0, 0], runs
+    counts = [dict(line.rsplit(" ", 1) for line in out.splitlines() if line != "nothing due") for _, out, _ in runs]
+    assert sum(int(c.get("paid", 0)) for c in counts) == PAID_ORDERS, counts
+    assert sum(int(c.get("successful", 0)) for c in counts) == HELD_ORDERS, counts
+    # Both runs worked, and not one order twice.
+    assert all(counts), counts
+    for order_id, payment_id in payments.items():
+        expected_status = "paid" if order_id.startswith("paid") else "successful"
+        assert await status(order_id) == expected_status
+        if expected_status == "paid":
+            assert fake.calls[f"GET /payments/{payment_id}"] == 1, order_id
+        else:
+            assert fake.calls[f"POST /payments/{payment_id}/capture"] == 1, order_id
