@@ -11,6 +11,7 @@ from payments import provider, services
 from payments.fake_provider import FakeProvider
 from payments.forms import MenuEntry
 from payments.models import Device, DeviceStatus, Merchant, Order
+from payments.provider import Notification
 from tests.support.fake_provider import RunningFake, fake_provider_thread
 
 SHOP_ID = "demo-shop"
@@ -78,3 +79,15 @@ def scan_parameters(**overrides: Any) -> dict[str, Any]:
 @pytest.fixture
 def order(device: Device) -> Order:
     return services.order_create(**scan_parameters())
+
+
+async def paid_order(fake: FakeProvider, order: Order, *, two_stage: bool) -> str:
+    """The order paid by the customer (held, for two-stage) and told by its notification; its payment id."""
+    await Merchant.objects.filter(pk=order.merchant_id).aupdate(two_stage_payments=two_stage)
+    await Order.objects.filter(pk=order.pk).aupdate(two_stage=two_stage)
+    await services.order_payment_start(order_id=order.pk, return_url="http://testserver/back")
+    payment_id = next(iter(fake.payments))
+    notification = fake.settle(payment_id, "waiting_for_capture" if two_stage else "succeeded")
+    told = Notification(event=notification["event"], payment_id=payment_id, order_id_hint=order.pk)
+    assert await services.payment_notification_apply(notification=told) == ("held" if two_stage else "paid")
+    return payment_id

@@ -11,8 +11,9 @@ from django.http import HttpResponse
 from django.test import AsyncClient
 
 from payments import credentials, services
+from payments.fake_provider import FakeProvider
 from payments.models import Device, DeviceCredential, MenuItem, Order
-from tests.payments.conftest import MENU, menu_entries
+from tests.payments.conftest import MENU, menu_entries, paid_order
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -115,7 +116,11 @@ async def test_the_machine_reads_what_was_paid_for(order: Order, token: str) -> 
         "order_id": order.pk, "status": "paid", "label": "Paid", "final": False, "expired": False,
         "drink_number": 2, "drink_name": "Cappuccino", "size": 2, "size_label": "Medium",
         "amount_kopecks": 15900, "amount": "159.00", "currency": "RUB", "paid": True, "amount_paid_kopecks": 15900,
+        "can_make": True,
     }
+    await report(token, order.pk, "make_pending")
+    making = (await machine(token).get(f"/v1/machine/orders/{order.pk}")).json()
+    assert (making["paid"], making["can_make"]) == (True, False)
 
 
 async def test_another_machines_order_is_404(order: Order) -> None:
@@ -137,15 +142,33 @@ async def test_the_machine_reports_the_drink_made(order: Order, token: str) -> N
     assert (done.status_code, done.json()["status"], done.json()["final"]) == (200, "successful", True)
 
 
-async def test_a_repeated_report_is_harmless(order: Order, token: str) -> None:
-    await paid(order)
+async def test_a_repeated_report_is_harmless(fake: FakeProvider, order: Order, token: str) -> None:
+    await paid_order(fake, order, two_stage=False)
     await report(token, order.pk, "make_pending")
     updated = (await Order.objects.aget(pk=order.pk)).updated_at
     again = await report(token, order.pk, "make_pending")
     assert (again.status_code, again.json()["status"]) == (200, "make_pending")
     assert (await Order.objects.aget(pk=order.pk)).updated_at == updated
-    await report(token, order.pk, "make_failed")
-    assert (await report(token, order.pk, "make_failed")).json()["status"] == "make_failed"
+    # The failure refunds at once; the same report again finds the order refunded: harmless.
+    failed = await report(token, order.pk, "make_failed")
+    assert (failed.status_code, failed.json()["status"], failed.json()["paid"]) == (200, "refunded", False)
+    repeated = await report(token, order.pk, "make_failed")
+    assert (repeated.status_code, repeated.json()["status"]) == (200, "refunded")
+    assert len(fake.refunds) == 1
+
+
+async def test_a_held_order_is_captured_when_the_machine_reports_it_made(
+    fake: FakeProvider, order: Order, token: str
+) -> None:
+    payment_id = await paid_order(fake, order, two_stage=True)
+    held = (await machine(token).get(f"/v1/machine/orders/{order.pk}")).json()
+    assert (held["status"], held["paid"], held["can_make"]) == ("held", True, True)
+    await report(token, order.pk, "make_pending")
+    assert fake.payments[payment_id].status == "waiting_for_capture"
+    made = await report(token, order.pk, "successful")
+    assert (made.status_code, made.json()["status"]) == (200, "successful")
+    assert fake.payments[payment_id].status == "succeeded"
+    assert (await report(token, order.pk, "successful")).status_code == 200
 
 
 async def test_an_illegal_report_is_409_naming_it(order: Order, token: str) -> None:

@@ -33,7 +33,7 @@ from payments.errors import (
 from payments.fake_provider import FakeProvider
 from payments.models import REPORTED_STATUSES, Device, MenuItem, Merchant, Order
 from payments.provider import Notification, ProviderPayment, ProviderRefund
-from tests.payments.conftest import menu_entries, scan_parameters
+from tests.payments.conftest import menu_entries, paid_order, scan_parameters
 
 # The lifecycle as the issue states it, written out independently of payments.models.TRANSITIONS:
 # (status, action) -> status after; `two_stage` (the amount is held, not taken) decides some of
@@ -470,18 +470,6 @@ async def test_notification_for_an_unknown_payment_is_ignored(fake: FakeProvider
 
 
 # Money: two-stage payments, captures, releases and refunds against the fake provider -----------
-
-
-async def paid_order(fake: FakeProvider, order: Order, *, two_stage: bool) -> str:
-    """The order paid by the customer (held, for two-stage) and told by its notification; its payment id."""
-    await Merchant.objects.filter(pk=order.merchant_id).aupdate(two_stage_payments=two_stage)
-    await Order.objects.filter(pk=order.pk).aupdate(two_stage=two_stage)
-    await services.order_payment_start(order_id=order.pk, return_url="http://testserver/back")
-    payment_id = next(iter(fake.payments))
-    notification = fake.settle(payment_id, "waiting_for_capture" if two_stage else "succeeded")
-    told = Notification(event=notification["event"], payment_id=payment_id, order_id_hint=order.pk)
-    assert await services.payment_notification_apply(notification=told) == ("held" if two_stage else "paid")
-    return payment_id
 
 
 @pytest.mark.django_db(transaction=True)
