@@ -71,9 +71,10 @@ LEAN_MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
-# Long-lived threads per worker for the sync code (ORM calls) of lean requests; each request keeps
-# one (coffee_payment/sync_lanes.py). A request stuck in sync code holds up only its own lane.
-SYNC_LANES = 4
+# Every request's sync code (ORM calls, the request signals) runs in a long-lived thread checked
+# out for that request alone (coffee_payment/sync_lanes.py); a worker starts one when none is idle
+# and keeps up to this many idle between requests (the rest end).
+SYNC_THREADS_IDLE = 64
 
 # TEMPLATES
 # ------------------------------------------------------------------------------
