@@ -37,10 +37,10 @@ class SyncThreads:
         if idle_max < 0:
             raise ValueError(f"idle_max={idle_max!r} is not a number of threads (allowed: >= 0)")
         self.idle_max = idle_max
-        # Appended to in the pool's threads, popped on the event loop: deque's ends are thread-safe.
+        # Appended to on the loop or in the pool's threads, popped on the loop: deque's ends are thread-safe.
         self._idle: deque[ThreadPoolExecutor] = deque()
-        # `checked_out` has one writer, the event loop; `checked_in` is written by the pool's
-        # threads, under the lock.
+        # `checked_out` has one writer, the event loop; `checked_in` is written on the loop or in
+        # the pool's threads, under the lock.
         self.checked_out = 0
         self.checked_in = 0
         self._check_in_lock = threading.Lock()
@@ -73,7 +73,7 @@ class SyncThreads:
             return ThreadPoolExecutor(max_workers=1, thread_name_prefix=THREAD_NAME_PREFIX)
 
     def check_in(self, executor: ThreadPoolExecutor) -> None:
-        """Runs in `executor`'s thread, as the last job of the request that had it."""
+        """Once the request that had `executor` has no job left in it (on the loop or in its thread)."""
         with self._check_in_lock:
             self.checked_in += 1
             keep = len(self._idle) < self.idle_max
@@ -93,6 +93,7 @@ class RequestThread(Executor):
     def __init__(self, pool: SyncThreads) -> None:
         self._pool = pool
         self._executor: ThreadPoolExecutor | None = None
+        self._last: Future[Any] | None = None
         self._released = False
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:  # type: ignore[override]
@@ -100,17 +101,25 @@ class RequestThread(Executor):
             raise RuntimeError("the request has ended; its thread takes no more work")
         if self._executor is None:
             self._executor = self._pool.check_out()
-        return self._executor.submit(fn, *args, **kwargs)
+        self._last = self._executor.submit(fn, *args, **kwargs)
+        return self._last
 
     def release(self) -> None:
-        """The request has ended: its thread goes back to the pool after the jobs queued in it.
+        """The request has ended: its thread goes back to the pool once the jobs it queued are done.
 
         Not waited for. A request that ran no sync code holds no thread.
         """
         if self._released:
             return
         self._released = True
-        if self._executor is not None:
+        if self._executor is None:
+            return
+        assert self._last is not None
+        if self._last.done():
+            # The usual case (Django's handler awaits its last sync call): no job, no thread switch.
+            self._pool.check_in(self._executor)
+        else:
+            # A sync call the request no longer waits for (cancelled): back to the pool after it.
             self._executor.submit(self._pool.check_in, self._executor)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
