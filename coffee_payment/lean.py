@@ -121,7 +121,7 @@ class LeanHandler(BaseHandler):
             if hasattr(instance, "process_template_response"):
                 self._template_response_middleware.append(_inline(instance.process_template_response))
             if hasattr(instance, "process_exception"):
-                # Django calls these synchronously, in the request's (lane) thread, on errors only.
+                # Django calls these synchronously, in the request's thread, on errors only.
                 self._exception_middleware.append(instance.process_exception)
             handler = convert_exception_to_response(layer)
         self._middleware_chain = handler

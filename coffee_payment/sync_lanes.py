@@ -115,11 +115,13 @@ class RequestThread(Executor):
         if self._executor is None:
             return
         assert self._last is not None
-        if self._last.done():
+        # One thread, first in first out: once the last job has run, every earlier one has run or
+        # was cancelled before it started. A job cancelled before it started says nothing.
+        if self._last.done() and not self._last.cancelled():
             # The usual case (Django's handler awaits its last sync call): no job, no thread switch.
             self._pool.check_in(self._executor)
         else:
-            # A sync call the request no longer waits for (cancelled): back to the pool after it.
+            # A sync call the request stopped waiting for (cancelled): back to the pool after it.
             self._executor.submit(self._pool.check_in, self._executor)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

@@ -196,6 +196,10 @@ async def test_a_thread_still_busy_for_an_ended_request_is_not_handed_out(lean: 
     release = threading.Event()
     ended = lean.threads.request_executor()
     stuck = ended.submit(release.wait, 10)
+    # The shape a request timeout leaves: the application cancelled while its request_finished
+    # waited in the thread's queue behind the stuck call.
+    queued = ended.submit(threading.current_thread)
+    assert queued.cancel()
     ended.release()
     try:
         response = await asyncio.wait_for(request(lean, "GET", f"/v1/order-status/{ORDER_ID}"), timeout=5)
