@@ -139,7 +139,7 @@ class LeanASGIHandler(ASGIHandler):
         super().__init__()
         self.lean_paths = LeanPaths(settings.LEAN_PATHS)
         self.lean = LeanHandler()
-        self.threads = SyncThreads(idle_max=settings.SYNC_THREADS_IDLE)
+        self.threads = SyncThreads()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGIHandler.__call__, with the request's one-thread executor from the pool."""

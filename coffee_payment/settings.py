@@ -71,10 +71,6 @@ LEAN_MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
-# Every request's sync code (ORM calls, the request signals) runs in a long-lived thread checked
-# out for that request alone (coffee_payment/sync_lanes.py); a worker starts one when none is idle
-# and keeps up to this many idle between requests (the rest end).
-SYNC_THREADS_IDLE = 64
 
 # TEMPLATES
 # ------------------------------------------------------------------------------

@@ -28,12 +28,16 @@ from typing import Any
 __all__ = ["RequestThread", "SyncThreads"]
 
 THREAD_NAME_PREFIX = "sync-thread"
+# Idle threads a worker keeps; a thread checked in beyond them ends. Busy threads are not counted,
+# so a worker under steady load keeps as many as it has requests in flight and starts none. An
+# idle thread costs its stack's touched pages.
+IDLE_MAX = 64
 
 
 class SyncThreads:
     """A worker's pool of one-thread executors, filled on first use: never in a preloading master."""
 
-    def __init__(self, *, idle_max: int) -> None:
+    def __init__(self, *, idle_max: int = IDLE_MAX) -> None:
         if idle_max < 0:
             raise ValueError(f"idle_max={idle_max!r} is not a number of threads (allowed: >= 0)")
         self.idle_max = idle_max

@@ -13,5 +13,3 @@ LEAN_MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
 ]
-# Few idle threads, so that Django's tests check threads in and out of a small pool.
-SYNC_THREADS_IDLE = 2
