@@ -8,12 +8,13 @@ and, when the request ends, starts a second thread to join the first. Two thread
 cost more than the primary-key read they carry (PROJECT.md, Performance).
 
 Here the one-thread executors outlive requests. A request takes an idle one at its first sync call
-(or starts one when none is idle) and hands it back with a job queued after its own: the thread
-returns to the pool only once everything the request ran there has finished, a cancelled sync view
-still running included. So two requests never share a thread at the same time (asgiref: never use
-one executor for two blocks at once), a thread-local (a database connection) belongs to one
-request while it runs, and `request_finished` closes that request's connection, nobody else's.
-Up to `idle_max` idle threads are kept; a thread checked in beyond them ends.
+(or starts one when none is idle) and hands it back when it ends: at once if its last job has run
+(Django's handler awaits it), else by a job queued after it. The thread returns to the pool only
+once everything the request ran there has finished, a cancelled sync view still running included.
+So two requests never share a thread at the same time (asgiref: never use one executor for two
+blocks at once), a thread-local (a database connection) belongs to one request while it runs, and
+`request_finished` closes that request's connection, nobody else's. Up to `idle_max` idle threads
+are kept; a thread checked in beyond them ends.
 """
 
 from __future__ import annotations
