@@ -46,11 +46,19 @@ fake-provider: install
 # PYTEST_ARGS go to both passes, e.g. `make test PYTEST_ARGS="-k webhook -x"`.
 test: install-test
 	@$(BIN)/python -m tests.support.postgres --check
-	$(MAKE) --no-print-directory test-sqlite test-postgres
+	$(MAKE) --no-print-directory test-django-asgi test-sqlite test-postgres
 
 test-sqlite: install-test
 	@echo "== test suite on SQLite =="
 	DATABASE_URL= $(BIN)/pytest $(PYTEST_ARGS)
+
+# Django's own tests/asgi and tests/handlers, from the sdist of the installed Django (downloaded
+# once into build/), against Django's ASGIHandler (proves the harness), then against the project's
+# handler (coffee_payment/lean.py). Either fails on any failing test.
+.PHONY: test-django-asgi
+test-django-asgi: install-test
+	$(BIN)/python -m tests.support.django_suite --handler django
+	$(BIN)/python -m tests.support.django_suite --handler project
 
 # tests/deploy runs once: the image, the manifests and the lint never use the suite's database
 # (the container tests give the container a SQLite file of its own).

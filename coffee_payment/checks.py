@@ -2,8 +2,8 @@
 
 - E001: LEAN_MIDDLEWARE is MIDDLEWARE with entries left out, in the same order, so a lean path
   never runs middleware the full chain does not, nor in another order.
-- E002: every view a lean path can reach is `async def`; a sync one would hold a lane thread for
-  the whole request (and under the full chain, a thread of its own).
+- E002: every view a lean path can reach is `async def`; a sync one would hold the request's
+  thread for the whole request, where an async view holds it only for its sync calls.
 - E003: CsrfViewMiddleware on the lean path runs on the event loop; with CSRF_USE_SESSIONS it would
   read the session there.
 """

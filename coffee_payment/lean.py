@@ -1,43 +1,45 @@
-"""The lean path: Django's ASGI handler, minus the thread hops, for the paths in settings.LEAN_PATHS.
+"""The lean path: Django's ASGI handler with pooled request threads, and a leaner middleware chain
+for the paths in settings.LEAN_PATHS.
 
 Per request, Django's own ASGIHandler starts a thread for the request's sync code (and another to
-join it), sends `request_started` and `request_finished` through `sync_to_async`, and runs every
-stock middleware's hooks (SessionMiddleware, CsrfViewMiddleware, ...) through `sync_to_async`:
-about fourteen thread switches for a JSON answer. On the lean paths instead:
+join it), and runs every stock middleware's hooks (SessionMiddleware, CsrfViewMiddleware, ...)
+through `sync_to_async`: about fourteen thread switches for a JSON answer. Here instead:
 
-- the middleware is settings.LEAN_MIDDLEWARE, an ordered subset of settings.MIDDLEWARE without
-  sessions, auth and messages (the admin's needs). Its stock middleware (Host validation, security
-  headers, CSRF, X-Frame-Options) does no I/O, so its hooks run on the event loop
-  (`InlineMiddleware`);
-- the request's sync code (ORM calls, services) runs on a long-lived lane thread
-  (coffee_payment.sync_lanes), which also sends the request signals, so a request that reads the
-  database switches threads once per ORM call and a probe not at all.
+- every request's sync code, the request signals' receivers included, runs in a long-lived thread
+  checked out of a pool for that request alone (coffee_payment.sync_lanes): no thread is started
+  per request, and no other request uses that thread until this one has ended;
+- on the lean paths the middleware is settings.LEAN_MIDDLEWARE, an ordered subset of
+  settings.MIDDLEWARE without sessions, auth and messages (the admin's needs). Its stock
+  middleware (Host validation, security headers, CSRF, X-Frame-Options) does no I/O, so its hooks
+  run on the event loop (`InlineMiddleware`).
 
-Everything else is Django's: URL resolution, view middleware, exception-to-response conversion,
-the disconnect watch that cancels a view, response sending. Other paths (the admin, static files)
-get Django's handler unchanged. `coffee_payment.checks` keeps the configuration honest.
+Everything else is Django's `ASGIHandler.handle()`: `request_started`, URL resolution, view
+middleware, exception-to-response conversion, the disconnect watch that cancels a view, response
+sending, `response.close()` and `request_finished` in the request's thread, closing the body after
+the request's sync work. Other paths (the admin, static files) get the whole MIDDLEWARE.
+`coffee_payment.checks` keeps the configuration honest; Django's own `tests/asgi` and
+`tests/handlers` run against this handler (`make test-django-asgi`). The Django internals relied
+upon are listed in PROJECT.md.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import django
 from asgiref.sync import ThreadSensitiveContext, iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured, MiddlewareNotUsed, RequestAborted
-from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.core.exceptions import ImproperlyConfigured, MiddlewareNotUsed
+from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.base import BaseHandler
 from django.core.handlers.exception import convert_exception_to_response
-from django.http import FileResponse, HttpRequest, HttpResponseBase
-from django.urls import set_script_prefix
+from django.http import HttpRequest, HttpResponseBase
 from django.utils.deprecation import MiddlewareMixin
 from django.utils.module_loading import import_string
 
 from coffee_payment.asgi_types import Receive, Scope, Send
-from coffee_payment.sync_lanes import RequestLane, SyncLanes
+from coffee_payment.sync_lanes import SyncThreads
 
 __all__ = ["LeanASGIHandler", "LeanPaths", "get_lean_asgi_application"]
 
@@ -119,100 +121,43 @@ class LeanHandler(BaseHandler):
             if hasattr(instance, "process_template_response"):
                 self._template_response_middleware.append(_inline(instance.process_template_response))
             if hasattr(instance, "process_exception"):
-                # Django calls these synchronously, in the request's (lane) thread, on errors only.
+                # Django calls these synchronously, in the request's thread, on errors only.
                 self._exception_middleware.append(instance.process_exception)
             handler = convert_exception_to_response(layer)
         self._middleware_chain = handler
 
 
 class LeanASGIHandler(ASGIHandler):
-    """Django's ASGIHandler; requests for settings.LEAN_PATHS take the lean path."""
+    """Django's ASGIHandler with pooled request threads; settings.LEAN_PATHS take the lean chain.
+
+    Two overrides, the rest is Django's own `handle()`: reading the body, `request_started`, the
+    disconnect watch that cancels the view, sending the response, `response.close()` (with
+    `request_finished`) in the request's thread, then closing the body.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.lean_paths = LeanPaths(settings.LEAN_PATHS)
         self.lean = LeanHandler()
-        self.lanes = SyncLanes(count=settings.SYNC_LANES, sender=self.__class__)
+        self.threads = SyncThreads()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # request.path_info, as ASGIRequest will compute it.
-        path_info = scope["path"].removeprefix(get_script_prefix(scope)) if scope["type"] == "http" else None
-        if path_info not in self.lean_paths:
-            await super().__call__(scope, receive, send)
+        """ASGIHandler.__call__, with the request's one-thread executor from the pool."""
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)  # Django refuses it
             return
-        lane = self.lanes.acquire(scope=scope)
+        thread = self.threads.request_executor()
         try:
-            async with ThreadSensitiveContext(executor=lane):
-                await self._handle_lean(scope, receive, send, lane=lane)
+            async with ThreadSensitiveContext(executor=thread):
+                await self.handle(scope, receive, send)
         finally:
-            lane.release(finish=None)  # no-op unless _handle_lean ended early
+            thread.release()
 
-    async def _handle_lean(self, scope: Scope, receive: Receive, send: Send, *, lane: RequestLane) -> None:
-        """ASGIHandler.handle with the lean chain, and the request signals left to the lane."""
-        try:
-            body_file = await self.read_body(receive)
-        except RequestAborted:
-            return
-        set_script_prefix(get_script_prefix(scope))
-        request, error_response = self.create_request(scope, body_file)
-        if request is None:
-            body_file.close()
-            await self.send_response(error_response, send)
-            _close_resources(error_response)
-            return
-
-        async def process_request() -> HttpResponseBase:
-            response = await self.lean.get_response_async(request)
-            response._handler_class = self.__class__  # type: ignore[attr-defined]
-            if isinstance(response, FileResponse):
-                response.block_size = self.chunk_size
-            try:
-                await self.send_response(response, send)
-            except asyncio.CancelledError:
-                pass  # the client went away while the response was sent
-            return response
-
-        # As Django does: a disconnect (or coffee_payment.request_timeout's deadline) cancels the view.
-        tasks = [asyncio.create_task(self.listen_for_disconnect(receive)), asyncio.create_task(process_request())]
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in tasks:
-            if task.done():
-                try:
-                    task.result()
-                except RequestAborted:
-                    pass
-                except AssertionError:
-                    body_file.close()
-                    raise
-            else:
-                task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
-        try:
-            response = tasks[1].result()
-        except asyncio.CancelledError:
-            lane.release(finish=None)
-        else:
-            if lane.used:
-                # response.close() runs its closers and sends request_finished: in the lane, after
-                # the request's last sync call, without holding up this coroutine.
-                lane.release(finish=response.close)
-            else:
-                _close_resources(response)
-                lane.release(finish=None)
-        body_file.close()
-
-
-def _close_resources(response: HttpResponseBase) -> None:
-    """HttpResponseBase.close() without request_finished: for a request that used no thread."""
-    for closer in response._resource_closers:  # type: ignore[attr-defined]
-        try:
-            closer()
-        except Exception:  # as Django's close(): a failing closer must not stop the others
-            pass
-    response.closed = True  # type: ignore[attr-defined]
+    async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
+        """BaseHandler.get_response_async through LEAN_MIDDLEWARE for a lean path."""
+        if request.path_info in self.lean_paths:
+            return await self.lean.get_response_async(request)
+        return await super().get_response_async(request)
 
 
 def get_lean_asgi_application() -> LeanASGIHandler:

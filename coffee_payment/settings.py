@@ -71,9 +71,6 @@ LEAN_MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
-# Long-lived threads per worker for the sync code (ORM calls) of lean requests; each request keeps
-# one (coffee_payment/sync_lanes.py). A request stuck in sync code holds up only its own lane.
-SYNC_LANES = 4
 
 # TEMPLATES
 # ------------------------------------------------------------------------------

@@ -1,149 +1,134 @@
-"""Long-lived threads for the sync code of lean requests (ORM calls, services), each request on one lane.
+"""Long-lived threads for requests' sync code: a request checks one out, and no other request runs
+in it until that request has ended.
 
-Under ASGI Django runs a request's sync code in a thread of that request's own: asgiref's
-ThreadSensitiveContext creates a one-thread executor on the request's first `sync_to_async` call
-and, when the request ends, starts a second thread to join the first. Two thread starts per
-request cost more than the primary-key read they carry (PROJECT.md, Performance).
+Under ASGI Django runs a request's sync code (ORM calls, sync views and middleware, the receivers of
+`request_started` and `request_finished`) in a thread of that request's own: asgiref's
+ThreadSensitiveContext creates a one-thread executor at the request's first `sync_to_async` call
+and, when the request ends, starts a second thread to join the first. Two thread starts per request
+cost more than the primary-key read they carry (PROJECT.md, Performance).
 
-A lane is a one-thread executor that lives as long as the worker process. At its first sync call a
-lean request takes the lane with the shortest queue and keeps it to the end, so all of its sync
-calls run in one thread, in order, as Django's thread-sensitive mode promises. Requests sharing a
-lane run their sync calls one after the other; a call stuck in a lane (a slow query, a lock wait)
-holds up only what is queued behind it, and the next requests go to the other lanes.
-
-Database connections are per thread, so a lane's connection is shared by the requests on it, one
-call at a time. Django's request signals run in the lane as they would in a request's own thread:
-`request_started` right before the request's first sync call, `request_finished` (which closes
-the connection, or returns it to the pool, as CONN_MAX_AGE = 0 asks) as a job queued after its
-last. A request that ran no sync code holds nothing in any thread and sends neither.
+Here the one-thread executors outlive requests. A request takes an idle one at its first sync call
+(or starts one when none is idle) and hands it back when it ends: at once if its last job has run
+(Django's handler awaits it), else by a job queued after it. The thread returns to the pool only
+once everything the request ran there has finished, a cancelled sync view still running included.
+So two requests never share a thread at the same time (asgiref: never use one executor for two
+blocks at once), a thread-local (a database connection) belongs to one request while it runs, and
+`request_finished` closes that request's connection, nobody else's. Up to `idle_max` idle threads
+are kept; a thread checked in beyond them ends.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any
 
-from django.core import signals
+__all__ = ["RequestThread", "SyncThreads"]
 
-__all__ = ["RequestLane", "SyncLanes"]
+THREAD_NAME_PREFIX = "sync-thread"
+# Idle threads a worker keeps; a thread checked in beyond them ends. Busy threads are not counted,
+# so a worker under steady load keeps as many as it has requests in flight and starts none. An
+# idle thread costs its stack's touched pages.
+IDLE_MAX = 64
 
-logger = logging.getLogger(__name__)
 
+class SyncThreads:
+    """A worker's pool of one-thread executors, filled on first use: never in a preloading master."""
 
-class _Lane:
-    __slots__ = ("completed", "executor", "submitted")
+    def __init__(self, *, idle_max: int = IDLE_MAX) -> None:
+        if idle_max < 0:
+            raise ValueError(f"idle_max={idle_max!r} is not a number of threads (allowed: >= 0)")
+        self.idle_max = idle_max
+        # Appended to on the loop or in the pool's threads, popped on the loop: deque's ends are thread-safe.
+        self._idle: deque[ThreadPoolExecutor] = deque()
+        # `checked_out` has one writer, the event loop; `checked_in` is written on the loop or in
+        # the pool's threads, under the lock.
+        self.checked_out = 0
+        self.checked_in = 0
+        self._check_in_lock = threading.Lock()
+        self._pid = os.getpid()
 
-    def __init__(self, name: str) -> None:
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
-        # Each counter has one writer (`submitted` the worker's event loop, `completed` the lane's
-        # thread), so no lock is needed to read the queue length.
-        self.submitted = 0
-        self.completed = 0
+    def request_executor(self) -> RequestThread:
+        """One request's executor, for asgiref's ThreadSensitiveContext; `release()` it at the end."""
+        return RequestThread(self)
 
     @property
-    def queued(self) -> int:
-        """Calls waiting or running in this lane."""
-        return self.submitted - self.completed
+    def idle(self) -> int:
+        return len(self._idle)
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        self.submitted += 1
-        return self.executor.submit(self._run, fn, args, kwargs)
+    @property
+    def busy(self) -> int:
+        """Threads checked out to requests, or still running what a request left behind."""
+        return self.checked_out - self.checked_in
 
-    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            self.completed += 1
-
-
-class SyncLanes:
-    """`count` lanes per process, created on first use: never in a Gunicorn master that preloads."""
-
-    def __init__(self, *, count: int, sender: type) -> None:
-        if count < 1:
-            raise ValueError(f"count={count!r} is not a number of lanes (allowed: >= 1)")
-        self.count = count
-        # The handler class named as the signals' sender, as Django's own handler does.
-        self.sender = sender
-        self._lanes: list[_Lane] = []
-        self._pid = 0
-        self._lock = threading.Lock()
-
-    def _current(self) -> list[_Lane]:
-        # A forked child inherits the list but not the threads: start its own.
+    def check_out(self) -> ThreadPoolExecutor:
+        """On the event loop, at a request's first sync call."""
         if self._pid != os.getpid():
-            with self._lock:
-                if self._pid != os.getpid():
-                    self._lanes = [_Lane(f"sync-lane-{n}") for n in range(self.count)]
-                    self._pid = os.getpid()
-        return self._lanes
+            # A forked child inherits the executors but not their threads.
+            self._idle.clear()
+            self.checked_out = self.checked_in = 0
+            self._pid = os.getpid()
+        self.checked_out += 1
+        try:
+            return self._idle.pop()  # the most recently used: its thread is the likeliest to be warm
+        except IndexError:
+            return ThreadPoolExecutor(max_workers=1, thread_name_prefix=THREAD_NAME_PREFIX)
 
-    def acquire(self, *, scope: dict[str, Any]) -> RequestLane:
-        """One request's executor; it takes a lane at the request's first sync call. `release()` it."""
-        return RequestLane(self, sender=self.sender, scope=scope)
+    def check_in(self, executor: ThreadPoolExecutor) -> None:
+        """Once the request that had `executor` has no job left in it (on the loop or in its thread)."""
+        with self._check_in_lock:
+            self.checked_in += 1
+            keep = len(self._idle) < self.idle_max
+            if keep:
+                self._idle.append(executor)
+        if not keep:
+            executor.shutdown(wait=False)  # the thread ends once this job returns
 
-    def shortest(self) -> _Lane:
-        return min(self._current(), key=lambda lane: lane.queued)
-
-    def run(self, fn: Callable[[], Any]) -> list[Future[Any]]:
-        """Queue `fn` on every lane (tests: what every lane's thread sees once its queue is done)."""
-        return [lane.submit(fn) for lane in self._current()]
+    def run_idle(self, fn: Callable[[], Any]) -> list[Future[Any]]:
+        """Run `fn` in every idle thread (tests: what each thread holds between requests)."""
+        return [executor.submit(fn) for executor in tuple(self._idle)]
 
 
-class RequestLane(Executor):
-    """One request's view of the lanes: the executor asgiref's ThreadSensitiveContext is given."""
+class RequestThread(Executor):
+    """One request's thread: checked out at its first sync call, checked in after its last."""
 
-    def __init__(self, lanes: SyncLanes, *, sender: type, scope: dict[str, Any]) -> None:
-        self._lanes = lanes
-        self._lane: _Lane | None = None
-        self._sender = sender
-        self._scope = scope
+    def __init__(self, pool: SyncThreads) -> None:
+        self._pool = pool
+        self._executor: ThreadPoolExecutor | None = None
+        self._last: Future[Any] | None = None
         self._released = False
-
-    @property
-    def used(self) -> bool:
-        """Whether the request has run sync code."""
-        return self._lane is not None
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:  # type: ignore[override]
         if self._released:
-            raise RuntimeError("the request has ended; its lane takes no more work")
-        if self._lane is None:
-            self._lane = self._lanes.shortest()
-            # In the same job: the signal costs no extra thread switch.
-            return self._lane.submit(self._first_call, fn, args, kwargs)
-        return self._lane.submit(fn, *args, **kwargs)
+            raise RuntimeError("the request has ended; its thread takes no more work")
+        if self._executor is None:
+            self._executor = self._pool.check_out()
+        self._last = self._executor.submit(fn, *args, **kwargs)
+        return self._last
 
-    def _first_call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        signals.request_started.send(sender=self._sender, scope=self._scope)
-        return fn(*args, **kwargs)
+    def release(self) -> None:
+        """The request has ended: its thread goes back to the pool once the jobs it queued are done.
 
-    def release(self, *, finish: Callable[[], Any] | None) -> None:
-        """The request has ended: queue `finish` (by default request_finished) after its sync calls.
-
-        Not waited for: the response is out already. Nothing is queued for a request that ran no
-        sync code.
+        Not waited for. A request that ran no sync code holds no thread.
         """
         if self._released:
             return
         self._released = True
-        if self._lane is not None:
-            self._lane.submit(self._finish, finish or self._request_finished)
-
-    def _request_finished(self) -> None:
-        signals.request_finished.send(sender=self._sender)
-
-    @staticmethod
-    def _finish(finish: Callable[[], Any]) -> None:
-        try:
-            finish()
-        except Exception:  # nobody awaits this job: say what failed rather than drop it
-            logger.exception("finishing a request failed in %s", threading.current_thread().name)
+        if self._executor is None:
+            return
+        assert self._last is not None
+        # One thread, first in first out: once the last job has run, every earlier one has run or
+        # was cancelled before it started. A job cancelled before it started says nothing.
+        if self._last.done() and not self._last.cancelled():
+            # The usual case (Django's handler awaits its last sync call): no job, no thread switch.
+            self._pool.check_in(self._executor)
+        else:
+            # A sync call the request stopped waiting for (cancelled): back to the pool after it.
+            self._executor.submit(self._pool.check_in, self._executor)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        # The lane outlives the request; asgiref does not shut down an executor it was given.
+        # The thread outlives the request; asgiref does not shut down an executor it was given.
         pass
