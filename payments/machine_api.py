@@ -8,7 +8,6 @@ exist. Every view is async (payments.checks).
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -22,6 +21,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from payments import credentials, selectors, services
 from payments.errors import IllegalTransition, InvalidParameter
 from payments.forms import menu_parse
+from payments.json_input import json_input_parse
 from payments.models import REPORTED_STATUSES
 
 # What a machine may report, each the service of the same name. Made and failed move the money at
@@ -98,10 +98,7 @@ async def machine_order(request: HttpRequest, order_id: str, *, device_id: int) 
 
 
 def _outcome_parse(body: bytes) -> str:
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidParameter("the body is not JSON") from None
+    data = json_input_parse(body, what="the body")
     if not isinstance(data, dict) or set(data) != {"outcome"}:
         raise InvalidParameter('the body is not {"outcome": "..."}')
     if data["outcome"] not in OUTCOMES:
