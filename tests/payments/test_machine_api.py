@@ -198,10 +198,15 @@ async def test_a_malformed_report_is_400(order: Order, token: str, body: bytes, 
     assert (response.status_code, response.json()) == (400, {"error": message})
 
 
-async def test_wrong_methods_are_405(order: Order, token: str) -> None:
-    assert (await machine(token).post(f"/v1/machine/orders/{order.pk}")).status_code == 405
-    assert (await machine(token).get(f"/v1/machine/orders/{order.pk}/report")).status_code == 405
-    assert (await machine(token).post("/v1/machine/menu")).status_code == 405
+async def test_wrong_methods_are_405_in_json(order: Order, token: str) -> None:
+    for response, allowed in [
+        (await machine(token).post(f"/v1/machine/orders/{order.pk}"), "GET"),
+        (await machine(token).get(f"/v1/machine/orders/{order.pk}/report"), "POST"),
+        (await machine(token).post("/v1/machine/menu"), "GET, PUT"),
+        (await Machine(None).client.delete("/v1/machine/menu"), "GET, PUT"),
+    ]:
+        assert (response.status_code, response["Allow"]) == (405, allowed)
+        assert response.json()["error"].endswith(f"is not allowed (allowed: {allowed})")
 
 
 # Menu -----------------------------------------------------------------------------------------
