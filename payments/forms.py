@@ -3,7 +3,6 @@ machine's menu. A refusal names the parameter (or field) and its value."""
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -12,11 +11,13 @@ from django import forms
 from django.http import QueryDict
 
 from payments.errors import InvalidParameter
+from payments.json_input import json_input_parse
 from payments.models import DRINK_NAME_MAX, DRINK_NUMBER_MAX, IDENTIFIER, PRICE_MAX, Size
 
 # 9999 drinks in three sizes is not a menu; a few hundred entries is a large one.
 MENU_ITEMS_MAX = 300
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# A lone surrogate (JSON "\ud800") is a str but no UTF-8: the database driver would fail on it.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 
 
 class WholeNumberField(forms.Field):
@@ -140,10 +141,7 @@ def _menu_item(item: Any, where: str) -> MenuEntry:
 def menu_parse(body: bytes) -> list[MenuEntry]:
     """A machine's whole menu, `{"items": [{drink_number, size, drink_name, price_kopecks, available}]}`,
     or InvalidParameter naming the first bad field (`items[3].size=4 is not ...`)."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidParameter("the body is not JSON") from None
+    data = json_input_parse(body, what="the body")
     if not isinstance(data, dict) or set(data) != {"items"} or not isinstance(data["items"], list):
         raise InvalidParameter('the body is not {"items": [...]}')
     if len(data["items"]) > MENU_ITEMS_MAX:

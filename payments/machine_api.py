@@ -8,7 +8,6 @@ exist. Every view is async (payments.checks).
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,11 +16,11 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from payments import credentials, selectors, services
 from payments.errors import IllegalTransition, InvalidParameter
 from payments.forms import menu_parse
+from payments.json_input import json_input_parse
 from payments.models import REPORTED_STATUSES
 
 # What a machine may report, each the service of the same name. Made and failed move the money at
@@ -63,17 +62,27 @@ async def _authenticated_device(request: HttpRequest) -> int | JsonResponse:
     return found[0]
 
 
-def machine_endpoint(view: MachineView) -> MachineView:
-    """Authenticate the machine first; the view gets its `device_id`."""
+def machine_endpoint(*methods: str) -> Callable[[MachineView], MachineView]:
+    """Refuse other methods (405 in JSON, as every answer here), then authenticate the machine; the
+    view gets its `device_id`."""
 
-    @functools.wraps(view)
-    async def authenticated(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
-        device = await _authenticated_device(request)
-        if isinstance(device, JsonResponse):
-            return device
-        return await view(request, *args, device_id=device, **kwargs)
+    def decorate(view: MachineView) -> MachineView:
+        @functools.wraps(view)
+        async def authenticated(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+            if request.method not in methods:
+                allowed = ", ".join(methods)
+                refused = _json({"error": f"method {str(request.method)[:16]} is not allowed (allowed: {allowed})"},
+                                status=405)
+                refused["Allow"] = allowed
+                return refused
+            device = await _authenticated_device(request)
+            if isinstance(device, JsonResponse):
+                return device
+            return await view(request, *args, device_id=device, **kwargs)
 
-    return csrf_exempt(authenticated)
+        return csrf_exempt(authenticated)
+
+    return decorate
 
 
 def _body(request: HttpRequest) -> bytes:
@@ -87,8 +96,7 @@ def _no_order(order_id: str) -> JsonResponse:
     return _json({"error": f"no order {order_id[:64]!r} for this machine"}, status=404)
 
 
-@require_GET
-@machine_endpoint
+@machine_endpoint("GET")
 async def machine_order(request: HttpRequest, order_id: str, *, device_id: int) -> JsonResponse:
     """GET /v1/machine/orders/<id>: status, drink and amount paid. One primary-key read."""
     state = await selectors.order_get_for_device(order_id=order_id, device_id=device_id)
@@ -98,10 +106,7 @@ async def machine_order(request: HttpRequest, order_id: str, *, device_id: int) 
 
 
 def _outcome_parse(body: bytes) -> str:
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidParameter("the body is not JSON") from None
+    data = json_input_parse(body, what="the body")
     if not isinstance(data, dict) or set(data) != {"outcome"}:
         raise InvalidParameter('the body is not {"outcome": "..."}')
     if data["outcome"] not in OUTCOMES:
@@ -109,8 +114,7 @@ def _outcome_parse(body: bytes) -> str:
     return data["outcome"]
 
 
-@require_POST
-@machine_endpoint
+@machine_endpoint("POST")
 async def machine_order_report(request: HttpRequest, order_id: str, *, device_id: int) -> JsonResponse:
     """POST /v1/machine/orders/<id>/report {"outcome": ...}: the drink is being made, made, or failed.
 
@@ -136,8 +140,7 @@ async def machine_order_report(request: HttpRequest, order_id: str, *, device_id
     return _json(state.as_machine_json(now=timezone.now()))
 
 
-@require_http_methods(["GET", "PUT"])
-@machine_endpoint
+@machine_endpoint("GET", "PUT")
 async def machine_menu(request: HttpRequest, *, device_id: int) -> JsonResponse:
     """GET /v1/machine/menu: the machine's menu. PUT: replace it whole (validated, all or nothing)."""
     if request.method == "PUT":

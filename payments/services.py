@@ -352,6 +352,12 @@ def order_apply_refund(*, order_id: str, refund: ProviderRefund) -> str:
             return "ignored: refund belongs to another payment"
         if order.status != S.REFUND_PENDING:
             return f"unchanged: order is {order.status}, refund is {refund.status}"
+        if (refund.amount_kopecks, refund.currency) != (order.price_kopecks, provider.CURRENCY):
+            # Ours is always the whole price: another refund of the payment (staff, from the provider's
+            # dashboard) does not give the customer all the money back.
+            log.error("refund %s of %d %s for order %r is not its price %d: the order's own refund is still due",
+                      refund.id, refund.amount_kopecks, refund.currency, order.id, order.price_kopecks)
+            return f"ignored: refund of {refund.amount_kopecks} kopecks, the order's price is {order.price_kopecks}"
         recorded = {"refund_id": refund.id, "refund_status": refund.status}
         if refund.status == "succeeded":
             _order_transition(order_id=order.id, target=S.REFUNDED, refunded_kopecks=refund.amount_kopecks, **recorded)

@@ -188,6 +188,8 @@ async def test_an_illegal_report_is_409_naming_it(order: Order, token: str) -> N
         (b'{"outcome": "successful", "status": "paid"}', 'the body is not {"outcome": "..."}'),
         (b'{"outcome": "paid"}', "outcome='paid' is not one of make_pending, successful, make_failed"),
         (b'{"outcome": 1}', "outcome='1' is not one of make_pending, successful, make_failed"),
+        (b'{"outcome": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "the body is nested too deeply"),
+        (b'{"outcome": "successful", "outcome": "make_failed"}', "the body: key 'outcome' is given 2 times (allowed: once)"),
     ],
 )
 async def test_a_malformed_report_is_400(order: Order, token: str, body: bytes, message: str) -> None:
@@ -196,10 +198,15 @@ async def test_a_malformed_report_is_400(order: Order, token: str, body: bytes, 
     assert (response.status_code, response.json()) == (400, {"error": message})
 
 
-async def test_wrong_methods_are_405(order: Order, token: str) -> None:
-    assert (await machine(token).post(f"/v1/machine/orders/{order.pk}")).status_code == 405
-    assert (await machine(token).get(f"/v1/machine/orders/{order.pk}/report")).status_code == 405
-    assert (await machine(token).post("/v1/machine/menu")).status_code == 405
+async def test_wrong_methods_are_405_in_json(order: Order, token: str) -> None:
+    for response, allowed in [
+        (await machine(token).post(f"/v1/machine/orders/{order.pk}"), "GET"),
+        (await machine(token).get(f"/v1/machine/orders/{order.pk}/report"), "POST"),
+        (await machine(token).post("/v1/machine/menu"), "GET, PUT"),
+        (await Machine(None).client.delete("/v1/machine/menu"), "GET, PUT"),
+    ]:
+        assert (response.status_code, response["Allow"]) == (405, allowed)
+        assert response.json()["error"].endswith(f"is not allowed (allowed: {allowed})")
 
 
 # Menu -----------------------------------------------------------------------------------------
@@ -234,6 +241,8 @@ async def test_one_machines_menu_upload_leaves_the_others_alone(device: Device, 
     ("body", "message"),
     [
         (b"[", "the body is not JSON"),
+        (b'{"items": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "the body is nested too deeply"),
+        (b'{"items": [{"drink_number": 4, "drink_number": 5}]}', "the body: key 'drink_number' is given 2 times"),
         ({"menu": []}, 'the body is not {"items": [...]}'),
         ({"items": [ITEM, "x"]}, "items[1] is not an object"),
         ({"items": [{**ITEM, "price": 1}]}, "items[0] has unknown field 'price'"),
@@ -243,6 +252,7 @@ async def test_one_machines_menu_upload_leaves_the_others_alone(device: Device, 
         ({"items": [{**ITEM, "price_kopecks": 99.5}]}, "items[0].price_kopecks=99.5 is not a whole number"),
         ({"items": [{**ITEM, "drink_number": True}]}, "items[0].drink_number=True is not a whole number"),
         ({"items": [{**ITEM, "drink_name": " "}]}, "items[0].drink_name is not 1-100 characters"),
+        ({"items": [{**ITEM, "drink_name": "Mocha\ud800"}]}, "items[0].drink_name is not 1-100 characters"),
         ({"items": [{**ITEM, "available": "yes"}]}, "items[0].available='yes' is not true or false"),
         ({"items": [ITEM, ITEM]}, "items[1] repeats drink 4 size 1 of items[0]"),
         ({"items": [ITEM] * 301}, "items has 301 entries (allowed: up to 300)"),

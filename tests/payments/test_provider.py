@@ -160,12 +160,24 @@ def test_an_unreadable_payment_is_unavailable_not_a_crash(body: Any) -> None:
          "notification object.payment_id=None is not a payment id"),
         (b'{"type": "notification", "event": "refund.succeeded", "object": {"payment_id": "p-1"}}',
          "notification object.id=None is not a refund id"),
+        (b'{"type": "notification", "event": "refund.succeeded", "object": {"id": "../payments", "payment_id": "p-1"}}',
+         "notification object.id='../payments' is not a refund id"),
+        (b'{"type": "notification", "event": "payment.succeeded", "object": {"id": "p-1?limit=100"}}',
+         "notification object.id='p-1?limit=100' is not a payment id"),
+        (b'{"type": "notification", "event": "payment.succeeded", "object": {"id": "\\ud800"}}',
+         "notification object.id='\\ud800' is not a payment id"),
     ],
 )
 def test_malformed_notification_is_named(body: bytes, message: str) -> None:
     with pytest.raises(InvalidParameter) as refused:
         provider.notification_parse(body)
     assert refused.value.message.startswith(message)
+
+
+@pytest.mark.parametrize(("hint", "kept"), [("o-1", "o-1"), ("\ud800", None), ("../o-1", None), (5, None)])
+def test_an_order_id_hint_that_is_no_order_id_names_no_order(hint: Any, kept: str | None) -> None:
+    body = {"type": "notification", "event": "payment.succeeded", "object": {"id": "p-1", "metadata": {"order_id": hint}}}
+    assert provider.notification_parse(json.dumps(body).encode()).order_id_hint == kept
 
 
 def test_notification_gives_the_payment_and_an_order_hint() -> None:

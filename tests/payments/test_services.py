@@ -528,6 +528,24 @@ async def test_a_refund_whose_answer_was_lost_is_recorded_from_its_notification(
 
 
 @pytest.mark.django_db(transaction=True)
+async def test_a_partial_refund_of_the_payment_does_not_count_as_the_customers_money_back(
+    fake: FakeProvider, order: Order
+) -> None:
+    payment_id = await paid_order(fake, order, two_stage=False)
+    for mark in (services.order_mark_make_pending, services.order_mark_make_failed, services.order_mark_money_return):
+        await sync_to_async(mark)(order_id=order.pk)
+    # Staff refunded part of the payment from the provider's dashboard; its notification arrives
+    # while the order's own refund (the whole price) is still due.
+    partial = await provider.refund_create(shop_id="demo-shop", order_id="dashboard", payment_id=payment_id,
+                                           amount_kopecks=order.price_kopecks // 2, description="dashboard")
+    told = Notification(event="refund.succeeded", payment_id=payment_id, order_id_hint=None, refund_id=partial.id)
+    outcome = await services.payment_notification_apply(notification=told)
+    assert outcome == f"ignored: refund of {order.price_kopecks // 2} kopecks, the order's price is {order.price_kopecks}"
+    stored = await Order.objects.aget(pk=order.pk)
+    assert (stored.status, stored.refund_id, stored.refunded_kopecks) == ("refund_pending", None, 0)
+
+
+@pytest.mark.django_db(transaction=True)
 async def test_a_capture_interrupted_by_the_provider_is_finished_under_the_same_key(fake: FakeProvider, order: Order) -> None:
     payment_id = await paid_order(fake, order, two_stage=True)
     await sync_to_async(services.order_mark_make_pending)(order_id=order.pk)

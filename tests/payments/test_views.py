@@ -289,7 +289,15 @@ async def test_canceled_payment_marks_the_order_not_paid(fake: FakeProvider, ord
     assert (await notify(notification)).json() == {"status": "not_paid"}
 
 
-@pytest.mark.parametrize(("raw", "message"), [(b"{", "not JSON"), (b'{"type": "x"}', '"type": "notification"')])
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"{", "not JSON"),
+        (b'{"type": "x"}', '"type": "notification"'),
+        (b'{"type": "notification", "event": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
+        (b'{"type": "notification", "type": "notification"}', "key 'type' is given 2 times"),
+    ],
+)
 async def test_malformed_webhook_is_400(raw: bytes, message: str) -> None:
     response = await notify(None, raw=raw)
     assert response.status_code == 400 and message in response.json()["error"]
