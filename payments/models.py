@@ -92,7 +92,8 @@ S = OrderStatus
 #   paid | held -> make_pending            the machine starts the drink
 #   make_pending -> successful             made (single-stage: the money was taken at payment)
 #   make_pending -> capture_pending -> successful     made (two-stage): capture the held amount
-#   make_pending -> make_failed -> refund_pending -> refunded | refund_failed   (single-stage)
+#   paid | held | make_pending -> make_failed      the machine could not make it (before or after starting)
+#   make_failed -> refund_pending -> refunded | refund_failed   (single-stage)
 #   make_pending | make_failed | held -> cancel_pending -> released   (two-stage: release the hold;
 #                                          from make_pending and held only when the hold has aged)
 #   held -> released                       the provider dropped the hold itself
@@ -108,8 +109,8 @@ S = OrderStatus
 TRANSITIONS: dict[str, frozenset[str]] = {
     S.CREATED: frozenset({S.PENDING, S.FAILED}),
     S.PENDING: frozenset({S.PAID, S.HELD, S.NOT_PAID, S.FAILED}),
-    S.PAID: frozenset({S.MAKE_PENDING, S.MANUAL_MAKE}),
-    S.HELD: frozenset({S.PAID, S.MAKE_PENDING, S.CANCEL_PENDING, S.RELEASED}),
+    S.PAID: frozenset({S.MAKE_PENDING, S.MAKE_FAILED, S.MANUAL_MAKE}),
+    S.HELD: frozenset({S.PAID, S.MAKE_PENDING, S.MAKE_FAILED, S.CANCEL_PENDING, S.RELEASED}),
     S.MAKE_PENDING: frozenset({S.SUCCESSFUL, S.CAPTURE_PENDING, S.MAKE_FAILED, S.CANCEL_PENDING}),
     S.CAPTURE_PENDING: frozenset({S.SUCCESSFUL, S.FAILED}),
     S.MAKE_FAILED: frozenset({S.MANUAL_MAKE, S.REFUND_PENDING, S.CANCEL_PENDING}),

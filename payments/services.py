@@ -241,7 +241,8 @@ def order_mark_successful(*, order_id: str) -> Order:
 
 
 def order_mark_make_failed(*, order_id: str) -> Order:
-    """make_pending -> make_failed: the customer's money is due back (aorder_mark_make_failed, or
+    """paid | held | make_pending -> make_failed (a machine may fail before it reports starting): the
+    customer's money is due back (aorder_mark_make_failed, or
     reconciliation after ORDER_RECONCILE_AFTER_MINUTES, during which staff may still hand the drink over)."""
     return _order_transition(order_id=order_id, target=OrderStatus.MAKE_FAILED)
 

@@ -271,3 +271,12 @@ async def test_an_empty_menu_takes_no_orders(device: Device, token: str) -> None
     assert (await put_menu(token, {"items": []})).json() == {"items": []}
     page = await AsyncClient().get("/v1/pay?deviceUuid=machine-1&orderId=o-1&drinkNo=2&size=2")
     assert page.status_code == 404 and not await Order.objects.aexists()
+
+
+async def test_a_machine_that_fails_before_starting_gives_the_money_back(
+    fake: FakeProvider, order: Order, token: str
+) -> None:
+    await paid_order(fake, order, two_stage=False)
+    failed = await report(token, order.pk, "make_failed")
+    assert (failed.status_code, failed.json()["status"], failed.json()["paid"]) == (200, "refunded", False)
+    assert [refund.payment_id for refund in fake.refunds.values()] == [next(iter(fake.payments))]

@@ -58,6 +58,8 @@ def expected(status: str, two_stage: bool, action: str) -> tuple[str, bool] | No
         ("paid", "make_pending_late"): ("make_pending", two_stage),
         ("make_pending", "successful"): ("capture_pending" if two_stage else "successful", two_stage),
         ("make_pending", "make_failed"): ("make_failed", two_stage),
+        ("paid", "make_failed"): ("make_failed", two_stage),
+        ("held", "make_failed"): ("make_failed", two_stage),
         ("paid", "manual_make"): ("manual_make", two_stage) if single else None,
         ("make_failed", "manual_make"): ("manual_make", two_stage) if single else None,
         ("make_failed", "money_return"): ("cancel_pending" if two_stage else "refund_pending", two_stage),
