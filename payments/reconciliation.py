@@ -31,7 +31,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from payments import provider, services
-from payments.errors import PaymentsError
+from payments.errors import IllegalTransition, PaymentsError
 from payments.models import MONEY_PENDING_STATUSES, UNPAID_STATUSES, Order, OrderStatus
 
 log = logging.getLogger(__name__)
@@ -107,10 +107,15 @@ async def orders_reconcile(*, now: datetime.datetime | None = None, limit: int =
         for order_id in claimed:
             try:
                 outcome = await order_reconcile(order_id=order_id, now=now)
+            except IllegalTransition as raced:
+                # A machine's report or a notification moved the order between the claim and this
+                # write: theirs stands, and the next run looks at the order again if it is still due.
+                log.info("order %r moved on while being reconciled: %s", order_id, raced.message)
+                outcome = f"moved on: now {raced.current}"
             except PaymentsError as error:
                 # The next run retries (after ORDER_RECONCILE_AFTER_MINUTES); the others go on.
                 log.warning("order %r not reconciled: %s %s", order_id, error.message, getattr(error, "detail", ""))
                 outcome = f"error: {type(error).__name__}"
             log.info("reconciled order %r: %s", order_id, outcome)
-            outcomes[outcome.split(":")[0] if outcome.startswith(("unchanged", "ignored")) else outcome] += 1
+            outcomes[outcome.split(":")[0] if outcome.startswith(("unchanged", "ignored", "moved on")) else outcome] += 1
     return outcomes

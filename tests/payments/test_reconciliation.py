@@ -71,6 +71,26 @@ async def test_a_hold_past_its_age_is_released(fake: FakeProvider, device: Any, 
     assert fake.calls[f"POST /payments/{payment_id}/capture"] == 0
 
 
+async def test_an_order_a_machine_moves_while_it_is_reconciled_is_left_to_the_machine(
+    fake: FakeProvider, device: Any, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A report racing the run is not a failed run: the CronJob stays green, the order is the machine's."""
+    settings.ORDER_HOLD_MAX_MINUTES = 30
+    payment_id = await started(fake, "race-1", two_stage=True)
+    fake.settle(payment_id, "waiting_for_capture")
+    assert await reconciliation.orders_reconcile(now=later(11)) == {"held": 1}
+    release = services.order_mark_hold_release
+
+    def machine_reports_first(**kwargs: Any) -> Order:
+        # Between the run's read and its write, the machine reports the drink failed.
+        services.order_mark_make_failed(order_id="race-1")
+        return release(**kwargs)
+
+    monkeypatch.setattr(services, "order_mark_hold_release", machine_reports_first)
+    assert await reconciliation.orders_reconcile(now=later(31)) == {"moved on": 1}
+    assert await status("race-1") == "make_failed"
+
+
 async def test_a_failed_drink_reported_without_the_provider_is_refunded_later(fake: FakeProvider, device: Any) -> None:
     payment_id = await started(fake, "fail-1")
     fake.settle(payment_id, "succeeded")
