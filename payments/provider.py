@@ -17,6 +17,8 @@ import asyncio
 import base64
 import json
 import logging
+import re
+import reprlib
 import uuid
 import weakref
 from dataclasses import dataclass
@@ -27,6 +29,10 @@ import aiohttp
 from django.conf import settings
 
 from payments.errors import InvalidParameter, ProviderRejected, ProviderUnavailable, ShopNotConfigured
+from payments.models import IDENTIFIER
+
+_IDENTIFIER = re.compile(IDENTIFIER)
+IDENTIFIER_RULE = "1-64 letters, digits, '-' or '_'"
 
 log = logging.getLogger(__name__)
 
@@ -250,14 +256,23 @@ def notification_parse(body: bytes) -> Notification:
         data = json.loads(body)
     except ValueError:
         raise InvalidParameter("notification body is not JSON") from None
+    except RecursionError:
+        # The json module recurses once per nesting level: a few thousand "[" exhaust the stack.
+        raise InvalidParameter("notification body is nested too deeply to be a notification") from None
     if not isinstance(data, dict) or data.get("type") != "notification":
         raise InvalidParameter("notification body has no \"type\": \"notification\"")
     event, payment = data.get("event"), data.get("object")
     if not isinstance(event, str) or not isinstance(payment, dict):
         raise InvalidParameter("notification has no \"event\" string and \"object\" object")
     payment_id = payment.get("id")
-    if not isinstance(payment_id, str) or not 1 <= len(payment_id) <= 64:
-        raise InvalidParameter(f"notification object.id={payment_id!r} is not a payment id")
+    # An identifier: it goes into the provider's URL and a database query (no NUL, no "/", no
+    # lone surrogate from a "\ud800" escape).
+    if not isinstance(payment_id, str) or not _IDENTIFIER.fullmatch(payment_id):
+        # reprlib: bounded in length and depth, whatever the client sent.
+        shown = reprlib.repr(payment_id)
+        raise InvalidParameter(f"notification object.id={shown} is not a payment id (allowed: {IDENTIFIER_RULE})")
     metadata = payment.get("metadata")
     hint = metadata.get("order_id") if isinstance(metadata, dict) else None
-    return Notification(event=event, payment_id=payment_id, order_id_hint=hint if isinstance(hint, str) else None)
+    # The hint is only a lookup key: one that cannot be an order id finds nothing.
+    hint = hint if isinstance(hint, str) and _IDENTIFIER.fullmatch(hint) else None
+    return Notification(event=event, payment_id=payment_id, order_id_hint=hint)
