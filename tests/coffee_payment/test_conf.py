@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import given, settings as hypothesis_settings, strategies as st
+from psycopg_pool import ConnectionPool
 
 from coffee_payment.conf import (
     SERVER_INT_SETTINGS,
@@ -144,6 +145,13 @@ read_timeout = 10.0
 retries = 2
 [default.orders]
 expiry_minutes = 15
+[default.security]
+ssl_redirect = false
+hsts_seconds = 0
+hsts_include_subdomains = true
+hsts_preload = false
+admin_login_failure_limit = 5
+admin_lockout_minutes = 15
 
 [development]
 debug = true
@@ -196,7 +204,7 @@ def test_toml_layer_values_are_validated_like_env_values(tmp_path: Path) -> None
 
 PRODUCTION_OK = {
     "DJANGO_ENV": "production",
-    "DJANGO_SECRET_KEY": "s3cret-value",
+    "DJANGO_SECRET_KEY": "s3cret-value-0123456789-abcdefghijklmnopqrstuvwxyz",
     "DJANGO_ALLOWED_HOSTS": " pay.example.com, ,api.example.com ",
     "DATABASE_URL": "postgres://coffee:hunter2@db:5432/coffee",
 }
@@ -220,7 +228,7 @@ def test_production_reads_its_variables() -> None:
     loaded = load_settings(environ=PRODUCTION_OK)
     assert loaded.layer == "production"
     assert loaded.debug is False
-    assert loaded.secret_key == "s3cret-value"
+    assert loaded.secret_key == PRODUCTION_OK["DJANGO_SECRET_KEY"]
     assert loaded.allowed_hosts == ("pay.example.com", "api.example.com")
     assert loaded.database["ENGINE"] == "django.db.backends.postgresql"
     assert loaded.database["CONN_MAX_AGE"] == 0
@@ -318,9 +326,12 @@ def test_provider_secrets_come_from_the_environment_and_are_masked() -> None:
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ("506751", "entry 1 (shop '506751') is not shop_id:secret"),
-        ("506751:", "entry 1 (shop '506751') is not shop_id:secret"),
-        ("a:1,shop one:live_s3cr3t", "entry 2 (shop 'shop one') is not shop_id:secret"),
+        # No ":": the entry may be the secret alone, so nothing of it is shown.
+        ("live_s3cr3t", "entry 1 is not shop_id:secret (value not shown)"),
+        ("506751:", "entry 1 is not shop_id:secret (value not shown)"),
+        ("a:1,shop one:live_s3cr3t", "entry 2 is not shop_id:secret (value not shown)"),
+        # A secret with a ":" after it looks like a shop without a secret: still not shown.
+        ("a:1,live_s3cr3t:", "entry 2 is not shop_id:secret (value not shown)"),
         ("a:live_s3cr3t,a:other", "entry 2 repeats shop 'a' (allowed: each shop once)"),
     ],
 )
@@ -348,7 +359,8 @@ def test_provider_secrets_in_settings_toml_are_refused(tmp_path: Path) -> None:
 def test_bad_provider_url_is_refused(raw: str) -> None:
     with pytest.raises(ConfigError) as refused:
         load_settings(environ={**TESTING, "PAYMENT_PROVIDER_URL": raw})
-    assert str(refused.value).startswith(f"PAYMENT_PROVIDER_URL={raw!r} is not a base URL (allowed: http(s)://")
+    shown = raw.replace("u:p@", "********@")
+    assert str(refused.value).startswith(f"PAYMENT_PROVIDER_URL={shown!r} is not a base URL (allowed: http(s)://")
 
 
 def test_provider_url_loses_its_trailing_slash() -> None:
@@ -381,7 +393,54 @@ def test_payment_numbers_are_exact_or_refused_naming_the_variable(variable: str,
 def test_postgres_gets_django_pool_and_connect_timeout() -> None:
     loaded = load_settings(environ={**PRODUCTION_OK, "DATABASE_POOL_MAX_SIZE": "6"})
     assert loaded.database["CONN_MAX_AGE"] == 0
-    assert loaded.database["OPTIONS"]["pool"] == {"min_size": 1, "max_size": 6, "timeout": 10}
+    assert loaded.database["OPTIONS"]["pool"] == {
+        "min_size": 1, "max_size": 6, "timeout": 10, "check": ConnectionPool.check_connection,
+    }
     assert loaded.database["OPTIONS"]["connect_timeout"] == 2
     sqlite = load_settings(environ={**TESTING, "DATABASE_URL": "sqlite:///x.sqlite3"})
     assert "pool" not in sqlite.database.get("OPTIONS", {})
+
+
+# Secrets never appear in a configuration error --------------------------------------------------
+
+SECRET_TEXT = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.~!$&'()*+;=%",
+                      min_size=12, max_size=40)
+# Each form puts the secret where an operator's typo would: (variable, value with {s} for the secret).
+LEAKY_FORMS = [
+    ("PAYMENT_PROVIDER_SECRETS", "{s}"),
+    ("PAYMENT_PROVIDER_SECRETS", "{s}:"),
+    ("PAYMENT_PROVIDER_SECRETS", "shop-1:ok,{s}"),
+    ("PAYMENT_PROVIDER_SECRETS", "shop one:{s}"),
+    ("PAYMENT_PROVIDER_SECRETS", " : {s}"),
+    ("PAYMENT_PROVIDER_URL", "https://user:{s}@provider.example/v3"),
+    ("PAYMENT_PROVIDER_URL", "https://{s}@provider.example/v3"),
+    ("PAYMENT_PROVIDER_URL", "ftp://user:{s}@provider.example/v3"),
+    ("PAYMENT_PROVIDER_URL", "https://user:{s}@provider.example/v3?x=1"),
+    ("PAYMENT_PROVIDER_URL", "user:{s}@provider.example/v3"),
+    ("DATABASE_URL", "mysql://coffee:{s}@db:3306/coffee"),
+    ("DATABASE_URL", "postgres//coffee:{s}@db:5432/coffee"),
+    ("DATABASE_URL", "nosuchscheme://coffee:{s}@db/coffee"),
+    ("DATABASE_URL", "mysql://db/coffee?password={s}"),
+    ("DJANGO_SECRET_KEY", "{s}"),
+]
+
+
+# Each example loads the settings (about 0.15 s): enough to vary every form a few times.
+@hypothesis_settings(max_examples=60, deadline=None)
+@given(form=st.sampled_from(LEAKY_FORMS), secret=SECRET_TEXT, at=st.booleans())
+def test_no_configuration_error_shows_a_secret(form: tuple[str, str], secret: str, at: bool) -> None:
+    """Whatever the typo, the message names the variable and never shows the secret (nor a part of
+    it on either side of an "@" inside it)."""
+    variable, template = form
+    # A password may itself contain "@": neither side of it may show.
+    parts = [secret[: len(secret) // 2], secret[len(secret) // 2:]] if at else [secret]
+    value = template.format(s="@".join(parts))
+    try:
+        load_settings(environ={**PRODUCTION_OK, variable: value})
+    except ConfigError as refused:
+        message = str(refused)
+    else:
+        return  # accepted (a weak-looking key that passes W009, a URL that happens to be valid)
+    assert message.startswith(variable), message
+    for part in parts:
+        assert part not in message, message

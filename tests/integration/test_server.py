@@ -36,10 +36,10 @@ async def burst(url: str, *, requests: int) -> list[int]:
 
 
 @pytest.fixture
-def three_workers(tmp_path: Path, server_database: str):
+def three_workers(tmp_path: Path, migrated_server_database: str):
     # JSON logs: the production format, whose lines carry the worker pid.
     env = base_environ(tmp_path, GUNICORN_WORKERS="3", DJANGO_LOG_FORMAT="json", DJANGO_LOG_LEVEL="INFO",
-                       DATABASE_URL=server_database)
+                       DATABASE_URL=migrated_server_database)
     with gunicorn(tmp_path, env=env) as server:
         yield server
 

@@ -138,17 +138,22 @@ def is_postgres(url: str) -> bool:
 
 
 @contextmanager
-def server_database(tmp_path: Path) -> Iterator[str]:
+def server_database(tmp_path: Path, *, template: str | None = None) -> Iterator[str]:
     """A DATABASE_URL for a server process started by a test, on the suite's kind of database.
 
     On PostgreSQL: a fresh database in the suite's cluster, dropped afterwards; else an SQLite file.
+    `template`: another such URL (nobody connected to it) whose contents the new database starts with.
     """
     suite = os.environ.get("DATABASE_URL", "")
     if not is_postgres(suite):
-        yield f"sqlite:///{tmp_path / 'server.sqlite3'}"
+        path = tmp_path / "server.sqlite3"
+        if template is not None:
+            shutil.copyfile(template.removeprefix("sqlite:///"), path)
+        yield f"sqlite:///{path}"
         return
     name = f"server_{uuid.uuid4().hex[:12]}"
-    execute(suite, "postgres", f'CREATE DATABASE "{name}"')
+    copy = f' TEMPLATE "{urlsplit(template).path.lstrip("/")}"' if template is not None else ""
+    execute(suite, "postgres", f'CREATE DATABASE "{name}"{copy}')
     try:
         yield with_database(suite, name)
     finally:
