@@ -460,20 +460,15 @@ def _database(url: str, where: str, *, pool_max_size: int) -> dict[str, Any]:
     if config["ENGINE"] == "django.db.backends.postgresql":
         # Django's own psycopg pool gives those threads warm connections instead; one pool per
         # worker process, opened on first use (after the fork, never in the Gunicorn master).
-        # `check`: each connection is tested (an empty query) as it leaves the pool and replaced if
-        # dead, so a PostgreSQL restart costs no request a failure on a connection it killed.
-        from psycopg_pool import ConnectionPool
-
         config["OPTIONS"] = {
             **config.get("OPTIONS", {}),
             "connect_timeout": DATABASE_CONNECT_TIMEOUT,
-            "pool": {
-                "min_size": 1,
-                "max_size": pool_max_size,
-                "timeout": DATABASE_POOL_TIMEOUT,
-                "check": ConnectionPool.check_connection,
-            },
+            "pool": {"min_size": 1, "max_size": pool_max_size, "timeout": DATABASE_POOL_TIMEOUT},
         }
+        # With a pool, Django 5.2 turns this into psycopg_pool's `check=ConnectionPool.check_connection`:
+        # each connection is tested (an empty query) as it leaves the pool and replaced if dead, so
+        # a PostgreSQL restart fails no request on a connection it killed.
+        config["CONN_HEALTH_CHECKS"] = True
     return config
 
 

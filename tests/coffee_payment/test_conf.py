@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 from hypothesis import given, settings as hypothesis_settings, strategies as st
-from psycopg_pool import ConnectionPool
 
 from coffee_payment.conf import (
     SERVER_INT_SETTINGS,
@@ -393,9 +392,9 @@ def test_payment_numbers_are_exact_or_refused_naming_the_variable(variable: str,
 def test_postgres_gets_django_pool_and_connect_timeout() -> None:
     loaded = load_settings(environ={**PRODUCTION_OK, "DATABASE_POOL_MAX_SIZE": "6"})
     assert loaded.database["CONN_MAX_AGE"] == 0
-    assert loaded.database["OPTIONS"]["pool"] == {
-        "min_size": 1, "max_size": 6, "timeout": 10, "check": ConnectionPool.check_connection,
-    }
+    assert loaded.database["OPTIONS"]["pool"] == {"min_size": 1, "max_size": 6, "timeout": 10}
+    # Django 5.2 hands the pool `check=ConnectionPool.check_connection` for this.
+    assert loaded.database["CONN_HEALTH_CHECKS"] is True
     assert loaded.database["OPTIONS"]["connect_timeout"] == 2
     sqlite = load_settings(environ={**TESTING, "DATABASE_URL": "sqlite:///x.sqlite3"})
     assert "pool" not in sqlite.database.get("OPTIONS", {})
