@@ -5,38 +5,21 @@ share of the same requests to a real Gunicorn."""
 from __future__ import annotations
 
 import asyncio
-import io
 import json
-import logging.config
-import urllib.parse
-from collections.abc import Iterator
-from contextlib import contextmanager, redirect_stderr, redirect_stdout
-from typing import Any
 
 import pytest
-from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
 from django.contrib.auth.models import User
 from django.contrib.sessions.backends.db import SessionStore
 from django.middleware.csrf import _get_new_csrf_string
-from django.test import override_settings
 from hypothesis import HealthCheck, given, settings as hypothesis_settings
 
 from coffee_payment.asgi_types import ASGIApp
-from coffee_payment.lean import get_lean_asgi_application
-from coffee_payment.log_config import logging_config
-from coffee_payment.request_timeout import RequestTimeoutMiddleware
-from tests.support.fuzz import Fuzzed, Staff, is_json_line, requests, route_regexes
+from tests.support.fuzz import Fuzzed, Staff, call, fuzzed, is_json_line, json_logs, requests, route_regexes
 
 # Committed data: the application's threads (lanes, asgiref's) use connections of their own.
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
 
-# The production layer's HTTPS settings (the testing layer leaves them off).
-PRODUCTION_SECURITY = {
-    "SECURE_SSL_REDIRECT": True,
-    "SECURE_HSTS_SECONDS": 31536000,
-    "SECURE_HSTS_INCLUDE_SUBDOMAINS": True,
-}
 EXAMPLES = 250
 
 
@@ -52,56 +35,6 @@ def staff() -> Staff:
     return Staff(session_key=session.session_key, csrf_token=_get_new_csrf_string())
 
 
-@pytest.fixture
-def application() -> Iterator[ASGIApp]:
-    """The application as coffee_payment/asgi.py builds it, with production's HTTPS settings."""
-    with override_settings(**PRODUCTION_SECURITY):
-        yield RequestTimeoutMiddleware(get_lean_asgi_application(), timeout=settings.REQUEST_TIMEOUT)
-
-
-@contextmanager
-def json_logs() -> Iterator[io.StringIO]:
-    """Production's logging (JSON lines, INFO) into one buffer for stdout and stderr."""
-    buffer = io.StringIO()
-    with redirect_stderr(buffer), redirect_stdout(buffer):
-        logging.config.dictConfig(logging_config(log_format="json", level="INFO"))
-    try:
-        yield buffer
-    finally:
-        logging.config.dictConfig(settings.LOGGING)
-
-
-async def call(application: ASGIApp, request: Fuzzed) -> tuple[int, bytes]:
-    """One request as uvicorn hands it over: the path percent-decoded, the rest raw."""
-    done = asyncio.Event()
-    sent: list[dict[str, Any]] = []
-    body_sent = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal body_sent
-        if not body_sent:
-            body_sent = True
-            return {"type": "http.request", "body": request.body, "more_body": False}
-        await done.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-        if message["type"] == "http.response.body" and not message.get("more_body"):
-            done.set()
-
-    headers = [*request.headers, (b"content-length", str(len(request.body)).encode())]
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": request.method,
-        "scheme": "http", "path": urllib.parse.unquote(request.path.decode("latin-1")), "raw_path": request.path,
-        "query_string": request.query, "root_path": "", "headers": headers,
-        "client": ("10.244.0.9", 40000), "server": ("127.0.0.1", 8000),
-    }
-    await asyncio.wait_for(application(scope, receive, send), timeout=20)
-    start = next(message for message in sent if message["type"] == "http.response.start")
-    return start["status"], b"".join(message.get("body", b"") for message in sent[1:])
-
-
 def test_hostile_requests_never_get_a_5xx_and_logs_stay_json(application: ASGIApp, staff: Staff) -> None:
     regexes = route_regexes()
     assert any(regex.startswith("admin/") for regex in regexes) and any("webhook" in r for r in regexes)
@@ -111,7 +44,7 @@ def test_hostile_requests_never_get_a_5xx_and_logs_stay_json(application: ASGIAp
     @given(request=requests(regexes, staff=staff))
     def one(request: Fuzzed) -> None:
         with json_logs() as logs:
-            status, body = asyncio.run(call(application, request))
+            status, _, body = asyncio.run(call(application, request))
         assert status < 500, (status, request, body[:500])
         lines = logs.getvalue().splitlines()
         assert all(is_json_line(line) for line in lines), (request, lines)
@@ -121,16 +54,9 @@ def test_hostile_requests_never_get_a_5xx_and_logs_stay_json(application: ASGIAp
 
 # The cases the fuzz test is for, spelled out --------------------------------------------------------
 
-def fuzzed(method: str, target: str, *, host: str = "localhost", body: bytes = b"", content_type: str = "") -> Fuzzed:
-    headers = [(b"host", host.encode()), (b"x-forwarded-proto", b"https")]
-    if content_type:
-        headers.append((b"content-type", content_type.encode()))
-    return Fuzzed(method=method, target=target.encode(), headers=tuple(headers), body=body)
-
-
 def test_deeply_nested_json_to_the_webhook_is_a_clear_400(application: ASGIApp) -> None:
     nested = b"[" * 100_000 + b"]" * 100_000
-    status, body = asyncio.run(call(application, fuzzed("POST", "/v1/payments/webhook", body=nested,
+    status, _, body = asyncio.run(call(application, fuzzed("POST", "/v1/payments/webhook", body=nested,
                                                        content_type="application/json")))
     assert (status, json.loads(body)) == (400, {"error": "notification body is nested too deeply to be a notification"})
 
@@ -139,7 +65,7 @@ def test_deeply_nested_json_to_the_webhook_is_a_clear_400(application: ASGIApp) 
     "/v1/order-status/a%00b", "/v1/orders/a%00b", "/v1/pay?deviceUuid=m%00&orderId=x", "/admin/login/?next=%00",
 ])
 def test_a_nul_character_is_a_400_naming_where_it_is(application: ASGIApp, target: str) -> None:
-    status, body = asyncio.run(call(application, fuzzed("GET", target)))
+    status, _, body = asyncio.run(call(application, fuzzed("GET", target)))
     assert status == 400
     assert json.loads(body)["error"].endswith("contains a NUL character (allowed: none)")
 
@@ -148,13 +74,13 @@ def test_a_nul_in_the_session_cookie_is_a_400_before_the_session_is_read(applica
     request = Fuzzed(method="GET", target=b"/admin/", headers=(
         (b"host", b"localhost"), (b"x-forwarded-proto", b"https"), (b"cookie", b'sessionid="\\000abcdefgh"'),
     ))
-    status, body = asyncio.run(call(application, request))
+    status, _, body = asyncio.run(call(application, request))
     assert (status, json.loads(body)) == (400, {"error": "cookie 'sessionid' contains a NUL character (allowed: none)"})
 
 
 def test_a_bad_host_header_is_one_json_warning_line_without_traceback(application: ASGIApp) -> None:
     with json_logs() as logs:
-        status, _ = asyncio.run(call(application, fuzzed("GET", "/v1/pay", host="evil.example")))
+        status, _, _ = asyncio.run(call(application, fuzzed("GET", "/v1/pay", host="evil.example")))
     assert status == 400
     records = [json.loads(line) for line in logs.getvalue().splitlines()]
     disallowed = [record for record in records if record["logger"] == "django.security.DisallowedHost"]

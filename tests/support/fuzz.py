@@ -7,14 +7,23 @@ come from the URLconf itself: a route added later is fuzzed without anyone listi
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
+import logging.config
 import re
 import urllib.parse
 from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
+from typing import Any
 
+from django.conf import settings
 from django.urls import URLPattern, URLResolver, get_resolver
 from hypothesis import strategies as st
+
+from coffee_payment.asgi_types import ASGIApp
+from coffee_payment.log_config import logging_config
 
 # Host names the testing layer allows, and what else a client may send as Host.
 GOOD_HOSTS = ("localhost", "127.0.0.1", "testserver")
@@ -204,3 +213,57 @@ _STATUS_LINE = re.compile(rb"^HTTP/1\.1 (\d{3}) ")
 def status_of(raw_response: bytes) -> int | None:
     match = _STATUS_LINE.match(raw_response)
     return int(match.group(1)) if match else None
+
+
+@contextmanager
+def json_logs() -> Iterator[io.StringIO]:
+    """Production's logging (JSON lines, INFO) into one buffer for stdout and stderr."""
+    buffer = io.StringIO()
+    with redirect_stderr(buffer), redirect_stdout(buffer):
+        logging.config.dictConfig(logging_config(log_format="json", level="INFO"))
+    try:
+        yield buffer
+    finally:
+        logging.config.dictConfig(settings.LOGGING)
+
+
+async def call(application: ASGIApp, request: Fuzzed) -> tuple[int, dict[str, str], bytes]:
+    """One request as uvicorn hands it over (the path percent-decoded, the rest raw): the status,
+    headers and body of the answer."""
+    done = asyncio.Event()
+    sent: list[dict[str, Any]] = []
+    body_sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal body_sent
+        if not body_sent:
+            body_sent = True
+            return {"type": "http.request", "body": request.body, "more_body": False}
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(dict(message))
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            done.set()
+
+    headers = [*request.headers, (b"content-length", str(len(request.body)).encode())]
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": request.method,
+        "scheme": "http", "path": urllib.parse.unquote(request.path.decode("latin-1")), "raw_path": request.path,
+        "query_string": request.query, "root_path": "", "headers": headers,
+        "client": ("10.244.0.9", 40000), "server": ("127.0.0.1", 8000),
+    }
+    await asyncio.wait_for(application(scope, receive, send), timeout=20)
+    start = next(message for message in sent if message["type"] == "http.response.start")
+    answer_headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in start["headers"]}
+    return start["status"], answer_headers, b"".join(message.get("body", b"") for message in sent[1:])
+
+
+def fuzzed(method: str, target: str, *, host: str = "localhost", body: bytes = b"", content_type: str = "",
+           https: bool = True) -> Fuzzed:
+    """A request spelled out by hand; `https`: as the ingress forwards it (X-Forwarded-Proto)."""
+    headers = [(b"host", host.encode())] + ([(b"x-forwarded-proto", b"https")] if https else [])
+    if content_type:
+        headers.append((b"content-type", content_type.encode()))
+    return Fuzzed(method=method, target=target.encode(), headers=tuple(headers), body=body)
