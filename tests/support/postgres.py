@@ -102,11 +102,26 @@ def cluster() -> Iterator[str]:
               "-t", str(START_TIMEOUT), "start"], as_user=user, timeout=START_TIMEOUT + 10)
         url = f"postgres://{USER}@127.0.0.1:{port}/{DATABASE}"
         execute(url, "postgres", f'CREATE DATABASE "{DATABASE}"')
+        _running[url] = (binaries, data, user)
         yield url
     finally:
+        _running.pop(f"postgres://{USER}@127.0.0.1:{port}/{DATABASE}" if started else "", None)
         if started:
             _stop(binaries, data, user)
         shutil.rmtree(root, ignore_errors=True)
+
+
+# URL -> (binaries, data directory, server user) of each cluster this process started.
+_running: dict[str, tuple[Path, Path, str | None]] = {}
+
+
+def restart(url: str) -> None:
+    """`pg_ctl restart -m fast` a cluster this process started: every connection is terminated,
+    and the server accepts connections again when this returns."""
+    binaries, data, user = _running[url]
+    # -l: the server must not inherit our pipes (the run would wait for their end).
+    _run([str(binaries / "pg_ctl"), "-D", str(data), "-l", str(data.parent / "postgres.log"), "-m", "fast", "-w",
+          "-t", str(START_TIMEOUT), "restart"], as_user=user, timeout=START_TIMEOUT + 10)
 
 
 def _stop(binaries: Path, data: Path, user: str | None) -> None:
