@@ -59,9 +59,12 @@ TARGETS: tuple[Target, ...] = (
 
 
 def production_environ(tmp: Path, *, workers: int) -> dict[str, str]:
+    # Plain HTTP on loopback with no TLS proxy in front: production's HTTPS redirect would answer
+    # every request with a 301.
     return base_environ(tmp, DJANGO_ENV="production", DJANGO_SECRET_KEY="bench-" + "x" * 50,
                         DJANGO_ALLOWED_HOSTS="localhost,127.0.0.1", DJANGO_LOG_FORMAT="json",
-                        GUNICORN_WORKERS=str(workers), PAYMENT_PROVIDER_SECRETS=PROVIDER_SHOP)
+                        GUNICORN_WORKERS=str(workers), PAYMENT_PROVIDER_SECRETS=PROVIDER_SHOP,
+                        DJANGO_SECURE_SSL_REDIRECT="false")
 
 
 @contextmanager
