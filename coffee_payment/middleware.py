@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from asgiref.sync import async_to_sync, iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
+from django.core.exceptions import BadRequest
 from django.http import HttpRequest, HttpResponseBase, JsonResponse
 from django.urls import resolve
 
@@ -93,7 +94,13 @@ class RefuseNulMiddleware(DualModeMiddleware):
 
     @staticmethod
     def _refusal(request: HttpRequest) -> HttpResponseBase | None:
-        culprit = nul_culprit(request)
+        try:
+            culprit = nul_culprit(request)
+        except BadRequest as error:
+            # A form body in another charset than UTF-8. Answered here: Django marks the body
+            # unparseable for other parse errors but not this one, so the 400 page's own CSRF check
+            # would read request.POST again, raise again, and turn the 400 into a 500.
+            return JsonResponse({"error": str(error)}, status=400)
         if culprit is None:
             return None
         return JsonResponse({"error": f"{culprit} contains a NUL character (allowed: none)"}, status=400)

@@ -29,7 +29,8 @@ DATABASES = {"default": conf.database}
 # APPS
 # ------------------------------------------------------------------------------
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # django.contrib.admin, with a site that refuses malformed ids in actions (coffee_payment/admin_site.py).
+    "coffee_payment.apps.AdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

@@ -20,7 +20,7 @@ from tests.support.fuzz import Fuzzed, Staff, call, fuzzed, is_json_line, json_l
 # Committed data: the application's threads (lanes, asgiref's) use connections of their own.
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
 
-EXAMPLES = 250
+EXAMPLES = 200
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from tests.support.processes import Server, base_environ, gunicorn
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
-EXAMPLES = 60
+EXAMPLES = 40
 
 
 def exchange(port: int, request: Fuzzed) -> bytes:

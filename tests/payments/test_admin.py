@@ -38,3 +38,11 @@ def test_admin_action_applies_only_legal_transitions(admin_client: Any, order: O
     )
     assert "is manual_make and cannot become failed" in response.content.decode()
     assert Order.objects.get(pk=order.pk).status == "manual_make"
+
+
+@pytest.mark.parametrize("selected", ["abc", "99999999999999999999999", ""])
+def test_an_action_on_malformed_ids_is_a_400_not_a_500(admin_client: Any, order: Order, selected: str) -> None:
+    response = admin_client.post("/admin/payments/merchant/", {"action": "delete_selected", "_selected_action": [selected]})
+    assert response.status_code == 400
+    assert response.content.decode() == f"_selected_action={selected!r} is not the id of a merchant"
+    assert order.merchant.__class__.objects.filter(pk=order.merchant_id).exists()

@@ -15,7 +15,7 @@ import re
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
@@ -48,7 +48,6 @@ class Fuzzed:
     target: bytes  # path and query, percent-encoded as on the wire
     headers: tuple[tuple[bytes, bytes], ...]
     body: bytes = b""
-    note: str = field(default="", compare=False)
 
     def __repr__(self) -> str:
         # Bounded: a failing example's body may be 200 kB of brackets.
@@ -102,11 +101,17 @@ NASTY_TEXT = st.one_of(
 RAW_PIECES = st.sampled_from([b"%ff", b"%ed%a0%80", b"%c0%80", b"%", b"%zz", b"%00", b"%2e%2e", b"%2F", b"\xff"])
 
 
+def route_groups(regexes: list[str]) -> list[list[str]]:
+    """The routes in three groups drawn from equally: the admin has most of the routes, and its
+    changelists (where actions post ids) are a few of those."""
+    admin = [regex for regex in regexes if regex.startswith("admin/")]
+    changelists = [regex for regex in admin if re.fullmatch(r"admin/\w+/\w+/", regex)]
+    return [group for group in ([r for r in regexes if r not in admin], admin, changelists) if group]
+
+
 @st.composite
 def paths(draw: st.DrawFn, regexes: list[str]) -> bytes:
-    # The admin has most of the routes: half the requests go to the others.
-    admin = [regex for regex in regexes if regex.startswith("admin/")]
-    regex = draw(st.sampled_from(draw(st.sampled_from([admin, [r for r in regexes if r not in admin]]))))
+    regex = draw(st.sampled_from(draw(st.sampled_from(route_groups(regexes)))))
     text = draw(st.from_regex(regex, fullmatch=True).filter(lambda t: len(t) < 300))
     path = b"/" + _encode(text)
     if draw(st.integers(0, 4)) == 0:  # mangle: a raw piece somewhere in the path
@@ -133,9 +138,11 @@ def _json_values() -> st.SearchStrategy[object]:
 
 
 @st.composite
-def bodies(draw: st.DrawFn) -> tuple[str | None, bytes]:
-    """(content type or None, body bytes)."""
-    kind = draw(st.sampled_from(["none", "json", "notification", "nested", "form", "multipart", "binary"]))
+def bodies(draw: st.DrawFn, *, admin_form: bool = False) -> tuple[str | None, bytes]:
+    """(content type or None, body bytes); `admin_form`: a staff member posting to the admin."""
+    kinds = ["form", "admin-action", "multipart"] if admin_form else [
+        "none", "json", "notification", "nested", "form", "admin-action", "multipart", "binary"]
+    kind = draw(st.sampled_from(kinds))
     if kind == "none":
         return None, b""
     if kind == "json":
@@ -151,6 +158,12 @@ def bodies(draw: st.DrawFn) -> tuple[str | None, bytes]:
     if kind == "form":
         pairs = draw(st.lists(st.tuples(st.sampled_from(KNOWN_NAMES), NASTY_TEXT), max_size=6))
         return "application/x-www-form-urlencoded", b"&".join(_encode(k) + b"=" + _encode(v) for k, v in pairs)
+    if kind == "admin-action":  # an admin changelist's action form, with ids of any shape
+        # delete_selected: the one action every model has.
+        action = draw(st.sampled_from(["delete_selected", "delete_selected", "mark_failed", "nope"]))
+        ids = draw(st.lists(NASTY_TEXT, min_size=1, max_size=3))
+        fields = [("action", action), ("index", "0"), *(("_selected_action", value) for value in ids)]
+        return "application/x-www-form-urlencoded", b"&".join(_encode(k) + b"=" + _encode(v) for k, v in fields)
     if kind == "multipart":
         name, value = draw(st.sampled_from(KNOWN_NAMES)), draw(NASTY_TEXT).encode("utf-8", "surrogatepass")
         part = b'--xyz\r\ncontent-disposition: form-data; name="' + name.encode() + b'"\r\n\r\n' + value + b"\r\n"
@@ -171,8 +184,10 @@ class Staff:
 
 @st.composite
 def requests(draw: st.DrawFn, regexes: list[str], staff: Staff | None = None) -> Fuzzed:
-    method = draw(st.sampled_from(METHODS))
     target = draw(paths(regexes))
+    as_staff = staff is not None and draw(st.booleans())
+    # Staff post forms to the admin half the time.
+    method = "POST" if as_staff and draw(st.booleans()) else draw(st.sampled_from(METHODS))
     if draw(st.booleans()):
         target += b"?" + draw(query_strings())
     # Mostly a host the site answers to, so the requests get past Host validation.
@@ -185,12 +200,14 @@ def requests(draw: st.DrawFn, regexes: list[str], staff: Staff | None = None) ->
     cookies = draw(st.lists(st.tuples(st.sampled_from(["sessionid", "csrftoken", "x"]), st.one_of(
         HEADER_VALUE, st.sampled_from(['"\\000abcdefgh"', '"\\377"', "\x7f"])
     )), max_size=3))
-    if staff is not None and draw(st.booleans()):
+    if as_staff:
+        assert staff is not None
         cookies += [("sessionid", staff.session_key), ("csrftoken", staff.csrf_token)]
-        headers += [(b"x-csrftoken", staff.csrf_token.encode()), (b"origin", f"https://{host}".encode("latin-1"))]
+        origin = f"https://{host}".encode("latin-1")
+        headers += [(b"x-csrftoken", staff.csrf_token.encode()), (b"origin", origin), (b"referer", origin + b"/admin/")]
     if cookies:
         headers.append((b"cookie", "; ".join(f"{k}={v}" for k, v in cookies).encode("latin-1")))
-    content_type, body = draw(bodies())
+    content_type, body = draw(bodies(admin_form=as_staff and method == "POST" and target.startswith(b"/admin/")))
     if content_type is not None:
         headers.append((b"content-type", content_type.encode()))
     for name in draw(st.lists(st.sampled_from(["x-forwarded-for", "referer", "accept-language", "user-agent",
