@@ -443,3 +443,17 @@ def test_no_configuration_error_shows_a_secret(form: tuple[str, str], secret: st
     assert message.startswith(variable), message
     for part in parts:
         assert part not in message, message
+
+
+@pytest.mark.parametrize("key", [
+    "short-key",  # too short
+    "ab" * 40,  # long, but 2 different characters
+    "django-insecure-" + "0123456789abcdefghijklmnopqrstuvwxyz0123456789",  # Django's generated-for-development prefix
+])
+def test_production_refuses_a_weak_secret_key_without_showing_it(key: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(environ={**PRODUCTION_OK, "DJANGO_SECRET_KEY": key})
+    assert str(refused.value).startswith("DJANGO_SECRET_KEY is too weak (value not shown; allowed: at least 50 characters")
+    assert key not in str(refused.value)
+    # Outside production a short key is the developer's business.
+    assert load_settings(environ={**TESTING, "DJANGO_SECRET_KEY": key}).secret_key == key
