@@ -42,7 +42,7 @@ COPY deploy/container/entrypoint.sh deploy/container/
 # for this one command only and are not secrets (nothing is signed or stored with them; no
 # database is opened, so SQLite is allowed here).
 RUN DJANGO_ENV=production \
-    DJANGO_SECRET_KEY=collectstatic-at-build-time \
+    DJANGO_SECRET_KEY=collectstatic-at-build-time-signs-nothing-0123456789abcdefghijklmnopqrstuvwxyz \
     DJANGO_ALLOWED_HOSTS=localhost \
     DJANGO_PUBLIC_BASE_URL=http://localhost \
     DATABASE_URL=sqlite:////tmp/collectstatic.sqlite3 \

@@ -59,11 +59,15 @@ TARGETS: tuple[Target, ...] = (
 
 
 def production_environ(tmp: Path, *, workers: int) -> dict[str, str]:
+    # Plain HTTP on loopback with no TLS proxy in front: production's HTTPS redirect would answer
+    # every request with a 301.
     return base_environ(tmp, DJANGO_ENV="production", DJANGO_SECRET_KEY="bench-" + "x" * 50,
                         DJANGO_ALLOWED_HOSTS="localhost,127.0.0.1", DJANGO_LOG_FORMAT="json",
                         GUNICORN_WORKERS=str(workers), PAYMENT_PROVIDER_SECRETS=PROVIDER_SHOP,
                         # One server per database file at a time (postgres: ignored).
-                        DATABASE_ALLOW_SQLITE="true")
+                        DATABASE_ALLOW_SQLITE="true",
+                        # Plain HTTP on loopback: no redirect to https.
+                        DJANGO_SECURE_SSL_REDIRECT="false")
 
 
 @contextmanager

@@ -21,6 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import dj_database_url
+from django.core.checks.security.base import (
+    SECRET_KEY_INSECURE_PREFIX,
+    SECRET_KEY_MIN_LENGTH,
+    SECRET_KEY_MIN_UNIQUE_CHARACTERS,
+    _check_secret_key as django_secret_key_is_strong,
+)
 from dynaconf import Dynaconf
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -93,6 +99,19 @@ ORDER_RECONCILE_AFTER_MINUTES = IntSetting("orders.reconcile_after_minutes", "OR
 ORDER_HOLD_MAX_MINUTES = IntSetting("orders.hold_max_minutes", "ORDER_HOLD_MAX_MINUTES", 1, 8640)
 ORDER_RETENTION_DAYS = IntSetting("orders.retention_days", "ORDER_RETENTION_DAYS", 1, 3650)
 ORDER_MONEY_SETTINGS = (ORDER_RECONCILE_AFTER_MINUTES, ORDER_HOLD_MAX_MINUTES, ORDER_RETENTION_DAYS)
+# HSTS: two years is the longest that browsers' preload lists ask for; 0 turns the header off.
+HSTS_SECONDS = IntSetting("security.hsts_seconds", "DJANGO_SECURE_HSTS_SECONDS", 0, 63_072_000)
+# Admin login throttling (django-axes): failures from one client address before it is locked out,
+# and for how long.
+ADMIN_LOGIN_FAILURE_LIMIT = IntSetting("security.admin_login_failure_limit", "DJANGO_ADMIN_LOGIN_FAILURE_LIMIT", 1, 100)
+ADMIN_LOCKOUT_MINUTES = IntSetting("security.admin_lockout_minutes", "DJANGO_ADMIN_LOCKOUT_MINUTES", 1, 10080)
+SECURITY_INT_SETTINGS = (HSTS_SECONDS, ADMIN_LOGIN_FAILURE_LIMIT, ADMIN_LOCKOUT_MINUTES)
+# Security switches: dotted key -> variable.
+SECURITY_BOOL_SETTINGS = {
+    "security.ssl_redirect": "DJANGO_SECURE_SSL_REDIRECT",
+    "security.hsts_include_subdomains": "DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS",
+    "security.hsts_preload": "DJANGO_SECURE_HSTS_PRELOAD",
+}
 
 
 @dataclass(frozen=True)
@@ -128,6 +147,8 @@ VARIABLES: dict[str, str] = {
     "DJANGO_PUBLIC_BASE_URL": "public_base_url",
     "DATABASE_ALLOW_SQLITE": "database_allow_sqlite",
     **{s.variable: s.key for s in ORDER_MONEY_SETTINGS},
+    **{s.variable: s.key for s in SECURITY_INT_SETTINGS},
+    **{variable: key for key, variable in SECURITY_BOOL_SETTINGS.items()},
 }
 KEY_VARIABLES = {key: variable for variable, key in VARIABLES.items()}
 
@@ -165,6 +186,18 @@ class ProviderSettings:
 
 
 @dataclass(frozen=True)
+class SecuritySettings:
+    """HTTPS enforcement (Django's SecurityMiddleware) and admin login throttling (django-axes)."""
+
+    ssl_redirect: bool
+    hsts_seconds: int
+    hsts_include_subdomains: bool
+    hsts_preload: bool
+    admin_login_failure_limit: int
+    admin_lockout_minutes: int
+
+
+@dataclass(frozen=True)
 class Settings:
     layer: str
     debug: bool
@@ -185,6 +218,7 @@ class Settings:
     order_reconcile_after_minutes: int
     order_hold_max_minutes: int
     order_retention_days: int
+    security: SecuritySettings
     # Dotted key -> where the value came from: "[default]", "[production]", "env DJANGO_DEBUG", ...
     sources: Mapping[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
@@ -213,12 +247,46 @@ class Settings:
             "orders.reconcile_after_minutes": self.order_reconcile_after_minutes,
             "orders.hold_max_minutes": self.order_hold_max_minutes,
             "orders.retention_days": self.order_retention_days,
+            **{f"security.{k}": v for k, v in vars(self.security).items()},
         }
         return [(key, str(value), self.sources.get(key, "")) for key, value in values.items()]
 
 
 def mask_database_url(url: str) -> str:
-    return re.sub(r"(://[^:/@]*:)[^@]*@", rf"\1{SECRET_MASK}@", url)
+    """`url` with its password (and any `password=` query value) masked; the user name stays.
+
+    The user information ends at the LAST "@" (a password may contain "@"); without "://" nothing
+    tells user from password, so everything before that "@" is masked.
+    """
+    head, at, tail = url.rpartition("@")
+    if at:
+        scheme, separator, userinfo = head.partition("://")
+        user, colon, _ = userinfo.partition(":")
+        if not separator:
+            head = SECRET_MASK
+        elif colon:
+            head = f"{scheme}://{user}:{SECRET_MASK}"
+        url = f"{head}@{tail}"
+    # To the end: a password with an unencoded "&" or "#" would otherwise show its tail.
+    return re.sub(r"(?i)(password=).*", rf"\1{SECRET_MASK}", url)
+
+
+def mask_url(url: str) -> str:
+    """`url` with all user information masked: a provider URL's user part may be a token."""
+    head, at, tail = url.rpartition("@")
+    if not at:
+        return url
+    scheme, separator, _ = head.partition("://")
+    return f"{scheme}://{SECRET_MASK}@{tail}" if separator else f"{SECRET_MASK}@{tail}"
+
+
+# What an error message or the config report may show of a value: secrets never, URLs masked.
+_SHOWN: dict[str, Callable[[str], str]] = {
+    "secret_key": lambda value: SECRET_MASK,
+    "provider.secrets": lambda value: SECRET_MASK,
+    "database_url": mask_database_url,
+    "provider.url": mask_url,
+}
 
 
 def _quote(raw: object) -> str:
@@ -257,15 +325,18 @@ class _Resolver:
 
     def lookup(self, key: str) -> tuple[Any, str] | None:
         """(value, where it was written) or None when nothing sets the key."""
+        shown = _SHOWN.get(key)
         if key in self.overrides:
             self.sources[key] = f"env {KEY_VARIABLES[key]}"
-            return self.overrides[key], f"{KEY_VARIABLES[key]}={_quote(self.overrides[key])}"
+            value = self.overrides[key]
+            return value, f"{KEY_VARIABLES[key]}={_quote(shown(value) if shown else value)}"
         if self.merged.get(key) is None:
             return None
         value = self.merged.get(key)
         where = self.layer if _defines(self.raw_layers.get(self.layer, {}), key) else "default"
         self.sources[key] = f"[{where}]"
-        return value, f"{self.settings_file.name} [{where}] {key}={value!r}"
+        text = _quote(shown(str(value))) if shown else repr(value)
+        return value, f"{self.settings_file.name} [{where}] {key}={text}"
 
 
 def _defines(table: Mapping[str, Any], dotted: str) -> bool:
@@ -371,14 +442,13 @@ def _provider_secrets(found: tuple[Any, str] | None) -> dict[str, str]:
         raise ConfigError(f"{where.split('=')[0]} is refused: provider secrets come from PAYMENT_PROVIDER_SECRETS only")
     secrets_by_shop: dict[str, str] = {}
     entries = [entry.strip() for entry in str(value).split(",") if entry.strip()]
+    allowed = "(allowed: comma-separated shop_id:secret, shop id of letters, digits, - and _)"
     for number, entry in enumerate(entries, start=1):
-        shop, _, secret = entry.partition(":")
+        shop, colon, secret = entry.partition(":")
         shop, secret = shop.strip(), secret.strip()
-        if not _SHOP_ID.fullmatch(shop) or not secret:
-            raise ConfigError(
-                f"PAYMENT_PROVIDER_SECRETS entry {number} (shop {shop[:64]!r}) is not shop_id:secret "
-                "(allowed: comma-separated shop_id:secret, shop id of letters, digits, - and _)"
-            )
+        # Nothing of a malformed entry is shown: "secret" alone or "secret:" may be a secret.
+        if not colon or not _SHOP_ID.fullmatch(shop) or not secret:
+            raise ConfigError(f"PAYMENT_PROVIDER_SECRETS entry {number} is not shop_id:secret (value not shown) {allowed}")
         if shop in secrets_by_shop:
             raise ConfigError(f"PAYMENT_PROVIDER_SECRETS entry {number} repeats shop {shop!r} (allowed: each shop once)")
         secrets_by_shop[shop] = secret
@@ -426,7 +496,7 @@ def _database(url: str, where: str, *, pool_max_size: int) -> dict[str, Any]:
     except Exception:  # dj-database-url raises several types for a malformed URL
         config = {}
     if config.get("ENGINE") not in SUPPORTED_ENGINES:
-        raise ConfigError(f"{mask_database_url(where)} is not a database URL (allowed: {DATABASE_URL_FORMS})")
+        raise ConfigError(f"{where} is not a database URL (allowed: {DATABASE_URL_FORMS})")
     if config["ENGINE"] == "django.db.backends.sqlite3":
         name = Path(config["NAME"])
         if str(name) != ":memory:" and not name.is_absolute():
@@ -444,7 +514,37 @@ def _database(url: str, where: str, *, pool_max_size: int) -> dict[str, Any]:
             "connect_timeout": DATABASE_CONNECT_TIMEOUT,
             "pool": {"min_size": 1, "max_size": pool_max_size, "timeout": DATABASE_POOL_TIMEOUT},
         }
+        # With a pool, Django 5.2 turns this into psycopg_pool's `check=ConnectionPool.check_connection`:
+        # each connection is tested (an empty query) as it leaves the pool and replaced if dead, so
+        # a PostgreSQL restart fails no request on a connection it killed.
+        config["CONN_HEALTH_CHECKS"] = True
     return config
+
+
+def _strong_secret_key(value: Any, where: str) -> str:
+    """Django's own W009 rule (`check --deploy`), enforced at start; the key is never shown."""
+    key = _text(value, where)
+    if not django_secret_key_is_strong(key):
+        variable = where.split("=")[0]
+        raise ConfigError(
+            f"{variable} is too weak (value not shown; allowed: at least {SECRET_KEY_MIN_LENGTH} characters, "
+            f"{SECRET_KEY_MIN_UNIQUE_CHARACTERS} of them different, not starting with "
+            f"{SECRET_KEY_INSECURE_PREFIX!r}; e.g. python -c 'import secrets; print(secrets.token_urlsafe(50))')"
+        )
+    return key
+
+
+def _security(resolver: _Resolver) -> SecuritySettings:
+    numbers = {s.key: _whole_number(*_required(resolver, s.key), setting=s) for s in SECURITY_INT_SETTINGS}
+    switches = {key: _boolean(*_required(resolver, key)) for key in SECURITY_BOOL_SETTINGS}
+    return SecuritySettings(
+        ssl_redirect=switches["security.ssl_redirect"],
+        hsts_seconds=numbers[HSTS_SECONDS.key],
+        hsts_include_subdomains=switches["security.hsts_include_subdomains"],
+        hsts_preload=switches["security.hsts_preload"],
+        admin_login_failure_limit=numbers[ADMIN_LOGIN_FAILURE_LIMIT.key],
+        admin_lockout_minutes=numbers[ADMIN_LOCKOUT_MINUTES.key],
+    )
 
 
 def _required(resolver: _Resolver, key: str) -> tuple[Any, str]:
@@ -504,7 +604,7 @@ def load_settings(*, environ: Mapping[str, str], settings_file: Path = SETTINGS_
     resolver.sources.setdefault("debug", "built-in")
 
     if production:
-        secret_key = _text(*_required(resolver, "secret_key"))
+        secret_key = _strong_secret_key(*_required(resolver, "secret_key"))
     else:
         found = resolver.lookup("secret_key")
         # A fresh key per start: nothing signed in development or tests needs to outlive the server.
@@ -560,6 +660,7 @@ def load_settings(*, environ: Mapping[str, str], settings_file: Path = SETTINGS_
         ),
         order_hold_max_minutes=_whole_number(*_required(resolver, ORDER_HOLD_MAX_MINUTES.key), setting=ORDER_HOLD_MAX_MINUTES),
         order_retention_days=_whole_number(*_required(resolver, ORDER_RETENTION_DAYS.key), setting=ORDER_RETENTION_DAYS),
+        security=_security(resolver),
         sources=dict(resolver.sources),
         warnings=_unknown_variable_warnings(environ),
     )

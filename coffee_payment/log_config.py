@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from pythonjsonlogger.core import RESERVED_ATTRS
@@ -9,6 +10,26 @@ from pythonjsonlogger.core import RESERVED_ATTRS
 # python-json-logger turns these LogRecord attributes into keys of each JSON line.
 JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"
 TEXT_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
+
+
+class ClientErrorFilter(logging.Filter):
+    """A client's mistake as one WARNING line: the message, no traceback.
+
+    Django logs every SuspiciousOperation (a wrong Host header: `django.security.DisallowedHost`,
+    too many fields, a malformed multipart body) at ERROR with the exception's traceback; those are
+    the client's errors, not ours, and a traceback would only bury real errors. On the handler,
+    because a logger's own filters do not see records propagated from its children; so the
+    handler also applies the configured level to the demoted record.
+    """
+
+    def __init__(self, *, level: str) -> None:
+        super().__init__()
+        self.level = logging.getLevelName(level)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+        return record.levelno >= self.level
 
 
 def logging_config(*, log_format: str, level: str) -> dict[str, Any]:
@@ -27,11 +48,14 @@ def logging_config(*, log_format: str, level: str) -> dict[str, Any]:
     def handler(stream: str) -> dict[str, str]:
         return {"class": "logging.StreamHandler", "formatter": "default", "stream": f"ext://sys.{stream}"}
 
+    client_errors = {**handler("stderr"), "filters": ["client_error"]}
+
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"default": formatter},
-        "handlers": {"stderr": handler("stderr"), "stdout": handler("stdout")},
+        "filters": {"client_error": {"()": ClientErrorFilter, "level": level}},
+        "handlers": {"stderr": handler("stderr"), "stdout": handler("stdout"), "client_errors": client_errors},
         "root": {"level": level, "handlers": ["stderr"]},
         "loggers": {
             # Gunicorn's master and workers; uvicorn-worker points uvicorn's loggers at these.
@@ -40,7 +64,10 @@ def logging_config(*, log_format: str, level: str) -> dict[str, Any]:
             "uvicorn.error": {"level": level, "handlers": ["stderr"], "propagate": False},
             "uvicorn.access": {"level": "INFO", "handlers": ["stdout"], "propagate": False},
             "django": {"level": level, "handlers": ["stderr"], "propagate": False},
-            # A wrong Host header is the client's error; the access line already shows the 400.
-            "django.security.DisallowedHost": {"handlers": [], "propagate": False},
+            # SuspiciousOperation, a wrong Host header (django.security.DisallowedHost) included: the
+            # client's error, one WARNING line without traceback. (DisallowedHost once had no
+            # handler at all, so Python's last-resort handler printed it as plain text, traceback
+            # and all, outside the JSON lines.)
+            "django.security": {"level": level, "handlers": ["client_errors"], "propagate": False},
         },
     }

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
+import re
+
 from coffee_payment.conf import BASE_DIR, settings as conf
 from coffee_payment.log_config import logging_config
 
@@ -26,7 +29,8 @@ DATABASES = {"default": conf.database}
 # APPS
 # ------------------------------------------------------------------------------
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # django.contrib.admin, with a site that refuses malformed ids in actions (coffee_payment/admin_site.py).
+    "coffee_payment.apps.AdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -34,6 +38,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     # Registers ServeStatic's configuration checks (the middleware works without it).
     "servestatic",
+    # Admin login throttling: failed attempts are counted in the database, shared by every worker.
+    "axes",
     "coffee_payment",
     "payments",
 ]
@@ -43,6 +49,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # First: probes answer before anything that validates the Host header.
     "coffee_payment.middleware.ProbeMiddleware",
+    # Before anything that reads the database with a cookie, path or parameter.
+    "coffee_payment.middleware.RefuseNulMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Right after SecurityMiddleware, as ServeStatic documents: a static file answers here.
     "servestatic.middleware.ServeStaticMiddleware",
@@ -52,6 +60,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes documents: turns a locked-out login into its 429 answer. Not on the lean
+    # path (nothing there logs in).
+    "axes.middleware.AxesMiddleware",
 ]
 
 # LEAN PATH
@@ -66,6 +77,7 @@ LEAN_PATHS = ("/health", "/ready", "/v1/")
 # I/O in them belongs here (CsrfViewMiddleware qualifies while CSRF_USE_SESSIONS is off).
 LEAN_MIDDLEWARE = [
     "coffee_payment.middleware.ProbeMiddleware",
+    "coffee_payment.middleware.RefuseNulMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -120,6 +132,28 @@ X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 # TLS ends at the ingress; trust its X-Forwarded-Proto so request.is_secure() is right.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# HTTPS enforcement (PROJECT.md, Security hardening): on in the production layer.
+SECURE_SSL_REDIRECT = conf.security.ssl_redirect
+SECURE_HSTS_SECONDS = conf.security.hsts_seconds
+SECURE_HSTS_INCLUDE_SUBDOMAINS = conf.security.hsts_include_subdomains
+SECURE_HSTS_PRELOAD = conf.security.hsts_preload
+# W021 asks for the preload directive, which is an application to browsers' built-in lists: the
+# domain owner's decision (DJANGO_SECURE_HSTS_PRELOAD), not a default.
+SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
+
+# ADMIN LOGIN THROTTLING (django-axes)
+# ------------------------------------------------------------------------------
+AUTHENTICATION_BACKENDS = [
+    # First: refuses a locked-out client before any password is checked.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = conf.security.admin_login_failure_limit
+AXES_COOLOFF_TIME = datetime.timedelta(minutes=conf.security.admin_lockout_minutes)
+# Locked out: the client address (below), whatever user name it tries.
+AXES_LOCKOUT_PARAMETERS = ["ip_address"]
+AXES_CLIENT_IP_CALLABLE = "coffee_payment.client_address.client_address"
+AXES_RESET_ON_SUCCESS = True
 
 # LOGGING
 # ------------------------------------------------------------------------------
@@ -142,6 +176,9 @@ ORDER_RETENTION_DAYS = conf.order_retention_days
 # ------------------------------------------------------------------------------
 # Paths answered for any Host header: kubelet probes send the pod IP as Host.
 PROBE_PATHS = ("/health", "/ready")
+# ... over plain HTTP: never redirected to HTTPS. (ProbeMiddleware answers them before
+# SecurityMiddleware anyway; this keeps it so if the middleware order ever changes.)
+SECURE_REDIRECT_EXEMPT = [rf"^{re.escape(path.lstrip('/'))}$" for path in PROBE_PATHS]
 # Readiness gives the database this long to answer before reporting 503.
 READINESS_DATABASE_TIMEOUT = 2.0
 

@@ -14,7 +14,7 @@ from django.views.decorators.http import require_GET, require_POST
 from payments import provider, selectors, services
 from payments.errors import InvalidParameter, OrderNotFound, PaymentsError
 from payments.forms import scan_parse
-from payments.health import database_check
+from payments.health import database_check, migrations_check
 from payments.models import PAYABLE_STATUSES, Order
 
 
@@ -24,10 +24,15 @@ async def health(request: HttpRequest) -> JsonResponse:
 
 
 async def ready(request: HttpRequest) -> JsonResponse:
-    """Readiness: the database answers within settings.READINESS_DATABASE_TIMEOUT."""
-    failure = await database_check(timeout=settings.READINESS_DATABASE_TIMEOUT)
+    """Readiness: the database answers within settings.READINESS_DATABASE_TIMEOUT, and has every
+    migration applied."""
+    timeout = settings.READINESS_DATABASE_TIMEOUT
+    failure = await database_check(timeout=timeout)
     if failure is not None:
         return JsonResponse({"status": "unavailable", "checks": {"database": failure}}, status=503)
+    failure = await migrations_check(timeout=timeout)
+    if failure is not None:
+        return JsonResponse({"status": "unavailable", "checks": {"migrations": failure}}, status=503)
     return JsonResponse({"status": "ready"})
 
 

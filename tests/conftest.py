@@ -1,10 +1,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from asgiref.sync import SyncToAsync
 from django.db import connections
+
+from tests.support import postgres
+from tests.support.processes import BIN, base_environ, run
 
 
 @pytest.fixture(autouse=True)
@@ -17,3 +21,21 @@ def _close_connections_of_async_tests() -> Iterator[None]:
     """
     yield
     SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def migrated_database_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A server database with every migration applied, once per session, to copy from."""
+    tmp_path = tmp_path_factory.mktemp("migrated-template")
+    with postgres.server_database(tmp_path) as url:
+        result = run([str(BIN / "python"), "manage.py", "migrate", "--noinput"],
+                     env=base_environ(tmp_path, DATABASE_URL=url))
+        assert result.returncode == 0, result.stderr
+        yield url
+
+
+@pytest.fixture
+def migrated_server_database(tmp_path: Path, migrated_database_template: str) -> Iterator[str]:
+    """DATABASE_URL for a server under test, migrated as a deployed one is (a copy of the template)."""
+    with postgres.server_database(tmp_path, template=migrated_database_template) as url:
+        yield url

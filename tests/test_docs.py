@@ -34,7 +34,7 @@ def test_r5_1_readme_table_documents_each_variable_with_its_real_default(criteri
     row = gunicorn_table()[variable]
     description, default = row[0], row[1]
     assert len(description) > 10, criterion
-    production = load_settings(environ={"DJANGO_ENV": "production", "DJANGO_SECRET_KEY": "k",
+    production = load_settings(environ={"DJANGO_ENV": "production", "DJANGO_SECRET_KEY": "k" * 40 + "0123456789",
                                         "DJANGO_ALLOWED_HOSTS": "h", "DATABASE_URL": "sqlite://",
                                         "DATABASE_ALLOW_SQLITE": "true", "DJANGO_PUBLIC_BASE_URL": "https://h"})
     real = getattr(production.server, VARIABLES[variable].removeprefix("gunicorn."))

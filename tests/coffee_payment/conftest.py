@@ -8,9 +8,16 @@ from concurrent.futures import Future
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.db import connections
+from django.test import override_settings
 
-from coffee_payment.lean import LeanASGIHandler
+from coffee_payment.asgi_types import ASGIApp
+from coffee_payment.lean import LeanASGIHandler, get_lean_asgi_application
+from coffee_payment.request_timeout import RequestTimeoutMiddleware
+
+# The production layer's HTTPS settings (the testing layer leaves them off).
+PRODUCTION_HTTPS = {"SECURE_SSL_REDIRECT": True, "SECURE_HSTS_SECONDS": 31536000, "SECURE_HSTS_INCLUDE_SUBDOMAINS": True}
 
 
 def idle_threads_run(handler: LeanASGIHandler, fn: Callable[[], Any]) -> list[Future[Any]]:
@@ -33,3 +40,10 @@ def lean() -> Iterator[LeanASGIHandler]:
     handler = LeanASGIHandler()
     yield handler
     close_connections(handler)
+
+
+@pytest.fixture
+def application() -> Iterator[ASGIApp]:
+    """The application as coffee_payment/asgi.py builds it, with production's HTTPS settings."""
+    with override_settings(**PRODUCTION_HTTPS):
+        yield RequestTimeoutMiddleware(get_lean_asgi_application(), timeout=settings.REQUEST_TIMEOUT)

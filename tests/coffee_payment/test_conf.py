@@ -150,6 +150,13 @@ expiry_minutes = 15
 reconcile_after_minutes = 10
 hold_max_minutes = 60
 retention_days = 30
+[default.security]
+ssl_redirect = false
+hsts_seconds = 0
+hsts_include_subdomains = true
+hsts_preload = false
+admin_login_failure_limit = 5
+admin_lockout_minutes = 15
 
 [development]
 debug = true
@@ -202,7 +209,7 @@ def test_toml_layer_values_are_validated_like_env_values(tmp_path: Path) -> None
 
 PRODUCTION_OK = {
     "DJANGO_ENV": "production",
-    "DJANGO_SECRET_KEY": "s3cret-value",
+    "DJANGO_SECRET_KEY": "s3cret-value-0123456789-abcdefghijklmnopqrstuvwxyz",
     "DJANGO_ALLOWED_HOSTS": " pay.example.com, ,api.example.com ",
     "DATABASE_URL": "postgres://coffee:hunter2@db:5432/coffee",
     "DJANGO_PUBLIC_BASE_URL": "https://pay.example.com",
@@ -227,7 +234,7 @@ def test_production_reads_its_variables() -> None:
     loaded = load_settings(environ=PRODUCTION_OK)
     assert loaded.layer == "production"
     assert loaded.debug is False
-    assert loaded.secret_key == "s3cret-value"
+    assert loaded.secret_key == PRODUCTION_OK["DJANGO_SECRET_KEY"]
     assert loaded.allowed_hosts == ("pay.example.com", "api.example.com")
     assert loaded.database["ENGINE"] == "django.db.backends.postgresql"
     assert loaded.database["CONN_MAX_AGE"] == 0
@@ -332,9 +339,12 @@ def test_provider_secrets_come_from_the_environment_and_are_masked() -> None:
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ("506751", "entry 1 (shop '506751') is not shop_id:secret"),
-        ("506751:", "entry 1 (shop '506751') is not shop_id:secret"),
-        ("a:1,shop one:live_s3cr3t", "entry 2 (shop 'shop one') is not shop_id:secret"),
+        # No ":": the entry may be the secret alone, so nothing of it is shown.
+        ("live_s3cr3t", "entry 1 is not shop_id:secret (value not shown)"),
+        ("506751:", "entry 1 is not shop_id:secret (value not shown)"),
+        ("a:1,shop one:live_s3cr3t", "entry 2 is not shop_id:secret (value not shown)"),
+        # A secret with a ":" after it looks like a shop without a secret: still not shown.
+        ("a:1,live_s3cr3t:", "entry 2 is not shop_id:secret (value not shown)"),
         ("a:live_s3cr3t,a:other", "entry 2 repeats shop 'a' (allowed: each shop once)"),
     ],
 )
@@ -362,7 +372,8 @@ def test_provider_secrets_in_settings_toml_are_refused(tmp_path: Path) -> None:
 def test_bad_provider_url_is_refused(raw: str) -> None:
     with pytest.raises(ConfigError) as refused:
         load_settings(environ={**TESTING, "PAYMENT_PROVIDER_URL": raw})
-    assert str(refused.value).startswith(f"PAYMENT_PROVIDER_URL={raw!r} is not a base URL (allowed: http(s)://")
+    shown = raw.replace("u:p@", "********@")
+    assert str(refused.value).startswith(f"PAYMENT_PROVIDER_URL={shown!r} is not a base URL (allowed: http(s)://")
 
 
 def test_provider_url_loses_its_trailing_slash() -> None:
@@ -399,6 +410,8 @@ def test_postgres_gets_django_pool_and_connect_timeout() -> None:
     loaded = load_settings(environ={**PRODUCTION_OK, "DATABASE_POOL_MAX_SIZE": "6"})
     assert loaded.database["CONN_MAX_AGE"] == 0
     assert loaded.database["OPTIONS"]["pool"] == {"min_size": 1, "max_size": 6, "timeout": 10}
+    # Django 5.2 hands the pool `check=ConnectionPool.check_connection` for this.
+    assert loaded.database["CONN_HEALTH_CHECKS"] is True
     assert loaded.database["OPTIONS"]["connect_timeout"] == 2
     sqlite = load_settings(environ={**TESTING, "DATABASE_URL": "sqlite:///x.sqlite3"})
     assert "pool" not in sqlite.database.get("OPTIONS", {})
@@ -446,3 +459,60 @@ def test_production_refuses_sqlite_unless_allowed() -> None:
     assert load_settings(environ={**TESTING, "DATABASE_URL": "sqlite:///x.sqlite3"}).database_allow_sqlite is False
     with pytest.raises(ConfigError, match=r"^DATABASE_ALLOW_SQLITE='once' is not a boolean"):
         load_settings(environ={**sqlite, "DATABASE_ALLOW_SQLITE": "once"})
+# Secrets never appear in a configuration error --------------------------------------------------
+
+SECRET_TEXT = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.~!$&'()*+;=%",
+                      min_size=12, max_size=40)
+# Each form puts the secret where an operator's typo would: (variable, value with {s} for the secret).
+LEAKY_FORMS = [
+    ("PAYMENT_PROVIDER_SECRETS", "{s}"),
+    ("PAYMENT_PROVIDER_SECRETS", "{s}:"),
+    ("PAYMENT_PROVIDER_SECRETS", "shop-1:ok,{s}"),
+    ("PAYMENT_PROVIDER_SECRETS", "shop one:{s}"),
+    ("PAYMENT_PROVIDER_SECRETS", " : {s}"),
+    ("PAYMENT_PROVIDER_URL", "https://user:{s}@provider.example/v3"),
+    ("PAYMENT_PROVIDER_URL", "https://{s}@provider.example/v3"),
+    ("PAYMENT_PROVIDER_URL", "ftp://user:{s}@provider.example/v3"),
+    ("PAYMENT_PROVIDER_URL", "https://user:{s}@provider.example/v3?x=1"),
+    ("PAYMENT_PROVIDER_URL", "user:{s}@provider.example/v3"),
+    ("DATABASE_URL", "mysql://coffee:{s}@db:3306/coffee"),
+    ("DATABASE_URL", "postgres//coffee:{s}@db:5432/coffee"),
+    ("DATABASE_URL", "nosuchscheme://coffee:{s}@db/coffee"),
+    ("DATABASE_URL", "mysql://db/coffee?password={s}"),
+    ("DJANGO_SECRET_KEY", "{s}"),
+]
+
+
+# Each example loads the settings (about 0.15 s): enough to vary every form a few times.
+@hypothesis_settings(max_examples=60, deadline=None)
+@given(form=st.sampled_from(LEAKY_FORMS), secret=SECRET_TEXT, at=st.booleans())
+def test_no_configuration_error_shows_a_secret(form: tuple[str, str], secret: str, at: bool) -> None:
+    """Whatever the typo, the message names the variable and never shows the secret (nor a part of
+    it on either side of an "@" inside it)."""
+    variable, template = form
+    # A password may itself contain "@": neither side of it may show.
+    parts = [secret[: len(secret) // 2], secret[len(secret) // 2:]] if at else [secret]
+    value = template.format(s="@".join(parts))
+    try:
+        load_settings(environ={**PRODUCTION_OK, variable: value})
+    except ConfigError as refused:
+        message = str(refused)
+    else:
+        return  # accepted (a weak-looking key that passes W009, a URL that happens to be valid)
+    assert message.startswith(variable), message
+    for part in parts:
+        assert part not in message, message
+
+
+@pytest.mark.parametrize("key", [
+    "short-key",  # too short
+    "ab" * 40,  # long, but 2 different characters
+    "django-insecure-" + "0123456789abcdefghijklmnopqrstuvwxyz0123456789",  # Django's generated-for-development prefix
+])
+def test_production_refuses_a_weak_secret_key_without_showing_it(key: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(environ={**PRODUCTION_OK, "DJANGO_SECRET_KEY": key})
+    assert str(refused.value).startswith("DJANGO_SECRET_KEY is too weak (value not shown; allowed: at least 50 characters")
+    assert key not in str(refused.value)
+    # Outside production a short key is the developer's business.
+    assert load_settings(environ={**TESTING, "DJANGO_SECRET_KEY": key}).secret_key == key

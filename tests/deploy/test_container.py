@@ -41,7 +41,7 @@ READ_ONLY = ("--read-only", "--read-only-tmpfs=false")
 # A value for every variable the server reads, each different from its default where it can be.
 PRODUCTION_ENV = {
     "DJANGO_ENV": "production",
-    "DJANGO_SECRET_KEY": "container-test-only",
+    "DJANGO_SECRET_KEY": "container-test-only-" + "0123456789abcdefghijklmnopqrstuvwxyz",
     "DJANGO_DEBUG": "false",
     "DJANGO_ALLOWED_HOSTS": "localhost",
     "DJANGO_LOG_LEVEL": "INFO",
@@ -68,6 +68,12 @@ PRODUCTION_ENV = {
     "GUNICORN_KEEPALIVE": "7",
     "GUNICORN_MAX_REQUESTS": "1000",
     "GUNICORN_MAX_REQUESTS_JITTER": "50",
+    "DJANGO_SECURE_SSL_REDIRECT": "false",
+    "DJANGO_SECURE_HSTS_SECONDS": "3600",
+    "DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS": "false",
+    "DJANGO_SECURE_HSTS_PRELOAD": "true",
+    "DJANGO_ADMIN_LOGIN_FAILURE_LIMIT": "7",
+    "DJANGO_ADMIN_LOCKOUT_MINUTES": "30",
     "RUN_MIGRATIONS": "1",
 }
 

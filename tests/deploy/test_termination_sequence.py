@@ -62,12 +62,13 @@ def production_termination() -> Termination:
 
 
 @pytest.fixture
-def production_server(tmp_path: Path):
+def production_server(tmp_path: Path, migrated_server_database: str):
     manifests = overlay("production")
     pod_environ = manifests.pod_environ(manifests.deployment, secret=SECRET_STAND_INS)
-    # Loopback, a free port and a local database instead of the cluster's.
+    # Loopback, a free port and a local database (migrated, as the migration Job does) instead of the cluster's.
     local = {"GUNICORN_HOST", "GUNICORN_PORT", "DATABASE_URL"}
-    env = base_environ(tmp_path, **{k: v for k, v in pod_environ.items() if k not in local})
+    env = base_environ(tmp_path, **{k: v for k, v in pod_environ.items() if k not in local},
+                       DATABASE_URL=migrated_server_database)
     # The production layer refuses SQLite unless told: here one server, one file.
     env["DATABASE_ALLOW_SQLITE"] = "true"
     with gunicorn(tmp_path, env=env) as server:

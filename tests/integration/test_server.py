@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.processes import Server, base_environ, free_port, gunicorn
+from tests.support.processes import BIN, Server, base_environ, free_port, gunicorn, run
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -36,10 +36,10 @@ async def burst(url: str, *, requests: int) -> list[int]:
 
 
 @pytest.fixture
-def three_workers(tmp_path: Path, server_database: str):
+def three_workers(tmp_path: Path, migrated_server_database: str):
     # JSON logs: the production format, whose lines carry the worker pid.
     env = base_environ(tmp_path, GUNICORN_WORKERS="3", DJANGO_LOG_FORMAT="json", DJANGO_LOG_LEVEL="INFO",
-                       DATABASE_URL=server_database)
+                       DATABASE_URL=migrated_server_database)
     with gunicorn(tmp_path, env=env) as server:
         yield server
 
@@ -91,3 +91,17 @@ def test_ready_is_503_when_the_database_is_unreachable(tmp_path: Path) -> None:
         assert ready.json()["status"] == "unavailable"
         assert set(ready.json()["checks"]) == {"database"}
         assert "Traceback" not in ready.text
+
+
+def test_ready_is_503_until_the_migrations_are_applied(tmp_path: Path, server_database: str) -> None:
+    """A pod whose database lacks tables must not take traffic: /v1/pay would answer 500 there."""
+    env = base_environ(tmp_path, DATABASE_URL=server_database)
+    with gunicorn(tmp_path, env=env) as server:
+        ready = httpx.get(server.url + "/ready", timeout=10)
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["migrations"].endswith("not applied (first: contenttypes.0001_initial); "
+                                                             "run manage.py migrate")
+        migrate = run([str(BIN / "python"), "manage.py", "migrate", "--noinput"], env=env)
+        assert migrate.returncode == 0, migrate.stderr
+        ready = httpx.get(server.url + "/ready", timeout=10)
+        assert (ready.status_code, ready.json()) == (200, {"status": "ready"})

@@ -87,3 +87,9 @@ def test_marking_a_paid_order_could_not_be_made_refunds_it(admin_client: Any, or
     stored = Order.objects.get(pk=order.pk)
     assert (stored.status, stored.refunded_kopecks) == ("refunded", order.price_kopecks)
     assert [refund.payment_id for refund in fake_server.app.refunds.values()] == [payment.id]
+@pytest.mark.parametrize("selected", ["abc", "99999999999999999999999", ""])
+def test_an_action_on_malformed_ids_is_a_400_not_a_500(admin_client: Any, order: Order, selected: str) -> None:
+    response = admin_client.post("/admin/payments/merchant/", {"action": "delete_selected", "_selected_action": [selected]})
+    assert response.status_code == 400
+    assert response.content.decode() == f"_selected_action={selected!r} is not the id of a merchant"
+    assert order.merchant.__class__.objects.filter(pk=order.merchant_id).exists()

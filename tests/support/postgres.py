@@ -102,11 +102,26 @@ def cluster() -> Iterator[str]:
               "-t", str(START_TIMEOUT), "start"], as_user=user, timeout=START_TIMEOUT + 10)
         url = f"postgres://{USER}@127.0.0.1:{port}/{DATABASE}"
         execute(url, "postgres", f'CREATE DATABASE "{DATABASE}"')
+        _running[url] = (binaries, data, user)
         yield url
     finally:
+        _running.pop(f"postgres://{USER}@127.0.0.1:{port}/{DATABASE}" if started else "", None)
         if started:
             _stop(binaries, data, user)
         shutil.rmtree(root, ignore_errors=True)
+
+
+# URL -> (binaries, data directory, server user) of each cluster this process started.
+_running: dict[str, tuple[Path, Path, str | None]] = {}
+
+
+def restart(url: str) -> None:
+    """`pg_ctl restart -m fast` a cluster this process started: every connection is terminated,
+    and the server accepts connections again when this returns."""
+    binaries, data, user = _running[url]
+    # -l: the server must not inherit our pipes (the run would wait for their end).
+    _run([str(binaries / "pg_ctl"), "-D", str(data), "-l", str(data.parent / "postgres.log"), "-m", "fast", "-w",
+          "-t", str(START_TIMEOUT), "restart"], as_user=user, timeout=START_TIMEOUT + 10)
 
 
 def _stop(binaries: Path, data: Path, user: str | None) -> None:
@@ -138,17 +153,22 @@ def is_postgres(url: str) -> bool:
 
 
 @contextmanager
-def server_database(tmp_path: Path) -> Iterator[str]:
+def server_database(tmp_path: Path, *, template: str | None = None) -> Iterator[str]:
     """A DATABASE_URL for a server process started by a test, on the suite's kind of database.
 
     On PostgreSQL: a fresh database in the suite's cluster, dropped afterwards; else an SQLite file.
+    `template`: another such URL (nobody connected to it) whose contents the new database starts with.
     """
     suite = os.environ.get("DATABASE_URL", "")
     if not is_postgres(suite):
-        yield f"sqlite:///{tmp_path / 'server.sqlite3'}"
+        path = tmp_path / "server.sqlite3"
+        if template is not None:
+            shutil.copyfile(template.removeprefix("sqlite:///"), path)
+        yield f"sqlite:///{path}"
         return
     name = f"server_{uuid.uuid4().hex[:12]}"
-    execute(suite, "postgres", f'CREATE DATABASE "{name}"')
+    copy = f' TEMPLATE "{urlsplit(template).path.lstrip("/")}"' if template is not None else ""
+    execute(suite, "postgres", f'CREATE DATABASE "{name}"{copy}')
     try:
         yield with_database(suite, name)
     finally:
