@@ -18,7 +18,7 @@ from tests.support.processes import BIN, base_environ, run
 
 def test_check_deploy_is_clean_in_the_production_layer(tmp_path: Path) -> None:
     env = base_environ(tmp_path, DJANGO_ENV="production", DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
-                       DJANGO_ALLOWED_HOSTS="pay.example.com")
+                       DJANGO_ALLOWED_HOSTS="pay.example.com", DATABASE_ALLOW_SQLITE="true")
     result = run([str(BIN / "python"), "manage.py", "check", "--deploy", "--fail-level", "WARNING"], env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "System check identified no issues" in result.stdout
@@ -26,7 +26,8 @@ def test_check_deploy_is_clean_in_the_production_layer(tmp_path: Path) -> None:
 
 def test_production_layer_turns_https_on() -> None:
     loaded = load_settings(environ={"DJANGO_ENV": "production", "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
-                                    "DJANGO_ALLOWED_HOSTS": "pay.example.com", "DATABASE_URL": "sqlite:///x"})
+                                    "DJANGO_ALLOWED_HOSTS": "pay.example.com", "DATABASE_URL": "postgres://db/coffee",
+                                    "DJANGO_PUBLIC_BASE_URL": "https://pay.example.com"})
     assert loaded.security.ssl_redirect is True
     assert loaded.security.hsts_seconds == 31536000
     assert loaded.security.hsts_include_subdomains is True

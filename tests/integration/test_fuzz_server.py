@@ -49,6 +49,8 @@ def production_server(tmp_path: Path, migrated_server_database: str):
         tmp_path, DJANGO_ENV="production", DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
         DJANGO_ALLOWED_HOSTS=",".join(GOOD_HOSTS), DATABASE_URL=migrated_server_database,
         GUNICORN_WORKERS="1", DJANGO_LOG_LEVEL="INFO", PAYMENT_PROVIDER_URL="http://127.0.0.1:9/v3",
+        # The SQLite pass: one server, one file (the PostgreSQL pass ignores it).
+        DATABASE_ALLOW_SQLITE="true",
     )
     with gunicorn(tmp_path, env=env) as server:
         yield server
