@@ -47,8 +47,8 @@ STACKS = (
 # (description, figure, passes) for each target of the issue; figures come from summarise().
 Target = tuple[str, Callable[[dict], float | None], Callable[[float], bool]]
 TARGETS: tuple[Target, ...] = (
-    ("health: stack/sync >= 1.2", lambda f: f["ratios"]["health"]["stack/sync"]["median"], lambda v: v >= 1.2),
-    ("status: stack/sync >= 1.2", lambda f: f["ratios"]["status"]["stack/sync"]["median"], lambda v: v >= 1.2),
+    ("health: stack/sync >= 2", lambda f: f["ratios"]["health"]["stack/sync"]["median"], lambda v: v >= 2),
+    ("status: stack/sync >= 2", lambda f: f["ratios"]["status"]["stack/sync"]["median"], lambda v: v >= 2),
     ("payment: stack/sync >= 30", lambda f: f["ratios"]["payment"]["stack/sync"]["median"], lambda v: v >= 30),
     ("payment-poll: stack p99 < 50 ms", lambda f: f["table"]["payment-poll"]["stack"]["p99_ms"], lambda v: v < 50),
     ("payment: stack errors == 0", lambda f: f["table"]["payment"]["stack"]["errors"]
