@@ -349,26 +349,27 @@ async def refund_create(
     return _refund(response)
 
 
-async def refund_get(*, shop_id: str, refund_id: str, retries: int | None = None) -> ProviderRefund | None:
-    """The refund as the provider sees it now; None when the provider does not know it."""
+async def _object_get(*, shop_id: str, kind: str, object_id: str, retries: int | None) -> Answer | None:
+    """GET /<kind>s/<id>: the provider's answer, or None when it does not know the object."""
     retries = settings.PAYMENT_PROVIDER_RETRIES if retries is None else retries
-    response = await _request("GET", f"/refunds/{refund_id}", shop_id=shop_id, retries=retries)
+    response = await _request("GET", f"/{kind}s/{object_id}", shop_id=shop_id, retries=retries)
     if response.status_code == 404:
         return None
     if response.status_code != 200:
-        raise _rejected(response, f"reading refund {refund_id!r}")
-    return _refund(response)
+        raise _rejected(response, f"reading {kind} {object_id!r}")
+    return response
+
+
+async def refund_get(*, shop_id: str, refund_id: str, retries: int | None = None) -> ProviderRefund | None:
+    """The refund as the provider sees it now; None when the provider does not know it."""
+    response = await _object_get(shop_id=shop_id, kind="refund", object_id=refund_id, retries=retries)
+    return None if response is None else _refund(response)
 
 
 async def payment_get(*, shop_id: str, payment_id: str, retries: int | None = None) -> ProviderPayment | None:
     """The payment as the provider sees it now; None when the provider does not know it."""
-    retries = settings.PAYMENT_PROVIDER_RETRIES if retries is None else retries
-    response = await _request("GET", f"/payments/{payment_id}", shop_id=shop_id, retries=retries)
-    if response.status_code == 404:
-        return None
-    if response.status_code != 200:
-        raise _rejected(response, f"reading payment {payment_id!r}")
-    return _payment(response)
+    response = await _object_get(shop_id=shop_id, kind="payment", object_id=payment_id, retries=retries)
+    return None if response is None else _payment(response)
 
 
 # Provider ids (UUIDs at YooKassa) go into the path of the re-read: a forged `../payments` or a lone
