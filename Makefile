@@ -54,7 +54,7 @@ test-sqlite: install-test
 
 # Django's own tests/asgi and tests/handlers, from the sdist of the installed Django (downloaded
 # once into build/), against Django's ASGIHandler (proves the harness), then against the project's
-# handler (coffee_payment/lean.py). Either fails on any failing test.
+# handler (coffee_payment/asgi_handler.py). Either fails on any failing test.
 .PHONY: test-django-asgi
 test-django-asgi: install-test
 	$(BIN)/python -m tests.support.django_suite --handler django

@@ -8,7 +8,7 @@ class CoffeePaymentConfig(AppConfig):
     verbose_name = "Coffee Payments Server"
 
     def ready(self) -> None:
-        from coffee_payment import checks  # noqa: F401  registers the lean-path checks
+        from coffee_payment import lean_path_checks  # noqa: F401  registers the lean-path checks
 
 
 class AdminConfig(admin_apps.AdminConfig):

@@ -5,12 +5,12 @@ import os
 from django.conf import settings
 
 from coffee_payment.body_limit import BodyLimitMiddleware
-from coffee_payment.lean import get_lean_asgi_application
+from coffee_payment.asgi_handler import get_lean_asgi_application
 from coffee_payment.request_timeout import RequestTimeoutMiddleware
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "coffee_payment.settings")
 
-# Django's ASGI handler, with the lean path for settings.LEAN_PATHS (coffee_payment/lean.py).
+# Django's ASGI handler, with the lean path for settings.LEAN_PATHS (coffee_payment/asgi_handler.py).
 django_application = get_lean_asgi_application()
 
 # Imported after Django is set up: the app's modules read django.conf.settings.

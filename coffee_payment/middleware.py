@@ -33,7 +33,7 @@ class ProbeMiddleware(DualModeMiddleware):
 
     Every other path still goes through SecurityMiddleware and CommonMiddleware, which enforce
     ALLOWED_HOSTS. The probe views read neither the Host header nor the session. First in both
-    MIDDLEWARE and LEAN_MIDDLEWARE (coffee_payment/lean.py), where the probes are lean paths.
+    MIDDLEWARE and LEAN_MIDDLEWARE (coffee_payment/asgi_handler.py), where the probes are lean paths.
     """
 
     def __init__(self, get_response: GetResponse) -> None:

@@ -27,7 +27,7 @@ after DISCONNECT_GRACE seconds.
 What cannot be interrupted: sync code (sync views, ORM calls) runs in a thread via asgiref's
 sync_to_async, and a thread cannot be stopped. The client gets its 504 on time; the call runs to
 its end in the background, keeping its thread (a pooled one, returned to the pool only after the
-call; coffee_payment/sync_lanes.py), its database connection and its locks, and its side effects
+call; coffee_payment/request_threads.py), its database connection and its locks, and its side effects
 still happen; its response is thrown away. Django's handler waits for the call before it sends
 request_finished and closes the request body; if the application is cancelled meanwhile (after
 DISCONNECT_GRACE), the body closes once the call lets go of the request. asgiref before 3.13 waited for that thread with a

@@ -67,7 +67,7 @@ MIDDLEWARE = [
 
 # LEAN PATH
 # ------------------------------------------------------------------------------
-# The customer's pages and the API (coffee_payment/lean.py): no session, user or messages, so they
+# The customer's pages and the API (coffee_payment/asgi_handler.py): no session, user or messages, so they
 # skip that middleware and the thread switches it costs under ASGI. An entry ending in "/" is a
 # prefix. The admin and static files keep the whole MIDDLEWARE above.
 LEAN_PATHS = ("/health", "/ready", "/v1/")

@@ -1,4 +1,4 @@
-"""The project's ASGI handler (coffee_payment/lean.py) for in-process tests, and its thread pool."""
+"""The project's ASGI handler (coffee_payment/asgi_handler.py) for in-process tests, and its thread pool."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from django.db import connections
 from django.test import override_settings
 
 from coffee_payment.asgi_types import ASGIApp
-from coffee_payment.lean import LeanASGIHandler, get_lean_asgi_application
+from coffee_payment.asgi_handler import LeanASGIHandler, get_lean_asgi_application
 from coffee_payment.request_timeout import RequestTimeoutMiddleware
 
 # The production layer's HTTPS settings (the testing layer leaves them off).

@@ -1,5 +1,5 @@
 """Overlapping requests keep to themselves: each request's sync code runs on a thread no other
-request uses until it has ended (coffee_payment/lean.py, sync_lanes.py).
+request uses until it has ended (coffee_payment/asgi_handler.py, request_threads.py).
 
 Real requests interleaved on one event loop, real threads, the test database; every test runs
 against the project's handler and against Django's own ASGIHandler, whose semantics it keeps.
@@ -25,7 +25,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 
-from coffee_payment.lean import LeanASGIHandler
+from coffee_payment.asgi_handler import LeanASGIHandler
 from tests.coffee_payment.conftest import close_connections, idle_threads_run
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]

@@ -12,7 +12,7 @@ from django.core.signals import request_finished
 from django.http import HttpRequest, HttpResponse
 from django.urls import path
 
-from coffee_payment.lean import LeanASGIHandler
+from coffee_payment.asgi_handler import LeanASGIHandler
 from coffee_payment.request_timeout import DISCONNECT_GRACE, RequestTimeoutError, RequestTimeoutMiddleware
 
 pytestmark = pytest.mark.timeout(10)
@@ -167,7 +167,7 @@ async def test_django_cancels_the_view_through_its_own_disconnect_handling(setti
 
 
 async def test_the_lean_path_cancels_the_view_the_same_way(settings: Any) -> None:
-    """/v1/ is a lean path (coffee_payment/lean.py): it keeps Django's disconnect watch."""
+    """/v1/ is a lean path (coffee_payment/asgi_handler.py): it keeps Django's disconnect watch."""
     settings.ROOT_URLCONF = __name__
     VIEW_CANCELLED.clear()
     client = Client()

@@ -1,6 +1,6 @@
 """Django's own ASGI handler tests against the project's handler.
 
-    python -m tests.support.django_suite                   # coffee_payment.lean.LeanASGIHandler
+    python -m tests.support.django_suite                   # coffee_payment.asgi_handler.LeanASGIHandler
     python -m tests.support.django_suite --handler django  # Django's ASGIHandler: proves the harness
 
 Runs `tests/asgi` and `tests/handlers` from the sdist of the installed Django version. The sdist
@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / "build"
 LABELS = ("asgi", "handlers")
 HANDLERS = {
-    "project": "coffee_payment.lean.LeanASGIHandler",
+    "project": "coffee_payment.asgi_handler.LeanASGIHandler",
     "django": "django.core.handlers.asgi.ASGIHandler",
 }
 SETTINGS = "tests.support.django_suite_settings"

@@ -1,7 +1,7 @@
 """Settings for Django's own tests against the project's handler (tests/support/django_suite.py).
 
 Django's test settings (its tests/test_sqlite.py, importable in that child process only) plus what
-coffee_payment.lean needs: every path a lean path, so Django's tests go through the lean chain.
+coffee_payment.asgi_handler needs: every path a lean path, so Django's tests go through the lean chain.
 """
 
 from test_sqlite import *  # noqa: F403

@@ -1,4 +1,4 @@
-"""System checks for the lean path (coffee_payment/lean.py), run by `manage.py check` and the tests.
+"""System checks for the lean path (coffee_payment/asgi_handler.py), run by `manage.py check` and the tests.
 
 - E001: LEAN_MIDDLEWARE is MIDDLEWARE with entries left out, in the same order, so a lean path
   never runs middleware the full chain does not, nor in another order.
@@ -53,7 +53,7 @@ def _routes(resolver: URLResolver, prefix: str = "/") -> Iterator[tuple[str, boo
 
 
 def _reaches_lean_path(start: str, *, whole: bool) -> bool:
-    from coffee_payment.lean import LeanPaths
+    from coffee_payment.asgi_handler import LeanPaths
 
     lean = LeanPaths(settings.LEAN_PATHS)
     if whole:

@@ -39,7 +39,7 @@ from django.utils.deprecation import MiddlewareMixin
 from django.utils.module_loading import import_string
 
 from coffee_payment.asgi_types import Receive, Scope, Send
-from coffee_payment.sync_lanes import SyncThreads
+from coffee_payment.request_threads import SyncThreads
 
 __all__ = ["LeanASGIHandler", "LeanPaths", "get_lean_asgi_application"]
 

@@ -1,4 +1,4 @@
-"""The lean path's system checks (coffee_payment/checks.py)."""
+"""The lean path's system checks (coffee_payment/lean_path_checks.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from django.core import checks
 from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
 
-from coffee_payment.checks import check_lean_middleware, check_lean_views_are_async
+from coffee_payment.lean_path_checks import check_lean_middleware, check_lean_views_are_async
 
 
 def sync_order_status(request: HttpRequest, order_id: str) -> HttpResponse:
@@ -64,7 +64,7 @@ def test_which_sync_views_are_reported_follows_lean_paths(settings: Any) -> None
 def test_lean_middleware_out_of_order_or_not_in_middleware_is_reported(settings: Any) -> None:
     settings.LEAN_MIDDLEWARE = list(reversed(settings.LEAN_MIDDLEWARE))
     assert [error.id for error in check_lean_middleware()] == ["coffee_payment.E001"]
-    settings.LEAN_MIDDLEWARE = ["tests.coffee_payment.test_lean.SyncOnlyMiddleware"]
+    settings.LEAN_MIDDLEWARE = ["tests.coffee_payment.test_asgi_handler.SyncOnlyMiddleware"]
     assert [error.id for error in check_lean_middleware()] == ["coffee_payment.E001"]
 
 

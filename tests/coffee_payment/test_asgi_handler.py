@@ -1,4 +1,4 @@
-"""The lean path (coffee_payment/lean.py, sync_lanes.py) in-process, next to Django's own ASGI handler."""
+"""The lean path (coffee_payment/asgi_handler.py, request_threads.py) in-process, next to Django's own ASGI handler."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from django.db.backends.utils import CursorWrapper
 from django.http import HttpRequest, HttpResponse
 
 from coffee_payment.asgi_types import ASGIApp
-from coffee_payment.lean import LeanASGIHandler, LeanHandler, LeanPaths
-from coffee_payment.sync_lanes import THREAD_NAME_PREFIX
+from coffee_payment.asgi_handler import LeanASGIHandler, LeanHandler, LeanPaths
+from coffee_payment.request_threads import THREAD_NAME_PREFIX
 from payments.fake_provider import FakeProvider
 from payments.models import Order
 from tests.coffee_payment.conftest import idle_threads_run
