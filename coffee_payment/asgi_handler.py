@@ -6,7 +6,7 @@ join it), and runs every stock middleware's hooks (SessionMiddleware, CsrfViewMi
 through `sync_to_async`: about fourteen thread switches for a JSON answer. Here instead:
 
 - every request's sync code, the request signals' receivers included, runs in a long-lived thread
-  checked out of a pool for that request alone (coffee_payment.sync_lanes): no thread is started
+  checked out of a pool for that request alone (coffee_payment.request_threads): no thread is started
   per request, and no other request uses that thread until this one has ended;
 - on the lean paths the middleware is settings.LEAN_MIDDLEWARE, an ordered subset of
   settings.MIDDLEWARE without sessions, auth and messages (the admin's needs). Its stock
@@ -17,7 +17,7 @@ Everything else is Django's `ASGIHandler.handle()`: `request_started`, URL resol
 middleware, exception-to-response conversion, the disconnect watch that cancels a view, response
 sending, `response.close()` and `request_finished` in the request's thread, closing the body after
 the request's sync work. Other paths (the admin, static files) get the whole MIDDLEWARE.
-`coffee_payment.checks` keeps the configuration honest; Django's own `tests/asgi` and
+`coffee_payment.lean_path_checks` keeps the configuration honest; Django's own `tests/asgi` and
 `tests/handlers` run against this handler (`make test-django-asgi`). The Django internals relied
 upon are listed in PROJECT.md.
 """
