@@ -38,14 +38,14 @@ seed: migrate
 
 # The fake payment provider on :8001, notifying `make run`'s webhook on :8000.
 fake-provider: install
-	exec $(BIN)/python -m payments.fake_provider --port 8001 --credentials $(DEMO_PROVIDER_SECRETS) \
+	exec $(BIN)/python -m devtools.fake_provider --port 8001 --credentials $(DEMO_PROVIDER_SECRETS) \
 		--webhook-url http://127.0.0.1:8000/v1/payments/webhook
 
 # The suite twice: on SQLite (DATABASE_URL empty = the testing layer's) and on PostgreSQL.
 # PostgreSQL's binaries are looked for first, so a missing install fails in one line, at once.
 # PYTEST_ARGS go to both passes, e.g. `make test PYTEST_ARGS="-k webhook -x"`.
 test: install-test
-	@$(BIN)/python -m tests.support.postgres --check
+	@$(BIN)/python -m devtools.postgres --check
 	$(MAKE) --no-print-directory test-django-asgi test-sqlite test-postgres
 
 test-sqlite: install-test
@@ -64,7 +64,7 @@ test-django-asgi: install-test
 # (the container tests give the container a SQLite file of its own).
 test-postgres: install-test
 	@echo "== test suite on PostgreSQL =="
-	$(BIN)/python -m tests.support.postgres -- $(BIN)/pytest --ignore=tests/deploy $(PYTEST_ARGS)
+	$(BIN)/python -m devtools.postgres -- $(BIN)/pytest --ignore=tests/deploy $(PYTEST_ARGS)
 
 # checkov over what reaches a cluster: the rendered overlays, the Secret template, the Dockerfile.
 # Its own venv: checkov pins dependencies of its own. Offline: no mapping, no download.

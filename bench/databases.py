@@ -3,7 +3,7 @@
 - `sqlite` (the default): a file in WAL mode, copied per server; connections skip the per-commit
   fsync WAL does not need (synchronous=NORMAL) and take the write lock when a transaction begins
   (transaction_mode=IMMEDIATE), as every SQLite connection of the server does (conf.py).
-- `postgres`: a throwaway cluster (tests/support/postgres.py: fsync off), one database per server
+- `postgres`: a throwaway cluster (devtools/postgres.py: fsync off), one database per server
   made from the seeded one as a template; the server's pool is Django's, as in production.
 """
 
@@ -17,8 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support import postgres
-from tests.support.processes import BIN, REPO
+from devtools import postgres
+from devtools.processes import BIN, REPO
 
 KINDS = ("sqlite", "postgres")
 

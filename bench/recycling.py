@@ -2,7 +2,7 @@
 
 Every server is `gunicorn -c config/gunicorn.py` on loopback with the same settings; only the worker
 class (`--worker-class`) and GUNICORN_MAX_REQUESTS differ. Each runs the same asyncio load
-(tests/support/loadgen.py: GET /health, 16 clients) for a bounded time, once opening a connection
+(devtools/loadgen.py: GET /health, 16 clients) for a bounded time, once opening a connection
 per request and once over keep-alive connections. A request fails when its connection is refused,
 reset or closed before a complete response, or takes longer than 5 s. Prints one row per
 combination and writes bench/results/recycling.json. Throughput swings between runs on a shared
@@ -18,13 +18,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.support.loadgen import LoadResult, run_load_sync
-from tests.support.processes import DRAINING_WORKER, REPO, STOCK_WORKER, base_environ, gunicorn
+from devtools.loadgen import LoadResult, run_load_sync
+from devtools.processes import DRAINING_WORKER, REPO, STOCK_WORKER, base_environ, gunicorn
 
 RESULTS = REPO / "bench" / "results"
 WORKERS = {"stock": STOCK_WORKER, "draining": DRAINING_WORKER}
 MODES = ("close", "keepalive")
-APPS = {"bare": "tests.support.asgi_app:app", "django": None}  # None: config/gunicorn.py's Django app
+APPS = {"bare": "devtools.asgi_app:app", "django": None}  # None: config/gunicorn.py's Django app
 RECYCLE = re.compile(r"Maximum request limit of \d+ exceeded")
 
 

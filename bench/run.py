@@ -27,7 +27,7 @@ from bench import wrk
 from bench.databases import KINDS, Seeded, seeded
 from bench.startup import startup_figures
 from bench.workloads import POLL_CONNECTIONS, WORKLOADS, Options
-from tests.support.processes import REPO, Server, base_environ, fake_provider, gunicorn
+from devtools.processes import REPO, Server, base_environ, fake_provider, gunicorn
 
 RESULTS = REPO / "bench" / "results"
 PROVIDER_SHOP = "demo-shop:demo-secret"  # the shop bench/seed.py's merchant (seed_demo) uses

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.processes import Server, gunicorn
+from devtools.processes import Server, gunicorn
 
 # config/gunicorn.py preloads; the comparison turns it off with a second config file.
 NO_PRELOAD = ("-c", "bench/gunicorn_no_preload.py")

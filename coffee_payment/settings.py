@@ -43,6 +43,10 @@ INSTALLED_APPS = [
     "coffee_payment",
     "payments",
 ]
+# Development tools (devtools/: `manage.py seed_demo`) in a checkout's development and testing
+# layers; the image and a wheel do not carry them, so the image's development mode runs without.
+if conf.layer in ("development", "testing") and (BASE_DIR / "devtools" / "__init__.py").is_file():
+    INSTALLED_APPS.append("devtools")
 
 # MIDDLEWARE
 # ------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ import pytest
 from asgiref.sync import SyncToAsync
 from django.db import connections
 
-from tests.support import postgres
-from tests.support.processes import BIN, base_environ, run
+from devtools import postgres
+from devtools.processes import BIN, base_environ, run
 
 
 @pytest.fixture(autouse=True)

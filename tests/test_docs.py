@@ -7,7 +7,7 @@ import re
 import pytest
 
 from coffee_payment.conf import SERVER_INT_SETTINGS, VARIABLES, load_settings
-from tests.support.processes import REPO
+from devtools.processes import REPO
 
 README = (REPO / "README.md").read_text()
 PROJECT = (REPO / "PROJECT.md").read_text()

@@ -20,7 +20,7 @@ from django.http import HttpRequest, HttpResponse
 from coffee_payment.asgi_types import ASGIApp
 from coffee_payment.asgi_handler import LeanASGIHandler, LeanHandler, LeanPaths
 from coffee_payment.request_threads import THREAD_NAME_PREFIX
-from payments.fake_provider import FakeProvider
+from devtools.fake_provider import FakeProvider
 from payments.models import Order
 from tests.coffee_payment.conftest import idle_threads_run
 from tests.payments.conftest import device, fake, fake_server, merchant, order, scan_parameters  # noqa: F401

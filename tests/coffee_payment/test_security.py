@@ -14,7 +14,7 @@ from django.test import AsyncClient, override_settings
 from coffee_payment.asgi_types import ASGIApp
 from coffee_payment.conf import load_settings
 from tests.support.fuzz import call, fuzzed
-from tests.support.processes import BIN, base_environ, run
+from devtools.processes import BIN, base_environ, run
 
 def test_check_deploy_is_clean_in_the_production_layer(tmp_path: Path) -> None:
     env = base_environ(tmp_path, DJANGO_ENV="production", DJANGO_SECRET_KEY=secrets.token_urlsafe(50),

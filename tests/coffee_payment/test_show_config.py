@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.support.processes import BIN, base_environ, run
+from devtools.processes import BIN, base_environ, run
 
 
 def test_show_config_names_the_source_of_each_value(tmp_path: Path) -> None:

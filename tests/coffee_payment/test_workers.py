@@ -29,7 +29,7 @@ def worker(**settings: Any) -> Iterator[DrainingUvicornWorker]:
 
 
 def server() -> DrainingServer:
-    return DrainingServer(Config(app="tests.support.asgi_app:app"), drain_timeout=5.0)
+    return DrainingServer(Config(app="devtools.asgi_app:app"), drain_timeout=5.0)
 
 
 def test_is_a_uvicorn_worker() -> None:

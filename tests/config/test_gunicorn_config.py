@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.processes import BIN, base_environ, run
+from devtools.processes import BIN, base_environ, run
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from coffee_payment.conf import VARIABLES
-from tests.support.processes import REPO, free_port
+from devtools.processes import REPO, free_port
 
 pytestmark = [pytest.mark.container, pytest.mark.integration, pytest.mark.timeout(600)]
 

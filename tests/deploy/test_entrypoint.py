@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.processes import REPO
+from devtools.processes import REPO
 
 ENTRYPOINT = REPO / "deploy" / "container" / "entrypoint.sh"
 # Each stand-in records its name, arguments, DJANGO_ENV and pid; `manage.py migrate` fails on request.

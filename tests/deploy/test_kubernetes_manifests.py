@@ -30,7 +30,7 @@ from tests.support.kubernetes import (
     rendered,
     template_secret,
 )
-from tests.support.processes import REPO
+from devtools.processes import REPO
 
 # The oldest Kubernetes the manifests support (the preStop sleep handler is on by default from
 # 1.30) and the newest that kubernetes-validate has schemas for.

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.support.processes import BIN, REPO
+from devtools.processes import BIN, REPO
 
 DOCKERFILES = ["Dockerfile", "deploy/container/Dockerfile.base"]
 SCRIPTS = sorted(str(path.relative_to(REPO)) for path in (REPO / "deploy" / "container").glob("*.sh"))

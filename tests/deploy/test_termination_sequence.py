@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from tests.support.kubernetes import SECRET_STAND_INS, overlay
-from tests.support.processes import Server, base_environ, gunicorn
+from devtools.processes import Server, base_environ, gunicorn
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

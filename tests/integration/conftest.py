@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import postgres
+from devtools import postgres
 
 
 @pytest.fixture

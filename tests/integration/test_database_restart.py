@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import postgres
-from tests.support.processes import BIN, base_environ, gunicorn, run
+from devtools import postgres
+from devtools.processes import BIN, base_environ, gunicorn, run
 
 pytestmark = [
     pytest.mark.integration,

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings as hypothesis_settings
 
 from tests.support.fuzz import GOOD_HOSTS, Fuzzed, is_json_line, requests, route_regexes, status_of
-from tests.support.processes import Server, base_environ, gunicorn
+from devtools.processes import Server, base_environ, gunicorn
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.processes import Server, base_environ, gunicorn, worker_class_under_test
+from devtools.processes import Server, base_environ, gunicorn, worker_class_under_test
 from tests.support.rawhttp import RawResponse, connect, read_until_close, refused_within
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(40)]
@@ -135,7 +135,7 @@ def test_request_outliving_the_graceful_timeout_is_cancelled_and_logged(tmp_path
     the connection without a word.
     """
     env = base_environ(tmp_path, GUNICORN_WORKERS="1", GUNICORN_GRACEFUL_TIMEOUT="2", DJANGO_LOG_LEVEL="INFO")
-    with gunicorn(tmp_path, env=env, app="tests.support.asgi_app:app") as server, connect(server.port) as sock:
+    with gunicorn(tmp_path, env=env, app="devtools.asgi_app:app") as server, connect(server.port) as sock:
         sock.sendall(b"GET /slow?seconds=20 HTTP/1.1\r\nHost: t\r\n\r\n")
         time.sleep(0.3)
         signalled = time.monotonic()

@@ -16,9 +16,9 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.support import postgres
+from devtools import postgres
 from tests.support.fake_provider import fake_provider_thread
-from tests.support.processes import BIN, Server, base_environ, fake_provider, gunicorn, run
+from devtools.processes import BIN, Server, base_environ, fake_provider, gunicorn, run
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

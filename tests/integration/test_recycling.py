@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.loadgen import LoadResult, run_load_sync
-from tests.support.processes import Server, base_environ, gunicorn, worker_class_under_test
+from devtools.loadgen import LoadResult, run_load_sync
+from devtools.processes import Server, base_environ, gunicorn, worker_class_under_test
 from tests.support.rawhttp import BackgroundGet, get
 
 pytestmark = pytest.mark.integration
@@ -66,7 +66,7 @@ def test_recycling_under_load_loses_no_request_in_either_connection_mode(tmp_pat
     Three rounds of at least five recycles each mode (about 20 a run here): a pass is not luck.
     """
     env = recycling_environ(tmp_path, GUNICORN_MAX_REQUESTS="250", GUNICORN_MAX_REQUESTS_JITTER="100")
-    with gunicorn(tmp_path, env=env, app="tests.support.asgi_app:app", worker_class=worker_class_under_test()) as server:
+    with gunicorn(tmp_path, env=env, app="devtools.asgi_app:app", worker_class=worker_class_under_test()) as server:
         assert_no_request_lost(server, rounds=3, seconds=3.0, min_recycles=5)
 
 
@@ -90,7 +90,7 @@ def test_recycle_waiting_longer_than_the_heartbeat_keeps_its_request(tmp_path: P
     application has no request timeout, so its /slow outlives GUNICORN_TIMEOUT.
     """
     env = recycling_environ(tmp_path, GUNICORN_WORKERS="1", GUNICORN_TIMEOUT="2", GUNICORN_MAX_REQUESTS="3")
-    with gunicorn(tmp_path, env=env, app="tests.support.asgi_app:app", worker_class=worker_class_under_test()) as server:
+    with gunicorn(tmp_path, env=env, app="devtools.asgi_app:app", worker_class=worker_class_under_test()) as server:
         first_pid = get(server.port, "/health").headers["x-worker-pid"]  # request 1 after the probe
         slow = BackgroundGet(server.port, "/slow?seconds=4")
         slow.start()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.processes import Server, base_environ, gunicorn
+from devtools.processes import Server, base_environ, gunicorn
 from tests.support.rawhttp import RawResponse, connect, get, read_until_close, read_while_trickling
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.processes import Server, base_environ, gunicorn
+from devtools.processes import Server, base_environ, gunicorn
 from tests.support.rawhttp import BackgroundGet, connect, get, read_until_close, read_while_trickling
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
@@ -30,7 +30,7 @@ def one_worker(tmp_path: Path, **env: str) -> dict[str, str]:
 
 @pytest.fixture
 def bare_server(tmp_path: Path) -> Iterator[Server]:
-    with gunicorn(tmp_path, env=one_worker(tmp_path), app="tests.support.asgi_app:timeout_app") as server:
+    with gunicorn(tmp_path, env=one_worker(tmp_path), app="devtools.asgi_app:timeout_app") as server:
         yield server
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.processes import BIN, Server, base_environ, free_port, gunicorn, run
+from devtools.processes import BIN, Server, base_environ, free_port, gunicorn, run
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 

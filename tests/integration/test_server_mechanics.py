@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.processes import base_environ, gunicorn
+from devtools.processes import base_environ, gunicorn
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(40)]
 

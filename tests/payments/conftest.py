@@ -8,7 +8,7 @@ import pytest
 from django.utils import timezone
 
 from payments import provider, services
-from payments.fake_provider import FakeProvider
+from devtools.fake_provider import FakeProvider
 from payments.forms import MenuEntry
 from payments.models import Device, DeviceStatus, Merchant, Order
 from payments.provider import Notification

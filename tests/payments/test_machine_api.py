@@ -11,7 +11,7 @@ from django.http import HttpResponse
 from django.test import AsyncClient
 
 from payments import credentials, services
-from payments.fake_provider import FakeProvider
+from devtools.fake_provider import FakeProvider
 from payments.models import Device, DeviceCredential, MenuItem, Order
 from tests.payments.conftest import MENU, menu_entries, paid_order
 

@@ -13,8 +13,8 @@ import pytest
 
 from payments import provider
 from payments.errors import InvalidParameter, ProviderRejected, ProviderUnavailable, ShopNotConfigured
-from payments.fake_provider import FakeProvider
-from tests.support.processes import free_port
+from devtools.fake_provider import FakeProvider
+from devtools.processes import free_port
 
 
 async def create(order_id: str = "order-1", amount: int = 15900, shop_id: str = "demo-shop") -> provider.ProviderPayment:

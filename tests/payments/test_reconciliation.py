@@ -17,11 +17,11 @@ from django.db import connection
 from django.utils import timezone
 
 from payments import reconciliation, services
-from payments.fake_provider import FakeProvider
+from devtools.fake_provider import FakeProvider
 from payments.models import Merchant, Order
 from tests.payments.conftest import SECRET, SHOP_ID, scan_parameters
-from tests.support.postgres import is_postgres, with_database
-from tests.support.processes import REPO, base_environ
+from devtools.postgres import is_postgres, with_database
+from devtools.processes import REPO, base_environ
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -30,7 +30,7 @@ from payments.errors import (
     PriceMismatch,
     ProviderUnavailable,
 )
-from payments.fake_provider import FakeProvider
+from devtools.fake_provider import FakeProvider
 from payments.models import REPORTED_STATUSES, Device, MenuItem, Merchant, Order
 from payments.provider import Notification, ProviderPayment, ProviderRefund
 from tests.payments.conftest import menu_entries, paid_order, scan_parameters

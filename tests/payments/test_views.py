@@ -16,7 +16,7 @@ from django.test import AsyncClient, AsyncRequestFactory
 from django.utils import timezone
 
 from payments import provider, services, views
-from payments.fake_provider import FakeProvider
+from devtools.fake_provider import FakeProvider
 from payments.models import Device, Merchant, Order
 from tests.payments.conftest import scan_parameters
 

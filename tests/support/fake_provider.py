@@ -11,8 +11,8 @@ from typing import Any
 
 import uvicorn
 
-from payments.fake_provider import FakeProvider
-from tests.support.processes import free_port
+from devtools.fake_provider import FakeProvider
+from devtools.processes import free_port
 
 
 @dataclass

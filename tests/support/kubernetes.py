@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from tests.support.processes import BIN, REPO
+from devtools.processes import BIN, REPO
 
 KUBERNETES = REPO / "deploy" / "kubernetes"
 BASE = KUBERNETES / "base"

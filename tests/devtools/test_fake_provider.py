@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from payments.fake_provider import FakeProvider, main
+from devtools.fake_provider import FakeProvider, main
 
 BODY = {"amount": {"value": "99.00", "currency": "RUB"}, "capture": True,
         "confirmation": {"type": "redirect", "return_url": "http://shop.test/back"}, "metadata": {"order_id": "o-1"}}

@@ -30,7 +30,7 @@ from yookassa.domain.exceptions import NotFoundError as NotFoundException
 from yookassa.domain.notification import WebhookNotificationFactory
 from yookassa.domain.response import PaymentResponse, RefundResponse
 
-from payments.fake_provider import COMMISSION, HOLD_SECONDS
+from devtools.fake_provider import COMMISSION, HOLD_SECONDS
 from tests.support.fake_provider import RunningFake, fake_provider_thread
 
 SHOP, SECRET = "conformance-shop", "conformance-secret"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # What config/gunicorn.py uses, and the stock class it subclasses (for comparisons).
 DRAINING_WORKER = "coffee_payment.workers.DrainingUvicornWorker"
@@ -185,9 +185,9 @@ def gunicorn(
 
 @contextmanager
 def fake_provider(tmp_path: Path, *args: str) -> Iterator[Server]:
-    """`python -m payments.fake_provider` on a free loopback port, stopped on exit."""
+    """`python -m devtools.fake_provider` on a free loopback port, stopped on exit."""
     port = free_port()
-    command = [str(BIN / "python"), "-m", "payments.fake_provider", "--port", str(port), *args]
+    command = [str(BIN / "python"), "-m", "devtools.fake_provider", "--port", str(port), *args]
     with serving(tmp_path, "fake-provider", command, env=os.environ, port=port) as server:
         yield server
 

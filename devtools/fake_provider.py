@@ -1,7 +1,7 @@
 """A fake payment provider on a loopback port: the YooKassa API v3 subset this server speaks.
 
-    python -m payments.fake_provider --port 8001 --webhook-url http://127.0.0.1:8000/v1/payments/webhook
-    python -m payments.fake_provider --port 8001 --latency 0.3 --fail flaky
+    python -m devtools.fake_provider --port 8001 --webhook-url http://127.0.0.1:8000/v1/payments/webhook
+    python -m devtools.fake_provider --port 8001 --latency 0.3 --fail flaky
 
 API (HTTP Basic shop_id:secret; every POST needs an Idempotence-Key: the same key with the same
 body answers the object the first request made, as it is now; with another body it is refused):
@@ -54,7 +54,7 @@ from typing import Any
 
 import aiohttp
 
-log = logging.getLogger("payments.fake_provider")
+log = logging.getLogger("devtools.fake_provider")
 
 FAIL_MODES = ("none", "error", "hang", "flaky")
 API_PREFIX = "/v3"
@@ -731,7 +731,7 @@ def _port(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m payments.fake_provider", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m devtools.fake_provider", description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=_port, default=8001)
     parser.add_argument("--latency", type=_seconds, default=0.0, help="seconds added to every API answer")

@@ -1,7 +1,7 @@
 """A throwaway PostgreSQL cluster for the test suite's second pass.
 
-    python -m tests.support.postgres -- pytest [args]
-    python -m tests.support.postgres --check     # exit 1 with one line when the binaries are missing
+    python -m devtools.postgres -- pytest [args]
+    python -m devtools.postgres --check     # exit 1 with one line when the binaries are missing
 
 initdb into a temporary directory, `pg_ctl start` on a free loopback port (socket directory in the
 same temporary directory), run the command with DATABASE_URL pointing at the cluster, and always
@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from tests.support.processes import free_port
+from devtools.processes import free_port
 
 INSTALL_HINT = (
     "PostgreSQL server binaries (initdb, pg_ctl) not found: install Debian's postgresql package "
@@ -186,7 +186,7 @@ def main(argv: list[str]) -> int:
         return 0
     command = argv[1:] if argv[:1] == ["--"] else argv
     if not command:
-        print("usage: python -m tests.support.postgres [--check | -- COMMAND [ARGS]]", file=sys.stderr)
+        print("usage: python -m devtools.postgres [--check | -- COMMAND [ARGS]]", file=sys.stderr)
         return 2
     # SIGTERM (CI cancelling) unwinds like Ctrl+C, so the cluster is stopped either way.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
