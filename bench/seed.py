@@ -3,15 +3,14 @@
     python -m bench.seed --status-orders 200 --payment-orders 6000   (with the server's DJANGO_* and DATABASE_URL)
 
 Runs in a process of its own with the servers' environment, through the project's own code:
-`manage.py seed_demo` for the merchant and machines, `services.order_create` for every order (what a
-QR scan does). Order ids are `<prefix><number>`, numbered from 1, so the wrk scripts can name them
-without reading anything back.
+devtools.demo_data (what `manage.py seed_demo` writes) for the merchant and machines,
+`services.order_create` for every order (what a QR scan does). Order ids are `<prefix><number>`,
+numbered from 1, so the wrk scripts can name them without reading anything back.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import os
 
 STATUS_PREFIX = "bench-status-"
@@ -25,19 +24,20 @@ def order_id(prefix: str, number: int) -> str:
 
 
 def seed(*, status_orders: int, payment_orders: int) -> None:
-    from django.core.management import call_command
     from django.db import transaction
 
+    from devtools.demo_data import demo_seed
     from payments import services
 
-    # Machines and their menus; its QR links are for people. SQLite files are in WAL mode already
-    # (conf.py's init_command), and the mode is stored in the file, so every server copy has it.
-    call_command("seed_demo", stdout=io.StringIO())
+    # Machines and their menus, also in the production layer the bench serves (which has no
+    # devtools app). SQLite files are in WAL mode already (conf.py's init_command), and the mode is
+    # stored in the file, so every server copy has it.
+    demo_seed()
     # One transaction: thousands of scans in a second or two instead of one fsync each.
     with transaction.atomic():
         for prefix, count in ((STATUS_PREFIX, status_orders), (PAYMENT_PREFIX, payment_orders)):
             for number in range(1, count + 1):
-                # A medium Cappuccino from seed_demo's menu: name and price come from there.
+                # A medium Cappuccino from the demo menu: name and price come from there.
                 services.order_create(order_id=order_id(prefix, number), device_uuid=DEVICE, drink_number=2, size=2)
 
 
