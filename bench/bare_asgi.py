@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import base64
 import uuid
-from typing import Any
 
 import aiohttp
 
 from coffee_payment.asgi_types import Receive, Scope, Send
 from coffee_payment.conf import process_settings
+from coffee_payment.lifespan import lifespan_serve
 
 HEALTH = b'{"status": "ok"}'
 STATUS = b'{"order_id": "x", "status": "created", "label": "Waiting for payment", "final": false, "expired": false}'
@@ -28,7 +28,7 @@ _client: aiohttp.ClientSession | None = None
 
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "lifespan":
-        await _lifespan(receive, send)
+        await lifespan_serve(receive, send, on_shutdown=(_client_close,))
         return
     if scope["type"] != "http":
         return
@@ -69,15 +69,8 @@ async def _respond(send: Send, *, status: int, body: bytes, headers: list[tuple[
     await send({"type": "http.response.body", "body": body})
 
 
-async def _lifespan(receive: Receive, send: Send) -> None:
+async def _client_close() -> None:
     global _client
-    for _ in range(2):  # exactly one startup and one shutdown message
-        message: dict[str, Any] = dict(await receive())
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            if _client is not None:
-                await _client.close()
-                _client = None
-            await send({"type": "lifespan.shutdown.complete"})
-            return
+    if _client is not None:
+        await _client.close()
+        _client = None

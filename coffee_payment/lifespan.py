@@ -9,20 +9,17 @@ shutdown hooks: closing what a worker opened lazily on its event loop (the provi
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import Awaitable, Callable
+
+from coffee_payment.asgi_types import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+ShutdownHook = Callable[[], Awaitable[None]]
 
 
 class Lifespan:
-    def __init__(self, app: ASGIApp, *, on_shutdown: tuple[Callable[[], Awaitable[None]], ...]) -> None:
+    def __init__(self, app: ASGIApp, *, on_shutdown: tuple[ShutdownHook, ...]) -> None:
         self.app = app
         self.on_shutdown = on_shutdown
 
@@ -30,24 +27,31 @@ class Lifespan:
         if scope["type"] != "lifespan":
             await self.app(scope, receive, send)
             return
-        # Bounded: the protocol has exactly one startup and one shutdown message.
-        for _ in range(2):
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self._shutdown(send)
-                return
+        await lifespan_serve(receive, send, on_shutdown=self.on_shutdown)
 
-    async def _shutdown(self, send: Send) -> None:
-        failures = []
-        for hook in self.on_shutdown:
-            try:
-                await hook()
-            except Exception as exc:  # one failing hook must not skip the others
-                log.exception("shutdown hook %s failed", getattr(hook, "__qualname__", hook))
-                failures.append(f"{getattr(hook, '__qualname__', hook)}: {exc}")
-        if failures:
-            await send({"type": "lifespan.shutdown.failed", "message": "; ".join(failures)})
-        else:
-            await send({"type": "lifespan.shutdown.complete"})
+
+async def lifespan_serve(receive: Receive, send: Send, *, on_shutdown: tuple[ShutdownHook, ...]) -> None:
+    """Answer one lifespan scope: startup at once, shutdown after running every hook. Also what the
+    development tools' bare ASGI apps (the fake provider, the bench's ceiling) answer with."""
+    # Bounded: the protocol has exactly one startup and one shutdown message.
+    for _ in range(2):
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await _shutdown(send, on_shutdown)
+            return
+
+
+async def _shutdown(send: Send, on_shutdown: tuple[ShutdownHook, ...]) -> None:
+    failures = []
+    for hook in on_shutdown:
+        try:
+            await hook()
+        except Exception as exc:  # one failing hook must not skip the others
+            log.exception("shutdown hook %s failed", getattr(hook, "__qualname__", hook))
+            failures.append(f"{getattr(hook, '__qualname__', hook)}: {exc}")
+    if failures:
+        await send({"type": "lifespan.shutdown.failed", "message": "; ".join(failures)})
+    else:
+        await send({"type": "lifespan.shutdown.complete"})

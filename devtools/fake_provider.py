@@ -47,12 +47,15 @@ import re
 import urllib.parse
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import aiohttp
+
+from coffee_payment.asgi_types import Receive, Scope, Send
+from coffee_payment.lifespan import lifespan_serve
 
 log = logging.getLogger("devtools.fake_provider")
 
@@ -79,9 +82,6 @@ METHOD = "bank_card"
 CARD = {"first6": "555555", "last4": "4444", "expiry_year": "2030", "expiry_month": "12",
         "card_type": "MasterCard", "issuer_country": "RU"}
 
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 
 class ApiError(Exception):
@@ -292,9 +292,9 @@ class FakeProvider:
 
     # ASGI --------------------------------------------------------------------------------------
 
-    async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
+            await lifespan_serve(receive, send, on_shutdown=(self.aclose,))
             return
         if scope["type"] != "http":
             return
@@ -313,16 +313,6 @@ class FakeProvider:
         except ApiError as error:
             await _respond(send, error.status, json.dumps(error.body).encode(), "application/json")
 
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        for _ in range(2):
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.aclose()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-
     async def aclose(self) -> None:
         if self._sending:
             await asyncio.wait(self._sending, timeout=NOTIFY_TIMEOUT)
@@ -330,7 +320,7 @@ class FakeProvider:
             await self._client.close()
             self._client = None
 
-    async def _api(self, scope: Message, method: str, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
+    async def _api(self, scope: Scope, method: str, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         shop_id = self._authenticate(headers.get("authorization", ""))
         key = headers.get("idempotence-key", "")
@@ -662,7 +652,7 @@ def _moment(text: str, parameter: str) -> datetime.datetime:
 # Pages and plumbing -----------------------------------------------------------------------------
 
 
-def _base_url(scope: Message, headers: Mapping[str, str]) -> str:
+def _base_url(scope: Scope, headers: Mapping[str, str]) -> str:
     host = headers.get("host") or "{}:{}".format(*scope["server"])
     return f"{scope.get('scheme', 'http')}://{host}"
 
