@@ -4,8 +4,8 @@ import os
 
 from django.conf import settings
 
-from coffee_payment.body_limit import BodyLimitMiddleware
 from coffee_payment.asgi_handler import get_lean_asgi_application
+from coffee_payment.body_limit import BodyLimitMiddleware
 from coffee_payment.request_timeout import RequestTimeoutMiddleware
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "coffee_payment.settings")

@@ -1,4 +1,4 @@
-"""A throwaway PostgreSQL cluster for the test suite's second pass.
+"""A throwaway PostgreSQL cluster for the test suite's second pass and the bench.
 
     python -m devtools.postgres -- pytest [args]
     python -m devtools.postgres --check     # exit 1 with one line when the binaries are missing

@@ -1,4 +1,4 @@
-"""Real server processes for tests: start on a free loopback port, wait, always stop the group."""
+"""Real server processes for tests and the bench: start on a free loopback port, wait, always stop the group."""
 
 from __future__ import annotations
 

@@ -14,8 +14,8 @@ from django.views.decorators.http import require_GET, require_POST
 from payments import provider, selectors, services
 from payments.errors import InvalidParameter, OrderNotFound, PaymentsError
 from payments.forms import scan_parse
-from payments.readiness import database_check, migrations_check
 from payments.models import PAYABLE_STATUSES, Order
+from payments.readiness import database_check, migrations_check
 
 
 async def health(request: HttpRequest) -> JsonResponse:

@@ -12,8 +12,8 @@ from django.conf import settings
 from django.db import connections
 from django.test import override_settings
 
-from coffee_payment.asgi_types import ASGIApp
 from coffee_payment.asgi_handler import LeanASGIHandler, get_lean_asgi_application
+from coffee_payment.asgi_types import ASGIApp
 from coffee_payment.request_timeout import RequestTimeoutMiddleware
 
 # The production layer's HTTPS settings (the testing layer leaves them off).

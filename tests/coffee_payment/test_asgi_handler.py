@@ -17,8 +17,8 @@ from django.db import connections
 from django.db.backends.utils import CursorWrapper
 from django.http import HttpRequest, HttpResponse
 
-from coffee_payment.asgi_types import ASGIApp
 from coffee_payment.asgi_handler import LeanASGIHandler, LeanHandler, LeanPaths
+from coffee_payment.asgi_types import ASGIApp
 from coffee_payment.request_threads import THREAD_NAME_PREFIX
 from devtools.fake_provider import FakeProvider
 from payments.models import Order

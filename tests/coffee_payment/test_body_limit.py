@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from django.core.asgi import get_asgi_application
 
-from coffee_payment.body_limit import BodyLimitMiddleware
 from coffee_payment.asgi_handler import LeanASGIHandler
+from coffee_payment.body_limit import BodyLimitMiddleware
 from tests.coffee_payment.test_request_timeout import HTTP_SCOPE, Client
 
 pytestmark = pytest.mark.timeout(10)

@@ -13,8 +13,8 @@ from django.test import AsyncClient, override_settings
 
 from coffee_payment.asgi_types import ASGIApp
 from coffee_payment.conf import load_settings
-from tests.support.fuzz import call, fuzzed
 from devtools.processes import BIN, base_environ, run
+from tests.support.fuzz import call, fuzzed
 
 def test_check_deploy_is_clean_in_the_production_layer(tmp_path: Path) -> None:
     env = base_environ(tmp_path, DJANGO_ENV="production", DJANGO_SECRET_KEY=secrets.token_urlsafe(50),

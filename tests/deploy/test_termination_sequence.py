@@ -23,8 +23,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.kubernetes import SECRET_STAND_INS, overlay
 from devtools.processes import Server, base_environ, gunicorn
+from tests.support.kubernetes import SECRET_STAND_INS, overlay
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

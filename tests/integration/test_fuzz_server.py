@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings as hypothesis_settings
 
-from tests.support.fuzz import GOOD_HOSTS, Fuzzed, is_json_line, requests, route_regexes, status_of
 from devtools.processes import Server, base_environ, gunicorn
+from tests.support.fuzz import GOOD_HOSTS, Fuzzed, is_json_line, requests, route_regexes, status_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

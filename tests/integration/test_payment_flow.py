@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from devtools import postgres
-from tests.support.fake_provider import fake_provider_thread
 from devtools.processes import BIN, Server, base_environ, fake_provider, gunicorn, run
+from tests.support.fake_provider import fake_provider_thread
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

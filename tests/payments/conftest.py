@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from payments import provider, services
 from devtools.fake_provider import FakeProvider
+from payments import provider, services
 from payments.forms import MenuEntry
 from payments.models import Device, DeviceStatus, Merchant, Order
 from payments.provider import Notification

@@ -10,8 +10,8 @@ from asgiref.sync import sync_to_async
 from django.http import HttpResponse
 from django.test import AsyncClient
 
-from payments import credentials, services
 from devtools.fake_provider import FakeProvider
+from payments import credentials, services
 from payments.models import Device, DeviceCredential, MenuItem, Order
 from tests.payments.conftest import MENU, menu_entries, paid_order
 

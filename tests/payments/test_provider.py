@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from payments import provider
-from payments.errors import InvalidParameter, ProviderRejected, ProviderUnavailable, ShopNotConfigured
 from devtools.fake_provider import FakeProvider
 from devtools.processes import free_port
+from payments import provider
+from payments.errors import InvalidParameter, ProviderRejected, ProviderUnavailable, ShopNotConfigured
 
 
 async def create(order_id: str = "order-1", amount: int = 15900, shop_id: str = "demo-shop") -> provider.ProviderPayment:

@@ -16,12 +16,12 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.utils import timezone
 
-from payments import reconciliation, services
 from devtools.fake_provider import FakeProvider
-from payments.models import Merchant, Order
-from tests.payments.conftest import SECRET, SHOP_ID, scan_parameters
 from devtools.postgres import is_postgres, with_database
 from devtools.processes import REPO, base_environ
+from payments import reconciliation, services
+from payments.models import Merchant, Order
+from tests.payments.conftest import SECRET, SHOP_ID, scan_parameters
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

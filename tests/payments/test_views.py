@@ -15,8 +15,8 @@ from django.http import HttpResponse
 from django.test import AsyncClient, AsyncRequestFactory
 from django.utils import timezone
 
-from payments import provider, services, views
 from devtools.fake_provider import FakeProvider
+from payments import provider, services, views
 from payments.models import Device, Merchant, Order
 from tests.payments.conftest import scan_parameters
 
