@@ -211,6 +211,32 @@ def test_r4_image_installs_the_server_stack_and_exposes_the_port(image: str, pro
     assert set(json.loads(exposed)) == {"8000/tcp"}
 
 
+# What of the development tools (devtools/: the fake provider, seed_demo, the test processes) the
+# image has: importable modules from /app, and files anywhere in /app or the venv.
+DEVELOPMENT_TOOLS = """
+import importlib.util, json, pathlib
+found = []
+for name in ("devtools", "devtools.fake_provider", "payments.fake_provider", "tests"):
+    try:
+        if importlib.util.find_spec(name) is not None:
+            found.append(name)
+    except ModuleNotFoundError:
+        pass
+for root in ("/app", "/opt/venv"):
+    found += [str(path) for path in pathlib.Path(root).rglob("*")
+              if "fake_provider" in path.name or path.name in ("devtools", "seed_demo.py", "demo_data.py")]
+print(json.dumps(found))
+"""
+
+
+def test_image_ships_no_development_tools(production: Container) -> None:
+    """The fake provider, seed_demo and the rest of devtools/ stay in the checkout."""
+    found = json.loads(podman("exec", production.name, "python3", "-c", DEVELOPMENT_TOOLS).stdout)
+    assert found == []
+    unknown = podman("exec", production.name, "python", "manage.py", "seed_demo", check=False)
+    assert unknown.returncode != 0 and "Unknown command: 'seed_demo'" in unknown.stderr
+
+
 def test_every_variable_is_taken_from_podman_run_env(production: Container) -> None:
     """R4.4: every GUNICORN_*, DJANGO_* and DATABASE_URL variable works from `run -e`."""
     assert set(VARIABLES) <= set(PRODUCTION_ENV), "give every variable a value in PRODUCTION_ENV"
