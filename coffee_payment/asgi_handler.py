@@ -24,22 +24,28 @@ upon are listed in PROJECT.md.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import django
-from asgiref.sync import ThreadSensitiveContext, iscoroutinefunction, markcoroutinefunction
+from asgiref.sync import ThreadSensitiveContext, iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured, MiddlewareNotUsed
-from django.core.handlers.asgi import ASGIHandler
-from django.core.handlers.base import BaseHandler
+from django.core import signals
+from django.core.cache import close_caches
+from django.core.exceptions import ImproperlyConfigured, MiddlewareNotUsed, RequestAborted
+from django.core.handlers.asgi import ASGIHandler, ASGIRequest, get_script_prefix
+from django.core.handlers.base import BaseHandler, reset_urlconf
 from django.core.handlers.exception import convert_exception_to_response
+from django.db import close_old_connections, reset_queries
+from django.dispatch import Signal
 from django.http import HttpRequest, HttpResponseBase
+from django.urls import set_script_prefix
 from django.utils.deprecation import MiddlewareMixin
 from django.utils.module_loading import import_string
 
 from coffee_payment.asgi_types import Receive, Scope, Send
-from coffee_payment.request_threads import SyncThreads
+from coffee_payment.request_threads import RequestThread, SyncThreads
 
 __all__ = ["LeanASGIHandler", "LeanPaths", "get_lean_asgi_application"]
 
@@ -127,12 +133,46 @@ class LeanHandler(BaseHandler):
         self._middleware_chain = handler
 
 
+# Receivers Django itself connects that act only on the state of the thread running them: its
+# database connections (django.db.connections is thread-critical, a plain thread-local). While
+# these are request_started's only receivers, they can run in the request's thread just before
+# the request's first sync job there, in the same thread switch, with the same effect: nothing
+# reads that thread's connections before that job. A request that runs no sync code has no thread
+# whose connections they could act on.
+THREAD_STATE_RECEIVERS = frozenset({reset_queries, close_old_connections})
+# request_finished's receivers that Django connects, which may run on the event loop when the
+# request ran no sync code: close_old_connections finds no connection there (Django refuses to
+# open one in async code), close_caches closes the caches that were used (LocMemCache: nothing),
+# reset_urlconf clears what get_response_async set, on the loop.
+LOOP_SAFE_FINISHED_RECEIVERS = THREAD_STATE_RECEIVERS | {close_caches, reset_urlconf}
+REQUEST_CLOSE = (HttpRequest.close, ASGIRequest.close)
+
+
+def only_receivers(signal: Signal, sender: type, allowed: frozenset[Any]) -> bool:
+    """Whether every receiver `signal` has for `sender` is sync and one of `allowed`."""
+    sync_receivers, async_receivers = signal._live_receivers(sender)
+    return not async_receivers and all(receiver in allowed for receiver in sync_receivers)
+
+
+def closers_do_no_io(response: HttpResponseBase) -> bool:
+    """Whether the response's closers are only its request's own `close()` (which
+    BaseHandler.get_response_async adds) with no uploaded file to close: then they close the
+    request's in-memory or spooled body, nothing that blocks."""
+    return all(
+        isinstance(request := getattr(closer, "__self__", None), HttpRequest)
+        and getattr(closer, "__func__", None) in REQUEST_CLOSE and not hasattr(request, "_files")
+        for closer in response._resource_closers
+    )
+
+
 class LeanASGIHandler(ASGIHandler):
     """Django's ASGIHandler with pooled request threads; settings.LEAN_PATHS take the lean chain.
 
-    Two overrides, the rest is Django's own `handle()`: reading the body, `request_started`, the
-    disconnect watch that cancels the view, sending the response, `response.close()` (with
-    `request_finished`) in the request's thread, then closing the body.
+    `handle()` is Django 5.2's, with one change: while the request signals have only Django's
+    own receivers (THREAD_STATE_RECEIVERS, LOOP_SAFE_FINISHED_RECEIVERS), `request_started` rides
+    with the request's first sync job instead of a thread switch of its own, and a request that
+    ran no sync code closes its response on the loop. Any other receiver connected: Django's
+    dispatch, unchanged.
     """
 
     def __init__(self) -> None:
@@ -149,9 +189,77 @@ class LeanASGIHandler(ASGIHandler):
         thread = self.threads.request_executor()
         try:
             async with ThreadSensitiveContext(executor=thread):
-                await self.handle(scope, receive, send)
+                await self.handle_in(scope, receive, send, thread=thread)
         finally:
             thread.release()
+
+    async def handle_in(self, scope: Scope, receive: Receive, send: Send, *, thread: RequestThread) -> None:
+        """ASGIHandler.handle (Django 5.2), request_started deferred to `thread` when that is equivalent."""
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        # Django closes the body at the end of handle(), which a cancelled request never reaches
+        # (the client left while request_finished waited behind a sync view): the thread closes it
+        # once that view is done. Closing twice is harmless.
+        thread.at_end(body_file.close)
+        set_script_prefix(get_script_prefix(scope))
+        if only_receivers(signals.request_started, self.__class__, THREAD_STATE_RECEIVERS):
+            thread.before_first_job(signals.request_started.send, sender=self.__class__, scope=scope)
+        else:
+            await signals.request_started.asend(sender=self.__class__, scope=scope)
+        request, error_response = self.create_request(scope, body_file)
+        if request is None:
+            body_file.close()
+            await self.send_response(error_response, send)
+            await self.close_response(error_response, thread=thread)
+            return
+
+        async def process_request(request: HttpRequest, send: Send) -> HttpResponseBase:
+            response = await self.run_get_response(request)
+            try:
+                await self.send_response(response, send)
+            except asyncio.CancelledError:
+                pass  # the client disconnected during send_response
+            return response
+
+        # The disconnect watch goes first: it should not raise errors that would keep
+        # process_request() from being cancelled.
+        tasks = [
+            asyncio.create_task(self.listen_for_disconnect(receive)),
+            asyncio.create_task(process_request(request, send)),
+        ]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            if task.done():
+                try:
+                    task.result()
+                except RequestAborted:
+                    pass  # client disconnects are ignored
+                except AssertionError:
+                    body_file.close()
+                    raise
+            else:
+                task.cancel()  # views may handle the cancellation
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        try:
+            response = tasks[1].result()
+        except asyncio.CancelledError:
+            await signals.request_finished.asend(sender=self.__class__)
+        else:
+            await self.close_response(response, thread=thread)
+        body_file.close()
+
+    async def close_response(self, response: HttpResponseBase, *, thread: RequestThread) -> None:
+        """`response.close()` (request_finished) in the request's thread, or on the loop if it has none."""
+        if (not thread.used and closers_do_no_io(response)
+                and only_receivers(signals.request_finished, response._handler_class, LOOP_SAFE_FINISHED_RECEIVERS)):
+            response.close()
+        else:
+            await sync_to_async(response.close)()
 
     async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
         """BaseHandler.get_response_async through LEAN_MIDDLEWARE for a lean path."""

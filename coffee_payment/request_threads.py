@@ -19,6 +19,7 @@ are kept; a thread checked in beyond them ends.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections import deque
@@ -92,6 +93,11 @@ class SyncThreads:
         return [executor.submit(fn) for executor in tuple(self._idle)]
 
 
+def _run_after(before: Callable[[], Any], fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    before()
+    return fn(*args, **kwargs)
+
+
 class RequestThread(Executor):
     """One request's thread: checked out at its first sync call, checked in after its last."""
 
@@ -100,34 +106,64 @@ class RequestThread(Executor):
         self._executor: ThreadPoolExecutor | None = None
         self._last: Future[Any] | None = None
         self._released = False
+        self._before: Callable[[], Any] | None = None
+        self._at_end: list[Callable[[], Any]] = []
+
+    @property
+    def used(self) -> bool:
+        """Whether the request has run sync code (it has a thread)."""
+        return self._executor is not None
+
+    def before_first_job(self, fn: Callable[..., Any], /, **kwargs: Any) -> None:
+        """Run `fn(**kwargs)` in the thread before the request's first job, in the same switch.
+
+        Not run if the request never runs sync code. An exception from it is the first job's.
+        """
+        assert self._executor is None, "the request already has a thread"
+        self._before = functools.partial(fn, **kwargs)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:  # type: ignore[override]
         if self._released:
             raise RuntimeError("the request has ended; its thread takes no more work")
         if self._executor is None:
             self._executor = self._pool.check_out()
+            if self._before is not None:
+                before, self._before = self._before, None
+                self._last = self._executor.submit(_run_after, before, fn, *args, **kwargs)
+                return self._last
         self._last = self._executor.submit(fn, *args, **kwargs)
         return self._last
 
+    def at_end(self, fn: Callable[[], Any]) -> None:
+        """Call `fn()` once the request has ended and nothing it ran is still running (`release()`)."""
+        self._at_end.append(fn)
+
     def release(self) -> None:
-        """The request has ended: its thread goes back to the pool once the jobs it queued are done.
+        """The request has ended: the `at_end` calls run and the thread goes back to the pool once
+        the jobs the request queued are done.
 
         Not waited for. A request that ran no sync code holds no thread.
         """
         if self._released:
             return
         self._released = True
-        if self._executor is None:
-            return
-        assert self._last is not None
+        executor = self._executor
         # One thread, first in first out: once the last job has run, every earlier one has run or
         # was cancelled before it started. A job cancelled before it started says nothing.
-        if self._last.done() and not self._last.cancelled():
+        if executor is None or (self._last is not None and self._last.done() and not self._last.cancelled()):
             # The usual case (Django's handler awaits its last sync call): no job, no thread switch.
-            self._pool.check_in(self._executor)
+            self._end(executor)
         else:
-            # A sync call the request stopped waiting for (cancelled): back to the pool after it.
-            self._executor.submit(self._pool.check_in, self._executor)
+            # A sync call the request stopped waiting for (cancelled): after it, in its thread.
+            executor.submit(self._end, executor)
+
+    def _end(self, executor: ThreadPoolExecutor | None) -> None:
+        try:
+            for fn in self._at_end:
+                fn()
+        finally:
+            if executor is not None:
+                self._pool.check_in(executor)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         # The thread outlives the request; asgiref does not shut down an executor it was given.

@@ -93,6 +93,32 @@ async def thread_local_view(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"owner": owner, "threads": [set_in, read_in]})
 
 
+def connection_opened_before() -> bool:
+    """Whether this thread had an open connection when the request's first sync call began."""
+    return connections["default"].connection is not None
+
+
+def queries_logged() -> int:
+    """The queries the thread's connection has logged since request_started's reset_queries."""
+    return len(connections["default"].queries_log)
+
+
+def log_a_query() -> int:
+    connection = connections["default"]
+    connection.force_debug_cursor = True  # log queries as DEBUG would
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    return queries_logged()
+
+
+async def first_call_view(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"logged": await sync_to_async(queries_logged)()})
+
+
+async def no_sync_view(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({})
+
+
 def connection_state() -> dict[str, int]:
     connection = connections["default"]
     with connection.cursor() as cursor:
@@ -110,6 +136,7 @@ async def connection_view(request: HttpRequest) -> JsonResponse:
 
 
 body_outcomes: list[tuple[str, Any]] = []
+body_streams: list[Any] = []
 
 
 @csrf_exempt
@@ -117,6 +144,7 @@ def sync_body_view(request: HttpRequest) -> HttpResponse:
     """Sync: Django runs it in the request's thread; a cancellation cannot stop it."""
     steps.reach_from_thread("view-started")
     steps.wait_in_thread("read-body")
+    body_streams.append(request._stream)
     try:
         body_outcomes.append(("body", request.body))
     except Exception as exc:  # what the test is about: the body closed under the view
@@ -177,6 +205,8 @@ urlpatterns = [
     path("v1/isolation/connection", connection_view),
     path("v1/isolation/body", sync_body_view),
     path("v1/isolation/busy", busy_view),
+    path("v1/isolation/first-call", first_call_view),
+    path("v1/isolation/no-sync", no_sync_view),
 ]
 
 
@@ -197,6 +227,7 @@ async def interleaving() -> None:
     global steps
     steps = Steps()
     body_outcomes.clear()
+    body_streams.clear()
     owners.clear()
     used.clear()
     violations.clear()
@@ -283,6 +314,67 @@ async def test_a_cancelled_sync_view_still_reads_its_body(app: ASGIHandler) -> N
     await steps.wait("view-ended")
     assert body_outcomes == [("body", payload)]
     assert cancelled.output_queue.empty()  # cancelled: no response sent
+    if isinstance(app, LeanASGIHandler):
+        # Django's handler leaves the body of a cancelled request to the garbage collector; the
+        # project's closes it once the view is done.
+        idle_threads_run(app, threading.get_ident)
+        assert body_streams[0].closed
+
+
+async def test_with_only_djangos_receivers_overlapping_requests_keep_their_connections(app: ASGIHandler) -> None:
+    """As above, with no receiver of the test's own: the request signals' receivers are Django's,
+    which the project's handler runs in the request's thread with its first sync call (start) and
+    in its own thread switch after the response (finish)."""
+    a = send_request(app, "/v1/isolation/connection?name=a&until=b-ended")
+    await steps.wait("a-connected")
+    assert (await response(send_request(app, "/v1/isolation/connection?name=b")))[0] == 200
+    steps.reach("b-ended")
+    status, a_seen = await response(a)
+    assert status == 200
+    assert a_seen["after"] == a_seen["before"]
+    in_memory = getattr(connections["default"], "is_in_memory_db", lambda: False)()
+    if isinstance(app, LeanASGIHandler) and not in_memory:
+        # request_finished closed each request's connection in its thread (CONN_MAX_AGE = 0).
+        # (Django never closes an in-memory SQLite database: the PostgreSQL pass checks this.)
+        open_in_threads = [done.result(WAIT) for done in idle_threads_run(app, connection_opened_before)]
+        assert len(open_in_threads) == 2 and not any(open_in_threads)
+
+
+async def test_request_started_runs_in_the_requests_thread_before_its_first_sync_call(lean: LeanASGIHandler) -> None:
+    """A pooled thread left with a logged query: request_started's reset_queries, run in that
+    thread with the next request's first sync call, clears the log before the call begins."""
+    handler = type("Handler", (LeanASGIHandler,), {"request_class": IsolationRequest})()
+    try:
+        assert (await response(send_request(handler, "/v1/isolation/first-call")))[0] == 200
+        [logged] = idle_threads_run(handler, log_a_query)
+        assert logged.result(WAIT) == 1  # the pool's one thread now holds a logged query
+        status, seen = await response(send_request(handler, "/v1/isolation/first-call"))
+        assert (status, seen) == (200, {"logged": 0})
+    finally:
+        close_connections(handler)
+
+
+async def test_a_request_that_runs_no_sync_code_takes_no_thread(lean: LeanASGIHandler) -> None:
+    """No thread switch at all for an async view without sync calls, while the request signals'
+    receivers are Django's own; with another receiver connected, Django's dispatch (in a thread)."""
+    handler = type("Handler", (LeanASGIHandler,), {"request_class": IsolationRequest})()
+    started: list[int] = []
+
+    def on_start(**kwargs: Any) -> None:
+        started.append(threading.get_ident())
+
+    try:
+        for _ in range(3):
+            assert (await response(send_request(handler, "/v1/isolation/no-sync")))[0] == 200
+        assert handler.threads.checked_out == 0
+        request_started.connect(on_start)
+        try:
+            assert (await response(send_request(handler, "/v1/isolation/no-sync")))[0] == 200
+        finally:
+            request_started.disconnect(on_start)
+        assert handler.threads.checked_out == 1 and started[0] != threading.get_ident()
+    finally:
+        close_connections(handler)
 
 
 @pytest.mark.parametrize("parties", [12])
