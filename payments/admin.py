@@ -12,7 +12,7 @@ from django.db import models
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
-from django.utils.translation import gettext as _, gettext_lazy as _lazy, ngettext
+from django.utils.translation import gettext as _, gettext_lazy, ngettext
 
 from payments import provider, services
 from payments.errors import IllegalTransition, PaymentsError
@@ -88,21 +88,23 @@ def _refusal(refused: IllegalTransition) -> str:
 def _transition_action(name: str, service: Callable[..., Order], description: str, *, target: OrderStatus
                        ) -> Callable[..., None]:
     def action(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Order]) -> None:
-        changed = 0
+        changed = failed = 0
         for order_id in queryset.values_list("pk", flat=True):
             try:
                 service(order_id=order_id)
                 changed += 1
             except IllegalTransition as refused:
                 modeladmin.message_user(request, _refusal(refused), messages.WARNING)
-            except PaymentsError as error:  # e.g. the provider did not answer: the order stays as it was
-                modeladmin.message_user(request, _("Order %(order)s: %(reason)s") % {"order": order_id,
-                                                                                  "reason": error.message},
-                                        messages.ERROR)
+            except PaymentsError as error:
+                # Not a server error page: the other selected orders are still worth their messages
+                # (a provider call left unfinished is finished by reconciliation).
+                reason = _("Order %(order)s: %(reason)s") % {"order": order_id, "reason": error.message}
+                modeladmin.message_user(request, reason, messages.ERROR)
+                failed += 1
         if changed:
             done = ngettext("%(count)d order marked “%(target)s”.", "%(count)d orders marked “%(target)s”.", changed)
             modeladmin.message_user(request, done % {"count": changed, "target": target.label}, messages.SUCCESS)
-        else:
+        elif not failed:  # after an error the order may have moved part of the way: not "nothing"
             modeladmin.message_user(
                 request, _("Nothing changed: none of the selected orders could be marked “%(target)s”.")
                 % {"target": target.label}, messages.WARNING,
@@ -122,14 +124,14 @@ class OrderAdmin(admin.ModelAdmin):
     # Orders come from scans and payments; an admin form must not bypass the state machine.
     readonly_fields = [field.name for field in Order._meta.fields]
     actions = [
-        _transition_action("mark_manual_make", services.order_mark_manual_make, _lazy("Mark as made by staff"),
+        _transition_action("mark_manual_make", services.order_mark_manual_make, gettext_lazy("Mark as made by staff"),
                            target=OrderStatus.MANUAL_MAKE),
         # Then the money goes back at once: a refund, or the hold released.
         _transition_action(
             "mark_make_failed", _synchronous(services.aorder_mark_make_failed),
-            _lazy("Mark as could not be made (returns the money)"), target=OrderStatus.MAKE_FAILED,
+            gettext_lazy("Mark as could not be made (returns the money)"), target=OrderStatus.MAKE_FAILED,
         ),
-        _transition_action("mark_failed", services.order_mark_failed, _lazy("Mark as failed (unpaid orders)"),
+        _transition_action("mark_failed", services.order_mark_failed, gettext_lazy("Mark as failed (unpaid orders)"),
                            target=OrderStatus.FAILED),
     ]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import gettext
 import html
+import io
 import re
 import zoneinfo
 from pathlib import Path
@@ -14,10 +15,12 @@ from urllib.parse import urlencode
 
 import pytest
 from asgiref.sync import sync_to_async
+from babel.messages.extract import DEFAULT_KEYWORDS, extract
 from babel.messages.pofile import read_po
 from django.core.exceptions import ValidationError
 from django.test import AsyncClient
 from django.utils import timezone, translation
+from django.utils.translation.template import templatize
 
 from payments import services
 from payments.models import Device, Order
@@ -28,7 +31,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 ORDER_ID = scan_parameters()["order_id"]
 QR = "/v1/pay?" + urlencode({"deviceUuid": "machine-1", "orderId": ORDER_ID, "drinkNo": "2", "size": "2"})
 RU = {"headers": {"Accept-Language": "ru-RU,ru;q=0.9,en;q=0.5"}}
-LOCALE = Path(__file__).resolve().parents[2] / "payments" / "locale"
+PAYMENTS = Path(__file__).resolve().parents[2] / "payments"
+LOCALE = PAYMENTS / "locale"
 
 
 def text_of(content: bytes) -> str:
@@ -153,3 +157,19 @@ def test_no_other_catalogue_overrides_ours() -> None:
         wrong = {msgid: translation.gettext(msgid) for msgid, text in ours.items()
                  if isinstance(msgid, str) and msgid and translation.gettext(msgid) != text}
     assert wrong == {}
+
+
+def test_every_string_marked_for_translation_is_in_the_catalogue() -> None:
+    """What `make messages` would extract, without GNU gettext: Django's own template-to-gettext
+    step (the one makemessages runs before xgettext), then Babel's Python extractor."""
+    keywords = {**DEFAULT_KEYWORDS, "gettext_lazy": None}  # the names xgettext is given by makemessages
+    marked: set[str] = set()
+    for path in sorted(PAYMENTS.rglob("*.py")) + sorted(PAYMENTS.rglob("*.html")):
+        source = path.read_text(encoding="utf-8")
+        code = templatize(source, origin=str(path)) if path.suffix == ".html" else source
+        for _, message, _, _ in extract("python", io.BytesIO(code.encode()), keywords=keywords):
+            marked.add(message[0] if isinstance(message, tuple) else message)
+    with (LOCALE / "ru" / "LC_MESSAGES" / "django.po").open("rb") as po_file:
+        catalogued = {message.id[0] if message.pluralizable else message.id for message in read_po(po_file) if message.id}
+    assert marked - catalogued == set(), "run `make messages` and translate the new strings"
+    assert catalogued - marked == set(), "the catalogue has strings nothing uses: run `make messages`"
