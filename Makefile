@@ -101,3 +101,12 @@ bench: install-test
 
 bench-recycling: install-test
 	$(BIN)/python -m bench.recycling $(ARGS)
+
+# The customer pages' catalogues (payments/locale/<lang>/LC_MESSAGES): the marked strings into the
+# .po files, then the .po files compiled into the committed .mo files, so that a fresh clone needs no
+# gettext tools (tests/payments/test_customer_pages.py checks that each .mo matches its .po).
+# Needs GNU gettext (Debian's `gettext` package) here only.
+.PHONY: messages
+messages: install
+	cd payments && DJANGO_ENV=development ../$(BIN)/python ../manage.py makemessages -l ru --no-location --no-obsolete
+	cd payments && DJANGO_ENV=development ../$(BIN)/python ../manage.py compilemessages -l ru

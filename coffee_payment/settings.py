@@ -17,6 +17,9 @@ TIME_ZONE = conf.time_zone
 USE_TZ = True
 LANGUAGE_CODE = "en-us"
 USE_I18N = True
+# The customer pages' languages, chosen per request from Accept-Language (LocaleMiddleware); the
+# catalogues are payments/locale/<lang>/LC_MESSAGES (committed compiled: see `make messages`).
+LANGUAGES = [("ru", "Русский"), ("en", "English")]
 ROOT_URLCONF = "coffee_payment.urls"
 ASGI_APPLICATION = "coffee_payment.asgi.application"
 WSGI_APPLICATION = "coffee_payment.wsgi.application"
@@ -59,6 +62,8 @@ MIDDLEWARE = [
     # Right after SecurityMiddleware, as ServeStatic documents: a static file answers here.
     "servestatic.middleware.ServeStaticMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    # After sessions, before CommonMiddleware, as Django documents: the language from Accept-Language.
+    "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -83,6 +88,8 @@ LEAN_MIDDLEWARE = [
     "coffee_payment.middleware.ProbeMiddleware",
     "coffee_payment.middleware.RefuseNulMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # The customer pages' language (no I/O: it reads Accept-Language, and a cookie if there is one).
+    "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",

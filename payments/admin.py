@@ -12,10 +12,11 @@ from django.db import models
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
+from django.utils.translation import gettext as _, gettext_lazy, ngettext
 
 from payments import provider, services
-from payments.errors import IllegalTransition
-from payments.models import Device, MenuItem, Merchant, Order
+from payments.errors import IllegalTransition, PaymentsError
+from payments.models import Device, MenuItem, Merchant, Order, OrderStatus, sources_of
 
 
 @admin.register(Merchant)
@@ -32,7 +33,7 @@ class MenuItemInline(admin.TabularInline):
 
 @admin.register(Device)
 class DeviceAdmin(admin.ModelAdmin):
-    list_display = ("device_uuid", "merchant", "location", "status", "credential_issued_at")
+    list_display = ("device_uuid", "merchant", "location", "status", "time_zone", "credential_issued_at")
     list_filter = ("status", "merchant")
     search_fields = ("device_uuid", "location")
     list_select_related = ("merchant", "credential")
@@ -74,16 +75,40 @@ def _synchronous(service: Callable[..., Awaitable[Order]]) -> Callable[..., Orde
     return async_to_sync(call, force_new_loop=True)
 
 
-def _transition_action(name: str, service: Callable[..., Order], description: str) -> Callable[..., None]:
+def _refusal(refused: IllegalTransition) -> str:
+    """The refusal in the statuses' names staff see in the list, with the statuses that would do."""
+    sources = sorted(str(OrderStatus(status).label) for status in sources_of(refused.target))
+    return _("Order %(order)s is “%(current)s”: only an order that is %(sources)s can be marked “%(target)s”.") % {
+        "order": refused.order_id, "current": OrderStatus(refused.current).label,
+        "sources": _(" or ").join(_("“%(status)s”") % {"status": label} for label in sources),
+        "target": OrderStatus(refused.target).label,
+    }
+
+
+def _transition_action(name: str, service: Callable[..., Order], description: str, *, target: OrderStatus
+                       ) -> Callable[..., None]:
     def action(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Order]) -> None:
-        changed = 0
+        changed = failed = 0
         for order_id in queryset.values_list("pk", flat=True):
             try:
                 service(order_id=order_id)
                 changed += 1
             except IllegalTransition as refused:
-                modeladmin.message_user(request, refused.message, messages.WARNING)
-        modeladmin.message_user(request, f"{changed} order(s) changed.", messages.INFO)
+                modeladmin.message_user(request, _refusal(refused), messages.WARNING)
+            except PaymentsError as error:
+                # Not a server error page: the other selected orders are still worth their messages
+                # (a provider call left unfinished is finished by reconciliation).
+                reason = _("Order %(order)s: %(reason)s") % {"order": order_id, "reason": error.message}
+                modeladmin.message_user(request, reason, messages.ERROR)
+                failed += 1
+        if changed:
+            done = ngettext("%(count)d order marked “%(target)s”.", "%(count)d orders marked “%(target)s”.", changed)
+            modeladmin.message_user(request, done % {"count": changed, "target": target.label}, messages.SUCCESS)
+        elif not failed:  # after an error the order may have moved part of the way: not "nothing"
+            modeladmin.message_user(
+                request, _("Nothing changed: none of the selected orders could be marked “%(target)s”.")
+                % {"target": target.label}, messages.WARNING,
+            )
 
     action.__name__ = name
     return admin.action(description=description)(action)
@@ -99,12 +124,15 @@ class OrderAdmin(admin.ModelAdmin):
     # Orders come from scans and payments; an admin form must not bypass the state machine.
     readonly_fields = [field.name for field in Order._meta.fields]
     actions = [
-        _transition_action("mark_manual_make", services.order_mark_manual_make, "Mark as made by staff"),
+        _transition_action("mark_manual_make", services.order_mark_manual_make, gettext_lazy("Mark as made by staff"),
+                           target=OrderStatus.MANUAL_MAKE),
         # Then the money goes back at once: a refund, or the hold released.
         _transition_action(
-            "mark_make_failed", _synchronous(services.aorder_mark_make_failed), "Mark as could not be made (returns the money)"
+            "mark_make_failed", _synchronous(services.aorder_mark_make_failed),
+            gettext_lazy("Mark as could not be made (returns the money)"), target=OrderStatus.MAKE_FAILED,
         ),
-        _transition_action("mark_failed", services.order_mark_failed, "Mark as failed (unpaid orders)"),
+        _transition_action("mark_failed", services.order_mark_failed, gettext_lazy("Mark as failed (unpaid orders)"),
+                           target=OrderStatus.FAILED),
     ]
 
     def has_add_permission(self, request: HttpRequest) -> bool:

@@ -1,71 +1,75 @@
 """Why a request cannot go on: each error carries its HTTP status and a message for the customer.
 
 Views turn any PaymentsError into the customer error page (or a JSON error) with that status; the
-message is one line a customer can act on, never a trace.
+message is one line a customer can act on, never a trace. Titles and the customer messages are in
+the request's language (the messages are translated where they are raised).
 """
 
 from __future__ import annotations
 
+from django.utils.translation import gettext_lazy as _
+
 
 class PaymentsError(Exception):
     status = 400
-    title = "Something is wrong with this order"
+    title = _("Something is wrong with this order")
 
     def __init__(self, message: str) -> None:
+        message = str(message)  # a lazy translation: in the language of the request that raised it
         super().__init__(message)
         self.message = message
 
 
 class InvalidParameter(PaymentsError):
     status = 400
-    title = "This QR code is not valid"
+    title = _("This QR code is not valid")
 
 
 class DeviceNotFound(PaymentsError):
     status = 404
-    title = "Unknown coffee machine"
+    title = _("Unknown coffee machine")
 
 
 class OrderNotFound(PaymentsError):
     status = 404
-    title = "Unknown order"
+    title = _("Unknown order")
 
 
 class MerchantInactive(PaymentsError):
     status = 403
-    title = "This coffee machine does not take payments"
+    title = _("This coffee machine does not take payments")
 
 
 class DeviceUnavailable(PaymentsError):
     status = 409
-    title = "This coffee machine is not available"
+    title = _("This coffee machine is not available")
 
 
 class OrderConflict(PaymentsError):
     status = 409
-    title = "This order cannot be used"
+    title = _("This order cannot be used")
 
 
 class DrinkNotOnMenu(PaymentsError):
     status = 404
-    title = "This drink is not on the machine's menu"
+    title = _("This drink is not on the machine's menu")
 
 
 class DrinkUnavailable(PaymentsError):
     status = 409
-    title = "This drink is not available"
+    title = _("This drink is not available")
 
 
 class PriceMismatch(PaymentsError):
     """An older link's `price` is not the menu's: someone edited it, or the menu changed since."""
 
     status = 409
-    title = "This QR code's price is not the machine's price"
+    title = _("This QR code's price is not the machine's price")
 
 
 class IllegalTransition(PaymentsError):
     status = 409
-    title = "This order cannot change that way"
+    title = _("This order cannot change that way")
 
     def __init__(self, *, order_id: str, current: str, target: str) -> None:
         super().__init__(f"order {order_id!r} is {current} and cannot become {target}")
@@ -74,20 +78,20 @@ class IllegalTransition(PaymentsError):
 
 class OrderExpired(PaymentsError):
     status = 410
-    title = "This order has expired"
+    title = _("This order has expired")
 
 
 class ShopNotConfigured(PaymentsError):
     # The operator's mistake, not the customer's: logged as an error where it is raised.
     status = 503
-    title = "Payments are not available right now"
+    title = _("Payments are not available right now")
 
 
 class ProviderUnavailable(PaymentsError):
     """Timeout, refused connection, 5xx or an unreadable answer: the order stays payable."""
 
     status = 503
-    title = "The payment service did not answer"
+    title = _("The payment service did not answer")
 
     def __init__(self, message: str, *, detail: str = "") -> None:
         super().__init__(message)
@@ -99,7 +103,7 @@ class ProviderRejected(PaymentsError):
     """The provider answered 4xx: retrying the same request will not help."""
 
     status = 502
-    title = "The payment service refused this payment"
+    title = _("The payment service refused this payment")
 
     def __init__(self, message: str, *, provider_status: int) -> None:
         super().__init__(message)

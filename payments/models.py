@@ -7,9 +7,13 @@ payments.selectors.
 from __future__ import annotations
 
 import datetime
+import decimal
+import zoneinfo
 
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 
 # Ids that appear in QR codes and provider credentials: letters, digits, "-" and "_".
 IDENTIFIER = r"[A-Za-z0-9_-]{1,64}"
@@ -38,11 +42,26 @@ class Merchant(models.Model):
         return day <= self.active_until
 
 
+# Where most machines that take roubles stand; a machine elsewhere gets its own zone in the admin.
+DEFAULT_DEVICE_TIME_ZONE = "Europe/Moscow"
+
+
+def time_zone_validate(name: str) -> None:
+    """An IANA time zone name that this system's (or the tzdata package's) database knows."""
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValidationError(
+            "%(value)r is not an IANA time zone name, e.g. Europe/Moscow or Asia/Yekaterinburg.",
+            code="invalid_time_zone", params={"value": name},
+        ) from None
+
+
 class DeviceStatus(models.TextChoices):
-    ONLINE = "online", "Online"
-    OFFLINE = "offline", "Offline"
-    ERROR = "error", "Error"
-    TEST = "test", "Test"
+    ONLINE = "online", _("Online")
+    OFFLINE = "offline", _("Offline")
+    ERROR = "error", _("Error")
+    TEST = "test", _("Test")
 
 
 # Machines in these states take orders; a test machine does, so a technician can try the flow.
@@ -60,6 +79,11 @@ class Device(models.Model):
     logo_url = models.URLField(blank=True)
     welcome_text = models.CharField(max_length=500, blank=True)
     thank_you_text = models.CharField(max_length=500, blank=True)
+    # The customer pages show times (e.g. "pay before") in the machine's local time.
+    time_zone = models.CharField(
+        max_length=64, default=DEFAULT_DEVICE_TIME_ZONE, validators=[time_zone_validate],
+        help_text="The machine's IANA time zone, e.g. Europe/Moscow: times on the customer pages are shown in it.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
@@ -67,22 +91,22 @@ class Device(models.Model):
 
 
 class OrderStatus(models.TextChoices):
-    CREATED = "created", "Waiting for payment"
-    PENDING = "pending", "Payment in progress"
-    PAID = "paid", "Paid"
-    HELD = "held", "Paid (amount on hold)"
-    NOT_PAID = "not_paid", "Not paid"
-    MAKE_PENDING = "make_pending", "Being made"
-    CAPTURE_PENDING = "capture_pending", "Ready, completing payment"
-    SUCCESSFUL = "successful", "Ready"
-    MAKE_FAILED = "make_failed", "Could not be made"
-    CANCEL_PENDING = "cancel_pending", "Releasing the held amount"
-    RELEASED = "released", "Not charged"
-    REFUND_PENDING = "refund_pending", "Refund in progress"
-    REFUNDED = "refunded", "Refunded"
-    REFUND_FAILED = "refund_failed", "Refund failed, please ask the staff"
-    FAILED = "failed", "Failed"
-    MANUAL_MAKE = "manual_make", "Made by staff"
+    CREATED = "created", _("Waiting for payment")
+    PENDING = "pending", _("Payment in progress")
+    PAID = "paid", _("Paid")
+    HELD = "held", _("Paid (amount on hold)")
+    NOT_PAID = "not_paid", _("Not paid")
+    MAKE_PENDING = "make_pending", _("Being made")
+    CAPTURE_PENDING = "capture_pending", _("Ready, completing payment")
+    SUCCESSFUL = "successful", _("Ready")
+    MAKE_FAILED = "make_failed", _("Could not be made")
+    CANCEL_PENDING = "cancel_pending", _("Releasing the held amount")
+    RELEASED = "released", _("Not charged")
+    REFUND_PENDING = "refund_pending", _("Refund in progress")
+    REFUNDED = "refunded", _("Refunded")
+    REFUND_FAILED = "refund_failed", _("Refund failed, please ask the staff")
+    FAILED = "failed", _("Failed")
+    MANUAL_MAKE = "manual_make", _("Made by staff")
 
 
 S = OrderStatus
@@ -151,9 +175,9 @@ def sources_of(status: str) -> frozenset[str]:
 
 
 class Size(models.IntegerChoices):
-    SMALL = 1, "Small"
-    MEDIUM = 2, "Medium"
-    LARGE = 3, "Large"
+    SMALL = 1, _("Small")
+    MEDIUM = 2, _("Medium")
+    LARGE = 3, _("Large")
 
 
 # Kopecks: up to 10 000 roubles, far above any drink; a bigger number is a mistake.
@@ -242,6 +266,11 @@ class Order(models.Model):
 
     def __str__(self) -> str:
         return f"{self.id} {self.drink_name} ({self.status})"
+
+    @property
+    def price(self) -> decimal.Decimal:
+        """Roubles, exact, for the pages' locale-aware formatting (e.g. "150,00" in Russian)."""
+        return decimal.Decimal(self.price_kopecks).scaleb(-2)
 
     @property
     def price_rubles(self) -> str:

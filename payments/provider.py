@@ -33,6 +33,7 @@ from typing import Any
 
 import aiohttp
 from django.conf import settings
+from django.utils.translation import gettext as _, gettext_lazy
 
 from payments.errors import InvalidParameter, ProviderRejected, ProviderUnavailable, ShopNotConfigured
 from payments.json_input import json_input_parse
@@ -162,7 +163,7 @@ def _auth(shop_id: str) -> str:
     secret = settings.PAYMENT_PROVIDER_SECRETS.get(shop_id)
     if not secret:
         log.error("no secret key for shop %r in PAYMENT_PROVIDER_SECRETS: its merchants cannot take payments", shop_id)
-        raise ShopNotConfigured("Payments for this coffee machine are not set up yet. Please tell the staff.")
+        raise ShopNotConfigured(_("Payments for this coffee machine are not set up yet. Please tell the staff."))
     return "Basic " + base64.b64encode(f"{shop_id}:{secret}".encode()).decode("ascii")
 
 
@@ -207,10 +208,10 @@ async def _request(
                 return answer
             failure = f"HTTP {answer.status_code}"
         log.warning("provider %s %s attempt %d/%d failed: %s", method, path, attempt + 1, retries + 1, failure)
-    raise ProviderUnavailable("The payment service did not answer. Please try again in a moment.", detail=failure)
+    raise ProviderUnavailable(_("The payment service did not answer. Please try again in a moment."), detail=failure)
 
 
-_UNREADABLE = "The payment service gave an answer we could not read. Please try again."
+_UNREADABLE = gettext_lazy("The payment service gave an answer we could not read. Please try again.")
 _PARSE_ERRORS = (ValueError, KeyError, TypeError, AttributeError, InvalidOperation)
 
 
@@ -276,7 +277,7 @@ def _rejected(response: Answer, what: str) -> ProviderRejected:
     # The provider's error object: {"type": "error", "code": ..., "description": ..., "parameter": ...}
     log.error("provider refused %s: HTTP %d %s", what, response.status_code, response.text[:500])
     return ProviderRejected(
-        "The payment service refused this payment. Please ask the staff for help.",
+        _("The payment service refused this payment. Please ask the staff for help."),
         provider_status=response.status_code,
     )
 

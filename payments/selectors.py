@@ -6,6 +6,8 @@ import datetime
 from dataclasses import dataclass
 from typing import Any
 
+from django.utils.translation import gettext as _
+
 from payments.errors import OrderNotFound
 from payments.models import FINAL_STATUSES, MAKEABLE_STATUSES, DeviceCredential, MenuItem, Order, OrderStatus, Size
 from payments.provider import CURRENCY, rubles
@@ -37,13 +39,13 @@ class OrderState:
         return {
             "order_id": self.order_id,
             "status": self.status,
-            "label": OrderStatus(self.status).label,
+            "label": str(OrderStatus(self.status).label),
             "final": self.status in FINAL_STATUSES,
             "expired": self.status == OrderStatus.CREATED and now >= self.expires_at,
             "drink_number": self.drink_number,
             "drink_name": self.drink_name,
             "size": self.size,
-            "size_label": Size(self.size).label,
+            "size_label": str(Size(self.size).label),
             "amount_kopecks": self.price_kopecks,
             "amount": rubles(self.price_kopecks),
             "currency": CURRENCY,
@@ -91,7 +93,8 @@ async def order_get(*, order_id: str) -> Order:
     """The order with its device and merchant (one joined read), for pages and payments."""
     order = await Order.objects.select_related("device", "merchant").filter(pk=order_id).afirst()
     if order is None:
-        raise OrderNotFound(f"There is no order {order_id[:64]!r}. Please scan the QR code on the machine again.")
+        raise OrderNotFound(_("There is no order %(order)r. Please scan the QR code on the machine again.")
+                            % {"order": order_id[:64]})
     return order
 
 

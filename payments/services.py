@@ -21,6 +21,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from payments import credentials, provider, selectors
 from payments.errors import (
@@ -66,31 +67,33 @@ SCAN_FIELDS = ("device_id", "drink_number", "size")
 
 def _ensure_can_order(merchant: Merchant, device: Device, *, now: datetime.datetime) -> None:
     if not merchant.is_active_on(timezone.localdate(now)):
-        raise MerchantInactive("This coffee machine's shop cannot take payments at the moment. Please tell the staff.")
+        raise MerchantInactive(_("This coffee machine's shop cannot take payments at the moment. Please tell the staff."))
     if device.status not in ORDERING_DEVICE_STATUSES:
-        raise DeviceUnavailable(f"This coffee machine is {device.get_status_display().lower()} and cannot take orders.")
+        raise DeviceUnavailable(_("This coffee machine is %(status)s and cannot take orders.")
+                                % {"status": str(device.get_status_display()).lower()})
 
 
 def _ensure_not_expired(order: Order, *, now: datetime.datetime) -> None:
     if order.is_expired(now):
-        raise OrderExpired("This order was not paid in time. Please choose your drink on the machine again.")
+        raise OrderExpired(_("This order was not paid in time. Please choose your drink on the machine again."))
 
 
 def _menu_item_for(device: Device, *, drink_number: int, size: int, quoted_price_kopecks: int | None) -> MenuItem:
     item = MenuItem.objects.filter(device=device, drink_number=drink_number, size=size).first()
-    size_name = Size(size).label.lower()
+    size_name = str(Size(size).label).lower()
     if item is None:
-        raise DrinkNotOnMenu(f"This coffee machine has no drink {drink_number} in size {size_name}. "
-                             "Please choose your drink on the machine again.")
+        raise DrinkNotOnMenu(_("This coffee machine has no drink %(number)d in size %(size)s. "
+                               "Please choose your drink on the machine again.") % {"number": drink_number, "size": size_name})
     if not item.available:
-        raise DrinkUnavailable(f"{item.drink_name} ({size_name}) is not available on this machine right now. "
-                               "Please choose another drink.")
+        raise DrinkUnavailable(_("%(drink)s (%(size)s) is not available on this machine right now. "
+                                 "Please choose another drink.") % {"drink": item.drink_name, "size": size_name})
     if quoted_price_kopecks is not None and quoted_price_kopecks != item.price_kopecks:
         log.warning("scan of %s drink %d size %d quotes %d kopecks, the menu says %d", device.device_uuid,
                     drink_number, size, quoted_price_kopecks, item.price_kopecks)
-        raise PriceMismatch(f"This QR code says {provider.rubles(quoted_price_kopecks)} ₽, but {item.drink_name} "
-                            f"({size_name}) costs {provider.rubles(item.price_kopecks)} ₽ on this machine. "
-                            "Please choose your drink on the machine again.")
+        raise PriceMismatch(_("This QR code says %(quoted)s ₽, but %(drink)s (%(size)s) costs %(price)s ₽ on this "
+                              "machine. Please choose your drink on the machine again.") % {
+            "quoted": provider.rubles(quoted_price_kopecks), "drink": item.drink_name, "size": size_name,
+            "price": provider.rubles(item.price_kopecks)})
     return item
 
 
@@ -128,7 +131,8 @@ def order_create(
         },
     )
     if not created and any(getattr(order, field) != value for field, value in wanted.items()):
-        raise OrderConflict(f"Order {order_id!r} already exists for another drink. Please choose your drink again.")
+        raise OrderConflict(_("Order %(order)r already exists for another drink. Please choose your drink again.")
+                            % {"order": order_id})
     order.device = device  # already loaded: pages use it without another query
     _ensure_not_expired(order, now=now)
     return order

@@ -9,13 +9,24 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
+from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_POST
 
 from payments import provider, selectors, services
 from payments.errors import InvalidParameter, OrderNotFound, PaymentsError
 from payments.forms import scan_parse
-from payments.models import PAYABLE_STATUSES, Order
+from payments.models import PAYABLE_STATUSES, Order, OrderStatus
 from payments.readiness import database_check, migrations_check
+
+S = OrderStatus
+# The status page's next step once an order leads nowhere: each paragraph of
+# payments/next_step.html and the statuses it is shown for ("expired": unpaid past its window).
+NEXT_STEPS: dict[str, tuple[str, ...]] = {
+    "not_charged": ("expired", S.NOT_PAID),
+    "money_back": (S.CANCEL_PENDING, S.RELEASED, S.REFUND_PENDING, S.REFUNDED),
+    "again": ("expired", S.NOT_PAID, S.FAILED, S.MAKE_FAILED, S.CANCEL_PENDING, S.RELEASED, S.REFUND_PENDING,
+              S.REFUNDED, S.REFUND_FAILED),
+}
 
 
 async def health(request: HttpRequest) -> JsonResponse:
@@ -44,10 +55,17 @@ def _error_page(request: HttpRequest, error: PaymentsError, *, order_id: str | N
 
 
 def _order_page(request: HttpRequest, template: str, order: Order) -> HttpResponse:
+    # As the status poll says it (selectors.OrderState.as_json), so that its answers agree with the page.
+    expired = order.status == S.CREATED and timezone.now() >= order.expires_at
     context = {
         "order": order,
         "device": order.device,
-        "payable": order.status in PAYABLE_STATUSES,
+        "payable": order.status in PAYABLE_STATUSES and not expired,
+        "expired": expired,
+        "expired_label": _("Expired: please order again on the machine"),
+        "shown_status": "expired" if expired else order.status,
+        "next_steps": {name: [str(status) for status in statuses] for name, statuses in NEXT_STEPS.items()},
+        "payable_statuses": [str(status) for status in PAYABLE_STATUSES],
         "status_url": reverse("order-status", args=[order.pk]),
     }
     return render(request, template, context)

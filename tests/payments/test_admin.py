@@ -39,8 +39,22 @@ def test_admin_action_applies_only_legal_transitions(admin_client: Any, order: O
     response = admin_client.post(
         "/admin/payments/order/", {"action": "mark_failed", "_selected_action": [order.pk]}, follow=True
     )
-    assert "is manual_make and cannot become failed" in response.content.decode()
+    page = response.content.decode()
+    # Plain words, the statuses as the list shows them; nothing changed is a warning, not a success.
+    assert (f'<li class="warning">Order {order.pk} is “Made by staff”: only an order that is “Payment in progress”'
+            ' or “Ready, completing payment” or “Waiting for payment” can be marked “Failed”.</li>') in page
+    assert '<li class="warning">Nothing changed: none of the selected orders could be marked “Failed”.</li>' in page
+    assert 'class="success"' not in page and "manual_make" not in page.split('id="changelist"')[0]
     assert Order.objects.get(pk=order.pk).status == "manual_make"
+
+
+def test_admin_action_messages_follow_the_staffs_language(admin_client: Any, order: Order) -> None:
+    response = admin_client.post("/admin/payments/order/", {"action": "mark_manual_make", "_selected_action": [order.pk]},
+                                 follow=True, HTTP_ACCEPT_LANGUAGE="ru")
+    page = response.content.decode()
+    assert (f"Заказ {order.pk} в состоянии «Ожидает оплаты»: отметить «Выдано персоналом» можно только заказ в "
+            "состоянии «Не удалось приготовить» или «Оплачено».") in page
+    assert "Ничего не изменилось" in page and Order.objects.get(pk=order.pk).status == "created"
 
 
 def test_staff_edit_the_menu_inline_on_the_machine(admin_client: Any, device: Device) -> None:
@@ -83,7 +97,7 @@ def test_marking_a_paid_order_could_not_be_made_refunds_it(admin_client: Any, or
     response = admin_client.post(
         "/admin/payments/order/", {"action": "mark_make_failed", "_selected_action": [order.pk]}, follow=True
     )
-    assert "1 order(s) changed." in response.content.decode()
+    assert '<li class="success">1 order marked “Could not be made”.</li>' in response.content.decode()
     stored = Order.objects.get(pk=order.pk)
     assert (stored.status, stored.refunded_kopecks) == ("refunded", order.price_kopecks)
     assert [refund.payment_id for refund in fake_server.app.refunds.values()] == [payment.id]

@@ -1,0 +1,175 @@
+"""The customer pages in the customer's language and the machine's time zone, with a next step when
+an order leads nowhere; the catalogues they are translated from."""
+
+from __future__ import annotations
+
+import datetime
+import gettext
+import html
+import io
+import re
+import zoneinfo
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+from asgiref.sync import sync_to_async
+from babel.messages.extract import DEFAULT_KEYWORDS, extract
+from babel.messages.pofile import read_po
+from django.core.exceptions import ValidationError
+from django.test import AsyncClient
+from django.utils import timezone, translation
+from django.utils.translation.template import templatize
+
+from payments import services
+from payments.models import Device, Order
+from tests.payments.conftest import scan_parameters
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ORDER_ID = scan_parameters()["order_id"]
+QR = "/v1/pay?" + urlencode({"deviceUuid": "machine-1", "orderId": ORDER_ID, "drinkNo": "2", "size": "2"})
+RU = {"headers": {"Accept-Language": "ru-RU,ru;q=0.9,en;q=0.5"}}
+PAYMENTS = Path(__file__).resolve().parents[2] / "payments"
+LOCALE = PAYMENTS / "locale"
+
+
+def text_of(content: bytes) -> str:
+    """The page's text with tags removed and runs of white space as one space."""
+    body = content.decode().split("<body>", 1)[-1]
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", body))).replace("\xa0", " ")
+
+
+async def test_the_qr_page_speaks_russian_with_roubles_and_the_machines_time(device: Device) -> None:
+    await Device.objects.filter(pk=device.pk).aupdate(time_zone="Asia/Vladivostok")
+    response = await AsyncClient().get(QR, **RU)
+    page = text_of(response.content)
+    assert response.status_code == 200 and response["Content-Language"] == "ru"
+    assert '<html lang="ru">' in response.content.decode()
+    assert "Оплатить" in page and "Средний · напиток № 2" in page and "159,00 ₽" in page
+    order = await Order.objects.aget(pk=ORDER_ID)
+    local = timezone.localtime(order.expires_at, zoneinfo.ZoneInfo("Asia/Vladivostok"))
+    assert f"Оплатите до {local:%H:%M} (+10)." in page, page
+
+
+async def test_without_russian_in_accept_language_the_page_is_english(device: Device) -> None:
+    for header in ({}, {"Accept-Language": "de-DE,de;q=0.9"}, {"Accept-Language": "en-GB"}):
+        response = await AsyncClient().get(QR, headers=header)
+        page = text_of(response.content)
+        assert response["Content-Language"] == "en", header
+        assert "Pay" in page and "Medium · drink no. 2" in page and "159.00 ₽" in page
+        order = await Order.objects.aget(pk=ORDER_ID)
+        local = timezone.localtime(order.expires_at, zoneinfo.ZoneInfo("Europe/Moscow"))  # the default zone
+        assert f"({local:%Z})." in page and "Pay before" in page and "Оплатить" not in page
+
+
+async def test_error_pages_are_translated_and_say_what_to_do_next(device: Device) -> None:
+    response = await AsyncClient().get(QR.replace("machine-1", "machine-9"), **RU)
+    page = text_of(response.content)
+    assert response.status_code == 404 and "Неизвестная кофемашина" in page
+    assert "выберите его на кофемашине и отсканируйте новый QR-код" in page
+    response = await AsyncClient().get(QR.replace("drinkNo=2", "drinkNo=7"), **RU)
+    assert "На этой кофемашине нет напитка № 7 размера «средний»" in text_of(response.content)
+
+
+async def test_a_cancelled_order_shows_the_next_step_and_no_pay_button(order: Order) -> None:
+    await sync_to_async(services.order_mark_pending)(order_id=order.pk, provider_payment_id="pay-1")
+    response = await AsyncClient().get(f"/v1/orders/{order.pk}", **RU)
+    content = response.content.decode()
+    assert re.search(r'<form [^>]*id="pay">', content), "a pending order can still be paid"
+    assert len(re.findall(r"<p data-statuses=[^>]* hidden>", content)) == 3  # no next step yet
+
+    await Order.objects.filter(pk=order.pk).aupdate(status="not_paid")
+    response = await AsyncClient().get(f"/v1/orders/{order.pk}", **RU)
+    content = response.content.decode()
+    assert re.search(r'<form [^>]*id="pay" hidden>', content)
+    shown = re.findall(r'<p data-statuses="[^"]*">\s*([^<]+)', content)
+    assert [text.strip() for text in shown] == [
+        "Оплата не прошла: деньги не списаны.",
+        "Чтобы попробовать ещё раз или выбрать другой напиток, выберите его на кофемашине и отсканируйте новый QR-код.",
+    ]
+    assert "Не оплачено" in text_of(response.content)
+
+
+async def test_an_expired_order_says_so_on_the_status_page(device: Device, settings: Any) -> None:
+    long_ago = timezone.now() - datetime.timedelta(minutes=settings.ORDER_EXPIRY_MINUTES + 1)
+    await sync_to_async(services.order_create)(**scan_parameters(), now=long_ago)
+    response = await AsyncClient().get(f"/v1/orders/{ORDER_ID}")
+    content = response.content.decode()
+    assert 'data-status="expired"' in content and "Expired: please order again on the machine" in content
+    assert re.search(r'<form [^>]*id="pay" hidden>', content)
+    assert "scan the new QR code" in text_of(response.content)
+
+
+async def test_the_status_poll_labels_in_the_customers_language(order: Order) -> None:
+    response = await AsyncClient().get(f"/v1/order-status/{order.pk}", **RU)
+    assert (response.json()["label"], response.json()["size_label"]) == ("Ожидает оплаты", "Средний")
+    assert "Accept-Language" in response["Vary"]
+
+
+@pytest.mark.parametrize("name", ["Mars/Olympus", "../../etc/passwd", "", "europe/moscow "])
+def test_a_machines_time_zone_must_be_an_iana_name(device: Device, name: str) -> None:
+    device.time_zone = name
+    with pytest.raises(ValidationError) as invalid:
+        device.full_clean()
+    assert "time_zone" in invalid.value.message_dict
+
+
+def test_a_machine_in_another_zone_is_saved_and_the_default_is_moscow(device: Device) -> None:
+    assert device.time_zone == "Europe/Moscow"
+    device.time_zone = "Asia/Yekaterinburg"
+    device.full_clean()
+
+
+# The catalogues ------------------------------------------------------------------------------
+
+
+def test_the_committed_mo_is_compiled_from_the_po_and_nothing_is_left_untranslated() -> None:
+    """The .mo files are committed so that a fresh clone needs no gettext tools: each must say what
+    its .po says (after editing a .po, `make messages` compiles it)."""
+    catalogues = sorted(LOCALE.glob("*/LC_MESSAGES/django.po"))
+    assert [path.parts[-3] for path in catalogues] == ["ru"]
+    for po_path in catalogues:
+        with po_path.open("rb") as po_file:
+            po = read_po(po_file)
+        with po_path.with_suffix(".mo").open("rb") as mo_file:
+            compiled = gettext.GNUTranslations(mo_file)._catalog  # type: ignore[attr-defined]
+        expected: dict[object, str] = {}
+        for message in po:
+            if not message.id:
+                continue
+            assert not message.fuzzy, f"{po_path}: {message.id!r} is fuzzy"
+            if message.pluralizable:
+                for index, form in enumerate(message.string):
+                    expected[(message.id[0], index)] = form
+            else:
+                expected[message.id] = message.string
+            assert all(message.string if message.pluralizable else [message.string]), f"{message.id!r} untranslated"
+        assert {key: value for key, value in compiled.items() if key != ""} == expected, f"{po_path} is not compiled"
+
+
+def test_no_other_catalogue_overrides_ours() -> None:
+    """Django merges every app's catalogue: each of our messages must come out as our translation."""
+    with (LOCALE / "ru" / "LC_MESSAGES" / "django.mo").open("rb") as mo_file:
+        ours = gettext.GNUTranslations(mo_file)._catalog  # type: ignore[attr-defined]
+    with translation.override("ru"):
+        wrong = {msgid: translation.gettext(msgid) for msgid, text in ours.items()
+                 if isinstance(msgid, str) and msgid and translation.gettext(msgid) != text}
+    assert wrong == {}
+
+
+def test_every_string_marked_for_translation_is_in_the_catalogue() -> None:
+    """What `make messages` would extract, without GNU gettext: Django's own template-to-gettext
+    step (the one makemessages runs before xgettext), then Babel's Python extractor."""
+    keywords = {**DEFAULT_KEYWORDS, "gettext_lazy": None}  # the names xgettext is given by makemessages
+    marked: set[str] = set()
+    for path in sorted(PAYMENTS.rglob("*.py")) + sorted(PAYMENTS.rglob("*.html")):
+        source = path.read_text(encoding="utf-8")
+        code = templatize(source, origin=str(path)) if path.suffix == ".html" else source
+        for _, message, _, _ in extract("python", io.BytesIO(code.encode()), keywords=keywords):
+            marked.add(message[0] if isinstance(message, tuple) else message)
+    with (LOCALE / "ru" / "LC_MESSAGES" / "django.po").open("rb") as po_file:
+        catalogued = {message.id[0] if message.pluralizable else message.id for message in read_po(po_file) if message.id}
+    assert marked - catalogued == set(), "run `make messages` and translate the new strings"
+    assert catalogued - marked == set(), "the catalogue has strings nothing uses: run `make messages`"
