@@ -37,6 +37,8 @@ pytestmark = [
 # Shown in README, not run here, and why.
 NOT_RUN = {"make test": "it runs the suite this test belongs to"}
 QUICKSTART_SERVER = ".venv/bin/gunicorn -c config/gunicorn.py"
+# The Makefile's own variables: a value left in the environment would move the commands.
+MAKE_VARIABLES = {"PORT", "PROVIDER_PORT", "BASE_URL", "ARGS", "VENV", "PYTHON", "PYTEST_ARGS"}
 
 
 def readme_blocks(clone: Path) -> list[list[str]]:
@@ -48,8 +50,8 @@ def readme_blocks(clone: Path) -> list[list[str]]:
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh `git clone` of this repository whose `.venv` is the suite's own."""
-    if sys.prefix == sys.base_prefix:
-        pytest.skip("the suite does not run in a virtualenv to reuse")
+    if sys.prefix == sys.base_prefix or not (REPO / ".git").exists():
+        pytest.skip("needs a git checkout and the suite's virtualenv to reuse")
     directory = tmp_path_factory.mktemp("readme") / "clone"
     subprocess.run(["git", "clone", "--quiet", str(REPO), str(directory)], check=True, timeout=60)
     venv = directory / ".venv"
@@ -68,6 +70,7 @@ def environ(home: Path, **variables: str) -> dict[str, str]:
     env = {
         key: value for key, value in os.environ.items()
         if not key.startswith(("DJANGO_", "GUNICORN_", "DATABASE_", "PAYMENT_", "ORDER_", "MAKE", "MFLAGS"))
+        and key not in MAKE_VARIABLES
     }
     env.update(HOME=str(home), GUNICORN_HOST="127.0.0.1", **variables)
     return env
