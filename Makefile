@@ -32,9 +32,11 @@ run manage: export PAYMENT_PROVIDER_SECRETS := $(or $(PAYMENT_PROVIDER_SECRETS),
 PORT ?= $(or $(GUNICORN_PORT),8000)
 PROVIDER_PORT ?= 8001
 BASE_URL ?= http://localhost:$(PORT)
+# Exported only when the caller moved them; otherwise the settings layer's own values stand.
+given = $(filter environment% command%,$(origin $(1)))
 run: export GUNICORN_PORT := $(PORT)
-run: export DJANGO_PUBLIC_BASE_URL := $(or $(DJANGO_PUBLIC_BASE_URL),$(BASE_URL))
-run manage: export PAYMENT_PROVIDER_URL := $(or $(PAYMENT_PROVIDER_URL),http://127.0.0.1:$(PROVIDER_PORT)/v3)
+run: export DJANGO_PUBLIC_BASE_URL := $(or $(DJANGO_PUBLIC_BASE_URL),$(if $(call given,PORT)$(call given,GUNICORN_PORT)$(call given,BASE_URL),$(BASE_URL)))
+run manage: export PAYMENT_PROVIDER_URL := $(or $(PAYMENT_PROVIDER_URL),$(if $(call given,PROVIDER_PORT),http://127.0.0.1:$(PROVIDER_PORT)/v3))
 
 migrate: install
 	$(BIN)/python manage.py migrate --noinput
