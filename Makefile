@@ -7,6 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 
 .PHONY: run test test-sqlite test-postgres install install-test migrate seed fake-provider lint-deploy image clean
+.PHONY: superuser manage
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,10 +22,21 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 # The development layer unless the caller picked another one.
-run migrate seed: export DJANGO_ENV := $(or $(DJANGO_ENV),development)
+run migrate seed superuser manage: export DJANGO_ENV := $(or $(DJANGO_ENV),development)
 # The fake provider's demo shop (`make fake-provider`, `make seed`): not a secret of anything real.
 DEMO_PROVIDER_SECRETS := demo-shop:demo-secret
-run: export PAYMENT_PROVIDER_SECRETS := $(or $(PAYMENT_PROVIDER_SECRETS),$(DEMO_PROVIDER_SECRETS))
+run manage: export PAYMENT_PROVIDER_SECRETS := $(or $(PAYMENT_PROVIDER_SECRETS),$(DEMO_PROVIDER_SECRETS))
+# Where the development server listens (PORT, else GUNICORN_PORT, else 8000), where the fake provider
+# listens (PROVIDER_PORT) and the base URL of the QR links and of the provider's return URL
+# (BASE_URL): pass the same values to `make run`, `make fake-provider` and `make seed`.
+PORT ?= $(or $(GUNICORN_PORT),8000)
+PROVIDER_PORT ?= 8001
+BASE_URL ?= http://localhost:$(PORT)
+# Exported only when the caller moved them; otherwise the settings layer's own values stand.
+given = $(filter environment% command%,$(origin $(1)))
+run: export GUNICORN_PORT := $(PORT)
+run: export DJANGO_PUBLIC_BASE_URL := $(or $(DJANGO_PUBLIC_BASE_URL),$(if $(call given,PORT)$(call given,GUNICORN_PORT)$(call given,BASE_URL),$(BASE_URL)))
+run manage: export PAYMENT_PROVIDER_URL := $(or $(PAYMENT_PROVIDER_URL),$(if $(call given,PROVIDER_PORT),http://127.0.0.1:$(PROVIDER_PORT)/v3))
 
 migrate: install
 	$(BIN)/python manage.py migrate --noinput
@@ -32,14 +44,23 @@ migrate: install
 run: migrate
 	exec $(BIN)/gunicorn -c config/gunicorn.py
 
-# The demo merchant and machines; prints QR links to open in a browser.
+# The demo merchant and machines; prints QR links on BASE_URL to open in a browser.
 seed: migrate
-	$(BIN)/python manage.py seed_demo
+	$(BIN)/python manage.py seed_demo --base-url '$(BASE_URL)'
 
-# The fake payment provider on :8001, notifying `make run`'s webhook on :8000.
+# The fake payment provider on PROVIDER_PORT, notifying `make run`'s webhook on PORT; ARGS adds
+# options, e.g. ARGS="--fail error" (or hang, flaky), ARGS="--latency 0.5", ARGS="--help".
 fake-provider: install
-	exec $(BIN)/python -m devtools.fake_provider --port 8001 --credentials $(DEMO_PROVIDER_SECRETS) \
-		--webhook-url http://127.0.0.1:8000/v1/payments/webhook
+	exec $(BIN)/python -m devtools.fake_provider --port $(PROVIDER_PORT) --credentials $(DEMO_PROVIDER_SECRETS) \
+		--webhook-url http://127.0.0.1:$(PORT)/v1/payments/webhook $(ARGS)
+
+# An admin login for /admin/ (asks for a name, an e-mail address and a password).
+superuser: migrate
+	$(BIN)/python manage.py createsuperuser $(ARGS)
+
+# Any manage.py command in the development layer, with the demo shop's key: make manage ARGS="check".
+manage: install
+	$(BIN)/python manage.py $(ARGS)
 
 # The suite twice: on SQLite (DATABASE_URL empty = the testing layer's) and on PostgreSQL.
 # PostgreSQL's binaries are looked for first, so a missing install fails in one line, at once.

@@ -3,7 +3,7 @@
 In process, on uvloop, no sockets: each protocol parses a keep-alive `GET` as wrk sends it, runs a
 trivial ASGI application and writes the answer to a transport that only counts writes. Compared:
 uvicorn's httptools protocol, coffee_payment/http_protocol.py's subclass with its header limits,
-and uvicorn's h11 protocol with `h11_max_incomplete_event_size` (the alternative PROJECT.md's
+and uvicorn's h11 protocol with `h11_max_incomplete_event_size` (the alternative docs/architecture.md's
 "Request limits" weighs). CPU time, best and median of the rounds: on a shared machine the best
 round is the protocol's own cost.
 """

@@ -1,20 +1,9 @@
 """A size limit on request bodies (GUNICORN_MAX_BODY_BYTES), enforced before the body is read.
 
-Django's ASGI handler reads the whole body into a temporary file (spooled to disk past
-FILE_UPLOAD_MAX_MEMORY_SIZE) before it dispatches, and only checks DATA_UPLOAD_MAX_MEMORY_SIZE
-when a view touches `request.POST` or `request.body`: a 200 MB body would be read and written to
-/tmp first. This middleware answers as nginx's `client_max_body_size` does:
-
-- a `Content-Length` over the limit gets `413 Content Too Large` at once; the application never
-  runs and the body is never read (a client that sent `Expect: 100-continue` is never told to
-  send it);
-- a body without a length (chunked) is counted as it arrives; the read that crosses the limit
-  gets the 413 and the application sees a client disconnect (Django then drops the request
-  without a response of its own).
-
-The 413 carries `Connection: close`: the rest of the body is still on the wire. If the
-application had already started a response before the body crossed the limit, no status can be
-sent any more; it sees the disconnect and the response it sends is kept.
+Django reads a whole body (spooling it to /tmp) before it dispatches. As nginx's
+`client_max_body_size` does, a `Content-Length` over the limit gets `413` at once, the application
+never running; a chunked body gets it at the read that crosses, the application seeing a client
+disconnect. The 413 carries `Connection: close`; a response already started is kept.
 """
 
 from __future__ import annotations

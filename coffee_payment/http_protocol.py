@@ -1,33 +1,13 @@
 """uvicorn's httptools protocol with a size and a time limit on each request's header section.
 
-uvicorn bounds neither with httptools: the header section is read whole however large it is
-(httptools concatenates a value split across reads, so hundreds of MiB also freeze the worker),
-and a client that trickles header lines holds its connection for as long as it likes.
-https://github.com/Kludex/uvicorn/issues/157 lists both limits; the size limit exists only for h11
-(`h11_max_incomplete_event_size`), and the httptools attempts were closed unmerged
-(https://github.com/Kludex/uvicorn/pull/1684, https://github.com/Kludex/uvicorn/pull/2019;
-https://github.com/MagicStack/httptools/issues/87: the parser's own buffer limit is not settable).
-
-What this adds, as nginx does with `large_client_header_buffers` and `client_header_timeout`:
-
-* size: bytes read while a request's header section is incomplete are counted per read; once
-  they exceed `max_header_bytes` the client gets `431 Request Header Fields Too Large` and the
-  connection is closed. The count is taken after each read is parsed, so a read that completes
-  the headers and carries body bytes is never miscounted, and the parser never holds more than
-  the limit plus one read (uvloop reads at most 256 000 bytes at a time). A section that
-  completes within a read that could hold more than the limit is measured exactly when parsed.
-* time: a connection must complete a request's header section within `header_timeout` seconds of
-  connecting, or of the first byte of a later request on a keep-alive connection. Otherwise it
-  gets `408 Request Timeout` (or, if it sent nothing at all, is just closed, as nginx does) and
-  is dropped. The wait *between* keep-alive requests stays uvicorn's `timeout_keep_alive`.
-* lingering close: a response that closes the connection before the request was read to its end
-  (these 431/408s, the 413 of coffee_payment/body_limit.py, the request timeout's 408) would
-  otherwise close a socket with unread bytes, and the kernel answers those with a reset that can
-  destroy the response before the client reads it. As nginx's `lingering_close` does, the
-  connection is half-closed after the response and what the client still sends is discarded
-  unparsed, until it closes or for LINGER_SECONDS at most.
-
-Relies on `HttpToolsProtocol` internals listed in PROJECT.md ("Internals the worker depends on").
+uvicorn bounds neither with httptools (https://github.com/Kludex/uvicorn/issues/157; the attempts
+https://github.com/Kludex/uvicorn/pull/1684 and https://github.com/Kludex/uvicorn/pull/2019 were
+closed unmerged; https://github.com/MagicStack/httptools/issues/87). As nginx does: a header
+section past `max_header_bytes` (counted per read, after parsing) gets 431; one not complete
+within `header_timeout` of its first byte gets 408 (silence: just closed). Any answer that closes
+a connection with unread bytes lingers: it half-closes and discards what the client still sends
+for up to LINGER_SECONDS, so the kernel does not reset the answer away. Relies on uvicorn's
+`HttpToolsProtocol` internals; the tests fail when an upgrade changes them.
 """
 
 from __future__ import annotations

@@ -1,40 +1,13 @@
 """A per-request deadline for the ASGI application (GUNICORN_TIMEOUT, via settings.REQUEST_TIMEOUT).
 
-Under UvicornWorker, Gunicorn's `timeout` is only a worker heartbeat (the event loop keeps beating
-while a request runs), so nothing bounds a slow request:
+Under UvicornWorker, Gunicorn's `timeout` is only a heartbeat, so nothing bounds a slow request:
 https://github.com/Kludex/uvicorn/issues/611, https://github.com/Kludex/uvicorn/issues/1276,
-https://github.com/benoitc/gunicorn/pull/1730.
-
-What the client gets when `timeout` seconds pass (from the end of the request headers) without a
-complete answer:
-
-- `408 Request Timeout` if the application was still waiting for the request body (a slow or
-  stalled upload; Django reads the whole body before it dispatches);
-- `504 Gateway Timeout` otherwise (a slow view, a slow upstream call);
-- if the application had already started its response, no status can be sent any more: the
-  middleware raises RequestTimeoutError, uvicorn logs it and closes the connection, so the client
-  sees a truncated response, never one that looks complete.
-
-Both answers carry `Connection: close`: after a 408 the unread body is still on the wire, and
-after a 504 the application may still be running for that request.
-
-At the deadline the application sees what a client disconnect looks like: every `receive()`
-returns `http.disconnect`. Django's ASGI handler listens for exactly that and cancels the view
-itself (async views get CancelledError where they await), which keeps its own bookkeeping
-(request_finished, closing the body) intact. An application that does not listen is cancelled
-after DISCONNECT_GRACE seconds.
-
-What cannot be interrupted: sync code (sync views, ORM calls) runs in a thread via asgiref's
-sync_to_async, and a thread cannot be stopped. The client gets its 504 on time; the call runs to
-its end in the background, keeping its thread (a pooled one, returned to the pool only after the
-call; coffee_payment/request_threads.py), its database connection and its locks, and its side effects
-still happen; its response is thrown away. Django's handler waits for the call before it sends
-request_finished and closes the request body; if the application is cancelled meanwhile (after
-DISCONNECT_GRACE), the body closes once the call lets go of the request. asgiref before 3.13 waited for that thread with a
-blocking `executor.shutdown()` on the event loop (https://github.com/django/asgiref/issues/535,
-fixed by https://github.com/django/asgiref/pull/563), which froze the whole worker: setup.cfg pins
-asgiref>=3.13. Put real deadlines inside such calls (database statement_timeout, HTTP client
-timeouts).
+https://github.com/benoitc/gunicorn/pull/1730. At the deadline (counted from the end of the
+headers) the client gets 408 while its body is still arriving, else 504, both with
+`Connection: close`; a response already started is cut. The application sees a client disconnect,
+on which Django cancels the view; one that does not listen is cancelled DISCONNECT_GRACE later.
+Sync code in a thread cannot be stopped: it runs to its end, its answer thrown away
+(asgiref >= 3.13 keeps that off the event loop: https://github.com/django/asgiref/issues/535).
 """
 
 from __future__ import annotations

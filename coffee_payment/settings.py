@@ -46,9 +46,9 @@ INSTALLED_APPS = [
     "coffee_payment",
     "payments",
 ]
-# Development tools (devtools/: `manage.py seed_demo`) in a checkout's development and testing
-# layers; the image and a wheel do not carry them, so the image's development mode runs without.
-if conf.layer in ("development", "testing") and (BASE_DIR / "devtools" / "__init__.py").is_file():
+# Development tools (devtools/: `manage.py seed_demo`) wherever a checkout has them (README's
+# production quickstart seeds demo machines too); the image and a wheel do not carry them.
+if (BASE_DIR / "devtools" / "__init__.py").is_file():
     INSTALLED_APPS.append("devtools")
 
 # MIDDLEWARE

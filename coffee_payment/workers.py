@@ -1,42 +1,21 @@
 """Gunicorn worker for the ASGI service that drains instead of dropping work.
 
-Use with `worker_class = "coffee_payment.workers.DrainingUvicornWorker"`.
+Stock `uvicorn_worker.UvicornWorker` (0.4) loses requests on a stop or a recycle; this subclass of
+uvicorn's `Server` fixes each way:
 
-Stock `uvicorn_worker.UvicornWorker` (0.4) loses requests in three ways, all
-of which this worker fixes by subclassing uvicorn's `Server` rather than
-re-implementing the HTTP protocols:
+* the master's SIGQUIT (its own SIGINT) only flips a flag nothing reads, so the worker accepts
+  until SIGKILL: https://github.com/Kludex/uvicorn-worker/issues/2,
+  https://github.com/Kludex/uvicorn/issues/1116, https://github.com/benoitc/gunicorn/issues/2604
+* `Server.shutdown()` closes connections accepted but not yet read, and idle keep-alive ones
+  being reused: https://github.com/Kludex/uvicorn/issues/2757,
+  https://github.com/Kludex/uvicorn/pull/3124, https://github.com/benoitc/gunicorn/issues/2567
+* after uvicorn's main loop nobody beats the heartbeat, and its graceful timeout is not
+  Gunicorn's: https://github.com/Kludex/uvicorn/pull/2094
 
-* SIGQUIT, which the gunicorn master sends to workers when *it* gets SIGINT or
-  SIGQUIT, is routed to `Worker.handle_exit` which only flips
-  `self.alive`, a flag nothing in the uvicorn worker reads. The worker keeps
-  accepting until the master SIGKILLs it after `graceful_timeout`.
-  https://github.com/Kludex/uvicorn-worker/issues/2,
-  https://github.com/Kludex/uvicorn/issues/1116,
-  https://github.com/benoitc/gunicorn/issues/2604
-* `Server.shutdown()` calls `connection.shutdown()` on every connection in
-  the same loop iteration that stops listening. A connection that was accepted
-  but whose request bytes are still unread has no request cycle yet, so it is
-  closed with the request unread and the client gets a reset. The same happens
-  to an idle keep-alive connection on which the client is just sending its
-  next request. With `max_requests` that happens on every recycle.
-  https://github.com/Kludex/uvicorn/issues/2757,
-  https://github.com/Kludex/uvicorn/pull/3124,
-  https://github.com/benoitc/gunicorn/issues/2567
-* Once uvicorn's main loop returns, nothing calls `callback_notify` any more,
-  so a drain longer than gunicorn's `timeout` (e.g. a recycle waiting for a
-  slow request) is "WORKER TIMEOUT"-aborted by the master; and
-  `timeout_graceful_shutdown` is not derived from gunicorn's
-  `graceful_timeout`, so uvicorn never gets to cancel work itself before the
-  master's SIGKILL. https://github.com/Kludex/uvicorn/pull/2094
-
-The drain deadline is gunicorn's `graceful_timeout` less `KILL_MARGIN`:
-config/gunicorn.py hands gunicorn GUNICORN_GRACEFUL_TIMEOUT + KILL_MARGIN, so a
-worker stops waiting after exactly GUNICORN_GRACEFUL_TIMEOUT seconds (and logs
-what it cancels), and the master's SIGKILL is only a backstop for a worker that
-cannot exit (its event loop blocked by sync code).
-
-This relies on uvicorn and uvicorn-worker internals listed in PROJECT.md
-("Internals the worker depends on"); re-check them on every upgrade.
+The drain deadline is Gunicorn's `graceful_timeout` less KILL_MARGIN (config/gunicorn.py adds it),
+so the worker cancels and logs what is left before the master's SIGKILL. Relies on uvicorn and
+uvicorn-worker internals; tests/coffee_payment/test_workers.py and tests/integration fail when an
+upgrade changes them.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ bind = [server.bind]
 #   workers      - GUNICORN_WORKERS Uvicorn worker processes, each one event loop.
 #   worker_class - a uvicorn_worker.UvicornWorker that drains on every stop: SIGTERM, SIGINT
 #                  (to the master alone or to the group) and max_requests recycling. It stops
-#                  accepting at once, answers what it accepted, then exits (PROJECT.md).
+#                  accepting at once, answers what it accepted, then exits (docs/architecture.md).
 #   timeout      - GUNICORN_TIMEOUT: a silent worker is killed and replaced after this long.
 #                  The same value is the request timeout (504) in coffee_payment/asgi.py.
 #   graceful_timeout - GUNICORN_GRACEFUL_TIMEOUT + KILL_MARGIN: a worker waits for in-flight
@@ -51,7 +51,7 @@ max_requests_jitter = server.max_requests_jitter
 #
 #   preload_app - import the application (Django) once, in the master, before forking: a worker
 #   then boots in about 0.04 s instead of 0.3 s, which is what a recycle costs, and shares the
-#   imported code (PSS 24 instead of 38 MiB per worker; figures in PROJECT.md). Code changes
+#   imported code (PSS 24 instead of 38 MiB per worker; figures in docs/benchmarks.md). Code changes
 #   need a restart, not a HUP. Nothing may open a socket at import time (see pre_fork).
 #   control_socket_disable - Gunicorn 27 would create $HOME/.gunicorn/gunicorn.ctl, which fails
 #   for a non-root user with a read-only root filesystem; nothing here uses gunicornc.

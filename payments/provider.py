@@ -132,7 +132,7 @@ class Answer:
 # connections and queued calls on every call (https://github.com/encode/httpcore/pull/1035). Its
 # fork httpx2 fixes both but still polls every idle connection twice per call
 # (https://github.com/pydantic/httpx2/pull/1169). aiohttp's pool reuses connections in constant
-# time: a call costs about a third of httpx2's CPU (PROJECT.md, Performance).
+# time: a call costs about a third of httpx2's CPU (docs/benchmarks.md).
 # Up to POOL_CONNECTIONS calls at once per worker, every connection kept for the next call; more
 # calls wait for a connection up to the connect timeout.
 POOL_CONNECTIONS = 100

@@ -6,7 +6,7 @@ both win. The writes are sync functions (Django has no async transactions); asyn
 them with `sync_to_async`, which gives them the request's own thread and database connection.
 Flows that call the provider are async (`order_payment_start`, `order_money_settle`,
 `aorder_mark_successful`, `aorder_mark_make_failed`) and never hold a transaction across a call:
-they record the intent, call, then record the answer (PROJECT.md, Money flows).
+they record the intent, call, then record the answer (docs/payments.md, Money flows).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from payments.provider import Notification, ProviderPayment, ProviderRefund
 log = logging.getLogger(__name__)
 
 S = OrderStatus
-# The two branches of the money flows (PROJECT.md, Money flows), as conditions of a compare-and-set.
+# The two branches of the money flows (docs/payments.md, Money flows), as conditions of a compare-and-set.
 SINGLE_STAGE = Q(two_stage=False)
 TWO_STAGE = Q(two_stage=True)
 

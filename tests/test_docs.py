@@ -1,27 +1,85 @@
-"""README.md and PROJECT.md stay true to the code (R5)."""
+"""README.md, PROJECT.md and docs/ stay true to the code, linked and short (R5)."""
 
 from __future__ import annotations
 
+import ast
 import re
+from pathlib import Path
 
 import pytest
 
-from coffee_payment.conf import SERVER_INT_SETTINGS, VARIABLES, load_settings
 from devtools.processes import REPO
 
-README = (REPO / "README.md").read_text()
-PROJECT = (REPO / "PROJECT.md").read_text()
+README = REPO / "README.md"
+PROJECT = REPO / "PROJECT.md"
+DOCS = REPO / "docs"
+DOCUMENTS = [README, PROJECT, *sorted(DOCS.glob("*.md"))]
+
+# Word limits (docs/development.md, "Docs"): README in all; prose of every document together;
+# tables and code blocks of every document together.
+README_WORDS = 1500
+PROSE_WORDS = 6000
+TABLE_AND_CODE_WORDS = 7000
 
 
-def gunicorn_table() -> dict[str, list[str]]:
-    """Rows of README's "Gunicorn variables" table: variable -> [description, default, allowed]."""
-    section = README.split("### Gunicorn variables", 1)[1].split("\n#", 1)[0]
+def loader_view() -> tuple[set[str], dict[str, tuple[object, str | None]]]:
+    """What the settings loader knows: every variable it reads, and for each GUNICORN_ variable its
+    production default and allowed range (None where it is not a whole number). The only place the
+    docs tests use the loader's API."""
+    from coffee_payment.conf import SERVER_INT_SETTINGS, VARIABLES, load_settings
+
+    production = load_settings(environ={"DJANGO_ENV": "production", "DJANGO_SECRET_KEY": "k" * 40 + "0123456789",
+                                        "DJANGO_ALLOWED_HOSTS": "h", "DATABASE_URL": "sqlite://",
+                                        "DATABASE_ALLOW_SQLITE": "true", "DJANGO_PUBLIC_BASE_URL": "https://h"})
+    allowed = {setting.variable: setting.allowed for setting in SERVER_INT_SETTINGS}
+    gunicorn = {
+        variable: (getattr(production.server, key.removeprefix("gunicorn.")), allowed.get(variable))
+        for variable, key in VARIABLES.items()
+        if variable.startswith("GUNICORN_")
+    }
+    return set(VARIABLES), gunicorn
+
+
+def split_words(text: str) -> tuple[int, int]:
+    """(words of prose, words of tables and fenced code blocks). A table is its `|` lines; a word is
+    a whitespace-separated token with a letter or digit in it (so `|` and `#` are not words)."""
+    prose, rest, fenced = [], [], False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+            rest.append(line)
+        elif fenced or line.lstrip().startswith("|"):
+            rest.append(line)
+        else:
+            prose.append(line)
+    def words(lines: list[str]) -> int:
+        return len(re.findall(r"\S*\w\S*", "\n".join(lines)))
+
+    return words(prose), words(rest)
+
+
+def table_rows(path: Path, heading: str) -> dict[str, list[str]]:
+    """Rows of the first table under `heading` whose first cell is a `VARIABLE`: name -> other cells."""
+    section = path.read_text().split(f"{heading}\n", 1)[1].split("\n#", 1)[0]
     rows = {}
     for line in section.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        if cells and (name := re.fullmatch(r"`(GUNICORN_\w+)`", cells[0])):
+        if line.startswith("|") and (name := re.fullmatch(r"`([A-Z_]+)`", cells[0])):
             rows[name.group(1)] = cells[1:]
     return rows
+
+
+def test_readme_is_short_and_all_docs_stay_within_their_word_limits() -> None:
+    readme_prose, readme_rest = split_words(README.read_text())
+    assert readme_prose + readme_rest <= README_WORDS
+    counts = [split_words(path.read_text()) for path in DOCUMENTS]
+    assert sum(prose for prose, _ in counts) <= PROSE_WORDS
+    assert sum(rest for _, rest in counts) <= TABLE_AND_CODE_WORDS
+
+
+def test_word_counts_separate_prose_from_tables_and_code() -> None:
+    text = "One two three.\n\n| a | b c |\n|---|---|\n\n```sh\nmake run   # four words\n```\nfour five\n"
+    assert split_words(text) == (5, 8)
 
 
 @pytest.mark.parametrize(
@@ -30,46 +88,116 @@ def gunicorn_table() -> dict[str, list[str]]:
      ("R5.5", "GUNICORN_MAX_REQUESTS"), ("R5.6", "GUNICORN_MAX_REQUESTS_JITTER")],
 )
 def test_r5_1_readme_table_documents_each_variable_with_its_real_default(criterion: str, variable: str) -> None:
-    """R5.1-R5.6: a row with a description and the default the settings loader really applies."""
-    row = gunicorn_table()[variable]
-    description, default = row[0], row[1]
+    """R5.1-R5.6: README's row has a description, the default the loader applies and its range."""
+    description, default, allowed = table_rows(README, "The Gunicorn essentials:")[variable]
+    real_default, real_allowed = loader_view()[1][variable]
     assert len(description) > 10, criterion
-    production = load_settings(environ={"DJANGO_ENV": "production", "DJANGO_SECRET_KEY": "k" * 40 + "0123456789",
-                                        "DJANGO_ALLOWED_HOSTS": "h", "DATABASE_URL": "sqlite://",
-                                        "DATABASE_ALLOW_SQLITE": "true", "DJANGO_PUBLIC_BASE_URL": "https://h"})
-    real = getattr(production.server, VARIABLES[variable].removeprefix("gunicorn."))
-    assert default.startswith(f"`{real}`"), (criterion, default, real)
+    assert default.startswith(f"`{real_default}`"), (criterion, default, real_default)
+    assert allowed == real_allowed, criterion
 
 
-def test_readme_table_lists_every_server_variable_with_its_allowed_range() -> None:
-    table = gunicorn_table()
-    assert set(table) == {v for v in VARIABLES if v.startswith("GUNICORN_")}
-    for setting in SERVER_INT_SETTINGS:
-        assert table[setting.variable][2] == setting.allowed
+def test_configuration_doc_lists_every_variable_the_loader_reads() -> None:
+    variables, _ = loader_view()
+    text = (DOCS / "configuration.md").read_text()
+    documented = set(re.findall(r"^\| `([A-Z_]+)` \|", text, flags=re.MULTILINE))
+    assert variables <= documented, sorted(variables - documented)
+
+
+def test_configuration_doc_gives_every_gunicorn_variable_its_real_default_and_range() -> None:
+    _, gunicorn = loader_view()
+    table = table_rows(DOCS / "configuration.md", "## Gunicorn variables")
+    assert set(table) == set(gunicorn)
+    for variable, (_, default, allowed) in table.items():
+        real_default, real_allowed = gunicorn[variable]
+        # A default may name the variable it follows (GUNICORN_GRACEFUL_TIMEOUT: `GUNICORN_TIMEOUT`).
+        follows = re.fullmatch(r"`(GUNICORN_\w+)`", default)
+        assert default.startswith(f"`{real_default}`") or (follows and gunicorn[follows.group(1)][0] == real_default), (
+            variable, default, real_default)
+        assert real_allowed is None or allowed == real_allowed, (variable, allowed, real_allowed)
 
 
 @pytest.mark.parametrize(
-    ("criterion", "phrases"),
+    ("criterion", "document", "phrases"),
     [
-        ("R5.7", ["Process model", "Container"]),
-        ("R5.8", ["Gunicorn master", "UvicornWorker", "uvicorn-worker"]),
-        ("R5.9", ["SIGTERM", "SIGINT", "GUNICORN_GRACEFUL_TIMEOUT"]),
-        ("R5.10", ["terminationGracePeriodSeconds", "preStop", "readiness"]),
+        ("R5.7", "PROJECT.md", ["Gunicorn master", "container", "Kubernetes"]),
+        ("R5.8", "PROJECT.md", ["Gunicorn master", "UvicornWorker", "uvicorn-worker"]),
+        ("R5.9", "PROJECT.md", ["SIGTERM", "SIGINT", "GUNICORN_GRACEFUL_TIMEOUT"]),
+        ("R5.10", "PROJECT.md", ["terminationGracePeriodSeconds", "preStop", "readiness"]),
+        ("R5.8", "docs/architecture.md", ["## Process model", "## Stopping and recycling"]),
+        ("R5.10", "docs/operations.md", ["## Kubernetes", "### Shutdown timeline", "terminationGracePeriodSeconds"]),
     ],
 )
-def test_r5_7_project_md_covers_the_deployment_architecture(criterion: str, phrases: list[str]) -> None:
-    """R5.7-R5.10: PROJECT.md describes architecture, the Gunicorn + Uvicorn setup, shutdown, Kubernetes."""
-    missing = [phrase for phrase in phrases if phrase not in PROJECT]
-    assert not missing, (criterion, missing)
+def test_r5_7_the_deployment_architecture_is_documented(criterion: str, document: str, phrases: list[str]) -> None:
+    """R5.7-R5.10: PROJECT.md summarises the deployment architecture; docs/ has the details."""
+    text = (REPO / document).read_text()
+    assert [phrase for phrase in phrases if phrase not in text] == [], criterion
 
 
-def test_project_md_state_diagram_is_the_transition_table() -> None:
-    """PROJECT.md's Mermaid diagram of the order states has exactly the transitions of TRANSITIONS."""
+def anchor(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_relative_link_reaches_a_file_and_a_heading() -> None:
+    broken = []
+    for path in DOCUMENTS:
+        text = re.sub(r"```.*?```", "", path.read_text(), flags=re.DOTALL)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue
+            file_part, _, fragment = target.partition("#")
+            linked = (path.parent / file_part).resolve() if file_part else path
+            if not linked.exists():
+                broken.append(f"{path.name}: {target}")
+            elif fragment and linked.suffix == ".md":
+                headings = re.findall(r"^#+ (.+)$", linked.read_text(), flags=re.MULTILINE)
+                if fragment not in {anchor(heading) for heading in headings}:
+                    broken.append(f"{path.name}: {target}")
+    assert broken == []
+
+
+def test_the_state_diagram_is_the_transition_table() -> None:
+    """docs/payments.md's Mermaid diagram has exactly the transitions and final states of the models."""
     from payments.models import FINAL_STATUSES, TRANSITIONS
 
-    diagram = PROJECT.split("```mermaid\nstateDiagram-v2\n", 1)[1].split("```", 1)[0]
+    payments = (DOCS / "payments.md").read_text()
+    diagram = payments.split("```mermaid\nstateDiagram-v2\n", 1)[1].split("```", 1)[0]
     edges = set(re.findall(r"^\s*(\w+) --> (\w+)", diagram, flags=re.MULTILINE))
     drawn = {(source, target) for source, target in edges if "[*]" not in (source, target) and source != "*"}
     assert drawn == {(source, target) for source, targets in TRANSITIONS.items() for target in targets}
     ends = set(re.findall(r"^\s*(\w+) --> \[\*\]", diagram, flags=re.MULTILINE))
     assert ends == set(FINAL_STATUSES)
+
+
+def requirement_rows() -> dict[str, str]:
+    """docs/requirements.md: criterion id -> its "Checked by" cell."""
+    text = (DOCS / "requirements.md").read_text()
+    return dict(re.findall(r"^\| (R\d\.\d+) \| .+? \| (.+) \|$", text, flags=re.MULTILINE))
+
+
+def cited_ids(text: str) -> set[str]:
+    """Criterion ids a text cites, ranges expanded: "R3.2-R3.6" and "R2.6-R2.11" alike."""
+    ids = set()
+    for major, first, last_major, last in re.findall(r"\bR(\d)\.(\d+)(?:-R?(\d)?\.?(\d+))?", text):
+        end = int(last) if last and (not last_major or last_major == major) else int(first)
+        ids.update(f"R{major}.{minor}" for minor in range(int(first), end + 1))
+    return ids
+
+
+def test_every_requirement_a_test_cites_is_defined() -> None:
+    defined = set(requirement_rows())
+    cited = set()
+    for path in (REPO / "tests").rglob("*.py"):
+        cited |= cited_ids(path.read_text())
+    assert cited and cited <= defined, sorted(cited - defined)
+
+
+def test_every_test_the_requirements_name_exists() -> None:
+    test_names = set()
+    for path in (REPO / "tests").rglob("test_*.py"):
+        tree = ast.parse(path.read_text())
+        test_names |= {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)}
+    named = {name for cell in requirement_rows().values() for name in re.findall(r"`(test_\w+)`", cell)}
+    paths = {path for cell in requirement_rows().values() for path in re.findall(r"`(tests/[\w/]+\.py)`", cell)}
+    assert named and named <= test_names, sorted(named - test_names)
+    assert [path for path in paths if not (REPO / path).exists()] == []

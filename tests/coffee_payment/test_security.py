@@ -12,7 +12,6 @@ from django.contrib.auth.models import User
 from django.test import AsyncClient, override_settings
 
 from coffee_payment.asgi_types import ASGIApp
-from coffee_payment.conf import load_settings
 from devtools.processes import BIN, base_environ, run
 from tests.support.fuzz import call, fuzzed
 
@@ -22,16 +21,6 @@ def test_check_deploy_is_clean_in_the_production_layer(tmp_path: Path) -> None:
     result = run([str(BIN / "python"), "manage.py", "check", "--deploy", "--fail-level", "WARNING"], env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "System check identified no issues" in result.stdout
-
-
-def test_production_layer_turns_https_on() -> None:
-    loaded = load_settings(environ={"DJANGO_ENV": "production", "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
-                                    "DJANGO_ALLOWED_HOSTS": "pay.example.com", "DATABASE_URL": "postgres://db/coffee",
-                                    "DJANGO_PUBLIC_BASE_URL": "https://pay.example.com"})
-    assert loaded.security.ssl_redirect is True
-    assert loaded.security.hsts_seconds == 31536000
-    assert loaded.security.hsts_include_subdomains is True
-    assert load_settings(environ={"DJANGO_ENV": "development"}).security.hsts_seconds == 0
 
 
 @pytest.mark.django_db(transaction=True)

@@ -47,7 +47,7 @@ IMAGE_VARIABLES = frozenset({"RUN_MODE", "RUN_MIGRATIONS"})
 # 128Mi for the master and headroom (measured: master ~35 MB, worker ~50 MB resident).
 MEMORY_PER_PROCESS = 128 * 2**20
 
-# The documented migration step applies only what matches this selector (README.md).
+# The documented migration step applies only what matches this selector (docs/operations.md).
 MIGRATION_COMPONENTS = frozenset({"config", "migrate"})
 
 # What may differ between staging and production, as paths into the rendered documents.
@@ -356,14 +356,14 @@ def test_the_migration_step_selects_the_job_and_its_config_only(manifests: Manif
 
 
 def documented_environment() -> dict[str, dict[str, str]]:
-    """README's "Environment as deployed" table: variable -> {overlay: value}."""
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("### Environment as deployed", 1)[1].split("\n#", 1)[0]
+    """The "Environment as deployed" table of docs/operations.md: variable -> {overlay: value}."""
+    operations = (REPO / "docs" / "operations.md").read_text()
+    section = operations.split("### Environment as deployed", 1)[1].split("\n#", 1)[0]
     rows = re.findall(r"^\| `(\w+)` \| [^|]+ \| (.+?) \| (.+?) \|$", section, flags=re.MULTILINE)
     return {variable: dict(zip(OVERLAYS, (staging, production))) for variable, staging, production in rows}
 
 
-def test_readme_lists_the_environment_as_deployed() -> None:
+def test_the_operations_doc_lists_the_environment_as_deployed() -> None:
     documented = documented_environment()
     for name in OVERLAYS:
         manifests = overlay(name)
