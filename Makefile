@@ -81,11 +81,12 @@ test-django-asgi: install-test
 	$(BIN)/python -m tests.support.django_suite --handler django
 	$(BIN)/python -m tests.support.django_suite --handler project
 
-# tests/deploy runs once: the image, the manifests and the lint never use the suite's database
-# (the container tests give the container a SQLite file of its own).
+# The PostgreSQL pass reruns only the tests that use the database (--database-only: a django_db
+# marker, a database fixture or the `database` marker); tests/deploy never does (the container
+# tests give the container a SQLite file of its own).
 test-postgres: install-test
 	@echo "== test suite on PostgreSQL =="
-	$(BIN)/python -m devtools.postgres -- $(BIN)/pytest --ignore=tests/deploy $(PYTEST_ARGS)
+	$(BIN)/python -m devtools.postgres -- $(BIN)/pytest --ignore=tests/deploy --database-only $(PYTEST_ARGS)
 
 # checkov over what reaches a cluster: the rendered overlays, the Secret template, the Dockerfile.
 # Its own venv: checkov pins dependencies of its own. Offline: no mapping, no download.

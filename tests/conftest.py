@@ -11,6 +11,29 @@ from devtools import postgres
 from devtools.processes import BIN, base_environ, run
 
 
+# Fixtures through which a test reaches the suite's database (pytest-django's, or a server's).
+DATABASE_FIXTURES = frozenset({"db", "transactional_db", "django_db_reset_sequences", "django_db_serialized_rollback",
+                               "migrated_database_template", "migrated_server_database", "server_database"})
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--database-only", action="store_true",
+                     help="run only the tests that use the database (the second, PostgreSQL, pass)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """--database-only: the PostgreSQL pass reruns what the database engine can change, no more."""
+    if not config.getoption("--database-only"):
+        return
+    keep, drop = [], []
+    for item in items:
+        uses_database = (item.get_closest_marker("django_db") or item.get_closest_marker("database")
+                         or DATABASE_FIXTURES & set(getattr(item, "fixturenames", ())))
+        (keep if uses_database else drop).append(item)
+    items[:] = keep
+    config.hook.pytest_deselected(items=drop)
+
+
 @pytest.fixture(autouse=True)
 def _close_connections_of_async_tests() -> Iterator[None]:
     """Close what async tests opened in asgiref's sync thread, as Django does after a request.

@@ -18,6 +18,7 @@ from devtools.processes import BIN, base_environ, gunicorn, run
 
 pytestmark = [
     pytest.mark.integration,
+    pytest.mark.database,
     pytest.mark.timeout(120),
     # A cluster of its own (the suite's must not restart under it), started on the PostgreSQL pass.
     pytest.mark.skipif(not postgres.is_postgres(os.environ.get("DATABASE_URL", "")),
