@@ -14,25 +14,19 @@ import logging
 import os
 import secrets
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from django.core.checks.security.base import (
-    SECRET_KEY_INSECURE_PREFIX,
-    SECRET_KEY_MIN_LENGTH,
-    SECRET_KEY_MIN_UNIQUE_CHARACTERS,
-    _check_secret_key as django_secret_key_is_strong,
-)
+from django.core.checks.security.base import _check_secret_key as django_secret_key_is_strong
 from dynaconf import Dynaconf, ValidationError, Validator
 from dynaconf.loaders.base import SourceMetadata
 from dynaconf.utils.inspect import get_history
 
-from coffee_payment.conf_values import (
-    DATABASE_URL_FORMS, DEVELOPMENT_BASE_URL, SECRET_MASK, SQLITE, ProviderSettings, Refusal, SecuritySettings,
-    ServerSettings, Settings, SHOWN, shown_value, database_config, database_engine,
-    is_base_url, mask_database_url, mask_url, parse_base_url, parse_boolean, parse_hosts, parse_provider_secrets,
-    parse_seconds, parse_text, parse_whole_number,
+from coffee_payment.conf_values import (  # noqa: F401  (ConfigError, IntSetting, masks: public here too)
+    DATABASE_URL_FORMS, DEVELOPMENT_BASE_URL, SHOWN, SQLITE, WEAK_KEY, ConfigError, IntSetting, ProviderSettings,
+    Refusal, SecondsSetting, SecuritySettings, ServerSettings, Settings, database_config, database_engine, is_base_url,
+    mask_database_url, mask_url, parse_base_url, parse_boolean, parse_hosts, parse_provider_secrets, parse_text,
+    shown_value,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -48,44 +42,9 @@ LOG_FORMATS = ("json", "text")
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class IntSetting:
-    """A whole number under `key`, from `variable`, in low..high."""
-
-    key: str
-    variable: str
-    low: float
-    high: float
-    kind = "a whole number"
-    unit = ""
-
-    @property
-    def allowed(self) -> str:
-        return f"{self.low}..{self.high}{self.unit}"
-
-    def validators(self, *, required: str) -> list[Validator]:
-        parse = parse_seconds if self.unit else parse_whole_number
-        exact = float if self.unit else int
-        return [
-            # graceful_timeout follows timeout unless set.
-            Validator(self.key, must_exist=not self.key.endswith("graceful_timeout") or None, cast=parse, condition=lambda v: type(v) is exact,
-                      messages={"must_exist_true": required, "condition": f"is not {self.kind} (allowed: {self.allowed})"}),
-            Validator(self.key, gte=self.low, lte=self.high, when=Validator(self.key, condition=lambda v: type(v) is exact),
-                      messages={"operations": f"is out of range (allowed: {self.allowed})"}),
-        ]
-
-
-class SecondsSetting(IntSetting):
-    """A plain decimal number of seconds: "1e3", "inf" and "nan" are not."""
-
-    kind = "a number of seconds"
-    unit = " seconds"
-
-
-# The server's whole-number settings. workers: 64 is far past what one pod should run (size pods,
-# not workers); timeouts: an hour. Hostile clients (PROJECT.md, "Request limits"): a header section
-# of at least what browsers send with cookies, at most 1 MiB; a body of 1 KiB (a webhook is a few
-# hundred bytes) to 64 MiB (held in memory, never spooled).
+# The server's whole numbers. workers: 64 is far past what one pod should run; timeouts: an hour.
+# Hostile clients (PROJECT.md, "Request limits"): headers of what browsers send with cookies up to
+# 1 MiB; a body of 1 KiB (a webhook is a few hundred bytes) to 64 MiB (in memory, never spooled).
 SERVER_INT_SETTINGS = tuple(IntSetting(f"gunicorn.{key}", f"GUNICORN_{key.upper()}", low, high) for key, low, high in (
     ("workers", 1, 64), ("port", 1, 65535), ("timeout", 1, 3600), ("graceful_timeout", 1, 3600),
     ("max_requests", 0, 10_000_000), ("max_requests_jitter", 0, 10_000_000), ("keepalive", 1, 300),
@@ -121,19 +80,6 @@ VARIABLES: dict[str, str] = {
     **{s.variable: s.key for s in (*SERVER_INT_SETTINGS, *OTHER_NUMBER_SETTINGS)},
 }
 KEY_VARIABLES = {key: variable for variable, key in VARIABLES.items()}
-WEAK_KEY = (f"is too weak (value not shown; allowed: at least {SECRET_KEY_MIN_LENGTH} characters, "
-            f"{SECRET_KEY_MIN_UNIQUE_CHARACTERS} of them different, not starting with {SECRET_KEY_INSECURE_PREFIX!r}; "
-            "e.g. python -c 'import secrets; print(secrets.token_urlsafe(50))')")
-
-
-class ConfigError(Exception):
-    """Settings are missing or malformed; the message is one line meant for the operator."""
-
-    def __init__(self, message: str, *, rows: list[tuple[str, str, str]] | None = None) -> None:
-        super().__init__(message)
-        self.rows = rows  # the report, when only required variables are missing
-
-
 
 
 def _validators(layer: str, *, required: str) -> list[Validator]:
@@ -143,9 +89,7 @@ def _validators(layer: str, *, required: str) -> list[Validator]:
     def check(key: str, cast: Callable[[Any], Any], condition: Callable[[Any], bool], message: str, **more: Any) -> Validator:
         return Validator(key, cast=cast, condition=condition, messages={"condition": message, "must_exist_true": required}, **more)
 
-    def text(v: Any) -> bool:
-        return isinstance(v, str) and bool(v)
-
+    text: Callable[[Any], bool] = lambda v: isinstance(v, str) and bool(v)  # noqa: E731
     needed: dict[str, Any] = {"must_exist": True} if production else {}
     checks = [
         # A fresh key per start outside production: nothing signed there needs to outlive the server.
@@ -155,17 +99,15 @@ def _validators(layer: str, *, required: str) -> list[Validator]:
               "(allowed: comma-separated names)", **(needed or {"default": ()})),
         check("database_url", parse_text, lambda v: database_engine(v) in (SQLITE, "django.db.backends.postgresql"),
               f"is not a database URL (allowed: {DATABASE_URL_FORMS})", must_exist=True),
-        # Never from a request's Host or X-Forwarded-Proto, so every attempt under the order's fixed
-        # Idempotence-Key sends the same body.
+        # Not the request's Host: every attempt under an order's Idempotence-Key sends the same body.
         check("public_base_url", parse_base_url, lambda v: is_base_url(v, path=False), "is not a base URL (allowed: "
               "http(s)://host[:port], no path, no user, query or fragment)", **(needed or {"default": DEVELOPMENT_BASE_URL})),
         *(check(key, parse_boolean, lambda v: type(v) is bool, "is not a boolean (allowed: true/false, 1/0, yes/no, on/off)",
                 **({"default": False} if key in ("debug", "database_allow_sqlite") else {"must_exist": True}))
           for key in BOOLEANS),
-        check("log_level", lambda v: parse_text(v).upper(), lambda v: v in LOG_LEVELS, f"is not one of {', '.join(LOG_LEVELS)}",
-              default="INFO"),
-        check("log_format", lambda v: parse_text(v).lower(), lambda v: v in LOG_FORMATS, f"is not one of {', '.join(LOG_FORMATS)}",
-              default="json"),
+        *(check(key, lambda v, n=normal: n(v.strip()) if isinstance(v, str) else v, lambda v, allowed=allowed: v in allowed, f"is not one of {', '.join(allowed)}", default=default)
+          for key, normal, allowed, default in (("log_level", str.upper, LOG_LEVELS, "INFO"),
+                                                ("log_format", str.lower, LOG_FORMATS, "json"))),
         check("time_zone", parse_text, text, "is not a non-empty string", default="UTC"),
         check("gunicorn.host", parse_text, text, "is not a non-empty string", must_exist=True),
         check("provider.url", parse_base_url, is_base_url, "is not a base URL "
@@ -213,21 +155,20 @@ def _where(conf: Dynaconf, key: str, file_name: str) -> str:
 
 def _source(conf: Dynaconf, key: str) -> str:
     origin = _origin(conf, key)
+    if key == "layer":
+        return conf.get("layer_source")
     if origin is None:
         return {"secret_key": "generated at start", "provider.secrets": "not set",
                 "gunicorn.graceful_timeout": "= gunicorn.timeout"}.get(key, "built-in")
     return f"env {origin['identifier']}" if origin["loader"] == "env" else f"[{origin['env']}]"
 
 
+
 def _unknown_variable_warnings(environ: Mapping[str, str]) -> tuple[str, ...]:
     known = [v for v in VARIABLES if v.startswith("GUNICORN_")]
-    warnings = []
-    for name in sorted(environ):
-        if name.startswith("GUNICORN_") and name not in VARIABLES and name not in GUNICORN_OWN_VARIABLES:
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f"; did you mean {close[0]}?" if close else f"; known: {', '.join(known)}"
-            warnings.append(f"{name} is not a setting of this server and is ignored{hint}")
-    return tuple(warnings)
+    unknown = [n for n in sorted(environ) if n.startswith("GUNICORN_") and n not in VARIABLES and n not in GUNICORN_OWN_VARIABLES]
+    hints = {n: (f"did you mean {c[0]}?" if (c := difflib.get_close_matches(n, known, n=1)) else f"known: {', '.join(known)}") for n in unknown}
+    return tuple(f"{name} is not a setting of this server and is ignored; {hint}" for name, hint in hints.items())
 
 
 def load_settings(*, environ: Mapping[str, str], settings_file: Path = SETTINGS_FILE) -> Settings:
@@ -235,7 +176,7 @@ def load_settings(*, environ: Mapping[str, str], settings_file: Path = SETTINGS_
     layer = environ.get(LAYER_VARIABLE, "").strip() or DEFAULT_LAYER
     if layer not in LAYERS:
         raise ConfigError(f"{LAYER_VARIABLE}={layer!r} is not a settings layer (allowed: {', '.join(LAYERS)})")
-    if not settings_file.is_file():
+    if not settings_file.is_file():  # Dynaconf skips a missing file
         raise ConfigError(f"cannot read {settings_file}: no such file")
     # No loader of Dynaconf's own reads the environment (they would read os.environ, not `environ`,
     # and take "0x1F" or "1_000" for numbers); auto_cast off: "@format ..." in a value stays text.
@@ -245,10 +186,11 @@ def load_settings(*, environ: Mapping[str, str], settings_file: Path = SETTINGS_
         conf.setenv(layer)
     except ValueError as exc:  # TOMLDecodeError
         raise ConfigError(f"cannot read {settings_file}: {exc}") from None
-    if conf.get("provider.secrets") is not None:
-        # A secret committed to settings.toml would be in every clone of the repository.
+    if conf.get("provider.secrets") is not None:  # in settings.toml, it would be in every clone
         raise ConfigError(f"{_where(conf, 'provider.secrets', settings_file.name)} is refused: provider secrets "
                           "come from PAYMENT_PROVIDER_SECRETS only")
+    conf.set("layer", layer)
+    conf.set("layer_source", f"env {LAYER_VARIABLE}" if environ.get(LAYER_VARIABLE, "").strip() else "built-in")
     for variable, key in VARIABLES.items():
         # Compose files and Helm charts render unset values as empty strings: unset.
         if value := environ.get(variable, "").strip():
@@ -260,11 +202,12 @@ def load_settings(*, environ: Mapping[str, str], settings_file: Path = SETTINGS_
     except ValidationError as failed:
         errors = [(validator.names[0], message) for validator, message in failed.details]
         missing = {key for key, message in errors if message == required}
-        rows = _rows(conf, layer, environ=environ, missing=missing, required=required) if len(missing) == len(errors) else None
+        rows = _rows(conf, missing=missing, required=required) if len(missing) == len(errors) else None
         raise ConfigError("; ".join(f"{_where(conf, key, settings_file.name)} {m}" for key, m in errors), rows=rows) from None
+    if conf.get("gunicorn.graceful_timeout") is None:
+        # The drain after SIGTERM gets as long as a request may take, unless told otherwise.
+        conf.set("gunicorn.graceful_timeout", conf.gunicorn.timeout, loader_identifier="validator")
     v = {key: conf.get(key) for key in KEY_VARIABLES}
-    # The drain after SIGTERM gets as long as a request may take, unless told otherwise.
-    v["gunicorn.graceful_timeout"] = v["gunicorn.graceful_timeout"] or v["gunicorn.timeout"]
     section = lambda name: {k.partition(".")[2]: value for k, value in v.items() if k.startswith(f"{name}.")}  # noqa: E731
     return Settings(
         layer=layer, debug=v["debug"], secret_key=v["secret_key"], allowed_hosts=tuple(v["allowed_hosts"]),
@@ -277,25 +220,18 @@ def load_settings(*, environ: Mapping[str, str], settings_file: Path = SETTINGS_
         database_allow_sqlite=v["database_allow_sqlite"], order_expiry_minutes=v["orders.expiry_minutes"],
         order_reconcile_after_minutes=v["orders.reconcile_after_minutes"],
         order_hold_max_minutes=v["orders.hold_max_minutes"], order_retention_days=v["orders.retention_days"],
-        sources={key: _source(conf, key) for key in KEY_VARIABLES} | {"layer": _layer_source(environ)},
-        warnings=_unknown_variable_warnings(environ), rows=_rows(conf, layer, environ=environ),
+        sources={key: source for key, _, source in _rows(conf)}, warnings=_unknown_variable_warnings(environ),
+        rows=_rows(conf),
     )
 
 
-def _rows(conf: Dynaconf, layer: str, *, environ: Mapping[str, str], missing: set[str] = frozenset(), required: str = "") -> list[tuple[str, str, str]]:
+def _rows(conf: Dynaconf, *, missing: set[str] = set(), required: str = "") -> list[tuple[str, str, str]]:
     """The report: (key, value shown to an operator, source); a missing required value is marked."""
-    rows = [("layer", layer, _layer_source(environ)), ("time_zone", conf.get("time_zone"), _source(conf, "time_zone"))]
-    for key, variable in KEY_VARIABLES.items():
-        value = conf.get(key)
-        if key in missing:
-            rows.append((key, "MISSING", f"{variable} {required}"))
-        else:
-            rows.append((key, shown_value(key, value if value is not None else conf.get("gunicorn.timeout")), _source(conf, key)))
-    return rows
-
-
-def _layer_source(environ: Mapping[str, str]) -> str:
-    return f"env {LAYER_VARIABLE}" if environ.get(LAYER_VARIABLE, "").strip() else "built-in"
+    return [
+        (key, "MISSING", f"{KEY_VARIABLES[key]} {required}") if key in missing
+        else (key, shown_value(key, conf.get(key)), _source(conf, key))
+        for key in ("layer", "time_zone", *KEY_VARIABLES)
+    ]
 
 
 @functools.cache
@@ -308,8 +244,7 @@ def process_settings() -> Settings:
 
 
 def __getattr__(name: str) -> Any:
-    # `from coffee_payment.conf import settings` loads on first use, so ConfigError and
-    # load_settings stay importable when the environment is broken.
+    # `from coffee_payment.conf import settings` loads on first use: the rest imports when it cannot.
     if name == "settings":
         return process_settings()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

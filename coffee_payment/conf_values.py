@@ -12,6 +12,56 @@ from pathlib import Path
 from typing import Any
 
 import dj_database_url
+from django.core.checks.security.base import (
+    SECRET_KEY_INSECURE_PREFIX,
+    SECRET_KEY_MIN_LENGTH,
+    SECRET_KEY_MIN_UNIQUE_CHARACTERS,
+)
+from dynaconf import Validator
+
+class ConfigError(Exception):
+    """Settings are missing or malformed; the message is one line meant for the operator."""
+
+    def __init__(self, message: str, *, rows: list[tuple[str, str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.rows = rows  # the report, when only required variables are missing
+
+
+
+
+@dataclass(frozen=True)
+class IntSetting:
+    """A whole number under `key`, from `variable`, in low..high."""
+
+    key: str
+    variable: str
+    low: float
+    high: float
+    kind = "a whole number"
+    unit = ""
+
+    @property
+    def allowed(self) -> str:
+        return f"{self.low}..{self.high}{self.unit}"
+
+    def validators(self, *, required: str) -> list[Validator]:
+        parse = parse_seconds if self.unit else parse_whole_number
+        exact = float if self.unit else int
+        return [
+            # graceful_timeout follows timeout unless set.
+            Validator(self.key, must_exist=not self.key.endswith("graceful_timeout") or None, cast=parse, condition=lambda v: type(v) is exact,
+                      messages={"must_exist_true": required, "condition": f"is not {self.kind} (allowed: {self.allowed})"}),
+            Validator(self.key, gte=self.low, lte=self.high, when=Validator(self.key, condition=lambda v: type(v) is exact),
+                      messages={"operations": f"is out of range (allowed: {self.allowed})"}),
+        ]
+
+
+class SecondsSetting(IntSetting):
+    """A plain decimal number of seconds: "1e3", "inf" and "nan" are not."""
+
+    kind = "a number of seconds"
+    unit = " seconds"
+
 
 @dataclass(frozen=True)
 class ServerSettings:
@@ -234,3 +284,6 @@ def shown_value(key: str, value: Any) -> str:
     return ",".join(value) if isinstance(value, (list, tuple)) else str(value)
 
 
+WEAK_KEY = (f"is too weak (value not shown; allowed: at least {SECRET_KEY_MIN_LENGTH} characters, "
+            f"{SECRET_KEY_MIN_UNIQUE_CHARACTERS} of them different, not starting with {SECRET_KEY_INSECURE_PREFIX!r}; "
+            "e.g. python -c 'import secrets; print(secrets.token_urlsafe(50))')")
