@@ -13,7 +13,7 @@ import functools
 import logging
 import os
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,10 @@ from dynaconf import Dynaconf, ValidationError, Validator
 from dynaconf.loaders.base import SourceMetadata
 from dynaconf.utils.inspect import get_history
 
-from coffee_payment.conf_values import (  # noqa: F401  (ConfigError, IntSetting, masks: public here too)
-    DATABASE_URL_FORMS, DEVELOPMENT_BASE_URL, SHOWN, SQLITE, WEAK_KEY, ConfigError, IntSetting, ProviderSettings,
-    Refusal, SecondsSetting, SecuritySettings, ServerSettings, Settings, database_config, database_engine, is_base_url,
-    mask_database_url, mask_url, parse_base_url, parse_boolean, parse_hosts, parse_provider_secrets, parse_text,
-    shown_value,
+from coffee_payment.conf_values import (
+    DATABASE_URL_FORMS, DEVELOPMENT_BASE_URL, SHOWN, SQLITE, WEAK_KEY, ConfigError, IntSetting, Refusal, SecondsSetting,
+    Settings, database_engine, is_base_url, parse_base_url, parse_boolean, parse_hosts, parse_provider_secrets,
+    parse_text, settings_from, shown_value,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -73,7 +72,8 @@ VARIABLES: dict[str, str] = {
     "DJANGO_SECRET_KEY": "secret_key", "DJANGO_DEBUG": "debug", "DJANGO_ALLOWED_HOSTS": "allowed_hosts",
     "DJANGO_LOG_LEVEL": "log_level", "DJANGO_LOG_FORMAT": "log_format", "DATABASE_URL": "database_url",
     "DATABASE_ALLOW_SQLITE": "database_allow_sqlite", "DJANGO_PUBLIC_BASE_URL": "public_base_url",
-    "GUNICORN_HOST": "gunicorn.host", "PAYMENT_PROVIDER_URL": "provider.url", "PAYMENT_PROVIDER_SECRETS": "provider.secrets",
+    "GUNICORN_HOST": "gunicorn.host", "PAYMENT_PROVIDER_URL": "provider.url",
+    "PAYMENT_PROVIDER_SECRETS": "provider.secrets",
     "DJANGO_SECURE_SSL_REDIRECT": "security.ssl_redirect",
     "DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS": "security.hsts_include_subdomains",
     "DJANGO_SECURE_HSTS_PRELOAD": "security.hsts_preload",
@@ -83,11 +83,13 @@ KEY_VARIABLES = {key: variable for variable, key in VARIABLES.items()}
 
 
 def _validators(layer: str, *, required: str) -> list[Validator]:
-    """Every check, in the order their failures are reported; the production layer's first."""
+    """Every check, in the order their failures are reported."""
     production = layer == "production"
 
-    def check(key: str, cast: Callable[[Any], Any], condition: Callable[[Any], bool], message: str, **more: Any) -> Validator:
-        return Validator(key, cast=cast, condition=condition, messages={"condition": message, "must_exist_true": required}, **more)
+    def check(key: str, cast: Callable[[Any], Any], condition: Callable[[Any], bool], message: str, **more: Any
+              ) -> Validator:
+        messages = {"condition": message, "must_exist_true": required}
+        return Validator(key, cast=cast, condition=condition, messages=messages, **more)
 
     text: Callable[[Any], bool] = lambda v: isinstance(v, str) and bool(v)  # noqa: E731
     needed: dict[str, Any] = {"must_exist": True} if production else {}
@@ -101,11 +103,14 @@ def _validators(layer: str, *, required: str) -> list[Validator]:
               f"is not a database URL (allowed: {DATABASE_URL_FORMS})", must_exist=True),
         # Not the request's Host: every attempt under an order's Idempotence-Key sends the same body.
         check("public_base_url", parse_base_url, lambda v: is_base_url(v, path=False), "is not a base URL (allowed: "
-              "http(s)://host[:port], no path, no user, query or fragment)", **(needed or {"default": DEVELOPMENT_BASE_URL})),
-        *(check(key, parse_boolean, lambda v: type(v) is bool, "is not a boolean (allowed: true/false, 1/0, yes/no, on/off)",
+              "http(s)://host[:port], no path, no user, query or fragment)",
+              **(needed or {"default": DEVELOPMENT_BASE_URL})),
+        *(check(key, parse_boolean, lambda v: type(v) is bool,
+                "is not a boolean (allowed: true/false, 1/0, yes/no, on/off)",
                 **({"default": False} if key in ("debug", "database_allow_sqlite") else {"must_exist": True}))
           for key in BOOLEANS),
-        *(check(key, lambda v, n=normal: n(v.strip()) if isinstance(v, str) else v, lambda v, allowed=allowed: v in allowed, f"is not one of {', '.join(allowed)}", default=default)
+        *(check(key, lambda v, n=normal: n(v.strip()) if isinstance(v, str) else v,
+                lambda v, allowed=allowed: v in allowed, f"is not one of {', '.join(allowed)}", default=default)
           for key, normal, allowed, default in (("log_level", str.upper, LOG_LEVELS, "INFO"),
                                                 ("log_format", str.lower, LOG_FORMATS, "json"))),
         check("time_zone", parse_text, text, "is not a non-empty string", default="UTC"),
@@ -119,7 +124,8 @@ def _validators(layer: str, *, required: str) -> list[Validator]:
         checks[1:1] = [Validator("secret_key", condition=django_secret_key_is_strong, messages={"condition": WEAK_KEY})]
         checks += [
             check("allowed_hosts", parse_hosts, bool, "is required in the production layer and lists no host"),
-            check("debug", parse_boolean, lambda v: v is not True, "is refused in the production layer (DEBUG leaks internals)"),
+            check("debug", parse_boolean, lambda v: v is not True,
+                  "is refused in the production layer (DEBUG leaks internals)"),
             # One file, one writer at a time, no sharing between pods: fine for one replica, not a fleet.
             check("database_url", parse_text, lambda v: database_engine(v) != SQLITE, "is SQLite, refused in the "
                   "production layer (use PostgreSQL, or set DATABASE_ALLOW_SQLITE=true for a single replica)",
@@ -128,23 +134,24 @@ def _validators(layer: str, *, required: str) -> list[Validator]:
     return checks
 
 
-def _origin(conf: Dynaconf, key: str) -> dict[str, Any] | None:
-    """The history entry (TOML layer or variable) that gave `key` its value; None for a default."""
-    origin, layers = None, ("default", conf.current_env.lower())
-    for entry in get_history(conf, key) if conf.get(key) is not None else ():
-        if entry["loader"] == "env" and entry["identifier"] == KEY_VARIABLES.get(key):
-            origin = entry
-        # A layer's table is merged whole into the one before: it counts where it changed the value.
-        elif entry["loader"] == "toml" and entry["env"] in layers and (
-            origin is None or not entry["merged"] or entry["value"] != origin["value"]
-        ):
-            origin = entry
-    return origin
+def _origins(conf: Dynaconf) -> dict[str, dict[str, Any] | None]:
+    """Per key, the history entry (TOML layer or variable) that gave its value; None for a default."""
+    origins: dict[str, dict[str, Any] | None] = {}
+    for key in ("time_zone", *KEY_VARIABLES):
+        origins[key] = None
+        for entry in get_history(conf, key) if conf.get(key) is not None else ():
+            if entry["loader"] == "env" and entry["identifier"] == KEY_VARIABLES[key]:
+                origins[key] = entry
+            # A layer's table is merged whole into the one before: it counts where it changed the value.
+            elif entry["loader"] == "toml" and entry["env"] in ("default", conf.current_env.lower()):
+                before = origins[key]
+                if before is None or not entry["merged"] or entry["value"] != before["value"]:
+                    origins[key] = entry
+    return origins
 
 
-def _where(conf: Dynaconf, key: str, file_name: str) -> str:
+def _where(origin: dict[str, Any] | None, key: str, file_name: str) -> str:
     """The culprit as an operator finds it: `VARIABLE='value'` or `settings.toml [layer] key=value`."""
-    origin = _origin(conf, key)
     if origin is None:
         return KEY_VARIABLES[key]
     head = KEY_VARIABLES[key] if origin["loader"] == "env" else f"{file_name} [{origin['env']}] {key}"
@@ -153,22 +160,22 @@ def _where(conf: Dynaconf, key: str, file_name: str) -> str:
     return head if SHOWN[key] is None else f"{head}={SHOWN[key](str(origin['value']))!r}"  # type: ignore[misc]
 
 
-def _source(conf: Dynaconf, key: str) -> str:
-    origin = _origin(conf, key)
-    if key == "layer":
-        return conf.get("layer_source")
+def _source(origin: dict[str, Any] | None, key: str) -> str:
     if origin is None:
         return {"secret_key": "generated at start", "provider.secrets": "not set",
                 "gunicorn.graceful_timeout": "= gunicorn.timeout"}.get(key, "built-in")
     return f"env {origin['identifier']}" if origin["loader"] == "env" else f"[{origin['env']}]"
 
 
-
 def _unknown_variable_warnings(environ: Mapping[str, str]) -> tuple[str, ...]:
     known = [v for v in VARIABLES if v.startswith("GUNICORN_")]
-    unknown = [n for n in sorted(environ) if n.startswith("GUNICORN_") and n not in VARIABLES and n not in GUNICORN_OWN_VARIABLES]
-    hints = {n: (f"did you mean {c[0]}?" if (c := difflib.get_close_matches(n, known, n=1)) else f"known: {', '.join(known)}") for n in unknown}
-    return tuple(f"{name} is not a setting of this server and is ignored; {hint}" for name, hint in hints.items())
+    warnings = []
+    for name in sorted(environ):
+        if name.startswith("GUNICORN_") and name not in VARIABLES and name not in GUNICORN_OWN_VARIABLES:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]}?" if close else f"known: {', '.join(known)}"
+            warnings.append(f"{name} is not a setting of this server and is ignored; {hint}")
+    return tuple(warnings)
 
 
 def load_settings(*, environ: Mapping[str, str], settings_file: Path = SETTINGS_FILE) -> Settings:
@@ -183,18 +190,19 @@ def load_settings(*, environ: Mapping[str, str], settings_file: Path = SETTINGS_
     conf = Dynaconf(settings_files=[str(settings_file)], environments=True, env=layer, loaders=[], load_dotenv=False,
                     merge_enabled=True, auto_cast=False)
     try:
-        conf.setenv(layer)
+        if conf.current_env.lower() != layer:  # ENV_FOR_DYNACONF in os.environ wins over env=
+            conf.setenv(layer)
     except ValueError as exc:  # TOMLDecodeError
         raise ConfigError(f"cannot read {settings_file}: {exc}") from None
     if conf.get("provider.secrets") is not None:  # in settings.toml, it would be in every clone
-        raise ConfigError(f"{_where(conf, 'provider.secrets', settings_file.name)} is refused: provider secrets "
-                          "come from PAYMENT_PROVIDER_SECRETS only")
-    conf.set("layer", layer)
-    conf.set("layer_source", f"env {LAYER_VARIABLE}" if environ.get(LAYER_VARIABLE, "").strip() else "built-in")
+        raise ConfigError(f"{_where(_origins(conf)['provider.secrets'], 'provider.secrets', settings_file.name)} is "
+                          "refused: provider secrets come from PAYMENT_PROVIDER_SECRETS only")
     for variable, key in VARIABLES.items():
         # Compose files and Helm charts render unset values as empty strings: unset.
         if value := environ.get(variable, "").strip():
             conf.set(key, value, loader_identifier=SourceMetadata("env", variable))
+    origins = _origins(conf)
+    layer_row = ("layer", layer, f"env {LAYER_VARIABLE}" if environ.get(LAYER_VARIABLE, "").strip() else "built-in")
     required = f"is required in the {layer} layer and is not set"
     conf.validators.register(*_validators(layer, required=required))
     try:
@@ -202,35 +210,27 @@ def load_settings(*, environ: Mapping[str, str], settings_file: Path = SETTINGS_
     except ValidationError as failed:
         errors = [(validator.names[0], message) for validator, message in failed.details]
         missing = {key for key, message in errors if message == required}
-        rows = _rows(conf, missing=missing, required=required) if len(missing) == len(errors) else None
-        raise ConfigError("; ".join(f"{_where(conf, key, settings_file.name)} {m}" for key, m in errors), rows=rows) from None
+        # Only required variables missing: the report can still be shown, each of them marked.
+        complete = len(missing) == len(errors)
+        rows = [layer_row, *_rows(conf, origins, missing=missing, required=required)] if complete else None
+        message = "; ".join(f"{_where(origins[key], key, settings_file.name)} {text}" for key, text in errors)
+        raise ConfigError(message, rows=rows) from None
     if conf.get("gunicorn.graceful_timeout") is None:
         # The drain after SIGTERM gets as long as a request may take, unless told otherwise.
         conf.set("gunicorn.graceful_timeout", conf.gunicorn.timeout, loader_identifier="validator")
-    v = {key: conf.get(key) for key in KEY_VARIABLES}
-    section = lambda name: {k.partition(".")[2]: value for k, value in v.items() if k.startswith(f"{name}.")}  # noqa: E731
-    return Settings(
-        layer=layer, debug=v["debug"], secret_key=v["secret_key"], allowed_hosts=tuple(v["allowed_hosts"]),
-        database_url=v["database_url"], database_pool_max_size=v["database_pool_max_size"],
-        database=database_config(v["database_url"], pool_max_size=v["database_pool_max_size"], base_dir=BASE_DIR),
-        log_level=v["log_level"], log_format=v["log_format"], time_zone=conf.get("time_zone"),
-        server=ServerSettings(**section("gunicorn")),
-        provider=ProviderSettings(**section("provider") | {"secrets": dict(v["provider.secrets"])}),
-        security=SecuritySettings(**section("security")), public_base_url=v["public_base_url"],
-        database_allow_sqlite=v["database_allow_sqlite"], order_expiry_minutes=v["orders.expiry_minutes"],
-        order_reconcile_after_minutes=v["orders.reconcile_after_minutes"],
-        order_hold_max_minutes=v["orders.hold_max_minutes"], order_retention_days=v["orders.retention_days"],
-        sources={key: source for key, _, source in _rows(conf)}, warnings=_unknown_variable_warnings(environ),
-        rows=_rows(conf),
-    )
+    rows = [layer_row, *_rows(conf, origins)]
+    return settings_from({key: conf.get(key) for key in origins}, layer=layer, rows=rows, base_dir=BASE_DIR,
+                         sources={key: source for key, _, source in rows}, warnings=_unknown_variable_warnings(environ))
 
 
-def _rows(conf: Dynaconf, *, missing: set[str] = set(), required: str = "") -> list[tuple[str, str, str]]:
+def _rows(
+    conf: Dynaconf, origins: Mapping[str, Any], *, missing: Collection[str] = (), required: str = ""
+) -> list[tuple[str, str, str]]:
     """The report: (key, value shown to an operator, source); a missing required value is marked."""
     return [
         (key, "MISSING", f"{KEY_VARIABLES[key]} {required}") if key in missing
-        else (key, shown_value(key, conf.get(key)), _source(conf, key))
-        for key in ("layer", "time_zone", *KEY_VARIABLES)
+        else (key, shown_value(key, conf.get(key)), _source(origins[key], key))
+        for key in origins
     ]
 
 

@@ -19,6 +19,32 @@ from django.core.checks.security.base import (
 )
 from dynaconf import Validator
 
+
+# Where `make run` answers: the public base URL of a non-production layer that sets none.
+DEVELOPMENT_BASE_URL = "http://localhost:8000"
+SQLITE, POSTGRESQL = "django.db.backends.sqlite3", "django.db.backends.postgresql"
+DATABASE_URL_FORMS = "sqlite:///path, postgres://user:password@host:port/name"
+# SQLite: WAL (readers never wait for the writer), synchronous=NORMAL (WAL needs no fsync per commit)
+# and transactions that take the write lock at BEGIN, where the busy timeout applies: a DEFERRED one
+# that read first fails at once with "database is locked" when another writer got there first. The
+# 20 s wait is well inside GUNICORN_TIMEOUT, far longer than any of this server's write transactions.
+SQLITE_OPTIONS = {"transaction_mode": "IMMEDIATE", "timeout": 20,
+                  "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL"}
+# PostgreSQL: libpq waits at least 2 s whatever the value (/ready's 2 s bound relies on connects
+# giving up too); a request waits 10 s for a pooled connection rather than queueing forever.
+DATABASE_CONNECT_TIMEOUT, DATABASE_POOL_TIMEOUT = 2, 10
+SECRET_MASK = "********"
+_WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
+_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
+# YooKassa shop ids are digits; letters, "-" and "_" allow test shops such as the fake provider's.
+_SHOP_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+WEAK_KEY = (f"is too weak (value not shown; allowed: at least {SECRET_KEY_MIN_LENGTH} characters, "
+            f"{SECRET_KEY_MIN_UNIQUE_CHARACTERS} of them different, not starting with {SECRET_KEY_INSECURE_PREFIX!r}; "
+            "e.g. python -c 'import secrets; print(secrets.token_urlsafe(50))')")
+
+
 class ConfigError(Exception):
     """Settings are missing or malformed; the message is one line meant for the operator."""
 
@@ -27,6 +53,8 @@ class ConfigError(Exception):
         self.rows = rows  # the report, when only required variables are missing
 
 
+class Refusal(str):
+    """What a cast returns for a value it refuses: the reason, shown instead of the value."""
 
 
 @dataclass(frozen=True)
@@ -44,14 +72,18 @@ class IntSetting:
     def allowed(self) -> str:
         return f"{self.low}..{self.high}{self.unit}"
 
+    def is_exact(self, value: Any) -> bool:
+        # bool is an int to Python, and a TOML `true` would pass isinstance: refuse it.
+        return type(value) is (float if self.unit else int)
+
     def validators(self, *, required: str) -> list[Validator]:
+        """The value's type, then its range; every number must be set but graceful_timeout."""
+        must_exist = None if self.key == "gunicorn.graceful_timeout" else True
+        messages = {"must_exist_true": required, "condition": f"is not {self.kind} (allowed: {self.allowed})"}
         parse = parse_seconds if self.unit else parse_whole_number
-        exact = float if self.unit else int
         return [
-            # graceful_timeout follows timeout unless set.
-            Validator(self.key, must_exist=not self.key.endswith("graceful_timeout") or None, cast=parse, condition=lambda v: type(v) is exact,
-                      messages={"must_exist_true": required, "condition": f"is not {self.kind} (allowed: {self.allowed})"}),
-            Validator(self.key, gte=self.low, lte=self.high, when=Validator(self.key, condition=lambda v: type(v) is exact),
+            Validator(self.key, must_exist=must_exist, cast=parse, condition=self.is_exact, messages=messages),
+            Validator(self.key, gte=self.low, lte=self.high, when=Validator(self.key, condition=self.is_exact),
                       messages={"operations": f"is out of range (allowed: {self.allowed})"}),
         ]
 
@@ -135,30 +167,26 @@ class Settings:
         return self.rows
 
 
+def settings_from(values: Mapping[str, Any], **fields_without_key: Any) -> Settings:
+    """A Settings from validated values by dotted key."""
 
-# Where `make run` answers: the public base URL of a non-production layer that sets none.
-DEVELOPMENT_BASE_URL = "http://localhost:8000"
-SQLITE, POSTGRESQL = "django.db.backends.sqlite3", "django.db.backends.postgresql"
-DATABASE_URL_FORMS = "sqlite:///path, postgres://user:password@host:port/name"
-# SQLite: WAL (readers never wait for the writer), synchronous=NORMAL (WAL needs no fsync per commit)
-# and transactions that take the write lock at BEGIN, where the busy timeout applies: a DEFERRED one
-# that read first fails at once with "database is locked" when another writer got there first. The
-# 20 s wait is well inside GUNICORN_TIMEOUT, far longer than any of this server's write transactions.
-SQLITE_OPTIONS = {"transaction_mode": "IMMEDIATE", "timeout": 20,
-                  "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL"}
-# PostgreSQL: libpq waits at least 2 s whatever the value (/ready's 2 s bound relies on connects
-# giving up too); a request waits 10 s for a pooled connection rather than queueing forever.
-DATABASE_CONNECT_TIMEOUT, DATABASE_POOL_TIMEOUT = 2, 10
-SECRET_MASK = "********"
-_WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
-_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
-# YooKassa shop ids are digits; letters, "-" and "_" allow test shops such as the fake provider's.
-_SHOP_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+    def section(name: str) -> dict[str, Any]:
+        return {key.partition(".")[2]: value for key, value in values.items() if key.startswith(f"{name}.")}
 
-
-class Refusal(str):
-    """What a cast returns for a value it refuses: the reason, shown instead of the value."""
+    return Settings(
+        debug=values["debug"], secret_key=values["secret_key"], allowed_hosts=tuple(values["allowed_hosts"]),
+        database_url=values["database_url"], database_pool_max_size=values["database_pool_max_size"],
+        database=database_config(values["database_url"], pool_max_size=values["database_pool_max_size"],
+                                 base_dir=fields_without_key.pop("base_dir")),
+        log_level=values["log_level"], log_format=values["log_format"], time_zone=values["time_zone"],
+        server=ServerSettings(**section("gunicorn")),
+        provider=ProviderSettings(**section("provider") | {"secrets": dict(values["provider.secrets"])}),
+        security=SecuritySettings(**section("security")), public_base_url=values["public_base_url"],
+        database_allow_sqlite=values["database_allow_sqlite"], order_expiry_minutes=values["orders.expiry_minutes"],
+        order_reconcile_after_minutes=values["orders.reconcile_after_minutes"],
+        order_hold_max_minutes=values["orders.hold_max_minutes"], order_retention_days=values["orders.retention_days"],
+        **fields_without_key,
+    )
 
 
 # Casts (Validator `cast=`): the typed value, or the value unchanged for the condition to refuse.
@@ -235,7 +263,10 @@ def mask_database_url(url: str) -> str:
     if at:
         scheme, separator, userinfo = head.partition("://")
         user, colon, _ = userinfo.partition(":")
-        head = f"{scheme}://{user}:{SECRET_MASK}" if separator and colon else head if separator else SECRET_MASK
+        if not separator:
+            head = SECRET_MASK
+        elif colon:
+            head = f"{scheme}://{user}:{SECRET_MASK}"
         url = f"{head}@{tail}"
     # To the end: a password with an unencoded "&" or "#" would otherwise show its tail.
     return re.sub(r"(?i)(password=).*", rf"\1{SECRET_MASK}", url)
@@ -244,8 +275,23 @@ def mask_database_url(url: str) -> str:
 def mask_url(url: str) -> str:
     """`url` with all user information masked: a provider URL's user part may be a token."""
     head, at, tail = url.rpartition("@")
+    if not at:
+        return url
     scheme, separator, _ = head.partition("://")
-    return url if not at else f"{scheme}://{SECRET_MASK}@{tail}" if separator else f"{SECRET_MASK}@{tail}"
+    return f"{scheme}://{SECRET_MASK}@{tail}" if separator else f"{SECRET_MASK}@{tail}"
+
+
+# What a message or the report shows of a value: secrets nothing (None), URLs masked.
+SHOWN: dict[str, Callable[[str], str] | None] = {"secret_key": None, "provider.secrets": None,
+                                                 "database_url": mask_database_url, "provider.url": mask_url}
+
+
+def shown_value(key: str, value: Any) -> str:
+    if key == "provider.secrets":
+        return ",".join(f"{shop}:{SECRET_MASK}" for shop in value) or "-"
+    if key in SHOWN:
+        return SECRET_MASK if SHOWN[key] is None else SHOWN[key](str(value))  # type: ignore[misc]
+    return ",".join(value) if isinstance(value, (list, tuple)) else str(value)
 
 
 def database_config(url: str, *, pool_max_size: int, base_dir: Path) -> dict[str, Any]:
@@ -269,21 +315,3 @@ def database_config(url: str, *, pool_max_size: int, base_dir: Path) -> dict[str
         # fails no request on a connection it killed.
         config["CONN_HEALTH_CHECKS"] = True
     return config
-
-
-# What a message or the report shows of a value: secrets nothing (None), URLs masked.
-SHOWN: dict[str, Callable[[str], str] | None] = {"secret_key": None, "provider.secrets": None,
-                                                 "database_url": mask_database_url, "provider.url": mask_url}
-
-
-def shown_value(key: str, value: Any) -> str:
-    if key == "provider.secrets":
-        return ",".join(f"{shop}:{SECRET_MASK}" for shop in value) or "-"
-    if key in SHOWN:
-        return SECRET_MASK if SHOWN[key] is None else SHOWN[key](str(value))  # type: ignore[misc]
-    return ",".join(value) if isinstance(value, (list, tuple)) else str(value)
-
-
-WEAK_KEY = (f"is too weak (value not shown; allowed: at least {SECRET_KEY_MIN_LENGTH} characters, "
-            f"{SECRET_KEY_MIN_UNIQUE_CHARACTERS} of them different, not starting with {SECRET_KEY_INSECURE_PREFIX!r}; "
-            "e.g. python -c 'import secrets; print(secrets.token_urlsafe(50))')")
