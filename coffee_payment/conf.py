@@ -8,7 +8,6 @@ settings module and config/gunicorn.py only read it.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import logging
 import os
@@ -24,8 +23,8 @@ from dynaconf.utils.inspect import get_history
 
 from coffee_payment.conf_values import (
     DATABASE_URL_FORMS, DEVELOPMENT_BASE_URL, SHOWN, SQLITE, WEAK_KEY, ConfigError, IntSetting, Refusal, SecondsSetting,
-    Settings, database_engine, is_base_url, parse_base_url, parse_boolean, parse_hosts, parse_provider_secrets,
-    parse_text, settings_from, shown_value,
+    Settings, database_engine, is_base_url, is_text, parse_base_url, parse_boolean, parse_hosts, parse_provider_secrets,
+    parse_text, settings_from, shown_value, unknown_variable_warnings,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -91,11 +90,10 @@ def _validators(layer: str, *, required: str) -> list[Validator]:
         messages = {"condition": message, "must_exist_true": required}
         return Validator(key, cast=cast, condition=condition, messages=messages, **more)
 
-    text: Callable[[Any], bool] = lambda v: isinstance(v, str) and bool(v)  # noqa: E731
     needed: dict[str, Any] = {"must_exist": True} if production else {}
     checks = [
         # A fresh key per start outside production: nothing signed there needs to outlive the server.
-        check("secret_key", parse_text, text, "is not a non-empty string",
+        check("secret_key", parse_text, is_text, "is not a non-empty string",
               **(needed or {"default": lambda *_: secrets.token_urlsafe(50)})),
         check("allowed_hosts", parse_hosts, lambda v: isinstance(v, tuple), "is not a list of host names "
               "(allowed: comma-separated names)", **(needed or {"default": ()})),
@@ -113,8 +111,8 @@ def _validators(layer: str, *, required: str) -> list[Validator]:
                 lambda v, allowed=allowed: v in allowed, f"is not one of {', '.join(allowed)}", default=default)
           for key, normal, allowed, default in (("log_level", str.upper, LOG_LEVELS, "INFO"),
                                                 ("log_format", str.lower, LOG_FORMATS, "json"))),
-        check("time_zone", parse_text, text, "is not a non-empty string", default="UTC"),
-        check("gunicorn.host", parse_text, text, "is not a non-empty string", must_exist=True),
+        check("time_zone", parse_text, is_text, "is not a non-empty string", default="UTC"),
+        check("gunicorn.host", parse_text, is_text, "is not a non-empty string", must_exist=True),
         check("provider.url", parse_base_url, is_base_url, "is not a base URL "
               "(allowed: http(s)://host[:port]/path, no user, query or fragment)", must_exist=True),
         check("provider.secrets", parse_provider_secrets, lambda v: not isinstance(v, Refusal), "{value}", default={}),
@@ -136,18 +134,25 @@ def _validators(layer: str, *, required: str) -> list[Validator]:
 
 def _origins(conf: Dynaconf) -> dict[str, dict[str, Any] | None]:
     """Per key, the history entry (TOML layer or variable) that gave its value; None for a default."""
-    origins: dict[str, dict[str, Any] | None] = {}
-    for key in ("time_zone", *KEY_VARIABLES):
-        origins[key] = None
-        for entry in get_history(conf, key) if conf.get(key) is not None else ():
+    origins: dict[str, dict[str, Any] | None] = dict.fromkeys(("time_zone", *KEY_VARIABLES))
+    for entry in get_history(conf):
+        for key, before in origins.items():
+            if (value := _lookup(entry["value"], key)) is None:
+                continue
             if entry["loader"] == "env" and entry["identifier"] == KEY_VARIABLES[key]:
-                origins[key] = entry
+                origins[key] = entry | {"value": value}
             # A layer's table is merged whole into the one before: it counts where it changed the value.
-            elif entry["loader"] == "toml" and entry["env"] in ("default", conf.current_env.lower()):
-                before = origins[key]
-                if before is None or not entry["merged"] or entry["value"] != before["value"]:
-                    origins[key] = entry
+            elif entry["loader"] == "toml" and entry["env"] in ("default", conf.current_env.lower()) and (
+                before is None or not entry["merged"] or value != before["value"]
+            ):
+                origins[key] = entry | {"value": value}
     return origins
+
+
+def _lookup(data: Any, dotted: str) -> Any:
+    for part in dotted.split("."):  # Dynaconf keeps top-level keys upper-case
+        data = next((v for k, v in data.items() if k.lower() == part), None) if isinstance(data, Mapping) else None
+    return data
 
 
 def _where(origin: dict[str, Any] | None, key: str, file_name: str) -> str:
@@ -167,24 +172,9 @@ def _source(origin: dict[str, Any] | None, key: str) -> str:
     return f"env {origin['identifier']}" if origin["loader"] == "env" else f"[{origin['env']}]"
 
 
-def _unknown_variable_warnings(environ: Mapping[str, str]) -> tuple[str, ...]:
-    known = [v for v in VARIABLES if v.startswith("GUNICORN_")]
-    warnings = []
-    for name in sorted(environ):
-        if name.startswith("GUNICORN_") and name not in VARIABLES and name not in GUNICORN_OWN_VARIABLES:
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f"did you mean {close[0]}?" if close else f"known: {', '.join(known)}"
-            warnings.append(f"{name} is not a setting of this server and is ignored; {hint}")
-    return tuple(warnings)
-
-
-def load_settings(*, environ: Mapping[str, str], settings_file: Path = SETTINGS_FILE) -> Settings:
-    """Resolve and validate every setting; raise ConfigError naming every bad or missing one."""
-    layer = environ.get(LAYER_VARIABLE, "").strip() or DEFAULT_LAYER
-    if layer not in LAYERS:
-        raise ConfigError(f"{LAYER_VARIABLE}={layer!r} is not a settings layer (allowed: {', '.join(LAYERS)})")
-    if not settings_file.is_file():  # Dynaconf skips a missing file
-        raise ConfigError(f"cannot read {settings_file}: no such file")
+@functools.lru_cache(maxsize=8)
+def _layers(settings_file: Path, layer: str, version: int) -> Dynaconf:
+    """The file's merged layers, read once per file version; every load works on a copy."""
     # No loader of Dynaconf's own reads the environment (they would read os.environ, not `environ`,
     # and take "0x1F" or "1_000" for numbers); auto_cast off: "@format ..." in a value stays text.
     conf = Dynaconf(settings_files=[str(settings_file)], environments=True, env=layer, loaders=[], load_dotenv=False,
@@ -194,6 +184,19 @@ def load_settings(*, environ: Mapping[str, str], settings_file: Path = SETTINGS_
             conf.setenv(layer)
     except ValueError as exc:  # TOMLDecodeError
         raise ConfigError(f"cannot read {settings_file}: {exc}") from None
+    return conf
+
+
+def load_settings(*, environ: Mapping[str, str], settings_file: Path = SETTINGS_FILE) -> Settings:
+    """Resolve and validate every setting; raise ConfigError naming every bad or missing one."""
+    layer = environ.get(LAYER_VARIABLE, "").strip() or DEFAULT_LAYER
+    if layer not in LAYERS:
+        raise ConfigError(f"{LAYER_VARIABLE}={layer!r} is not a settings layer (allowed: {', '.join(LAYERS)})")
+    try:
+        version = settings_file.stat().st_mtime_ns
+    except OSError as exc:
+        raise ConfigError(f"cannot read {settings_file}: {exc}") from None
+    conf = _layers(settings_file, layer, version).dynaconf_clone()
     if conf.get("provider.secrets") is not None:  # in settings.toml, it would be in every clone
         raise ConfigError(f"{_where(_origins(conf)['provider.secrets'], 'provider.secrets', settings_file.name)} is "
                           "refused: provider secrets come from PAYMENT_PROVIDER_SECRETS only")
@@ -219,19 +222,16 @@ def load_settings(*, environ: Mapping[str, str], settings_file: Path = SETTINGS_
         # The drain after SIGTERM gets as long as a request may take, unless told otherwise.
         conf.set("gunicorn.graceful_timeout", conf.gunicorn.timeout, loader_identifier="validator")
     rows = [layer_row, *_rows(conf, origins)]
-    return settings_from({key: conf.get(key) for key in origins}, layer=layer, rows=rows, base_dir=BASE_DIR,
-                         sources={key: source for key, _, source in rows}, warnings=_unknown_variable_warnings(environ))
+    warnings = unknown_variable_warnings(environ, prefix="GUNICORN_", known=VARIABLES, ignored=GUNICORN_OWN_VARIABLES)
+    return settings_from({key: conf.get(key) for key in origins}, layer=layer, base_dir=BASE_DIR, rows=rows,
+                         sources={key: source for key, _, source in rows}, warnings=warnings)
 
 
-def _rows(
-    conf: Dynaconf, origins: Mapping[str, Any], *, missing: Collection[str] = (), required: str = ""
-) -> list[tuple[str, str, str]]:
+def _rows(conf: Dynaconf, origins: Mapping[str, Any], *, missing: Collection[str] = (), required: str = ""
+          ) -> list[tuple[str, str, str]]:
     """The report: (key, value shown to an operator, source); a missing required value is marked."""
-    return [
-        (key, "MISSING", f"{KEY_VARIABLES[key]} {required}") if key in missing
-        else (key, shown_value(key, conf.get(key)), _source(origins[key], key))
-        for key in origins
-    ]
+    return [(key, "MISSING", f"{KEY_VARIABLES[key]} {required}") if key in missing
+            else (key, shown_value(key, conf.get(key)), _source(origins[key], key)) for key in origins]
 
 
 @functools.cache

@@ -4,9 +4,10 @@ validated URL. No environment is read here."""
 
 from __future__ import annotations
 
+import difflib
 import re
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -237,6 +238,10 @@ def parse_provider_secrets(value: Any) -> Any:
     return secrets_by_shop
 
 
+def is_text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
 def is_base_url(value: Any, *, path: bool = True) -> bool:
     try:
         parts = urllib.parse.urlsplit(value)
@@ -315,3 +320,17 @@ def database_config(url: str, *, pool_max_size: int, base_dir: Path) -> dict[str
         # fails no request on a connection it killed.
         config["CONN_HEALTH_CHECKS"] = True
     return config
+
+
+def unknown_variable_warnings(
+    environ: Mapping[str, str], *, prefix: str, known: Collection[str], ignored: Collection[str]
+) -> tuple[str, ...]:
+    """A warning for each `prefix` variable that is no setting, naming the closest that is: a typo."""
+    ours = [name for name in known if name.startswith(prefix)]
+    warnings = []
+    for name in sorted(environ):
+        if name.startswith(prefix) and name not in known and name not in ignored:
+            close = difflib.get_close_matches(name, ours, n=1)
+            hint = f"did you mean {close[0]}?" if close else f"known: {', '.join(ours)}"
+            warnings.append(f"{name} is not a setting of this server and is ignored; {hint}")
+    return tuple(warnings)
