@@ -14,6 +14,11 @@ def main() -> None:
     try:
         execute_from_command_line(sys.argv)
     except ConfigError as exc:
+        if sys.argv[1:2] == ["show_config"] and exc.rows:
+            # Only required variables are missing: show everything else, and which ones.
+            from coffee_payment.management.commands.show_config import config_table
+
+            print("\n".join(config_table(exc.rows)))
         sys.exit(f"configuration error: {exc}")
 
 

@@ -507,3 +507,21 @@ def test_production_refuses_a_weak_secret_key_without_showing_it(key: str) -> No
     assert key not in str(refused.value)
     # Outside production a short key is the developer's business.
     assert load_settings(environ={**TESTING, "DJANGO_SECRET_KEY": key}).secret_key == key
+
+
+def test_every_bad_value_is_named_in_one_message() -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(environ={**TESTING, "GUNICORN_WORKERS": "true", "ORDER_EXPIRY_MINUTES": "0",
+                               "DJANGO_LOG_FORMAT": "xml"})
+    assert str(refused.value) == (
+        "DJANGO_LOG_FORMAT='xml' is not one of json, text; "
+        "GUNICORN_WORKERS='true' is not a whole number (allowed: 1..64); "
+        "ORDER_EXPIRY_MINUTES='0' is out of range (allowed: 1..1440)"
+    )
+
+
+def test_values_are_text_not_dynaconf_expressions() -> None:
+    """Dynaconf's "@int", "@format" and "@jinja" tokens in a value are neither cast nor evaluated."""
+    with pytest.raises(ConfigError, match=r"^GUNICORN_WORKERS='@int 5' is not a whole number"):
+        load_settings(environ={**TESTING, "GUNICORN_WORKERS": "@int 5"})
+    assert load_settings(environ={**TESTING, "GUNICORN_HOST": "@format {env[HOME]}"}).server.host == "@format {env[HOME]}"

@@ -28,3 +28,18 @@ def test_manage_py_reports_a_bad_value_in_one_line(tmp_path: Path) -> None:
     assert result.stderr.strip() == (
         "configuration error: GUNICORN_TIMEOUT='soon' is not a whole number (allowed: 1..3600)"
     )
+
+
+def test_show_config_marks_every_missing_required_variable(tmp_path: Path) -> None:
+    env = base_environ(tmp_path, DJANGO_ENV="production", GUNICORN_WORKERS="3")
+    for variable in ("DJANGO_SECRET_KEY", "DJANGO_ALLOWED_HOSTS", "DATABASE_URL", "DJANGO_PUBLIC_BASE_URL"):
+        env.pop(variable, None)
+    result = run([str(BIN / "python"), "manage.py", "show_config"], env=env)
+    assert result.returncode == 1
+    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()[1:]}
+    for key, variable in (("secret_key", "DJANGO_SECRET_KEY"), ("allowed_hosts", "DJANGO_ALLOWED_HOSTS"),
+                          ("database_url", "DATABASE_URL"), ("public_base_url", "DJANGO_PUBLIC_BASE_URL")):
+        assert rows[key][:2] == ["MISSING", variable], result.stdout
+        assert f"{variable} is required in the production layer and is not set" in result.stderr
+    assert rows["gunicorn.workers"] == ["3", "env", "GUNICORN_WORKERS"]
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr

@@ -92,3 +92,17 @@ def test_unknown_gunicorn_variable_is_warned_about(tmp_path: Path) -> None:
     result = run([str(BIN / "gunicorn"), "-c", "config/gunicorn.py", "--print-config"], env=env)
     assert result.returncode == 0
     assert "GUNICORN_WORKER is not a setting of this server and is ignored; did you mean GUNICORN_WORKERS?" in result.stderr
+
+
+@pytest.mark.parametrize("args", [[], ["--print-config"]])
+def test_every_missing_required_variable_in_one_message(tmp_path: Path, args: list[str]) -> None:
+    env = production_environ(tmp_path)
+    for variable in ("DJANGO_SECRET_KEY", "DJANGO_ALLOWED_HOSTS", "DJANGO_PUBLIC_BASE_URL"):
+        del env[variable]
+    result = run([str(BIN / "gunicorn"), "-c", "config/gunicorn.py", *args], env=env, timeout=30)
+    assert result.returncode != 0
+    assert result.stderr.strip() == "configuration error: " + "; ".join(
+        f"{variable} is required in the production layer and is not set"
+        for variable in ("DJANGO_SECRET_KEY", "DJANGO_ALLOWED_HOSTS", "DJANGO_PUBLIC_BASE_URL")
+    )
+    assert "Listening at" not in result.stderr + result.stdout

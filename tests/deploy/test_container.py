@@ -362,7 +362,11 @@ def test_development_mode_runs_the_django_development_server(image: str) -> None
         ({"RUN_MODE": "staging"}, "RUN_MODE='staging' is not a run mode (allowed: production, development)"),
         (
             {"DJANGO_ALLOWED_HOSTS": "localhost", "DATABASE_URL": "sqlite:////tmp/db.sqlite3"},
-            "DJANGO_SECRET_KEY is required in the production layer and is not set",
+            # Every failure at once, not one per try.
+            "DJANGO_SECRET_KEY is required in the production layer and is not set; "
+            "DJANGO_PUBLIC_BASE_URL is required in the production layer and is not set; "
+            "DATABASE_URL='sqlite:////tmp/db.sqlite3' is SQLite, refused in the production layer "
+            "(use PostgreSQL, or set DATABASE_ALLOW_SQLITE=true for a single replica)",
         ),
     ],
 )

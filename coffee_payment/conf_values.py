@@ -1,0 +1,336 @@
+"""What coffee_payment.conf hands out and the value work behind it: the typed settings objects, the
+casts its Validators apply, masks for what an operator may see, and Django's database entry for a
+validated URL. No environment is read here."""
+
+from __future__ import annotations
+
+import difflib
+import re
+import urllib.parse
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dj_database_url
+from django.core.checks.security.base import (
+    SECRET_KEY_INSECURE_PREFIX,
+    SECRET_KEY_MIN_LENGTH,
+    SECRET_KEY_MIN_UNIQUE_CHARACTERS,
+)
+from dynaconf import Validator
+
+
+# Where `make run` answers: the public base URL of a non-production layer that sets none.
+DEVELOPMENT_BASE_URL = "http://localhost:8000"
+SQLITE, POSTGRESQL = "django.db.backends.sqlite3", "django.db.backends.postgresql"
+DATABASE_URL_FORMS = "sqlite:///path, postgres://user:password@host:port/name"
+# SQLite: WAL (readers never wait for the writer), synchronous=NORMAL (WAL needs no fsync per commit)
+# and transactions that take the write lock at BEGIN, where the busy timeout applies: a DEFERRED one
+# that read first fails at once with "database is locked" when another writer got there first. The
+# 20 s wait is well inside GUNICORN_TIMEOUT, far longer than any of this server's write transactions.
+SQLITE_OPTIONS = {"transaction_mode": "IMMEDIATE", "timeout": 20,
+                  "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL"}
+# PostgreSQL: libpq waits at least 2 s whatever the value (/ready's 2 s bound relies on connects
+# giving up too); a request waits 10 s for a pooled connection rather than queueing forever.
+DATABASE_CONNECT_TIMEOUT, DATABASE_POOL_TIMEOUT = 2, 10
+SECRET_MASK = "********"
+_WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
+_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
+# YooKassa shop ids are digits; letters, "-" and "_" allow test shops such as the fake provider's.
+_SHOP_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+WEAK_KEY = (f"is too weak (value not shown; allowed: at least {SECRET_KEY_MIN_LENGTH} characters, "
+            f"{SECRET_KEY_MIN_UNIQUE_CHARACTERS} of them different, not starting with {SECRET_KEY_INSECURE_PREFIX!r}; "
+            "e.g. python -c 'import secrets; print(secrets.token_urlsafe(50))')")
+
+
+class ConfigError(Exception):
+    """Settings are missing or malformed; the message is one line meant for the operator."""
+
+    def __init__(self, message: str, *, rows: list[tuple[str, str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.rows = rows  # the report, when only required variables are missing
+
+
+class Refusal(str):
+    """What a cast returns for a value it refuses: the reason, shown instead of the value."""
+
+
+@dataclass(frozen=True)
+class IntSetting:
+    """A whole number under `key`, from `variable`, in low..high."""
+
+    key: str
+    variable: str
+    low: float
+    high: float
+    kind = "a whole number"
+    unit = ""
+
+    @property
+    def allowed(self) -> str:
+        return f"{self.low}..{self.high}{self.unit}"
+
+    def is_exact(self, value: Any) -> bool:
+        # bool is an int to Python, and a TOML `true` would pass isinstance: refuse it.
+        return type(value) is (float if self.unit else int)
+
+    def validators(self, *, required: str) -> list[Validator]:
+        """The value's type, then its range; every number must be set but graceful_timeout."""
+        must_exist = None if self.key == "gunicorn.graceful_timeout" else True
+        messages = {"must_exist_true": required, "condition": f"is not {self.kind} (allowed: {self.allowed})"}
+        parse = parse_seconds if self.unit else parse_whole_number
+        return [
+            Validator(self.key, must_exist=must_exist, cast=parse, condition=self.is_exact, messages=messages),
+            Validator(self.key, gte=self.low, lte=self.high, when=Validator(self.key, condition=self.is_exact),
+                      messages={"operations": f"is out of range (allowed: {self.allowed})"}),
+        ]
+
+
+class SecondsSetting(IntSetting):
+    """A plain decimal number of seconds: "1e3", "inf" and "nan" are not."""
+
+    kind = "a number of seconds"
+    unit = " seconds"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str
+    port: int
+    workers: int
+    timeout: int
+    graceful_timeout: int
+    max_requests: int
+    max_requests_jitter: int
+    keepalive: int
+    max_header_bytes: int
+    header_timeout: int
+    max_body_bytes: int
+
+    @property
+    def bind(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    """The payment provider (YooKassa API v3 or the fake one): where, how long to wait, who we are."""
+
+    url: str
+    secrets: Mapping[str, str] = field(repr=False)  # shop id -> secret key: never in a traceback
+    connect_timeout: float
+    read_timeout: float
+    retries: int
+
+
+@dataclass(frozen=True)
+class SecuritySettings:
+    """HTTPS enforcement (Django's SecurityMiddleware) and admin login throttling (django-axes)."""
+
+    ssl_redirect: bool
+    hsts_seconds: int
+    hsts_include_subdomains: bool
+    hsts_preload: bool
+    admin_login_failure_limit: int
+    admin_lockout_minutes: int
+
+
+@dataclass(frozen=True)
+class Settings:
+    layer: str
+    debug: bool
+    secret_key: str = field(repr=False)
+    allowed_hosts: tuple[str, ...]
+    database_url: str = field(repr=False)
+    database: dict[str, Any] = field(repr=False)
+    database_pool_max_size: int
+    log_level: str
+    log_format: str
+    time_zone: str
+    server: ServerSettings
+    provider: ProviderSettings
+    order_expiry_minutes: int
+    public_base_url: str  # where customers reach the site: the provider's return URL is built on it
+    database_allow_sqlite: bool
+    order_reconcile_after_minutes: int
+    order_hold_max_minutes: int
+    order_retention_days: int
+    security: SecuritySettings
+    sources: Mapping[str, str]  # dotted key -> "[default]", "[production]", "env DJANGO_DEBUG", ...
+    warnings: tuple[str, ...]
+    rows: list[tuple[str, str, str]] = field(repr=False)
+
+    def report(self) -> list[tuple[str, str, str]]:
+        """(key, value shown to an operator, source) rows; secrets masked."""
+        return self.rows
+
+
+def settings_from(values: Mapping[str, Any], **fields_without_key: Any) -> Settings:
+    """A Settings from validated values by dotted key."""
+
+    def section(name: str) -> dict[str, Any]:
+        return {key.partition(".")[2]: value for key, value in values.items() if key.startswith(f"{name}.")}
+
+    return Settings(
+        debug=values["debug"], secret_key=values["secret_key"], allowed_hosts=tuple(values["allowed_hosts"]),
+        database_url=values["database_url"], database_pool_max_size=values["database_pool_max_size"],
+        database=database_config(values["database_url"], pool_max_size=values["database_pool_max_size"],
+                                 base_dir=fields_without_key.pop("base_dir")),
+        log_level=values["log_level"], log_format=values["log_format"], time_zone=values["time_zone"],
+        server=ServerSettings(**section("gunicorn")),
+        provider=ProviderSettings(**section("provider") | {"secrets": dict(values["provider.secrets"])}),
+        security=SecuritySettings(**section("security")), public_base_url=values["public_base_url"],
+        database_allow_sqlite=values["database_allow_sqlite"], order_expiry_minutes=values["orders.expiry_minutes"],
+        order_reconcile_after_minutes=values["orders.reconcile_after_minutes"],
+        order_hold_max_minutes=values["orders.hold_max_minutes"], order_retention_days=values["orders.retention_days"],
+        **fields_without_key,
+    )
+
+
+# Casts (Validator `cast=`): the typed value, or the value unchanged for the condition to refuse.
+def parse_whole_number(value: Any) -> Any:
+    return int(value) if isinstance(value, str) and _WHOLE_NUMBER.fullmatch(value.strip()) else value
+
+
+def parse_seconds(value: Any) -> Any:
+    # Plain decimals only: TOML-style parsing would take "1e3", "inf" or "nan" as a number.
+    if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()) or type(value) is int:
+        return float(value)
+    return value
+
+
+def parse_boolean(value: Any) -> Any:
+    return _BOOLEANS.get(value.strip().lower(), value) if isinstance(value, str) else value
+
+
+def parse_text(value: Any) -> Any:
+    return value.strip() if isinstance(value, str) else value
+
+
+def parse_hosts(value: Any) -> Any:
+    if isinstance(value, str):
+        return tuple(host.strip() for host in value.split(",") if host.strip())
+    return tuple(value) if isinstance(value, list) and all(isinstance(h, str) and h for h in value) else value
+
+
+def parse_base_url(value: Any) -> Any:
+    # Paths are joined as base + "/payments": a trailing slash would double it.
+    return value.strip().rstrip("/") if isinstance(value, str) else value
+
+
+def parse_provider_secrets(value: Any) -> Any:
+    """`shop_id:secret,shop_id:secret` as a dict; a Refusal never shows a secret."""
+    if isinstance(value, Mapping):
+        return value
+    secrets_by_shop: dict[str, str] = {}
+    for number, entry in enumerate((e.strip() for e in value.split(",") if e.strip()), start=1):
+        shop, colon, secret = (part.strip() for part in entry.partition(":"))
+        # Nothing of a malformed entry is shown: "secret" alone or "secret:" may be a secret.
+        if not colon or not _SHOP_ID.fullmatch(shop) or not secret:
+            return Refusal(f"entry {number} is not shop_id:secret (value not shown) (allowed: comma-separated "
+                           "shop_id:secret, shop id of letters, digits, - and _)")
+        if shop in secrets_by_shop:
+            return Refusal(f"entry {number} repeats shop {shop!r} (allowed: each shop once)")
+        secrets_by_shop[shop] = secret
+    return secrets_by_shop
+
+
+def is_text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def is_base_url(value: Any, *, path: bool = True) -> bool:
+    try:
+        parts = urllib.parse.urlsplit(value)
+    except (TypeError, ValueError):
+        return False
+    return bool(parts.scheme in ("http", "https") and parts.hostname and parts.username is None
+                and not parts.query and not parts.fragment and (path or not parts.path.strip("/")))
+
+
+def database_engine(url: Any) -> str | None:
+    try:
+        return dj_database_url.parse(url).get("ENGINE")
+    except Exception:  # dj-database-url raises several types for a malformed URL
+        return None
+
+
+def mask_database_url(url: str) -> str:
+    """`url` with its password (and any `password=` query value) masked; the user name stays.
+
+    The user information ends at the LAST "@" (a password may contain "@"); without "://" nothing
+    tells user from password, so everything before that "@" is masked.
+    """
+    head, at, tail = url.rpartition("@")
+    if at:
+        scheme, separator, userinfo = head.partition("://")
+        user, colon, _ = userinfo.partition(":")
+        if not separator:
+            head = SECRET_MASK
+        elif colon:
+            head = f"{scheme}://{user}:{SECRET_MASK}"
+        url = f"{head}@{tail}"
+    # To the end: a password with an unencoded "&" or "#" would otherwise show its tail.
+    return re.sub(r"(?i)(password=).*", rf"\1{SECRET_MASK}", url)
+
+
+def mask_url(url: str) -> str:
+    """`url` with all user information masked: a provider URL's user part may be a token."""
+    head, at, tail = url.rpartition("@")
+    if not at:
+        return url
+    scheme, separator, _ = head.partition("://")
+    return f"{scheme}://{SECRET_MASK}@{tail}" if separator else f"{SECRET_MASK}@{tail}"
+
+
+# What a message or the report shows of a value: secrets nothing (None), URLs masked.
+SHOWN: dict[str, Callable[[str], str] | None] = {"secret_key": None, "provider.secrets": None,
+                                                 "database_url": mask_database_url, "provider.url": mask_url}
+
+
+def shown_value(key: str, value: Any) -> str:
+    if key == "provider.secrets":
+        return ",".join(f"{shop}:{SECRET_MASK}" for shop in value) or "-"
+    if key in SHOWN:
+        return SECRET_MASK if SHOWN[key] is None else SHOWN[key](str(value))  # type: ignore[misc]
+    return ",".join(value) if isinstance(value, (list, tuple)) else str(value)
+
+
+def database_config(url: str, *, pool_max_size: int, base_dir: Path) -> dict[str, Any]:
+    """Django's DATABASES entry for a URL `database_engine` accepted."""
+    config: dict[str, Any] = dict(dj_database_url.parse(url))
+    if config["ENGINE"] == SQLITE:
+        if config["NAME"] != ":memory:" and not Path(config["NAME"]).is_absolute():
+            # Relative SQLite paths are relative to the project, not to wherever the server starts.
+            config["NAME"] = str(base_dir / config["NAME"])
+        # Options in the URL (?timeout=5) win over these.
+        config["OPTIONS"] = {**SQLITE_OPTIONS, **config.get("OPTIONS", {})}
+    # Under ASGI every request may run in a fresh thread: persistent connections would leak.
+    config["CONN_MAX_AGE"] = 0
+    if config["ENGINE"] == POSTGRESQL:
+        # Django's own psycopg pool gives those threads warm connections instead; one pool per
+        # worker process, opened on first use (after the fork, never in the Gunicorn master).
+        pool = {"min_size": 1, "max_size": pool_max_size, "timeout": DATABASE_POOL_TIMEOUT}
+        config["OPTIONS"] = {**config.get("OPTIONS", {}), "connect_timeout": DATABASE_CONNECT_TIMEOUT, "pool": pool}
+        # Django 5.2 turns this into psycopg_pool's `check=ConnectionPool.check_connection`: each
+        # connection is tested as it leaves the pool and replaced if dead, so a PostgreSQL restart
+        # fails no request on a connection it killed.
+        config["CONN_HEALTH_CHECKS"] = True
+    return config
+
+
+def unknown_variable_warnings(
+    environ: Mapping[str, str], *, prefix: str, known: Collection[str], ignored: Collection[str]
+) -> tuple[str, ...]:
+    """A warning for each `prefix` variable that is no setting, naming the closest that is: a typo."""
+    ours = [name for name in known if name.startswith(prefix)]
+    warnings = []
+    for name in sorted(environ):
+        if name.startswith(prefix) and name not in known and name not in ignored:
+            close = difflib.get_close_matches(name, ours, n=1)
+            hint = f"did you mean {close[0]}?" if close else f"known: {', '.join(ours)}"
+            warnings.append(f"{name} is not a setting of this server and is ignored; {hint}")
+    return tuple(warnings)
