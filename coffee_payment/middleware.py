@@ -67,6 +67,10 @@ def nul_culprit(request: HttpRequest) -> str | None:
         return "the path"
     parts = [("query parameter", request.GET), ("cookie", request.COOKIES)]
     if request.method == "POST" and request.content_type in _FORM_TYPES:
+        # The raw body first: Django parses a multipart body from the stream, after which
+        # `request.body` raises RawPostDataException, a 500 for a view that reads the body itself
+        # (the webhook, the machine API: a JSON body sent with a form's content type).
+        request.body  # noqa: B018
         parts.append(("form field", request.POST))
     for kind, values in parts:
         items = values.lists() if hasattr(values, "lists") else ((k, [v]) for k, v in values.items())

@@ -61,6 +61,16 @@ def test_deeply_nested_json_to_the_webhook_is_a_clear_400(application: ASGIApp) 
     assert (status, json.loads(body)) == (400, {"error": "notification body is nested too deeply"})
 
 
+@pytest.mark.parametrize("path", ["/v1/payments/webhook", "/v1/machine/orders/x/report", "/v1/machine/menu"])
+def test_a_form_body_to_a_json_route_is_a_4xx(application: ASGIApp, path: str) -> None:
+    """A multipart body: the NUL check parses the form, and the view still reads the raw body."""
+    body = b'--b\r\nContent-Disposition: form-data; name="a"\r\n\r\nb\r\n--b--\r\n'
+    method = "PUT" if path.endswith("menu") else "POST"
+    status, _, _ = asyncio.run(call(application, fuzzed(method, path, body=body,
+                                                       content_type="multipart/form-data; boundary=b")))
+    assert 400 <= status < 500
+
+
 @pytest.mark.parametrize("target", [
     "/v1/order-status/a%00b", "/v1/orders/a%00b", "/v1/pay?deviceUuid=m%00&orderId=x", "/admin/login/?next=%00",
 ])
