@@ -1,25 +1,17 @@
-"""The lean path: Django's ASGI handler with pooled request threads, and a leaner middleware chain
-for the paths in settings.LEAN_PATHS.
+"""The project's ASGI handler: Django's, with a pooled thread per request, the request signals
+in as few thread switches as give the same effect, and a leaner middleware chain for
+settings.LEAN_PATHS.
 
-Per request, Django's own ASGIHandler starts a thread for the request's sync code (and another to
-join it), and runs every stock middleware's hooks (SessionMiddleware, CsrfViewMiddleware, ...)
-through `sync_to_async`: about fourteen thread switches for a JSON answer. Here instead:
+- A request's sync code (ORM calls, sync views, the signals' receivers) runs in a long-lived thread
+  checked out of a pool for that request alone (coffee_payment.request_threads).
+- `handle()` is Django 5.2's, except that while the request signals have only Django's own
+  receivers, `request_started` runs in the request's thread with its first sync call, and a
+  request that ran no sync code closes its response on the loop: no thread switch for `/health`.
+- On the lean paths the middleware is settings.LEAN_MIDDLEWARE, MIDDLEWARE without sessions, auth
+  and messages; its stock middleware does no I/O, so its hooks run on the event loop.
 
-- every request's sync code, the request signals' receivers included, runs in a long-lived thread
-  checked out of a pool for that request alone (coffee_payment.request_threads): no thread is started
-  per request, and no other request uses that thread until this one has ended;
-- on the lean paths the middleware is settings.LEAN_MIDDLEWARE, an ordered subset of
-  settings.MIDDLEWARE without sessions, auth and messages (the admin's needs). Its stock
-  middleware (Host validation, security headers, CSRF, X-Frame-Options) does no I/O, so its hooks
-  run on the event loop (`InlineMiddleware`).
-
-Everything else is Django's `ASGIHandler.handle()`: `request_started`, URL resolution, view
-middleware, exception-to-response conversion, the disconnect watch that cancels a view, response
-sending, `response.close()` and `request_finished` in the request's thread, closing the body after
-the request's sync work. Other paths (the admin, static files) get the whole MIDDLEWARE.
-`coffee_payment.lean_path_checks` keeps the configuration honest; Django's own `tests/asgi` and
-`tests/handlers` run against this handler (`make test-django-asgi`). The Django internals relied
-upon are listed in PROJECT.md.
+Django's own `tests/asgi` and `tests/handlers` run against it (`make test-django-asgi`); the Django
+internals it relies on are listed in docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -1,20 +1,10 @@
-"""Long-lived threads for requests' sync code: a request checks one out, and no other request runs
-in it until that request has ended.
+"""Long-lived threads for requests' sync code: a request checks one out at its first sync call,
+and no other request runs in it until that request and everything it ran there have ended.
 
-Under ASGI Django runs a request's sync code (ORM calls, sync views and middleware, the receivers of
-`request_started` and `request_finished`) in a thread of that request's own: asgiref's
-ThreadSensitiveContext creates a one-thread executor at the request's first `sync_to_async` call
-and, when the request ends, starts a second thread to join the first. Two thread starts per request
-cost more than the primary-key read they carry (PROJECT.md, Performance).
-
-Here the one-thread executors outlive requests. A request takes an idle one at its first sync call
-(or starts one when none is idle) and hands it back when it ends: at once if its last job has run
-(Django's handler awaits it), else by a job queued after it. The thread returns to the pool only
-once everything the request ran there has finished, a cancelled sync view still running included.
-So two requests never share a thread at the same time (asgiref: never use one executor for two
-blocks at once), a thread-local (a database connection) belongs to one request while it runs, and
-`request_finished` closes that request's connection, nobody else's. Up to `idle_max` idle threads
-are kept; a thread checked in beyond them ends.
+asgiref's ThreadSensitiveContext would start a thread per request and another to join it; these
+threads outlive requests instead. A thread returns to the pool once the request's last job has
+finished, a cancelled sync view still running included, so a thread-local (a database connection)
+belongs to one request at a time and `request_finished` closes that request's connection only.
 """
 
 from __future__ import annotations
