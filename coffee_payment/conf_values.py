@@ -29,6 +29,7 @@ DATABASE_URL_FORMS = "sqlite:///path, postgres://user:password@host:port/name"
 # and transactions that take the write lock at BEGIN, where the busy timeout applies: a DEFERRED one
 # that read first fails at once with "database is locked" when another writer got there first. The
 # 20 s wait is well inside GUNICORN_TIMEOUT, far longer than any of this server's write transactions.
+SQLITE_CONN_MAX_AGE = 600  # seconds
 SQLITE_OPTIONS = {"transaction_mode": "IMMEDIATE", "timeout": 20,
                   "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL"}
 # PostgreSQL: libpq waits at least 2 s whatever the value (/ready's 2 s bound relies on connects
@@ -308,8 +309,12 @@ def database_config(url: str, *, pool_max_size: int, base_dir: Path) -> dict[str
             config["NAME"] = str(base_dir / config["NAME"])
         # Options in the URL (?timeout=5) win over these.
         config["OPTIONS"] = {**SQLITE_OPTIONS, **config.get("OPTIONS", {})}
-    # Under ASGI every request may run in a fresh thread: persistent connections would leak.
-    config["CONN_MAX_AGE"] = 0
+    # PostgreSQL: Django's pool below requires 0. SQLite has no pool, and opening a connection
+    # (with its PRAGMAs) cost more than half of a status poll; the project's handler runs each
+    # request in a long-lived pooled thread of its own (coffee_payment/request_threads.py), so a
+    # thread's connection is kept between its requests, one request at a time, and Django's
+    # request signals close it when it breaks or is ten minutes old.
+    config["CONN_MAX_AGE"] = 0 if config["ENGINE"] == POSTGRESQL else SQLITE_CONN_MAX_AGE
     if config["ENGINE"] == POSTGRESQL:
         # Django's own psycopg pool gives those threads warm connections instead; one pool per
         # worker process, opened on first use (after the fork, never in the Gunicorn master).
