@@ -138,6 +138,7 @@ VARIABLES: dict[str, str] = {
     "DJANGO_LOG_FORMAT": "log_format",
     "DATABASE_URL": "database_url",
     "GUNICORN_HOST": "gunicorn.host",
+    "GUNICORN_METRICS_DIR": "gunicorn.metrics_dir",
     **{s.variable: f"gunicorn.{s.key}" for s in SERVER_INT_SETTINGS},
     "PAYMENT_PROVIDER_URL": "provider.url",
     "PAYMENT_PROVIDER_SECRETS": "provider.secrets",
@@ -166,6 +167,8 @@ class ServerSettings:
     max_header_bytes: int
     header_timeout: int
     max_body_bytes: int
+    # prometheus_client's multiprocess directory: every worker's metric files (config/gunicorn.py).
+    metrics_dir: str
 
     @property
     def bind(self) -> str:
@@ -408,6 +411,18 @@ def _text(value: Any, where: str) -> str:
     raise ConfigError(f"{where} is not a non-empty string")
 
 
+# settings.toml's default, for a settings file that has none.
+DEFAULT_METRICS_DIR = "/tmp/coffee-payment-metrics"
+
+
+def _directory(value: Any, where: str) -> str:
+    """An absolute directory path; the server creates it (and empties it of metric files) at start."""
+    text = _text(value, where)
+    if not text.startswith("/") or "\x00" in text or text.rstrip("/") == "":
+        raise ConfigError(f"{where} is not an absolute directory path (allowed: /path/to/dir, not / itself)")
+    return text.rstrip("/")
+
+
 # Where `make run` answers: the public base URL of a non-production layer that sets none.
 DEVELOPMENT_BASE_URL = "http://localhost:8000"
 
@@ -585,6 +600,9 @@ def _server(resolver: _Resolver) -> ServerSettings:
         resolver.sources["gunicorn.graceful_timeout"] = "= gunicorn.timeout"
     host = _required(resolver, "gunicorn.host")
     values["host"] = _text(*host)
+    metrics_dir = resolver.lookup("gunicorn.metrics_dir")
+    values["metrics_dir"] = _directory(*metrics_dir) if metrics_dir else DEFAULT_METRICS_DIR
+    resolver.sources.setdefault("gunicorn.metrics_dir", "built-in")
     missing = [s.variable for s in SERVER_INT_SETTINGS if s.key not in values]
     if missing:
         raise ConfigError(f"{missing[0]} is not set and {resolver.settings_file.name} has no default for it")

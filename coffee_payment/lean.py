@@ -39,6 +39,7 @@ from django.utils.deprecation import MiddlewareMixin
 from django.utils.module_loading import import_string
 
 from coffee_payment.asgi_types import Receive, Scope, Send
+from coffee_payment.metrics import RouteLabelled
 from coffee_payment.sync_lanes import SyncThreads
 
 __all__ = ["LeanASGIHandler", "LeanPaths", "get_lean_asgi_application"]
@@ -90,7 +91,7 @@ def _inline(hook: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
     return run
 
 
-class LeanHandler(BaseHandler):
+class LeanHandler(RouteLabelled, BaseHandler):
     """Django's request handling (resolve, view middleware, view, exceptions) with LEAN_MIDDLEWARE."""
 
     def __init__(self) -> None:
@@ -127,7 +128,7 @@ class LeanHandler(BaseHandler):
         self._middleware_chain = handler
 
 
-class LeanASGIHandler(ASGIHandler):
+class LeanASGIHandler(RouteLabelled, ASGIHandler):
     """Django's ASGIHandler with pooled request threads; settings.LEAN_PATHS take the lean chain.
 
     Two overrides, the rest is Django's own `handle()`: reading the body, `request_started`, the

@@ -3,7 +3,8 @@
 Uvicorn sends `lifespan.startup` when a worker starts and `lifespan.shutdown` after it has stopped
 serving. Django refuses the lifespan scope (uvicorn then logs "ASGI 'lifespan' protocol appears
 unsupported" and never says when the worker stops), so this wrapper answers it and runs the
-shutdown hooks: closing what a worker opened lazily on its event loop (the provider's HTTP client).
+hooks: at startup what runs beside the requests (the database pool's metrics), at shutdown closing
+what a worker opened lazily on its event loop (the provider's HTTP client).
 """
 
 from __future__ import annotations
@@ -22,9 +23,16 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class Lifespan:
-    def __init__(self, app: ASGIApp, *, on_shutdown: tuple[Callable[[], Awaitable[None]], ...]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        on_shutdown: tuple[Callable[[], Awaitable[None]], ...],
+        on_startup: tuple[Callable[[], Awaitable[None]], ...] = (),
+    ) -> None:
         self.app = app
         self.on_shutdown = on_shutdown
+        self.on_startup = on_startup
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan":
@@ -34,6 +42,8 @@ class Lifespan:
         for _ in range(2):
             message = await receive()
             if message["type"] == "lifespan.startup":
+                for hook in self.on_startup:
+                    await hook()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self._shutdown(send)
