@@ -6,7 +6,7 @@ from django.conf import settings
 
 from coffee_payment.body_limit import BodyLimitMiddleware
 from coffee_payment.lean import get_lean_asgi_application
-from coffee_payment.metrics import DatabasePoolSampler, RequestMetricsMiddleware
+from coffee_payment.metrics import GaugeSampler, RequestMetricsMiddleware
 from coffee_payment.request_id import RequestIdMiddleware
 from coffee_payment.request_timeout import RequestTimeoutMiddleware
 
@@ -27,7 +27,7 @@ from payments import provider  # noqa: E402
 # Outside those, the request metrics (coffee_payment/metrics.py), which count the 413s and 504s
 # too, and outermost the request's X-Request-ID (coffee_payment/request_id.py), so every log line
 # of the request carries it.
-database_pool_sampler = DatabasePoolSampler()
+gauge_sampler = GaugeSampler()
 application = Lifespan(
     RequestIdMiddleware(
         RequestMetricsMiddleware(
@@ -37,6 +37,6 @@ application = Lifespan(
             ),
         ),
     ),
-    on_startup=(database_pool_sampler.start,),
-    on_shutdown=(provider.aclose, database_pool_sampler.stop),
+    on_startup=(gauge_sampler.start,),
+    on_shutdown=(provider.aclose, gauge_sampler.stop),
 )

@@ -1,6 +1,11 @@
 """Prometheus metrics of the server: HTTP requests, the workers' drains, the database pool, and the
 `/metrics` view that reports them (and the payments app's) for every Gunicorn worker.
 
+Cost: in multiprocess mode every observation is a locked write to an mmap'd file, so a request
+makes two (its histogram bucket and sum; the histogram's `_count` is the request count). The gauges
+(requests in flight, the database pool) are copied from plain counters once a second by each
+worker (GaugeSampler), not written per request.
+
 Under Gunicorn, prometheus_client runs in multiprocess mode: config/gunicorn.py exports
 GUNICORN_METRICS_DIR as PROMETHEUS_MULTIPROC_DIR before this module is imported, each worker
 writes its values to mmap'd files there, and a scrape (answered by any one worker) adds up every
@@ -30,6 +35,7 @@ from coffee_payment.asgi_types import ASGIApp, Message, Receive, Scope, Send
 __all__ = [
     "DRAIN_CANCELLED",
     "DRAINS",
+    "GaugeSampler",
     "REQUEST_TIMEOUTS",
     "RequestMetricsMiddleware",
     "RouteLabelled",
@@ -46,17 +52,18 @@ UNMATCHED = "unmatched"
 # milliseconds to a provider call near its read timeout; GUNICORN_TIMEOUT's 504s land in +Inf.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
-HTTP_REQUESTS = Counter(
-    "coffee_http_requests_total", "HTTP requests answered, by route and status.", ["route", "status"]
-)
+# Its `_count` is the number of requests answered, by route and status.
 HTTP_DURATION = Histogram(
     "coffee_http_request_duration_seconds",
-    "Time from the request's headers to the end of its response, by route and status.",
+    "HTTP requests answered, by route and status, and the time from the request's headers to the end "
+    "of its response.",
     ["route", "status"],
     buckets=DURATION_BUCKETS,
 )
 HTTP_IN_FLIGHT = Gauge(
-    "coffee_http_requests_in_flight", "HTTP requests being served now.", multiprocess_mode="livesum"
+    "coffee_http_requests_in_flight",
+    "HTTP requests being served by the live workers (each worker's count, at most a second old).",
+    multiprocess_mode="livesum",
 )
 REQUEST_TIMEOUTS = Counter(
     "coffee_http_request_timeouts_total",
@@ -84,8 +91,8 @@ DB_POOL_WAITING = Gauge(
     "Requests of the live workers waiting for a pooled database connection.",
     multiprocess_mode="livesum",
 )
-# How often each worker copies its pool's numbers into the gauges above.
-DB_POOL_SAMPLE_SECONDS = 5.0
+# How often each worker copies its requests in flight and its pool's numbers into the gauges above.
+SAMPLE_SECONDS = 1.0
 
 
 class RouteLabelled:
@@ -109,11 +116,14 @@ def route_label_set(request: HttpRequest, route: str) -> None:
 class RequestMetricsMiddleware:
     """Count and time every HTTP request by route and status; count those in flight."""
 
+    # This worker's requests in flight (one event loop a worker); GaugeSampler reports it.
+    in_flight = 0
+
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        # (route, status) -> the two labelled children: prometheus_client's labels() takes a lock
-        # and validates on every call. Bounded: routes and statuses come from the code.
-        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        # (route, status) -> the labelled histogram: prometheus_client's labels() takes a lock and
+        # validates on every call. Bounded: routes and statuses come from the code.
+        self._children: dict[tuple[str, str], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -128,7 +138,7 @@ class RequestMetricsMiddleware:
                 status = message["status"]
             await send(message)
 
-        HTTP_IN_FLIGHT.inc()
+        RequestMetricsMiddleware.in_flight += 1
         try:
             await self.app(scope, receive, send_with_status)
         except BaseException:
@@ -136,14 +146,13 @@ class RequestMetricsMiddleware:
             status = status or 500
             raise
         finally:
-            HTTP_IN_FLIGHT.dec()
+            RequestMetricsMiddleware.in_flight -= 1
             # 0: the client went away before any answer (a cancelled view sends none).
             key = (scope.get(ROUTE_KEY, UNMATCHED), str(status))
-            children = self._children.get(key)
-            if children is None:
-                children = self._children[key] = (HTTP_REQUESTS.labels(*key), HTTP_DURATION.labels(*key))
-            children[0].inc()
-            children[1].observe(time.perf_counter() - start)
+            histogram = self._children.get(key)
+            if histogram is None:
+                histogram = self._children[key] = HTTP_DURATION.labels(*key)
+            histogram.observe(time.perf_counter() - start)
 
 
 def _registry() -> CollectorRegistry:
@@ -186,11 +195,12 @@ def _db_pool_sample() -> None:
     DB_POOL_WAITING.set(stats.get("requests_waiting", 0))
 
 
-class DatabasePoolSampler:
-    """Copies this worker's database pool numbers into the gauges every DB_POOL_SAMPLE_SECONDS.
+class GaugeSampler:
+    """Copies this worker's requests in flight and database pool numbers into the gauges every
+    SAMPLE_SECONDS (lifespan startup to shutdown).
 
-    A scrape is answered by one worker, which cannot read the others' pools: each worker writes its
-    own (lifespan startup to shutdown).
+    A scrape is answered by one worker, which cannot read the others' state: each worker writes its
+    own. Once a second rather than on every change: a gauge write is an mmap write under a lock.
     """
 
     def __init__(self) -> None:
@@ -208,7 +218,8 @@ class DatabasePoolSampler:
     async def _run(self) -> None:
         while True:
             try:
+                HTTP_IN_FLIGHT.set(RequestMetricsMiddleware.in_flight)
                 _db_pool_sample()
             except Exception:  # a metric must never stop the worker
-                log.exception("database pool sample failed")
-            await asyncio.sleep(DB_POOL_SAMPLE_SECONDS)
+                log.exception("metrics sample failed")
+            await asyncio.sleep(SAMPLE_SECONDS)

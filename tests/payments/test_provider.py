@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from coffee_payment.request_id import RequestIdMiddleware
 from payments import provider
 from payments.errors import InvalidParameter, ProviderRejected, ProviderUnavailable, ShopNotConfigured
 from payments.fake_provider import FakeProvider
@@ -253,3 +254,27 @@ async def test_a_refund_is_created_once_per_order_and_read_back(fake: FakeProvid
     assert len(fake.refunds) == 1
     assert await provider.refund_get(shop_id="demo-shop", refund_id=first.id) == first
     assert await provider.refund_get(shop_id="demo-shop", refund_id="unknown") is None
+
+
+async def test_provider_calls_carry_the_request_id(fake: FakeProvider) -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await provider.payment_get(shop_id="demo-shop", payment_id="no-such-payment")
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    await request_call(RequestIdMiddleware(app), request_id=b"req-to-provider")
+    await provider.payment_get(shop_id="demo-shop", payment_id="no-such-payment")  # outside a request
+    assert list(fake.request_ids) == [
+        ("GET /payments/no-such-payment", "req-to-provider"),
+        ("GET /payments/no-such-payment", None),
+    ]
+
+
+async def request_call(app: Any, *, request_id: bytes) -> None:
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    await app({"type": "http", "method": "GET", "path": "/", "headers": [(b"x-request-id", request_id)]}, receive, send)
