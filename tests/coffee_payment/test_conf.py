@@ -516,3 +516,17 @@ def test_production_refuses_a_weak_secret_key_without_showing_it(key: str) -> No
     assert key not in str(refused.value)
     # Outside production a short key is the developer's business.
     assert load_settings(environ={**TESTING, "DJANGO_SECRET_KEY": key}).secret_key == key
+
+
+# The metrics directory --------------------------------------------------------------------------
+
+
+def test_the_metrics_directory_defaults_to_the_memory_volume_and_must_be_absolute() -> None:
+    assert load_settings(environ=TESTING).server.metrics_dir == "/tmp/coffee-payment-metrics"
+    assert load_settings(environ={**TESTING, "GUNICORN_METRICS_DIR": "/run/metrics/"}).server.metrics_dir == "/run/metrics"
+    for value in ("metrics", "/", "./tmp"):
+        with pytest.raises(ConfigError) as refused:
+            load_settings(environ={**TESTING, "GUNICORN_METRICS_DIR": value})
+        assert str(refused.value) == (
+            f"GUNICORN_METRICS_DIR={value!r} is not an absolute directory path (allowed: /path/to/dir, not / itself)"
+        )
