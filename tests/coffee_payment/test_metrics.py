@@ -1,0 +1,49 @@
+"""Request metrics in-process (coffee_payment/metrics.py): the route label is the URL pattern's name on
+the lean chain, the full chain and the probes; a path no pattern matches is "unmatched"."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from prometheus_client import REGISTRY
+
+from coffee_payment.lean import LeanASGIHandler
+from coffee_payment.metrics import RequestMetricsMiddleware
+from tests.coffee_payment.conftest import close_connections
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
+
+
+@pytest.fixture
+def handler() -> Iterator[LeanASGIHandler]:
+    handler = LeanASGIHandler()
+    yield handler
+    close_connections(handler)
+
+
+def answered(route: str, status: int) -> float:
+    labels = {"route": route, "status": str(status)}
+    return REGISTRY.get_sample_value("coffee_http_request_duration_seconds_count", labels) or 0.0
+
+
+@pytest.mark.parametrize(
+    ("path", "route", "status"),
+    [
+        ("/v1/machine/menu", "machine-menu", 401),  # the lean chain (no machine token)
+        ("/v1/order-status/no-such-order", "order-status", 404),
+        ("/admin/", "admin:index", 302),  # the full chain
+        ("/health", "health", 200),  # a probe, answered before any resolution
+        ("/v1/../../etc/passwd", "unmatched", 404),
+        ("/%F0%9F%92%A5" * 40, "unmatched", 404),
+    ],
+)
+async def test_requests_are_labelled_by_route_name_never_by_path(
+    handler: LeanASGIHandler, path: str, route: str, status: int
+) -> None:
+    before = answered(route, status)
+    transport = httpx.ASGITransport(app=RequestMetricsMiddleware(handler))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        assert (await client.get(path)).status_code == status
+    assert answered(route, status) == before + 1
