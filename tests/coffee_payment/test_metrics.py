@@ -11,7 +11,9 @@ from prometheus_client import REGISTRY
 
 from coffee_payment.lean import LeanASGIHandler
 from coffee_payment.metrics import RequestMetricsMiddleware
+from coffee_payment.request_timeout import RequestTimeoutMiddleware
 from tests.coffee_payment.conftest import close_connections
+from tests.coffee_payment.test_request_timeout import HTTP_SCOPE, LIMIT, Client, sleeping_app
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
 
@@ -47,3 +49,14 @@ async def test_requests_are_labelled_by_route_name_never_by_path(
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         assert (await client.get(path)).status_code == status
     assert answered(route, status) == before + 1
+
+
+async def test_a_request_timeout_is_counted_with_its_answer() -> None:
+    before = REGISTRY.get_sample_value("coffee_http_request_timeouts_total", {"answer": "504"}) or 0.0
+    answered_before = answered("unmatched", 504)
+    client = Client()
+    app = RequestMetricsMiddleware(RequestTimeoutMiddleware(sleeping_app, timeout=LIMIT))
+    await app(HTTP_SCOPE, client.receive, client.send)
+    assert client.status == 504
+    assert REGISTRY.get_sample_value("coffee_http_request_timeouts_total", {"answer": "504"}) == before + 1
+    assert answered("unmatched", 504) == answered_before + 1
