@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from coffee_payment.request_id import RequestIdMiddleware
 from payments import provider
@@ -278,3 +279,17 @@ async def request_call(app: Any, *, request_id: bytes) -> None:
         pass
 
     await app({"type": "http", "method": "GET", "path": "/", "headers": [(b"x-request-id", request_id)]}, receive, send)
+
+
+async def test_each_attempt_is_timed_and_each_failure_counted(fake: FakeProvider) -> None:
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    errors = ("coffee_provider_errors_total", {"operation": "payment_create", "kind": "http_500"})
+    attempts = ("coffee_provider_request_duration_seconds_count", {"operation": "payment_create", "result": "5xx"})
+    successes = ("coffee_provider_request_duration_seconds_count", {"operation": "payment_create", "result": "2xx"})
+    before = [sample(name, **labels) for name, labels in (errors, attempts, successes)]
+    fake.fail = "flaky"  # the first attempt fails with 500, the retry succeeds
+    await create()
+    after = [sample(name, **labels) for name, labels in (errors, attempts, successes)]
+    assert [a - b for a, b in zip(after, before)] == [1, 1, 1]
