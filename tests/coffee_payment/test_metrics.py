@@ -3,12 +3,16 @@ the lean chain, the full chain and the probes; a path no pattern matches is "unm
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
+from django.db import connections
 from prometheus_client import REGISTRY
 
+from coffee_payment import metrics
 from coffee_payment.lean import LeanASGIHandler
 from coffee_payment.metrics import RequestMetricsMiddleware
 from coffee_payment.request_timeout import RequestTimeoutMiddleware
@@ -60,3 +64,21 @@ async def test_a_request_timeout_is_counted_with_its_answer() -> None:
     assert client.status == 504
     assert REGISTRY.get_sample_value("coffee_http_request_timeouts_total", {"answer": "504"}) == before + 1
     assert answered("unmatched", 504) == answered_before + 1
+
+
+@pytest.mark.skipif(connections["default"].vendor != "postgresql", reason="only PostgreSQL has a connection pool")
+def test_the_database_pool_is_sampled_into_the_gauges(settings: Any) -> None:
+    def run_query() -> None:
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SELECT 1")
+        connections["default"].close()  # back to the pool
+
+    thread = threading.Thread(target=run_query)  # the pool opens on a request thread's first query
+    thread.start()
+    thread.join(timeout=10)
+    metrics._db_pool_sample()
+    state = {label: REGISTRY.get_sample_value("coffee_db_pool_connections", {"state": label})
+             for label in ("in_use", "idle", "max")}
+    assert state["max"] == settings.DATABASES["default"]["OPTIONS"]["pool"]["max_size"]
+    assert state["in_use"] == 0 and state["idle"] >= 1
+    assert REGISTRY.get_sample_value("coffee_db_pool_requests_waiting") == 0
