@@ -3,7 +3,7 @@
 Uvicorn sends `lifespan.startup` when a worker starts and `lifespan.shutdown` after it has stopped
 serving. Django refuses the lifespan scope (uvicorn then logs "ASGI 'lifespan' protocol appears
 unsupported" and never says when the worker stops), so this wrapper answers it and runs the
-hooks: at startup what runs beside the requests (the database pool's metrics), at shutdown closing
+hooks: at startup what runs beside the requests (the metrics gauges' sampler), at shutdown closing
 what a worker opened lazily on its event loop (the provider's HTTP client).
 """
 

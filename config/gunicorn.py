@@ -103,7 +103,6 @@ def on_starting(server):
         stale.unlink(missing_ok=True)
 
 
-
 def pre_fork(server, worker):
     from django.apps import apps
 
