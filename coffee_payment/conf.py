@@ -412,7 +412,7 @@ def _text(value: Any, where: str) -> str:
 
 
 # settings.toml's default, for a settings file that has none.
-DEFAULT_METRICS_DIR = "/tmp/coffee-payment-metrics"
+DEFAULT_METRICS_DIR = "/dev/shm/coffee-payment-metrics"
 
 
 def _directory(value: Any, where: str) -> str:

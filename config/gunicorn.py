@@ -27,7 +27,10 @@ server = settings.server
 #   (coffee_payment.workers, the preloaded application) and before the workers fork, who inherit
 #   it. Each worker writes its metrics there; /metrics adds them up (coffee_payment/metrics.py).
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = server.metrics_dir
-Path(server.metrics_dir).mkdir(parents=True, exist_ok=True)
+try:
+    Path(server.metrics_dir).mkdir(parents=True, exist_ok=True)
+except OSError as exc:
+    sys.exit(f"configuration error: GUNICORN_METRICS_DIR={server.metrics_dir!r} cannot be created: {exc.strerror}")
 
 from coffee_payment.workers import KILL_MARGIN  # noqa: E402  (after PROMETHEUS_MULTIPROC_DIR)
 from prometheus_client import multiprocess  # noqa: E402

@@ -521,8 +521,10 @@ def test_production_refuses_a_weak_secret_key_without_showing_it(key: str) -> No
 # The metrics directory --------------------------------------------------------------------------
 
 
-def test_the_metrics_directory_defaults_to_the_memory_volume_and_must_be_absolute() -> None:
-    assert load_settings(environ=TESTING).server.metrics_dir == "/tmp/coffee-payment-metrics"
+def test_the_metrics_directory_defaults_to_memory_and_must_be_absolute() -> None:
+    assert load_settings(environ=TESTING).server.metrics_dir == "/dev/shm/coffee-payment-metrics"
+    development = load_settings(environ={"DJANGO_ENV": "development"})
+    assert development.server.metrics_dir == "/tmp/coffee-payment-metrics"
     assert load_settings(environ={**TESTING, "GUNICORN_METRICS_DIR": "/run/metrics/"}).server.metrics_dir == "/run/metrics"
     for value in ("metrics", "/", "./tmp"):
         with pytest.raises(ConfigError) as refused:

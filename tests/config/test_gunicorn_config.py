@@ -92,3 +92,14 @@ def test_unknown_gunicorn_variable_is_warned_about(tmp_path: Path) -> None:
     result = run([str(BIN / "gunicorn"), "-c", "config/gunicorn.py", "--print-config"], env=env)
     assert result.returncode == 0
     assert "GUNICORN_WORKER is not a setting of this server and is ignored; did you mean GUNICORN_WORKERS?" in result.stderr
+
+
+def test_a_metrics_directory_that_cannot_be_created_stops_start_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    env = base_environ(tmp_path) | {"GUNICORN_METRICS_DIR": str(tmp_path / "a-file" / "metrics")}
+    result = run([str(BIN / "gunicorn"), "-c", "config/gunicorn.py"], env=env, timeout=30)
+    assert result.returncode != 0
+    assert result.stderr.strip() == (
+        f"configuration error: GUNICORN_METRICS_DIR={str(tmp_path / 'a-file' / 'metrics')!r} cannot be created: "
+        "Not a directory"
+    )
