@@ -6,6 +6,8 @@ from django.conf import settings
 
 from coffee_payment.asgi_handler import get_lean_asgi_application
 from coffee_payment.body_limit import BodyLimitMiddleware
+from coffee_payment.metrics import GaugeSampler, RequestMetricsMiddleware
+from coffee_payment.request_id import RequestIdMiddleware
 from coffee_payment.request_timeout import RequestTimeoutMiddleware
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "coffee_payment.settings")
@@ -22,10 +24,19 @@ from payments import provider  # noqa: E402
 # the lifespan handler: the provider client is per worker event loop, closed when the worker stops.
 # Outside the timeout, the body limit (GUNICORN_MAX_BODY_BYTES): a body over it gets 413 before
 # it is read (coffee_payment/body_limit.py).
+# Outside those, the request metrics (coffee_payment/metrics.py), which count the 413s and 504s
+# too, and outermost the request's X-Request-ID (coffee_payment/request_id.py), so every log line
+# of the request carries it.
+gauge_sampler = GaugeSampler()
 application = Lifespan(
-    BodyLimitMiddleware(
-        RequestTimeoutMiddleware(django_application, timeout=settings.REQUEST_TIMEOUT),
-        limit=settings.REQUEST_BODY_LIMIT,
+    RequestIdMiddleware(
+        RequestMetricsMiddleware(
+            BodyLimitMiddleware(
+                RequestTimeoutMiddleware(django_application, timeout=settings.REQUEST_TIMEOUT),
+                limit=settings.REQUEST_BODY_LIMIT,
+            ),
+        ),
     ),
-    on_shutdown=(provider.aclose,),
+    on_startup=(gauge_sampler.start,),
+    on_shutdown=(provider.aclose, gauge_sampler.stop),
 )

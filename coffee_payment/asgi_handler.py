@@ -37,6 +37,7 @@ from django.utils.deprecation import MiddlewareMixin
 from django.utils.module_loading import import_string
 
 from coffee_payment.asgi_types import Receive, Scope, Send
+from coffee_payment.metrics import RouteLabelled
 from coffee_payment.request_threads import RequestThread, SyncThreads
 
 __all__ = ["LeanASGIHandler", "LeanPaths", "get_lean_asgi_application"]
@@ -88,7 +89,7 @@ def _inline(hook: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
     return run
 
 
-class LeanHandler(BaseHandler):
+class LeanHandler(RouteLabelled, BaseHandler):
     """Django's request handling (resolve, view middleware, view, exceptions) with LEAN_MIDDLEWARE."""
 
     def __init__(self) -> None:
@@ -157,7 +158,7 @@ def closers_do_no_io(response: HttpResponseBase) -> bool:
     )
 
 
-class LeanASGIHandler(ASGIHandler):
+class LeanASGIHandler(RouteLabelled, ASGIHandler):
     """Django's ASGIHandler with pooled request threads; settings.LEAN_PATHS take the lean chain.
 
     `handle()` is Django 5.2's, with one change: while the request signals have only Django's

@@ -1,9 +1,8 @@
 """The one place that reads the environment and config/settings.toml, and validates both.
 
-Dynaconf merges the TOML layers ([default] < [<DJANGO_ENV>]), takes the variables in VARIABLES
-over them, checks everything with its Validators (all failures in one message) and keeps the
-history each value's source is read from. The result is one typed `Settings` object: Django's
-settings module and config/gunicorn.py only read it.
+Dynaconf merges the TOML layers ([default] < [<DJANGO_ENV>]), takes VARIABLES over them, checks
+everything with its Validators (all failures in one message) and keeps each value's history: one
+typed `Settings` object, which Django's settings and config/gunicorn.py only read.
 """
 
 from __future__ import annotations
@@ -22,9 +21,10 @@ from dynaconf.loaders.base import SourceMetadata
 from dynaconf.utils.inspect import get_history
 
 from coffee_payment.conf_values import (
-    DATABASE_URL_FORMS, DEVELOPMENT_BASE_URL, SHOWN, SQLITE, WEAK_KEY, ConfigError, IntSetting, Refusal, SecondsSetting,
-    Settings, database_engine, is_base_url, is_text, parse_base_url, parse_boolean, parse_hosts, parse_provider_secrets,
-    parse_text, settings_from, shown_value, unknown_variable_warnings,
+    DATABASE_URL_FORMS, DEFAULT_METRICS_DIR, DEVELOPMENT_BASE_URL, NOT_A_DIRECTORY, SHOWN, SQLITE, WEAK_KEY,
+    ConfigError, IntSetting, Refusal, SecondsSetting, Settings, database_engine, is_base_url, is_directory, is_text,
+    parse_base_url, parse_boolean, parse_directory, parse_hosts, parse_provider_secrets, parse_text, settings_from,
+    shown_value, unknown_variable_warnings,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -71,8 +71,8 @@ VARIABLES: dict[str, str] = {
     "DJANGO_SECRET_KEY": "secret_key", "DJANGO_DEBUG": "debug", "DJANGO_ALLOWED_HOSTS": "allowed_hosts",
     "DJANGO_LOG_LEVEL": "log_level", "DJANGO_LOG_FORMAT": "log_format", "DATABASE_URL": "database_url",
     "DATABASE_ALLOW_SQLITE": "database_allow_sqlite", "DJANGO_PUBLIC_BASE_URL": "public_base_url",
-    "GUNICORN_HOST": "gunicorn.host", "PAYMENT_PROVIDER_URL": "provider.url",
-    "PAYMENT_PROVIDER_SECRETS": "provider.secrets",
+    "GUNICORN_HOST": "gunicorn.host", "GUNICORN_METRICS_DIR": "gunicorn.metrics_dir",
+    "PAYMENT_PROVIDER_URL": "provider.url", "PAYMENT_PROVIDER_SECRETS": "provider.secrets",
     "DJANGO_SECURE_SSL_REDIRECT": "security.ssl_redirect",
     "DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS": "security.hsts_include_subdomains",
     "DJANGO_SECURE_HSTS_PRELOAD": "security.hsts_preload",
@@ -113,6 +113,7 @@ def _validators(layer: str, *, required: str) -> list[Validator]:
                                                 ("log_format", str.lower, LOG_FORMATS, "json"))),
         check("time_zone", parse_text, is_text, "is not a non-empty string", default="UTC"),
         check("gunicorn.host", parse_text, is_text, "is not a non-empty string", must_exist=True),
+        check("gunicorn.metrics_dir", parse_directory, is_directory, NOT_A_DIRECTORY, default=DEFAULT_METRICS_DIR),
         check("provider.url", parse_base_url, is_base_url, "is not a base URL "
               "(allowed: http(s)://host[:port]/path, no user, query or fragment)", must_exist=True),
         check("provider.secrets", parse_provider_secrets, lambda v: not isinstance(v, Refusal), "{value}", default={}),
@@ -244,7 +245,6 @@ def process_settings() -> Settings:
 
 
 def __getattr__(name: str) -> Any:
-    # `from coffee_payment.conf import settings` loads on first use: the rest imports when it cannot.
-    if name == "settings":
+    if name == "settings":  # loaded on first use: the rest of the module imports when it cannot load
         return process_settings()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -110,6 +110,8 @@ class ServerSettings:
     max_header_bytes: int
     header_timeout: int
     max_body_bytes: int
+    # prometheus_client's multiprocess directory: every worker's metric files (config/gunicorn.py).
+    metrics_dir: str
 
     @property
     def bind(self) -> str:
@@ -189,6 +191,20 @@ def settings_from(values: Mapping[str, Any], **fields_without_key: Any) -> Setti
         order_hold_max_minutes=values["orders.hold_max_minutes"], order_retention_days=values["orders.retention_days"],
         **fields_without_key,
     )
+
+
+# settings.toml's default, for a settings file that has none.
+DEFAULT_METRICS_DIR = "/dev/shm/coffee-payment-metrics"
+NOT_A_DIRECTORY = "is not an absolute directory path (allowed: /path/to/dir, not / itself)"
+
+
+def parse_directory(value: Any) -> Any:
+    return value.strip().rstrip("/") or "/" if isinstance(value, str) else value
+
+
+def is_directory(value: Any) -> bool:
+    """An absolute directory path other than / (the server creates it and empties it of metrics)."""
+    return is_text(value) and value.startswith("/") and value != "/" and "\x00" not in value
 
 
 # Casts (Validator `cast=`): the typed value, or the value unchanged for the condition to refuse.

@@ -7,6 +7,8 @@ from typing import Any
 
 from pythonjsonlogger.core import RESERVED_ATTRS
 
+from coffee_payment.request_id import RequestIdFilter
+
 # python-json-logger turns these LogRecord attributes into keys of each JSON line.
 JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"
 TEXT_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
@@ -45,16 +47,26 @@ def logging_config(*, log_format: str, level: str) -> dict[str, Any]:
     else:
         formatter = {"format": TEXT_FORMAT}
 
-    def handler(stream: str) -> dict[str, str]:
-        return {"class": "logging.StreamHandler", "formatter": "default", "stream": f"ext://sys.{stream}"}
+    def handler(stream: str) -> dict[str, Any]:
+        # request_id: the X-Request-ID of the request being served, a key of every JSON line
+        # written while it runs (coffee_payment/request_id.py).
+        return {
+            "class": "logging.StreamHandler",
+            "formatter": "default",
+            "stream": f"ext://sys.{stream}",
+            "filters": ["request_id"],
+        }
 
-    client_errors = {**handler("stderr"), "filters": ["client_error"]}
+    client_errors = {**handler("stderr"), "filters": ["request_id", "client_error"]}
 
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"default": formatter},
-        "filters": {"client_error": {"()": ClientErrorFilter, "level": level}},
+        "filters": {
+            "client_error": {"()": ClientErrorFilter, "level": level},
+            "request_id": {"()": RequestIdFilter},
+        },
         "handlers": {"stderr": handler("stderr"), "stdout": handler("stdout"), "client_errors": client_errors},
         "root": {"level": level, "handlers": ["stderr"]},
         "loggers": {

@@ -11,6 +11,7 @@ from django.core.exceptions import BadRequest
 from django.http import HttpRequest, HttpResponseBase, JsonResponse
 from django.urls import resolve
 
+from coffee_payment.metrics import route_label_set
 
 GetResponse = Callable[[HttpRequest], HttpResponseBase | Awaitable[HttpResponseBase]]
 
@@ -44,13 +45,19 @@ class ProbeMiddleware(DualModeMiddleware):
         if self.is_async:
             return self._acall(request)
         if request.path_info in self.probe_paths:
-            return async_to_sync(resolve(request.path_info).func)(request)
+            return async_to_sync(self._probe_view(request))(request)
         return self.get_response(request)  # type: ignore[return-value]
 
     async def _acall(self, request: HttpRequest) -> HttpResponseBase:
         if request.path_info in self.probe_paths:
-            return await resolve(request.path_info).func(request)
+            return await self._probe_view(request)(request)
         return await self.get_response(request)  # type: ignore[misc]
+
+    @staticmethod
+    def _probe_view(request: HttpRequest) -> Callable[..., Awaitable[HttpResponseBase]]:
+        match = resolve(request.path_info)
+        route_label_set(request, match.view_name)
+        return match.func
 
 
 # Form bodies Django parses into request.POST; other bodies (JSON) are the view's to read.

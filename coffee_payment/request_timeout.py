@@ -16,6 +16,7 @@ import asyncio
 import logging
 
 from coffee_payment.asgi_types import ASGIApp, Message, Receive, Scope, Send
+from coffee_payment.metrics import REQUEST_TIMEOUTS
 
 __all__ = ["RequestTimeoutError", "RequestTimeoutMiddleware"]
 
@@ -112,11 +113,13 @@ class RequestTimeoutMiddleware:
             receiving.cancel()  # the application's receive() returns http.disconnect
         method, path = scope.get("method", "?"), scope.get("path", "?")
         if request.response_started:
+            REQUEST_TIMEOUTS.labels("aborted").inc()
             logger.warning("%s %s exceeded %gs after its response started; aborting the connection",
                            method, path, self.timeout)
             raise RequestTimeoutError(f"{method} {path} exceeded {self.timeout:g}s mid-response")
 
         status, reason = (408, b"Request Timeout") if waiting_for_body else (504, b"Gateway Timeout")
+        REQUEST_TIMEOUTS.labels(str(status)).inc()
         logger.warning("%s %s exceeded %gs: answered %d", method, path, self.timeout, status)
         await send({
             "type": "http.response.start",

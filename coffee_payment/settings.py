@@ -79,7 +79,7 @@ MIDDLEWARE = [
 # The customer's pages and the API (coffee_payment/asgi_handler.py): no session, user or messages, so they
 # skip that middleware and the thread switches it costs under ASGI. An entry ending in "/" is a
 # prefix. The admin and static files keep the whole MIDDLEWARE above.
-LEAN_PATHS = ("/health", "/ready", "/v1/")
+LEAN_PATHS = ("/health", "/ready", "/v1/", "/metrics")
 # An ordered subset of MIDDLEWARE (checked): what every lean path still needs. Host validation and
 # APPEND_SLASH (CommonMiddleware), security headers, CSRF for the payment form and X-Frame-Options.
 # Stock middleware listed here has its hooks run on the event loop: only middleware that does no
@@ -182,11 +182,14 @@ ORDER_EXPIRY_MINUTES = conf.order_expiry_minutes
 ORDER_RECONCILE_AFTER_MINUTES = conf.order_reconcile_after_minutes
 ORDER_HOLD_MAX_MINUTES = conf.order_hold_max_minutes
 ORDER_RETENTION_DAYS = conf.order_retention_days
+# The X-Request-ID of the request being served (or None), sent on every provider call.
+REQUEST_ID_CALLABLE = "coffee_payment.request_id.request_id_current"
 
 # PROBES
 # ------------------------------------------------------------------------------
-# Paths answered for any Host header: kubelet probes send the pod IP as Host.
-PROBE_PATHS = ("/health", "/ready")
+# Paths answered for any Host header: kubelet probes send the pod IP as Host, and so does
+# Prometheus scraping /metrics.
+PROBE_PATHS = ("/health", "/ready", "/metrics")
 # ... over plain HTTP: never redirected to HTTPS. (ProbeMiddleware answers them before
 # SecurityMiddleware anyway; this keeps it so if the middleware order ever changes.)
 SECURE_REDIRECT_EXEMPT = [rf"^{re.escape(path.lstrip('/'))}$" for path in PROBE_PATHS]

@@ -21,6 +21,7 @@ upgrade changes them.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import signal
@@ -38,6 +39,7 @@ from uvicorn_worker import UvicornWorker  # type: ignore[import-untyped]
 from coffee_payment.asgi_types import ASGIApp, Message, Receive, Scope, Send
 from coffee_payment.conf import process_settings
 from coffee_payment.http_protocol import LimitedHttpToolsProtocol
+from coffee_payment.metrics import DRAIN_CANCELLED, DRAINS
 
 __all__ = ["KILL_MARGIN", "DrainingServer", "DrainingUvicornWorker"]
 
@@ -83,6 +85,8 @@ class DrainingServer(Server):
         self._listen_sockets: list[socket.socket] = []
         self._drain_started = 0.0
         self._drain_reason = ""
+        # The drains counter's label: signal, max_requests (a recycle) or exit.
+        self._drain_kind = ""
         self._sigint_count = 0
         # Connections of a protocol we do not know how to drain politely; they
         # get uvicorn's own `shutdown()` once.
@@ -115,8 +119,11 @@ class DrainingServer(Server):
         reason = f"received {signal.Signals(sig).name}"
         if self._loop is None:
             self._drain_reason = self._drain_reason or reason
+            self._drain_kind = self._drain_kind or "signal"
         else:
-            self._loop.call_soon_threadsafe(self._begin_drain, reason)
+            # A context of its own: the signal may interrupt a request's task, whose context (its
+            # X-Request-ID) would otherwise be copied into the drain's log lines.
+            self._loop.call_soon_threadsafe(self._begin_drain, reason, "signal", context=contextvars.Context())
 
     # --- startup ---------------------------------------------------------
 
@@ -153,7 +160,7 @@ class DrainingServer(Server):
 
     # --- drain -----------------------------------------------------------
 
-    def _begin_drain(self, reason: str) -> None:
+    def _begin_drain(self, reason: str, kind: str) -> None:
         if self.draining:
             if self.force_exit:
                 logger.warning("%s while draining: forcing exit, in-flight requests are dropped", reason)
@@ -161,6 +168,7 @@ class DrainingServer(Server):
                 logger.info("%s while draining: drain continues", reason)
             return
         self._drain_reason = self._drain_reason or reason
+        self._drain_kind = self._drain_kind or kind
         if not self.started:
             # Listeners do not exist yet; uvicorn's _serve skips main_loop on
             # should_exit and shutdown() comes back here once started.
@@ -168,6 +176,7 @@ class DrainingServer(Server):
         self.draining = True
         self.should_exit = True
         self._drain_started = time.monotonic()
+        DRAINS.labels(self._drain_kind).inc()
         # Stop accepting now rather than on the next 100 ms tick of main_loop.
         # On a stop signal the master has already closed its copy, so once every
         # worker has, new connections are refused; on a recycle the master keeps
@@ -227,9 +236,9 @@ class DrainingServer(Server):
         if not self.draining:
             limit = self.limit_max_requests
             if limit is not None and self.server_state.total_requests >= limit:
-                self._begin_drain(f"max_requests {limit} reached")
+                self._begin_drain(f"max_requests {limit} reached", "max_requests")
             else:
-                self._begin_drain("server exit")
+                self._begin_drain("server exit", "exit")
         # Connections accepted just before the listeners closed may still have
         # connection_made() queued on the loop (uvloop schedules it); let them
         # register before the first "anything left?" check.
@@ -262,6 +271,7 @@ class DrainingServer(Server):
                 len(state.tasks),
                 len(state.connections),
             )
+            DRAIN_CANCELLED.inc(len(state.tasks))
             for task in list(state.tasks):
                 task.cancel(msg="drain deadline exceeded")
             if state.tasks:

@@ -5,12 +5,12 @@ validated before anything binds. GUNICORN_CMD_ARGS and command-line flags still 
 file, as Gunicorn documents.
 """
 
+import os
 import sys
 from pathlib import Path
 
 from coffee_payment.conf import ConfigError, process_settings
 from coffee_payment.log_config import logging_config
-from coffee_payment.workers import KILL_MARGIN
 
 try:
     settings = process_settings()
@@ -19,6 +19,21 @@ except ConfigError as exc:
     sys.exit(f"configuration error: {exc}")
 
 server = settings.server
+
+# Metrics
+#
+#   GUNICORN_METRICS_DIR becomes PROMETHEUS_MULTIPROC_DIR, the variable prometheus_client reads
+#   when it is first imported to choose its multiprocess mode: so before anything imports it
+#   (coffee_payment.workers, the preloaded application) and before the workers fork, who inherit
+#   it. Each worker writes its metrics there; /metrics adds them up (coffee_payment/metrics.py).
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = server.metrics_dir
+try:
+    Path(server.metrics_dir).mkdir(parents=True, exist_ok=True)
+except OSError as exc:
+    sys.exit(f"configuration error: GUNICORN_METRICS_DIR={server.metrics_dir!r} cannot be created: {exc.strerror}")
+
+from coffee_payment.workers import KILL_MARGIN  # noqa: E402  (after PROMETHEUS_MULTIPROC_DIR)
+from prometheus_client import multiprocess  # noqa: E402
 
 # Server socket
 #
@@ -73,9 +88,22 @@ logconfig_dict = logging_config(log_format=settings.log_format, level=settings.l
 
 # Server hooks
 #
+#   on_starting - in the master, once (not on HUP): empty the metrics directory of the files a
+#   previous run left (a container restarted in the same pod keeps its emptyDir); their counters
+#   would be added to this run's.
+#
 #   pre_fork - in the master, before each worker is forked. With preload_app the application was
 #   imported here: a database connection opened at import time would be one socket shared by
 #   every worker. Close it, so each worker opens its own.
+#
+#   child_exit - in the master, after a worker has exited (a stop, a recycle, a crash): remove its
+#   live gauges' files, as prometheus_client documents, so its in-flight requests and pool
+#   connections stop counting. Its counters and histograms stay: they are the pod's totals.
+
+
+def on_starting(server):
+    for stale in Path(settings.server.metrics_dir).glob("*.db"):
+        stale.unlink(missing_ok=True)
 
 
 def pre_fork(server, worker):
@@ -85,3 +113,7 @@ def pre_fork(server, worker):
         from django.db import connections
 
         connections.close_all()
+
+
+def child_exit(server, worker):
+    multiprocess.mark_process_dead(worker.pid)

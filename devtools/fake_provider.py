@@ -46,7 +46,7 @@ import logging
 import re
 import urllib.parse
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
@@ -237,6 +237,8 @@ class FakeProvider:
         self.keys: dict[tuple[str, str], tuple[str, str]] = {}  # (shop, key) -> (body, object id)
         self.key_routes: dict[tuple[str, str], str] = {}  # (shop, key) -> "POST /payments/<id>/capture"
         self.calls: Counter[str] = Counter()  # "POST /payments", "GET /payments/<id>"
+        # (call, X-Request-ID or None) of the latest calls: which request of the server made each.
+        self.request_ids: deque[tuple[str, str | None]] = deque(maxlen=1000)
         self.notifications: list[dict[str, Any]] = []
         self._attempts: Counter[str] = Counter()
         self._seq = itertools.count(1)
@@ -327,6 +329,7 @@ class FakeProvider:
         query = scope.get("query_string", b"").decode("latin-1")
         call = f"{method} {path}"
         self.calls[call] += 1
+        self.request_ids.append((call, headers.get("x-request-id")))
         await asyncio.sleep(self.latency)
         await self._maybe_fail(f"{call}?{query} {key}")
         if method == "GET":

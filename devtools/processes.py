@@ -40,6 +40,8 @@ def base_environ(tmp_path: Path, **overrides: str) -> dict[str, str]:
         DATABASE_URL=f"sqlite:///{tmp_path / 'server.sqlite3'}",
         GUNICORN_HOST="127.0.0.1",
         GUNICORN_PORT=str(free_port()),
+        # Each server its own: a server empties its metrics directory when it starts.
+        GUNICORN_METRICS_DIR=str(tmp_path / "metrics"),
         HOME=str(tmp_path),
     )
     env.update(overrides)

@@ -14,7 +14,9 @@ the same order, so a retry, a second reconciliation run or a restart repeats the
 
 Every call authenticates as the merchant's shop (HTTP Basic, shop id : secret key from
 PAYMENT_PROVIDER_SECRETS), waits at most the configured connect/read timeouts and retries timeouts,
-refused connections and 5xx answers a bounded number of times with the same key.
+refused connections and 5xx answers a bounded number of times with the same key. A call made while
+serving a request carries that request's X-Request-ID. Each attempt is timed and its failures
+counted (payments/metrics.py).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import datetime
 import json
 import logging
 import re
+import time
 import uuid
 import weakref
 from dataclasses import dataclass
@@ -34,9 +37,11 @@ from typing import Any
 import aiohttp
 from django.conf import settings
 from django.utils.translation import gettext as _, gettext_lazy
+from django.utils.module_loading import import_string
 
 from payments.errors import InvalidParameter, ProviderRejected, ProviderUnavailable, ShopNotConfigured
 from payments.json_input import json_input_parse
+from payments.metrics import PROVIDER_DURATION, PROVIDER_ERRORS
 from payments.models import IDENTIFIER
 
 log = logging.getLogger(__name__)
@@ -178,18 +183,44 @@ _FAILURE_KINDS: tuple[tuple[type[BaseException], str], ...] = (
 _TRANSPORT_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
 
 
+def _failure_kind(exc: BaseException) -> str:
+    return next((name for cls, name in _FAILURE_KINDS if isinstance(exc, cls)), type(exc).__name__)
+
+
 def _failure(exc: BaseException) -> str:
-    kind = next((name for cls, name in _FAILURE_KINDS if isinstance(exc, cls)), type(exc).__name__)
+    kind = _failure_kind(exc)
     return f"{kind}: {exc}" if str(exc) else kind
 
 
+def _request_id() -> str | None:
+    """The X-Request-ID of the request being served (settings.REQUEST_ID_CALLABLE), None outside one.
+
+    Sent to the provider, so its logs and ours can be matched; read through a setting because this
+    app does not import the project package.
+    """
+    return import_string(settings.REQUEST_ID_CALLABLE)()
+
+
 async def _request(
-    method: str, path: str, *, shop_id: str, retries: int, body: dict[str, Any] | None = None, key: str | None = None
+    method: str,
+    path: str,
+    *,
+    operation: str,
+    shop_id: str,
+    retries: int,
+    body: dict[str, Any] | None = None,
+    key: str | None = None,
 ) -> Answer:
-    """One API call with bounded retries; a response below 500 (other than 202/429) is returned."""
+    """One API call with bounded retries; a response below 500 (other than 202/429) is returned.
+
+    `operation` names the call in the metrics (the path has ids in it).
+    """
     headers = {"Authorization": _auth(shop_id)}
     if key:
         headers["Idempotence-Key"] = key
+    request_id = _request_id()
+    if request_id:
+        headers["X-Request-ID"] = request_id
     url = f"{settings.PAYMENT_PROVIDER_URL}{path}"
     connect, read = settings.PAYMENT_PROVIDER_CONNECT_TIMEOUT, settings.PAYMENT_PROVIDER_READ_TIMEOUT
     # connect: waiting for a pooled connection and opening one; sock_read: each wait for the answer.
@@ -198,14 +229,19 @@ async def _request(
     for attempt in range(retries + 1):
         if attempt:
             await asyncio.sleep(RETRY_BACKOFF * attempt)
+        started = time.perf_counter()
         try:
             async with _client().request(method, url, json=body, headers=headers, timeout=timeout) as response:
                 answer = Answer(response.status, await response.read())
         except _TRANSPORT_ERRORS as exc:
+            PROVIDER_DURATION.labels(operation, "error").observe(time.perf_counter() - started)
+            PROVIDER_ERRORS.labels(operation, _failure_kind(exc)).inc()
             failure = _failure(exc)
         else:
+            PROVIDER_DURATION.labels(operation, f"{answer.status_code // 100}xx").observe(time.perf_counter() - started)
             if answer.status_code < 500 and answer.status_code not in RETRY_STATUSES:
                 return answer
+            PROVIDER_ERRORS.labels(operation, f"http_{answer.status_code}").inc()
             failure = f"HTTP {answer.status_code}"
         log.warning("provider %s %s attempt %d/%d failed: %s", method, path, attempt + 1, retries + 1, failure)
     raise ProviderUnavailable(_("The payment service did not answer. Please try again in a moment."), detail=failure)
@@ -298,7 +334,7 @@ async def payment_create(
         "metadata": {"order_id": order_id},
     }
     response = await _request(
-        "POST", "/payments", shop_id=shop_id, retries=settings.PAYMENT_PROVIDER_RETRIES,
+        "POST", "/payments", operation="payment_create", shop_id=shop_id, retries=settings.PAYMENT_PROVIDER_RETRIES,
         body=body, key=idempotence_key(order_id),
     )
     if response.status_code != 200:
@@ -313,7 +349,8 @@ async def payment_create(
 
 async def _payment_write(*, shop_id: str, order_id: str, payment_id: str, operation: str, body: dict[str, Any]) -> ProviderPayment:
     response = await _request(
-        "POST", f"/payments/{payment_id}/{operation}", shop_id=shop_id, retries=settings.PAYMENT_PROVIDER_RETRIES,
+        "POST", f"/payments/{payment_id}/{operation}", operation=f"payment_{operation}", shop_id=shop_id,
+        retries=settings.PAYMENT_PROVIDER_RETRIES,
         body=body, key=idempotence_key(order_id, operation),
     )
     if response.status_code != 200:
@@ -342,7 +379,7 @@ async def refund_create(
         "description": description[:DESCRIPTION_MAX],
     }
     response = await _request(
-        "POST", "/refunds", shop_id=shop_id, retries=settings.PAYMENT_PROVIDER_RETRIES,
+        "POST", "/refunds", operation="refund_create", shop_id=shop_id, retries=settings.PAYMENT_PROVIDER_RETRIES,
         body=body, key=idempotence_key(order_id, "refund"),
     )
     if response.status_code != 200:
@@ -353,7 +390,7 @@ async def refund_create(
 async def _object_get(*, shop_id: str, kind: str, object_id: str, retries: int | None) -> Answer | None:
     """GET /<kind>s/<id>: the provider's answer, or None when it does not know the object."""
     retries = settings.PAYMENT_PROVIDER_RETRIES if retries is None else retries
-    response = await _request("GET", f"/{kind}s/{object_id}", shop_id=shop_id, retries=retries)
+    response = await _request("GET", f"/{kind}s/{object_id}", operation=f"{kind}_get", shop_id=shop_id, retries=retries)
     if response.status_code == 404:
         return None
     if response.status_code != 200:

@@ -52,6 +52,7 @@ from payments.models import (
     sources_of,
 )
 from payments.forms import MenuEntry
+from payments.metrics import PAYMENTS, REFUNDS
 from payments.provider import Notification, ProviderPayment, ProviderRefund
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,13 @@ S = OrderStatus
 # The two branches of the money flows (docs/payments.md, Money flows), as conditions of a compare-and-set.
 SINGLE_STAGE = Q(two_stage=False)
 TWO_STAGE = Q(two_stage=True)
+
+
+
+def _outcome_count(counter: Any, outcome: str) -> None:
+    """Count a payment or refund outcome once the transaction that records it has committed."""
+    transaction.on_commit(counter.labels(outcome).inc)
+
 
 # The columns a repeated scan must match for it to be the same order.
 SCAN_FIELDS = ("device_id", "drink_number", "size")
@@ -314,6 +322,7 @@ def order_apply_payment(*, order_id: str, payment: ProviderPayment, now: datetim
                       payment.amount_kopecks, payment.currency, order.price_kopecks)
             if order.status in PAYABLE_STATUSES:
                 order_mark_failed(order_id=order.id)
+                _outcome_count(PAYMENTS, str(S.FAILED))
                 return "failed: amount does not match"
             return f"ignored: order is {order.status}"
         if order.status == OrderStatus.CREATED:
@@ -345,6 +354,7 @@ def order_apply_payment(*, order_id: str, payment: ProviderPayment, now: datetim
             _order_transition(order_id=order.id, target=target, sources=frozenset({order.status}), two_stage=False)
         else:
             _order_transition(order_id=order.id, target=target, sources=frozenset({order.status}))
+        _outcome_count(PAYMENTS, str(target))
         return str(target)
 
 
@@ -366,11 +376,13 @@ def order_apply_refund(*, order_id: str, refund: ProviderRefund) -> str:
         recorded = {"refund_id": refund.id, "refund_status": refund.status}
         if refund.status == "succeeded":
             _order_transition(order_id=order.id, target=S.REFUNDED, refunded_kopecks=refund.amount_kopecks, **recorded)
+            _outcome_count(REFUNDS, str(S.REFUNDED))
             return str(S.REFUNDED)
         if refund.status == "canceled":
             log.error("refund %s of order %r was canceled by the provider: the staff must return the money",
                       refund.id, order.id)
             _order_transition(order_id=order.id, target=S.REFUND_FAILED, **recorded)
+            _outcome_count(REFUNDS, str(S.REFUND_FAILED))
             return str(S.REFUND_FAILED)
         Order.objects.filter(pk=order.id, status=S.REFUND_PENDING).update(**recorded)
         return f"unchanged: order is {order.status}, refund is {refund.status}"
@@ -386,7 +398,7 @@ async def order_money_settle(*, order_id: str) -> str:
     """
     outcome = "unchanged"
     # cancel_pending may turn into refund_pending (the hold was captured): then one more round.
-    for _ in range(2):
+    for _round in range(2):
         order = await selectors.order_get(order_id=order_id)
         if order.status not in MONEY_PENDING_STATUSES or order.provider_payment_id is None:
             return outcome if outcome != "unchanged" else f"unchanged: order is {order.status}"
@@ -396,6 +408,7 @@ async def order_money_settle(*, order_id: str) -> str:
                 shop_id=shop_id, order_id=order.id, payment_id=payment_id, amount_kopecks=order.price_kopecks,
                 description=f"{order.drink_name}, order {order.id}: could not be made",
             )
+            REFUNDS.labels("requested").inc()
             return await sync_to_async(order_apply_refund)(order_id=order.id, refund=refund)
         try:
             if order.status == S.CAPTURE_PENDING:
@@ -463,6 +476,7 @@ async def order_payment_start(*, order_id: str, return_url: str, now: datetime.d
         await sync_to_async(order_apply_payment)(order_id=order.id, payment=payment)
         return None
     await sync_to_async(order_mark_pending)(order_id=order.id, provider_payment_id=payment.id)
+    PAYMENTS.labels("started").inc()
     return payment.confirmation_url
 
 

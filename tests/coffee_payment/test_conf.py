@@ -525,3 +525,17 @@ def test_values_are_text_not_dynaconf_expressions() -> None:
     with pytest.raises(ConfigError, match=r"^GUNICORN_WORKERS='@int 5' is not a whole number"):
         load_settings(environ={**TESTING, "GUNICORN_WORKERS": "@int 5"})
     assert load_settings(environ={**TESTING, "GUNICORN_HOST": "@format {env[HOME]}"}).server.host == "@format {env[HOME]}"
+# The metrics directory --------------------------------------------------------------------------
+
+
+def test_the_metrics_directory_defaults_to_memory_and_must_be_absolute() -> None:
+    assert load_settings(environ=TESTING).server.metrics_dir == "/dev/shm/coffee-payment-metrics"
+    development = load_settings(environ={"DJANGO_ENV": "development"})
+    assert development.server.metrics_dir == "/tmp/coffee-payment-metrics"
+    assert load_settings(environ={**TESTING, "GUNICORN_METRICS_DIR": "/run/metrics/"}).server.metrics_dir == "/run/metrics"
+    for value in ("metrics", "/", "./tmp"):
+        with pytest.raises(ConfigError) as refused:
+            load_settings(environ={**TESTING, "GUNICORN_METRICS_DIR": value})
+        assert str(refused.value) == (
+            f"GUNICORN_METRICS_DIR={value!r} is not an absolute directory path (allowed: /path/to/dir, not / itself)"
+        )

@@ -106,3 +106,12 @@ def test_every_missing_required_variable_in_one_message(tmp_path: Path, args: li
         for variable in ("DJANGO_SECRET_KEY", "DJANGO_ALLOWED_HOSTS", "DJANGO_PUBLIC_BASE_URL")
     )
     assert "Listening at" not in result.stderr + result.stdout
+def test_a_metrics_directory_that_cannot_be_created_stops_start_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    env = base_environ(tmp_path) | {"GUNICORN_METRICS_DIR": str(tmp_path / "a-file" / "metrics")}
+    result = run([str(BIN / "gunicorn"), "-c", "config/gunicorn.py"], env=env, timeout=30)
+    assert result.returncode != 0
+    assert result.stderr.strip() == (
+        f"configuration error: GUNICORN_METRICS_DIR={str(tmp_path / 'a-file' / 'metrics')!r} cannot be created: "
+        "Not a directory"
+    )

@@ -71,6 +71,8 @@ PRODUCTION_ENV = {
     "GUNICORN_MAX_HEADER_BYTES": "16384",
     "GUNICORN_HEADER_TIMEOUT": "15",
     "GUNICORN_MAX_BODY_BYTES": "2097152",
+    # In memory and writable even when nothing else is (test_serves_with_nothing_writable_but_dev_shm).
+    "GUNICORN_METRICS_DIR": "/dev/shm/coffee-metrics",
     "DJANGO_SECURE_SSL_REDIRECT": "false",
     "DJANGO_SECURE_HSTS_SECONDS": "3600",
     "DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS": "false",

@@ -371,3 +371,41 @@ def test_the_operations_doc_lists_the_environment_as_deployed() -> None:
         assert {variable: f"`{value}`" if value != "yours" else value for variable, value in environ.items()} == {
             variable: values[name] for variable, values in documented.items()
         }
+
+
+# Metrics
+# ------------------------------------------------------------------------------
+
+# Where the cluster's Prometheus runs (the NetworkPolicy lets it in by namespace).
+MONITORING_NAMESPACE = "monitoring"
+
+
+def test_prometheus_scrapes_every_pod_on_the_http_port(manifests: Manifests) -> None:
+    annotations = manifests.deployment["spec"]["template"]["metadata"]["annotations"]
+    (port,) = containers(manifests.deployment)[0]["ports"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(port["containerPort"])
+    path = annotations["prometheus.io/path"]
+    assert resolve(path).url_name == "metrics"
+    # The scraper sends the pod IP as Host, like the probes.
+    assert path in settings.PROBE_PATHS
+
+
+def test_the_network_policy_lets_the_scraper_in_on_the_http_port(manifests: Manifests) -> None:
+    rules = manifests.one("NetworkPolicy", "coffee-payment-server")["spec"]["ingress"]
+    from_monitoring = [
+        rule for rule in rules
+        if {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": MONITORING_NAMESPACE}}}
+        in rule.get("from", [])
+    ]
+    assert [rule["ports"] for rule in from_monitoring] == [[{"port": "http", "protocol": "TCP"}]]
+
+
+def test_nothing_in_the_manifests_routes_metrics_from_outside_the_cluster(manifests: Manifests) -> None:
+    """The public route is the cluster's ingress, configured outside these manifests for the public
+    paths only (README); the manifests expose the pods to the cluster alone."""
+    routing_kinds = {"Ingress", "Gateway", "HTTPRoute", "IngressRoute", "VirtualService"}
+    assert not [doc["kind"] for doc in manifests.documents if doc["kind"] in routing_kinds]
+    service = manifests.one("Service")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert "externalIPs" not in service["spec"]

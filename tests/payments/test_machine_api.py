@@ -224,9 +224,9 @@ async def test_the_machine_uploads_its_whole_menu_and_scans_follow_it(device: De
     assert response.status_code == 200
     assert response.json() == {"items": [ITEM, {**ITEM, "size": 2, "price_kopecks": 19900}]}
     assert (await machine(token).get("/v1/machine/menu")).json() == response.json()
-    page = await AsyncClient().get(f"/v1/pay?deviceUuid=machine-1&orderId=o-mocha&drinkNo=4&size=2")
+    page = await AsyncClient().get("/v1/pay?deviceUuid=machine-1&orderId=o-mocha&drinkNo=4&size=2")
     assert page.status_code == 200 and "199.00" in page.content.decode()
-    gone = await AsyncClient().get(f"/v1/pay?deviceUuid=machine-1&orderId=o-cappuccino&drinkNo=2&size=2")
+    gone = await AsyncClient().get("/v1/pay?deviceUuid=machine-1&orderId=o-cappuccino&drinkNo=2&size=2")
     assert gone.status_code == 404
 
 

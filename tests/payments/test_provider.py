@@ -10,7 +10,9 @@ import uuid
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
+from coffee_payment.request_id import RequestIdMiddleware
 from devtools.fake_provider import FakeProvider
 from devtools.processes import free_port
 from payments import provider
@@ -253,3 +255,41 @@ async def test_a_refund_is_created_once_per_order_and_read_back(fake: FakeProvid
     assert len(fake.refunds) == 1
     assert await provider.refund_get(shop_id="demo-shop", refund_id=first.id) == first
     assert await provider.refund_get(shop_id="demo-shop", refund_id="unknown") is None
+
+
+async def test_provider_calls_carry_the_request_id(fake: FakeProvider) -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await provider.payment_get(shop_id="demo-shop", payment_id="no-such-payment")
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    await request_call(RequestIdMiddleware(app), request_id=b"req-to-provider")
+    await provider.payment_get(shop_id="demo-shop", payment_id="no-such-payment")  # outside a request
+    assert list(fake.request_ids) == [
+        ("GET /payments/no-such-payment", "req-to-provider"),
+        ("GET /payments/no-such-payment", None),
+    ]
+
+
+async def request_call(app: Any, *, request_id: bytes) -> None:
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    await app({"type": "http", "method": "GET", "path": "/", "headers": [(b"x-request-id", request_id)]}, receive, send)
+
+
+async def test_each_attempt_is_timed_and_each_failure_counted(fake: FakeProvider) -> None:
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    errors = ("coffee_provider_errors_total", {"operation": "payment_create", "kind": "http_500"})
+    attempts = ("coffee_provider_request_duration_seconds_count", {"operation": "payment_create", "result": "5xx"})
+    successes = ("coffee_provider_request_duration_seconds_count", {"operation": "payment_create", "result": "2xx"})
+    before = [sample(name, **labels) for name, labels in (errors, attempts, successes)]
+    fake.fail = "flaky"  # the first attempt fails with 500, the retry succeeds
+    await create()
+    after = [sample(name, **labels) for name, labels in (errors, attempts, successes)]
+    assert [a - b for a, b in zip(after, before)] == [1, 1, 1]

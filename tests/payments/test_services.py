@@ -15,6 +15,7 @@ from asgiref.sync import sync_to_async
 from django.utils import timezone
 from hypothesis import event, settings as hypothesis_settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
+from prometheus_client import REGISTRY
 
 from payments import provider, services
 from payments.errors import (
@@ -608,3 +609,24 @@ def test_a_repeated_machine_report_finds_the_order_among_its_reported_statuses(o
         assert repeated.value.target == report
         assert repeated.value.current in REPORTED_STATUSES[report]
         assert row(order.pk)["status"] in REPORTED_STATUSES[report]
+
+
+@pytest.mark.django_db
+def test_payment_outcomes_are_counted_once_their_transaction_commits(
+    order: Order, django_capture_on_commit_callbacks: Any
+) -> None:
+    def paid() -> float:
+        return REGISTRY.get_sample_value("coffee_payments_total", {"outcome": "paid"}) or 0.0
+
+    before = paid()
+    services.order_mark_pending(order_id=order.pk, provider_payment_id="pay-1")
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        assert services.order_apply_payment(order_id=order.pk, payment=payment(order, "succeeded")) == "paid"
+    assert paid() == before  # not committed yet
+    for callback in callbacks:
+        callback()
+    assert paid() == before + 1
+    # A repeated notification changes nothing and counts nothing.
+    with django_capture_on_commit_callbacks(execute=True):
+        services.order_apply_payment(order_id=order.pk, payment=payment(order, "succeeded"))
+    assert paid() == before + 1

@@ -1,0 +1,32 @@
+"""Prometheus metrics of the payments app: payments and refunds by outcome, provider calls.
+
+Reported by the project's `/metrics` (coffee_payment/metrics.py). Every label value comes from the
+code: order statuses, operation names, outcome kinds.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+PAYMENTS = Counter(
+    "coffee_payments_total",
+    "Payments by outcome: started (the customer was sent to the provider), or the order status the "
+    "provider's answer moved the order to (paid, held, not_paid, released, successful, failed, refund_pending).",
+    ["outcome"],
+)
+REFUNDS = Counter(
+    "coffee_refunds_total", "Refunds by outcome: requested, refunded or refund_failed.", ["outcome"]
+)
+# Seconds, up to the provider read timeout's range; each attempt (a retry is a call of its own).
+PROVIDER_DURATION = Histogram(
+    "coffee_provider_request_duration_seconds",
+    "Payment provider calls (each attempt), by operation and result: the HTTP status class or error.",
+    ["operation", "result"],
+    buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+PROVIDER_ERRORS = Counter(
+    "coffee_provider_errors_total",
+    "Payment provider call attempts that failed, by operation and kind (ConnectTimeout, ReadTimeout, "
+    "ConnectError, http_5xx, http_429, ...).",
+    ["operation", "kind"],
+)
