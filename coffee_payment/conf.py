@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 
 # The server's whole numbers. workers: 64 is far past what one pod should run; timeouts: an hour.
-# Hostile clients (PROJECT.md, "Request limits"): headers of what browsers send with cookies up to
+# Hostile clients (docs/architecture.md, "Request limits"): headers of what browsers send with cookies up to
 # 1 MiB; a body of 1 KiB (a webhook is a few hundred bytes) to 64 MiB (in memory, never spooled).
 SERVER_INT_SETTINGS = tuple(IntSetting(f"gunicorn.{key}", f"GUNICORN_{key.upper()}", low, high) for key, low, high in (
     ("workers", 1, 64), ("port", 1, 65535), ("timeout", 1, 3600), ("graceful_timeout", 1, 3600),

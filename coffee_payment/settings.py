@@ -143,7 +143,7 @@ X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 # TLS ends at the ingress; trust its X-Forwarded-Proto so request.is_secure() is right.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-# HTTPS enforcement (PROJECT.md, Security hardening): on in the production layer.
+# HTTPS enforcement (docs/architecture.md, "Security"): on in the production layer.
 SECURE_SSL_REDIRECT = conf.security.ssl_redirect
 SECURE_HSTS_SECONDS = conf.security.hsts_seconds
 SECURE_HSTS_INCLUDE_SUBDOMAINS = conf.security.hsts_include_subdomains

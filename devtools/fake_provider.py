@@ -1,35 +1,10 @@
 """A fake payment provider on a loopback port: the YooKassa API v3 subset this server speaks.
 
     python -m devtools.fake_provider --port 8001 --webhook-url http://127.0.0.1:8000/v1/payments/webhook
-    python -m devtools.fake_provider --port 8001 --latency 0.3 --fail flaky
 
-API (HTTP Basic shop_id:secret; every POST needs an Idempotence-Key: the same key with the same
-body answers the object the first request made, as it is now; with another body it is refused):
-
-- `POST /v3/payments` (`capture` true: one stage; false, the default as in API v3: a hold),
-  `GET /v3/payments/<id>`, `POST /v3/payments/<id>/capture` (optional smaller `amount`),
-  `POST /v3/payments/<id>/cancel` (pending or waiting_for_capture).
-- `POST /v3/refunds` (`payment_id`, `amount`; a succeeded payment, up to what is left),
-  `GET /v3/refunds/<id>`.
-- `GET /v3/payments` and `GET /v3/refunds`: newest first, filtered by `status`,
-  `created_at.gte|gt|lte|lt` (payments also `captured_at.*` and `payment_method`, refunds
-  `payment_id`), `limit` (1..100, default 10) and `cursor`; `{"type": "list", "items": [...],
-  "next_cursor": ...}`.
-- Errors are API v3 error objects: 401 invalid_credentials, 404 not_found, 400 invalid_request
-  naming the `parameter` (including a state change the payment's status does not allow).
-
-The confirmation URL is this server's `/confirm/<id>` page: "Pay" moves the payment to succeeded
-(or, with `capture: false`, to waiting_for_capture until --hold-seconds pass, then it is canceled
-as the real hold expires), "Cancel" cancels it; the fake POSTs the notification
-(`payment.succeeded`, `payment.waiting_for_capture`, `payment.canceled`) to --webhook-url and
-sends the browser back to the return URL. Capture, cancel, refund and an expired hold notify
-too (`refund.succeeded` for a refund), in the background as the real provider does.
-`GET /health` answers 200 once the fake serves.
-
-Failure modes for the API (--fail): `error` answers 500 to every call; `hang` answers after
---hang-seconds (past any sane read timeout); `flaky` answers 500 to the first attempt of each
-call and normally to its retry. --latency delays every API answer. Plain ASGI, no Django: tests
-also run it in-process and reach into `FakeProvider` to change a payment's status.
+Its calls, idempotence, errors, confirmation page and notifications: docs/payments.md, "The fake
+provider"; --fail, --latency and --hold-seconds: docs/development.md, "Make targets". Plain ASGI, no
+Django: tests also run it in-process and reach into `FakeProvider` to change a payment's status.
 """
 
 from __future__ import annotations

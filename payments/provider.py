@@ -1,22 +1,11 @@
 """The payment provider's REST protocol (YooKassa API v3), spoken with one aiohttp session per worker.
 
-- `POST {url}/payments` with an `Idempotence-Key` creates a payment; the same key always returns
-  the same payment, so a retry never charges twice. `capture: false` asks for a hold
-  (`waiting_for_capture`) that `POST {url}/payments/{id}/capture` takes or `.../cancel` releases.
-- `POST {url}/refunds` returns a succeeded payment's money; `GET {url}/refunds/{id}` reads it.
-- `GET {url}/payments/{id}` reads a payment: the only source of truth for its status
-  (notification bodies are never trusted).
-- Notifications (`payment.waiting_for_capture`, `payment.succeeded`, `payment.canceled`,
-  `refund.succeeded`) only say which payment or refund to re-read.
-
-Every write sends an Idempotence-Key derived from the order and the operation, and the same body for
-the same order, so a retry, a second reconciliation run or a restart repeats the same operation.
-
-Every call authenticates as the merchant's shop (HTTP Basic, shop id : secret key from
-PAYMENT_PROVIDER_SECRETS), waits at most the configured connect/read timeouts and retries timeouts,
-refused connections and 5xx answers a bounded number of times with the same key. A call made while
-serving a request carries that request's X-Request-ID. Each attempt is timed and its failures
-counted (payments/metrics.py).
+Payments (one stage, or a hold to capture or cancel), refunds, and reads: the only source of a
+payment's status. Every write sends an Idempotence-Key derived from the order and the operation, and
+the same body for the same order; timeouts, refused connections, 202, 429 and 5xx are retried a
+bounded number of times under the same key (docs/payments.md, "The provider" and "Money flows").
+A call made while serving a request carries its X-Request-ID; each attempt is timed and its
+failures counted (payments/metrics.py).
 """
 
 from __future__ import annotations

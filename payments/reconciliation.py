@@ -1,21 +1,9 @@
 """Reconciliation: bring every order whose money is unsettled in line with the provider.
 
-`manage.py reconcile_payments` runs `orders_reconcile` (a Kubernetes CronJob does, every few
-minutes). Each run: deletes unpaid orders past the retention period; then claims the orders that
-are due and, one by one, re-reads or finishes them:
-
-- pending or held for ORDER_RECONCILE_AFTER_MINUTES: re-read the payment and apply it (a lost
-  notification: the customer paid while this server or its database was down);
-- held, or being made, past its hold expiry: release the hold (the drink was not reported made);
-- make_failed for ORDER_RECONCILE_AFTER_MINUTES: return the money (refund or release);
-- capture_pending, cancel_pending, refund_pending for that long: repeat the provider call under its
-  Idempotence-Key (a crash or an unreachable provider interrupted it) and record the outcome.
-
-Two runs at once (two pods) never handle one order twice: a run claims an order by a
-compare-and-set of `reconciled_at` (and on PostgreSQL skips rows another run has locked), and an
-order claimed within ORDER_RECONCILE_AFTER_MINUTES is not due again. Every step is a
-compare-and-set transition and every provider write is idempotent, so even a repeated step is
-harmless.
+`manage.py reconcile_payments` runs `orders_reconcile`: it deletes unpaid orders past retention, then
+claims the due orders (a compare-and-set of `reconciled_at`; on PostgreSQL skipping rows another run
+has locked) and re-reads, releases, refunds or repeats each one's interrupted provider call under its
+Idempotence-Key. What is due and why: docs/payments.md, "Reconciliation".
 """
 
 from __future__ import annotations
