@@ -101,3 +101,14 @@ bench: install-test
 
 bench-recycling: install-test
 	$(BIN)/python -m bench.recycling $(ARGS)
+
+# The fleet benchmark (bench/fleet.py): open-loop load of thousands of machines and customers on a
+# throwaway PostgreSQL cluster, four servers, about 10 minutes; results in bench/results/fleet.*.
+.PHONY: bench-fleet
+$(VENV)/.installed-bench: $(VENV)/.installed-test
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $@
+
+bench-fleet: $(VENV)/.installed-bench
+	@$(BIN)/python -m tests.support.postgres --check
+	$(BIN)/python -m bench.fleet $(ARGS)
