@@ -8,12 +8,20 @@ doc is made of, and that a server without /metrics is reported as "n/a".
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
 from bench import fleet
+from tests.support.postgres import is_postgres
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.timeout(90),
+    # The fleet benchmark runs on PostgreSQL; once per suite run is enough for a smoke test.
+    pytest.mark.skipif(not is_postgres(os.environ.get("DATABASE_URL", "")),
+                       reason="the fleet benchmark's smoke test runs in the PostgreSQL pass"),
+]
 
 
 def test_fleet_report_structure(tmp_path, migrated_server_database):
@@ -23,12 +31,15 @@ def test_fleet_report_structure(tmp_path, migrated_server_database):
                           "--no-half", "--no-plot", "--out", str(tmp_path)])
 
     stack = figures["servers"]["stack"]
-    (polls,), (payments,) = stack["polls"], stack["payments"]
+    # One load each, tried a second time if it missed its target (a busy machine).
+    assert [s["level"] for s in stack["polls"]] in ([20], [20, 20])
+    assert [s["level"] for s in stack["payments"]] in ([3], [3, 3])
+    polls, payments = stack["polls"][0], stack["payments"][0]
     # Every request of the tiny load was answered: each route works with the seeded fleet.
     assert set(polls["kinds"]) == {"machine-poll", "status-poll"}
     # (A customer's status polls come 2 s after paying: past this 1 s run.)
     assert set(payments["kinds"]) >= {"machine-poll", "scan", "payment"}
-    for step in (polls, payments):
+    for step in stack["polls"] + stack["payments"]:
         for kind, row in step["kinds"].items():
             assert row["planned"] > 0 and row["failed"] == 0, (kind, row)
             assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["max_ms"], (kind, row)
