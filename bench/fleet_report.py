@@ -24,9 +24,10 @@ lines of asyncio + aiohttp (already a dependency), on uvloop.
 Sweeps: `polls` offers machine polls (`GET /v1/machine/orders/<id>`, bearer token) and status-page
 polls (`GET /v1/order-status/<id>`), half each; `payments` offers customers (Poisson arrivals; each
 scans `GET /v1/pay`, pays `POST /v1/orders/<id>/payment`, then polls its status 3 times) while a
-background fleet polls. A ladder stops at the first load that misses (p99 over target or more than
-1 % failed) twice in a row (a shared machine has bursts), then tries the geometric middle. Capacity =
-the highest offered load that held, below the first that missed both tries.
+background fleet polls. A load misses when its p99 is over target or more than 1 % of its requests
+failed; a missed load is tried once more (a shared machine has bursts). A ladder stops after two
+loads in a row missed, then tries the geometric middle between the last load that held and the
+first that missed. Capacity = the highest offered load that held (on either try).
 Server-side figures come from `/metrics` when the server has it ("n/a" when it answers 404)."""
 
 
