@@ -37,7 +37,7 @@ from typing import Any
 
 from bench.databases import Seeded
 from bench.fleet_load import Machine, Plan, run_plan_sync
-from bench.fleet_metrics import metrics_delta, metrics_snapshot
+from bench.fleet_metrics import group_cpu_seconds, metrics_delta, metrics_snapshot
 from bench.run import PROVIDER_SHOP, RESULTS, production_environ
 from tests.support import postgres
 from tests.support.processes import BIN, REPO, STOCK_WORKER, Server, fake_provider, free_port, gunicorn, serving
@@ -161,22 +161,38 @@ POLL_KINDS = ("machine-poll", "status-poll")
 PAYMENT_KINDS = ("scan", "payment")
 
 
+def idle_cpu_per_s(server: Server, *, seconds: float = 2.0) -> float:
+    """CPU seconds per second the server's processes spend with nothing to answer."""
+    cpu = group_cpu_seconds(server.process.pid)
+    time.sleep(seconds)
+    return (group_cpu_seconds(server.process.pid) - cpu) / seconds
+
+
+def measured(server: Server, plan: Plan, *, settings: Settings, idle: float) -> dict[str, Any]:
+    """run_plan's figures plus the server's: /metrics, the load average, and its CPU per answered
+    request beyond what it spends idle (`idle` CPU seconds per second)."""
+    before, cpu, began = metrics_snapshot(server.url), group_cpu_seconds(server.process.pid), time.monotonic()
+    result = run_plan_sync(server.url, plan, timeout=settings.timeout, max_in_flight=settings.max_in_flight)
+    cpu = group_cpu_seconds(server.process.pid) - cpu - idle * (time.monotonic() - began)
+    answered = sum(row["ok"] for row in result["kinds"].values())
+    return {**result, "load_average": os.getloadavg()[0], "server_cpu_s": round(cpu, 2),
+            "cpu_ms_per_answer": round(1000 * cpu / answered, 2) if answered else None,
+            "server_metrics": metrics_delta(before, metrics_snapshot(server.url))}
+
+
 def sweep(server: Server, levels: list[float], *, make_plan: Callable[[float, int], Plan],
-          passes: Callable[[dict[str, Any]], bool], settings: Settings, log: Callable[[str], None]) -> list[dict]:
+          passes: Callable[[dict[str, Any]], bool], settings: Settings, idle: float,
+          log: Callable[[str], None]) -> list[dict]:
     """Run the ladder until two loads in a row miss (each tried twice), then the geometric middle
     between the last load that held and the first that missed after it."""
     steps: list[dict] = []
 
     def step(level: float) -> bool:
-        before = metrics_snapshot(server.url)
-        result = run_plan_sync(server.url, make_plan(level, len(steps) + 1), timeout=settings.timeout,
-                               max_in_flight=settings.max_in_flight)
-        after = metrics_snapshot(server.url)
+        result = measured(server, make_plan(level, len(steps) + 1), settings=settings, idle=idle)
         ok = passes(result)
-        steps.append({"level": level, "held": ok, "load_average": os.getloadavg()[0], **result,
-                      "server_metrics": metrics_delta(before, after)})
+        steps.append({"level": level, "held": ok, **result})
         kinds = "  ".join(f"{k} p99 {r['p99_ms']} ms ({r['ok']}/{r['planned']})" for k, r in result["kinds"].items())
-        log(f"    {level:>7g}/s {'held  ' if ok else 'MISSED'} {kinds}")
+        log(f"    {level:>7g}/s {'held  ' if ok else 'MISSED'} {kinds}  cpu/request {result['cpu_ms_per_answer']} ms")
         time.sleep(1)  # what the step left queued drains before the next one
         return ok
 
@@ -308,19 +324,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     run_plan_sync(process.url, dataclasses.replace(warm, seconds=2, machines=light.machines,
                                                                    status_pages=light.status_pages),
                                   timeout=args.timeout)
-                    log("  polls")
-                    polls = sweep(process, args.poll_levels, settings=settings, log=log,
+                    idle = idle_cpu_per_s(process)
+                    log(f"  polls (idle: {idle * 1000:.0f} ms of CPU per second)")
+                    polls = sweep(process, args.poll_levels, settings=settings, idle=idle, log=log,
                                   make_plan=lambda rate, n: poll_plan(rate, machines=machines, settings=settings,
                                                                       seed=n),
                                   passes=lambda result: held(result, POLL_KINDS, POLL_P99_MS))
                     log("  payments")
-                    payments = sweep(process, args.payment_levels, settings=settings, log=log,
+                    payments = sweep(process, args.payment_levels, settings=settings, idle=idle, log=log,
                                      make_plan=lambda rate, n: payment_plan(rate, machines=machines, settings=settings,
                                                                             seed=n, prefix=f"fleet-{name}-c{n}-"),
                                      passes=lambda result: held(result, ("payment",), settings.payment_p99_ms)
                                      and failure_share(result, PAYMENT_KINDS) <= FAILURE_SHARE)
                     entry: dict[str, Any] = {
-                        "description": server.description, "polls": polls, "payments": payments,
+                        "description": server.description, "idle_cpu_ms_per_s": round(idle * 1000, 1),
+                        "polls": polls, "payments": payments,
                         "capacity": {"polls_per_s": capacity(polls),
                                      "order_status_per_s": capacity(polls, ("status-poll",), POLL_P99_MS) / 2,
                                      "machine_poll_per_s": capacity(polls, ("machine-poll",), POLL_P99_MS) / 2,
@@ -328,7 +346,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     }
                     if name == "stack" and not args.no_half:
                         entry["half_capacity"] = half_capacity(process, entry["capacity"], machines=machines,
-                                                               settings=settings, log=log)
+                                                               settings=settings, idle=idle, log=log)
                     figures["servers"][name] = entry
     figures["machine"]["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     figures["elapsed_s"] = round(time.monotonic() - began, 1)
@@ -341,7 +359,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def half_capacity(server: Server, capacities: dict[str, float], *, machines: list[Machine], settings: Settings,
-                  log: Callable[[str], None]) -> dict[str, Any] | None:
+                  idle: float, log: Callable[[str], None]) -> dict[str, Any] | None:
     """Polls and payments at once, each at half the stack's capacity for it."""
     polls, payments = capacities["polls_per_s"] / 2, capacities["payments_per_s"] / 2
     if not polls or not payments:
@@ -351,12 +369,10 @@ def half_capacity(server: Server, capacities: dict[str, float], *, machines: lis
                 status_pages=poll.status_pages, status_interval=poll.status_interval, customers_per_s=payments,
                 customer_devices=[m.device for m in machines], customer_poll_interval=settings.status_interval,
                 order_prefix="fleet-stack-half-", seed=99)
-    before = metrics_snapshot(server.url)
-    result = run_plan_sync(server.url, plan, timeout=settings.timeout, max_in_flight=settings.max_in_flight)
+    result = measured(server, plan, settings=settings, idle=idle)
     log(f"  half capacity: polls {polls:g}/s + customers {payments:g}/s: "
         + "  ".join(f"{k} p99 {r['p99_ms']} ms" for k, r in result["kinds"].items()))
-    return {"polls_per_s": polls, "customers_per_s": payments, "load_average": os.getloadavg()[0], **result,
-            "server_metrics": metrics_delta(before, metrics_snapshot(server.url))}
+    return {"polls_per_s": polls, "customers_per_s": payments, **result}
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""The server's own view of a load step: its `/metrics` before and after, compared.
+"""The server's own view of a load step: its `/metrics` and its CPU time, before and after.
+
+CPU: user + system seconds of every process in the server's process group (master and workers,
+from /proc), so a step's CPU per answered request can be compared between servers even on a
+machine shared with other work, where latency cannot.
 
 The metric names are not fixed here: the first histogram whose name speaks of request duration
 (`*request*duration*`, `*request*latency*`, `*http*duration*`) is read, its buckets summed over
@@ -10,6 +14,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 from typing import Any
+
+import os
+from pathlib import Path
 
 import httpx
 
@@ -64,3 +71,20 @@ def metrics_delta(before: Snapshot | None, after: Snapshot | None) -> dict[str, 
 
     return {"histogram": after["name"], "requests": int(total), "p50_ms_at_most": quantile(0.5),
             "p99_ms_at_most": quantile(0.99)}
+
+
+def group_cpu_seconds(group: int) -> float:
+    """User + system CPU seconds of the live processes in process group `group`."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # After the parenthesised command name: state, ppid, pgrp, ... utime is field 14, stime 15.
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group:
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks

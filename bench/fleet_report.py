@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,11 @@ def targets(figures: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _median_cpu(steps: list[dict[str, Any]]) -> float | None:
+    values = [s["cpu_ms_per_answer"] for s in steps if s["cpu_ms_per_answer"] is not None]
+    return round(statistics.median(values), 2) if values else None
+
+
 def _cell(value: Any) -> str:
     return "—" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
@@ -93,14 +99,18 @@ def markdown(figures: dict[str, Any]) -> str:
         f"{settings['poll_p99_target_ms']:g} ms, payment p99 < {settings['payment_p99_target_ms']:g} ms, "
         f"failures <= {settings['failure_share_limit']:.0%}",
         "", METHOD, "", "## Capacity", "",
-        "| Server | What | polls/s | order-status/s | machine polls/s | payments/s |",
-        "|---|---|---|---|---|---|",
+        "| Server | What | polls/s | order-status/s | machine polls/s | payments/s | CPU ms/answer, polls "
+        "| CPU ms/answer, payments |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, server in figures["servers"].items():
         c = server["capacity"]
         lines.append(f"| {name} | {server['description']} | {c['polls_per_s']:g} | {c['order_status_per_s']:g} | "
-                     f"{c['machine_poll_per_s']:g} | {c['payments_per_s']:g} |")
-    lines += ["", "0 = not even the lowest offered load held.", "", "## Targets", "",
+                     f"{c['machine_poll_per_s']:g} | {c['payments_per_s']:g} | {_cell(_median_cpu(server['polls']))} | "
+                     f"{_cell(_median_cpu(server['payments']))} |")
+    lines += ["", "0 = not even the lowest offered load held. CPU: the server's processes' user + system time "
+              "per answered request, beyond what they spend idle (measured for 2 s before the sweeps), median "
+              "over the sweep's steps: less sensitive to the machine's other work than latency is.", "", "## Targets", "",
               "| Target | Figure | | Verdict |", "|---|---|---|---|"]
     for row in figures.get("targets", []):
         lines.append(f"| {row['target']} | {_cell(row['value'])} | {row['detail']} | {row['verdict']} |")
@@ -108,8 +118,8 @@ def markdown(figures: dict[str, Any]) -> str:
               "Latency in ms from the planned send time; `ok/planned` per kind; `lag` the generator's p99 lag; "
               "`server p99` from /metrics (a bucket bound).", "",
               "| Server | Sweep | Offered | Kind | ok/planned | p50 | p90 | p99 | max | lag | failures | load avg "
-              "| server p99 | Held |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| CPU ms/answer | server p99 | Held |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, server in figures["servers"].items():
         steps = [("polls", s) for s in server["polls"]] + [("payments", s) for s in server["payments"]]
         if server.get("half_capacity"):
@@ -126,7 +136,7 @@ def markdown(figures: dict[str, Any]) -> str:
                     f"| {name} | {sweep} | {_cell(step['level'])}/s | {kind} | {row['ok']}/{row['planned']} | "
                     f"{_cell(row['p50_ms'])} | {_cell(row['p90_ms'])} | {_cell(row['p99_ms'])} | "
                     f"{_cell(row['max_ms'])} | {_cell(row['lag_p99_ms'])} | {failures} | {step['load_average']:.1f} | "
-                    f"{server_p99} | {held} |")
+                    f"{_cell(step['cpu_ms_per_answer'])} | {server_p99} | {held} |")
     return "\n".join(lines) + "\n"
 
 
