@@ -161,7 +161,7 @@ POLL_KINDS = ("machine-poll", "status-poll")
 PAYMENT_KINDS = ("scan", "payment")
 
 
-def idle_cpu_per_s(server: Server, *, seconds: float = 2.0) -> float:
+def idle_cpu_per_s(server: Server, *, seconds: float = 1.0) -> float:
     """CPU seconds per second the server's processes spend with nothing to answer."""
     cpu = group_cpu_seconds(server.process.pid)
     time.sleep(seconds)

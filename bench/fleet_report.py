@@ -109,7 +109,7 @@ def markdown(figures: dict[str, Any]) -> str:
                      f"{c['machine_poll_per_s']:g} | {c['payments_per_s']:g} | {_cell(_median_cpu(server['polls']))} | "
                      f"{_cell(_median_cpu(server['payments']))} |")
     lines += ["", "0 = not even the lowest offered load held. CPU: the server's processes' user + system time "
-              "per answered request, beyond what they spend idle (measured for 2 s before the sweeps), median "
+              "per answered request, beyond what they spend idle (measured for 1 s before the sweeps), median "
               "over the sweep's steps: less sensitive to the machine's other work than latency is.", "", "## Targets", "",
               "| Target | Figure | | Verdict |", "|---|---|---|---|"]
     for row in figures.get("targets", []):
