@@ -132,3 +132,14 @@ bench-recycling: install-test
 messages: install
 	cd payments && DJANGO_ENV=development ../$(BIN)/python ../manage.py makemessages -l ru --no-location --no-obsolete
 	cd payments && DJANGO_ENV=development ../$(BIN)/python ../manage.py compilemessages -l ru
+
+# The fleet benchmark (bench/fleet.py): open-loop load of thousands of machines and customers on a
+# throwaway PostgreSQL cluster, four servers, about 10 minutes; results in bench/results/fleet.*.
+.PHONY: bench-fleet
+$(VENV)/.installed-bench: $(VENV)/.installed-test
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $@
+
+bench-fleet: $(VENV)/.installed-bench
+	@$(BIN)/python -m devtools.postgres --check
+	$(BIN)/python -m bench.fleet $(ARGS)

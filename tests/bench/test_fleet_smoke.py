@@ -1,0 +1,55 @@
+"""`make bench-fleet` in miniature: one server, a second per step, a tiny fleet on the suite's database.
+
+Checks that the open-loop generator reaches every route the fleet uses (machine API with tokens,
+status polls, scan, payment through the fake provider), that the report holds what the results
+doc is made of, and that a server without /metrics is reported as "n/a".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from bench import fleet
+from devtools.postgres import is_postgres
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.timeout(90),
+    # The fleet benchmark runs on PostgreSQL; once per suite run is enough for a smoke test.
+    pytest.mark.skipif(not is_postgres(os.environ.get("DATABASE_URL", "")),
+                       reason="the fleet benchmark's smoke test runs in the PostgreSQL pass"),
+]
+
+
+def test_fleet_report_structure(tmp_path, migrated_server_database):
+    figures = fleet.main(["--servers", "stack", "--database-url", migrated_server_database, "--workers", "1",
+                          "--seconds", "1",
+                          "--poll-levels", "20", "--payment-levels", "3", "--background-machines", "4",
+                          "--no-half", "--no-plot", "--out", str(tmp_path)])
+
+    stack = figures["servers"]["stack"]
+    # One load each, tried a second time if it missed its target (a busy machine).
+    assert [s["level"] for s in stack["polls"]] in ([20], [20, 20])
+    assert [s["level"] for s in stack["payments"]] in ([3], [3, 3])
+    polls, payments = stack["polls"][0], stack["payments"][0]
+    # Every request of the tiny load was answered: each route works with the seeded fleet.
+    assert set(polls["kinds"]) == {"machine-poll", "status-poll"}
+    # (A customer's status polls come 2 s after paying: past this 1 s run.)
+    assert set(payments["kinds"]) >= {"machine-poll", "scan", "payment"}
+    for step in stack["polls"] + stack["payments"]:
+        for kind, row in step["kinds"].items():
+            assert row["planned"] > 0 and row["failed"] == 0, (kind, row)
+            assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["max_ms"], (kind, row)
+        assert step["server_metrics"] == "n/a"  # no /metrics on this server
+    assert polls["offered_per_s"]["machine-poll"] == pytest.approx(10, rel=0.05)
+    assert payments["kinds"]["payment"]["p50_ms"] >= 300  # the fake provider's default latency
+    # Whether a load held depends on the machine; the capacity is the one load offered or none.
+    assert stack["capacity"]["polls_per_s"] in (0, 20) and stack["capacity"]["payments_per_s"] in (0, 3)
+    written = json.loads((tmp_path / "fleet.json").read_text())
+    assert written["machine"]["nproc"] >= 1 and written["machine"]["load_average_at_start"]
+    assert {row["target"].split(" ")[0] for row in written["targets"]} >= {"payment", "order-status"}
+    report = (tmp_path / "fleet.md").read_text()
+    assert "| stack | polls | 20/s | machine-poll |" in report and "## Targets" in report
