@@ -21,6 +21,9 @@ MONEY_TAKEN_STATUSES = frozenset({
     S.CANCEL_PENDING, S.REFUND_PENDING, S.REFUND_FAILED,
 })
 _STATE_COLUMNS = ("status", "expires_at", "drink_number", "drink_name", "size", "price_kopecks")
+# Built once (never evaluated itself): each read only adds its filter. Ordered, so `afirst()` adds
+# no ORDER BY clone of its own; a primary-key filter matches one row at most anyway.
+_STATES = Order.objects.values_list(*_STATE_COLUMNS).order_by("pk")
 
 
 @dataclass(frozen=True)
@@ -67,14 +70,14 @@ def _order_state(order_id: str, row: tuple[Any, ...] | None) -> OrderState | Non
 
 async def order_get_status(*, order_id: str) -> OrderState | None:
     """The hot path (every status page polls it): one primary-key read of a few columns."""
-    row = await Order.objects.filter(pk=order_id).values_list(*_STATE_COLUMNS).afirst()
+    row = await _STATES.filter(pk=order_id).afirst()
     return _order_state(order_id, row)
 
 
 async def order_get_for_device(*, order_id: str, device_id: int) -> OrderState | None:
     """The order if it is this machine's, else None (another machine's order does not exist for it).
     One primary-key read."""
-    row = await Order.objects.filter(pk=order_id, device_id=device_id).values_list(*_STATE_COLUMNS).afirst()
+    row = await _STATES.filter(pk=order_id, device_id=device_id).afirst()
     return _order_state(order_id, row)
 
 
