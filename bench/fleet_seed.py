@@ -27,7 +27,7 @@ def seed(*, machines: int) -> list[dict[str, str]]:
     from django.utils import timezone
 
     from payments import credentials, services
-    from payments.management.commands.seed_demo import MENU_ENTRIES
+    from devtools.demo_data import MENU_ENTRIES
     from payments.models import Device, DeviceCredential, DeviceStatus, Merchant, MenuItem, Order
 
     call_command("seed_demo", stdout=io.StringIO())
