@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 from pathlib import Path
+
+from bench.seed import django_setup
 
 DEVICE_PREFIX = "fleet-machine-"
 ORDER_PREFIX = "fleet-order-"
@@ -62,10 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--machines", type=int, required=True)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "coffee_payment.settings")
-    import django
-
-    django.setup()
+    django_setup()
     args.out.write_text(json.dumps({"machines": seed(machines=args.machines)}))
 
 

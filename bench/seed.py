@@ -18,6 +18,14 @@ PAYMENT_PREFIX = "bench-pay-"
 DEVICE = "demo-machine-lobby"
 
 
+def django_setup() -> None:
+    """Django for a seeding process: the server's settings from the environment it was given."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "coffee_payment.settings")
+    import django
+
+    django.setup()
+
+
 def order_id(prefix: str, number: int) -> str:
     # The Lua scripts format ids the same way: string.format("%s%06d", prefix, number).
     return f"{prefix}{number:06d}"
@@ -46,10 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--status-orders", type=int, required=True)
     parser.add_argument("--payment-orders", type=int, required=True)
     args = parser.parse_args(argv)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "coffee_payment.settings")
-    import django
-
-    django.setup()
+    django_setup()
     seed(status_orders=args.status_orders, payment_orders=args.payment_orders)
 
 
