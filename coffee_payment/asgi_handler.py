@@ -5,8 +5,9 @@ settings.LEAN_PATHS.
 - A request's sync code (ORM calls, sync views, the signals' receivers) runs in a long-lived thread
   checked out of a pool for that request alone (coffee_payment.request_threads).
 - `handle()` is Django 5.2's, except that while the request signals have only Django's own
-  receivers, `request_started` runs in the request's thread with its first sync call, and a
-  request that ran no sync code closes its response on the loop: no thread switch for `/health`.
+  receivers, `request_started` runs in the request's thread with its first sync call, and the
+  response closes on the loop when `request_finished` would find nothing to do in the request's
+  thread: no thread switch for `/health`, one for a status read on SQLite.
 - On the lean paths the middleware is settings.LEAN_MIDDLEWARE, MIDDLEWARE without sessions, auth
   and messages; its stock middleware does no I/O, so its hooks run on the event loop.
 
@@ -17,6 +18,7 @@ internals it relies on are listed in docs/architecture.md.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -29,7 +31,7 @@ from django.core.exceptions import ImproperlyConfigured, MiddlewareNotUsed, Requ
 from django.core.handlers.asgi import ASGIHandler, ASGIRequest, get_script_prefix
 from django.core.handlers.base import BaseHandler, reset_urlconf
 from django.core.handlers.exception import convert_exception_to_response
-from django.db import close_old_connections, reset_queries
+from django.db import close_old_connections, connections, reset_queries
 from django.dispatch import Signal
 from django.http import HttpRequest, HttpResponseBase
 from django.urls import set_script_prefix
@@ -134,11 +136,31 @@ class LeanHandler(RouteLabelled, BaseHandler):
 # whose connections they could act on.
 THREAD_STATE_RECEIVERS = frozenset({reset_queries, close_old_connections})
 # request_finished's receivers that Django connects, which may run on the event loop when the
-# request ran no sync code: close_old_connections finds no connection there (Django refuses to
-# open one in async code), close_caches closes the caches that were used (LocMemCache: nothing),
-# reset_urlconf clears what get_response_async set, on the loop.
+# request's thread, if it had one, holds no connection close_old_connections would close
+# (connections_left_as_they_are): close_old_connections finds no connection on the loop (Django
+# refuses to open one in async code), close_caches closes the caches that were used (LocMemCache:
+# nothing), reset_urlconf clears what get_response_async set, on the loop.
 LOOP_SAFE_FINISHED_RECEIVERS = THREAD_STATE_RECEIVERS | {close_caches, reset_urlconf}
 REQUEST_CLOSE = (HttpRequest.close, ASGIRequest.close)
+
+
+def connections_left_as_they_are() -> bool:
+    """In a request's thread after each job: whether close_old_connections would leave every
+    connection of this thread open (BaseDatabaseWrapper.close_if_unusable_or_obsolete's tests).
+
+    If so after the request's last job, request_finished may skip the thread: the next request in
+    it runs request_started's close_old_connections there before its first query, as Django's
+    WSGI handler does for a worker's persistent connection. CONN_MAX_AGE = 0 (PostgreSQL's pool)
+    is obsolete at once: that request_finished always runs in the thread and closes it.
+    """
+    now = time.monotonic()
+    for connection in connections.all(initialized_only=True):
+        if connection.connection is None:
+            continue
+        if (connection.get_autocommit() != connection.settings_dict["AUTOCOMMIT"] or connection.errors_occurred
+                or (connection.close_at is not None and now >= connection.close_at)):
+            return False
+    return True
 
 
 def only_receivers(signal: Signal, sender: type, allowed: frozenset[Any]) -> bool:
@@ -163,9 +185,9 @@ class LeanASGIHandler(RouteLabelled, ASGIHandler):
 
     `handle()` is Django 5.2's, with one change: while the request signals have only Django's
     own receivers (THREAD_STATE_RECEIVERS, LOOP_SAFE_FINISHED_RECEIVERS), `request_started` rides
-    with the request's first sync job instead of a thread switch of its own, and a request that
-    ran no sync code closes its response on the loop. Any other receiver connected: Django's
-    dispatch, unchanged.
+    with the request's first sync job instead of a thread switch of its own, and a request whose
+    thread, if any, keeps its connections (connections_left_as_they_are) closes its response on
+    the loop. Any other receiver connected: Django's dispatch, unchanged.
     """
 
     def __init__(self) -> None:
@@ -180,6 +202,7 @@ class LeanASGIHandler(RouteLabelled, ASGIHandler):
             await super().__call__(scope, receive, send)  # Django refuses it
             return
         thread = self.threads.request_executor()
+        thread.check_after_jobs(connections_left_as_they_are)
         try:
             async with ThreadSensitiveContext(executor=thread):
                 await self.handle_in(scope, receive, send, thread=thread)
@@ -247,8 +270,9 @@ class LeanASGIHandler(RouteLabelled, ASGIHandler):
         body_file.close()
 
     async def close_response(self, response: HttpResponseBase, *, thread: RequestThread) -> None:
-        """`response.close()` (request_finished) in the request's thread, or on the loop if it has none."""
-        if (not thread.used and closers_do_no_io(response)
+        """`response.close()` (request_finished) in the request's thread, or on the loop if that
+        thread has nothing for it to do."""
+        if (thread.settled and closers_do_no_io(response)
                 and only_receivers(signals.request_finished, response._handler_class, LOOP_SAFE_FINISHED_RECEIVERS)):
             response.close()
         else:

@@ -83,11 +83,6 @@ class SyncThreads:
         return [executor.submit(fn) for executor in tuple(self._idle)]
 
 
-def _run_after(before: Callable[[], Any], fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-    before()
-    return fn(*args, **kwargs)
-
-
 class RequestThread(Executor):
     """One request's thread: checked out at its first sync call, checked in after its last."""
 
@@ -98,11 +93,8 @@ class RequestThread(Executor):
         self._released = False
         self._before: Callable[[], Any] | None = None
         self._at_end: list[Callable[[], Any]] = []
-
-    @property
-    def used(self) -> bool:
-        """Whether the request has run sync code (it has a thread)."""
-        return self._executor is not None
+        self._check: Callable[[], bool] | None = None
+        self._checked = False
 
     def before_first_job(self, fn: Callable[..., Any], /, **kwargs: Any) -> None:
         """Run `fn(**kwargs)` in the thread before the request's first job, in the same switch.
@@ -112,17 +104,38 @@ class RequestThread(Executor):
         assert self._executor is None, "the request already has a thread"
         self._before = functools.partial(fn, **kwargs)
 
+    def check_after_jobs(self, check: Callable[[], bool]) -> None:
+        """Run `check()` in the thread after each job; `settled` tells what the last one said."""
+        self._check = check
+
+    @property
+    def settled(self) -> bool:
+        """Whether the request has no thread, or its jobs are done and `check()` was true after
+        the last. Read on the loop: the job's future completes after its check has run."""
+        last = self._last
+        if self._executor is None:
+            return True
+        return last is not None and last.done() and not last.cancelled() and self._checked
+
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:  # type: ignore[override]
         if self._released:
             raise RuntimeError("the request has ended; its thread takes no more work")
+        before = None
         if self._executor is None:
             self._executor = self._pool.check_out()
-            if self._before is not None:
-                before, self._before = self._before, None
-                self._last = self._executor.submit(_run_after, before, fn, *args, **kwargs)
-                return self._last
-        self._last = self._executor.submit(fn, *args, **kwargs)
+            before, self._before = self._before, None
+        self._last = self._executor.submit(self._job, before, fn, args, kwargs)
         return self._last
+
+    def _job(self, before: Callable[[], Any] | None, fn: Callable[..., Any], args: tuple[Any, ...],
+             kwargs: dict[str, Any]) -> Any:
+        self._checked = False
+        try:
+            if before is not None:
+                before()
+            return fn(*args, **kwargs)
+        finally:
+            self._checked = self._check is not None and self._check()
 
     def at_end(self, fn: Callable[[], Any]) -> None:
         """Call `fn()` once the request has ended and nothing it ran is still running (`release()`)."""

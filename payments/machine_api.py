@@ -49,22 +49,34 @@ def _unauthorized(message: str, *, invalid: bool) -> JsonResponse:
     return response
 
 
-async def _authenticated_device(request: HttpRequest) -> int | JsonResponse:
-    """The id of the machine whose token the request carries, or the 401 to answer."""
+def _bearer_token(request: HttpRequest) -> tuple[str, str | None] | JsonResponse:
+    """(token, its key id or None if it has none) from the Authorization header, or the 401 to answer."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return _unauthorized("this API needs the machine's token: Authorization: Bearer <token>", invalid=False)
     token = token.strip()
-    key_id = credentials.token_key_id(token)
+    return token, credentials.token_key_id(token)
+
+
+def _invalid_token() -> JsonResponse:
+    return _unauthorized("the machine's token is not valid (issue a new one in the admin)", invalid=True)
+
+
+async def _authenticated_device(request: HttpRequest) -> int | JsonResponse:
+    """The id of the machine whose token the request carries, or the 401 to answer."""
+    bearer = _bearer_token(request)
+    if isinstance(bearer, JsonResponse):
+        return bearer
+    token, key_id = bearer
     found = await selectors.device_credential_find(key_id=key_id) if key_id else None
     if found is None or not credentials.token_matches(token, found[1]):
-        return _unauthorized("the machine's token is not valid (issue a new one in the admin)", invalid=True)
+        return _invalid_token()
     return found[0]
 
 
-def machine_endpoint(*methods: str) -> Callable[[MachineView], MachineView]:
+def machine_endpoint(*methods: str, authenticates: bool = False) -> Callable[[MachineView], MachineView]:
     """Refuse other methods (405 in JSON, as every answer here), then authenticate the machine; the
-    view gets its `device_id`."""
+    view gets its `device_id`. A view that `authenticates` itself (in its own read) gets none."""
 
     def decorate(view: MachineView) -> MachineView:
         @functools.wraps(view)
@@ -75,6 +87,8 @@ def machine_endpoint(*methods: str) -> Callable[[MachineView], MachineView]:
                                 status=405)
                 refused["Allow"] = allowed
                 return refused
+            if authenticates:
+                return await view(request, *args, **kwargs)
             device = await _authenticated_device(request)
             if isinstance(device, JsonResponse):
                 return device
@@ -96,10 +110,18 @@ def _no_order(order_id: str) -> JsonResponse:
     return _json({"error": f"no order {order_id[:64]!r} for this machine"}, status=404)
 
 
-@machine_endpoint("GET")
-async def machine_order(request: HttpRequest, order_id: str, *, device_id: int) -> JsonResponse:
-    """GET /v1/machine/orders/<id>: status, drink and amount paid. One primary-key read."""
-    state = await selectors.order_get_for_device(order_id=order_id, device_id=device_id)
+@machine_endpoint("GET", authenticates=True)
+async def machine_order(request: HttpRequest, order_id: str) -> JsonResponse:
+    """GET /v1/machine/orders/<id>: status, drink and amount paid. Every machine polls it: the
+    credential and the order come in one read, the order only answered once the token matches."""
+    bearer = _bearer_token(request)
+    if isinstance(bearer, JsonResponse):
+        return bearer
+    token, key_id = bearer
+    found = await selectors.machine_order_find(key_id=key_id, order_id=order_id) if key_id else None
+    if found is None or not credentials.token_matches(token, found[1]):
+        return _invalid_token()
+    state = found[2]
     if state is None:
         return _no_order(order_id)
     return _json(state.as_machine_json(now=timezone.now()))

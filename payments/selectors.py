@@ -6,6 +6,7 @@ import datetime
 from dataclasses import dataclass
 from typing import Any
 
+from django.db.models import FilteredRelation, Q
 from django.utils.translation import gettext as _
 
 from payments.errors import OrderNotFound
@@ -84,6 +85,19 @@ async def order_get_for_device(*, order_id: str, device_id: int) -> OrderState |
 async def device_credential_find(*, key_id: str) -> tuple[int, str] | None:
     """(device id, token hash) of the credential with this key id: one read by a unique index."""
     return await DeviceCredential.objects.filter(key_id=key_id).values_list("device_id", "token_sha256").afirst()
+
+
+async def machine_order_find(*, key_id: str, order_id: str) -> tuple[int, str, OrderState | None] | None:
+    """(device id, token hash, the order if it is that machine's) for the credential with this key
+    id, or None: the machine poll's credential and order in one read (one thread switch, not two)."""
+    polled = FilteredRelation("device__orders", condition=Q(device__orders__pk=order_id))
+    row = await (DeviceCredential.objects.filter(key_id=key_id).annotate(polled=polled)
+                 .values_list("device_id", "token_sha256", "polled__pk", *(f"polled__{c}" for c in _STATE_COLUMNS))
+                 .afirst())
+    if row is None:
+        return None
+    device_id, token_hash, found, *state = row
+    return device_id, token_hash, None if found is None else OrderState(order_id, *state)
 
 
 async def device_menu(*, device_id: int) -> list[dict[str, Any]]:

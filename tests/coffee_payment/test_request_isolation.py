@@ -20,12 +20,13 @@ from asgiref.sync import sync_to_async
 from asgiref.testing import ApplicationCommunicator
 from django.core.handlers.asgi import ASGIHandler, ASGIRequest
 from django.core.signals import request_finished, request_started
-from django.db import connections
+from django.db import DatabaseError, connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 
 from coffee_payment.asgi_handler import LeanASGIHandler
+from coffee_payment.request_threads import RequestThread
 from tests.coffee_payment.conftest import close_connections, idle_threads_run
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
@@ -135,6 +136,26 @@ async def connection_view(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"before": before, "after": await sync_to_async(connection_state)()})
 
 
+def failed_query() -> bool:
+    """A query that fails: Django marks the thread's connection (errors_occurred) for a check at
+    the request's end."""
+    connection = connections["default"]
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT * FROM no_such_table")
+    except DatabaseError:
+        pass
+    return connection.errors_occurred
+
+
+async def failed_query_view(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"errors_occurred": await sync_to_async(failed_query)()})
+
+
+def errors_occurred() -> bool:
+    return connections["default"].errors_occurred
+
+
 body_outcomes: list[tuple[str, Any]] = []
 body_streams: list[Any] = []
 
@@ -207,6 +228,7 @@ urlpatterns = [
     path("v1/isolation/busy", busy_view),
     path("v1/isolation/first-call", first_call_view),
     path("v1/isolation/no-sync", no_sync_view),
+    path("v1/isolation/failed-query", failed_query_view),
 ]
 
 
@@ -373,6 +395,33 @@ async def test_a_request_that_runs_no_sync_code_takes_no_thread(lean: LeanASGIHa
         finally:
             request_started.disconnect(on_start)
         assert handler.threads.checked_out == 1 and started[0] != threading.get_ident()
+    finally:
+        close_connections(handler)
+
+
+async def test_request_finished_takes_the_thread_only_when_it_has_work_there(lean: LeanASGIHandler) -> None:
+    """With Django's receivers only: a request whose connection close_old_connections would keep
+    (SQLite: CONN_MAX_AGE > 0) closes its response without another thread switch; one whose
+    connection it would close (PostgreSQL's pool: CONN_MAX_AGE = 0) or check (after an error)
+    gets request_finished in its thread, which resets the error mark there."""
+    handler = type("Handler", (LeanASGIHandler,), {"request_class": IsolationRequest})()
+    jobs: list[str] = []
+
+    class CountingThread(RequestThread):
+        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+            jobs.append(getattr(fn, "__qualname__", repr(fn)))
+            return super().submit(fn, *args, **kwargs)
+
+    handler.threads.request_executor = lambda: CountingThread(handler.threads)  # type: ignore[method-assign]
+    kept = connections["default"].settings_dict["CONN_MAX_AGE"] > 0
+    try:
+        assert (await response(send_request(handler, "/v1/isolation/connection?name=a")))[0] == 200
+        assert len(jobs) == (2 if kept else 3)  # two reads, then request_finished unless kept
+        jobs.clear()
+        status, seen = await response(send_request(handler, "/v1/isolation/failed-query"))
+        assert (status, seen) == (200, {"errors_occurred": True})
+        assert len(jobs) == 2  # the failed query, then request_finished in the thread
+        assert not any(done.result(WAIT) for done in idle_threads_run(handler, errors_occurred))
     finally:
         close_connections(handler)
 

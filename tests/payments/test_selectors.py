@@ -9,9 +9,9 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.utils import timezone
 
-from payments import selectors, services
+from payments import credentials, selectors, services
 from payments.errors import OrderNotFound
-from payments.models import Order
+from payments.models import Device, Order
 
 pytestmark = pytest.mark.django_db
 
@@ -32,6 +32,28 @@ def test_machine_reads_its_own_order_in_one_primary_key_query(order: Order, djan
     assert state is not None and state.as_machine_json(now=timezone.now())["paid"] is False
     assert '"payments_order"."id" = ' in captured.captured_queries[0]["sql"]
     assert read(order_id=order.pk, device_id=order.device_id + 1) is None
+
+
+def test_a_machine_poll_reads_credential_and_order_in_one_query(order: Order, django_assert_num_queries: Any) -> None:
+    """The token's credential and its machine's order in one read; another machine's order, or
+    none, leaves the credential found and the order None."""
+    token = services.device_credential_issue(device_id=order.device_id)
+    key_id = credentials.token_key_id(token)
+    assert key_id is not None
+    find = async_to_sync(selectors.machine_order_find)
+    with django_assert_num_queries(1):
+        found = find(key_id=key_id, order_id=order.pk)
+    assert found is not None
+    device_id, token_hash, state = found
+    assert device_id == order.device_id and credentials.token_matches(token, token_hash)
+    assert state is not None and state.as_machine_json(now=timezone.now())["amount_kopecks"] == 15900
+    assert state == async_to_sync(selectors.order_get_for_device)(order_id=order.pk, device_id=order.device_id)
+    other = Device.objects.create(device_uuid="machine-2", merchant_id=order.merchant_id, location="Hall")
+    other_key = credentials.token_key_id(services.device_credential_issue(device_id=other.pk))
+    assert other_key is not None
+    assert find(key_id=other_key, order_id=order.pk)[::2] == (other.pk, None)
+    assert find(key_id=key_id, order_id="no-such-order")[2] is None
+    assert find(key_id="no-such-key", order_id=order.pk) is None
 
 
 @pytest.mark.parametrize(
