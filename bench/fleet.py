@@ -37,7 +37,7 @@ from typing import Any
 
 from bench.databases import Seeded
 from bench.fleet_load import Machine, Plan, run_plan_sync
-from bench.fleet_metrics import group_cpu_seconds, metrics_delta, metrics_snapshot
+from bench.fleet_metrics import group_cpu_seconds, machine_busy_seconds, metrics_delta, metrics_snapshot
 from bench.run import PROVIDER_SHOP, RESULTS, production_environ
 from devtools import postgres
 from devtools.processes import BIN, REPO, STOCK_WORKER, Server, fake_provider, free_port, gunicorn, serving
@@ -170,13 +170,25 @@ def idle_cpu_per_s(server: Server, *, seconds: float = 1.0) -> float:
 
 def measured(server: Server, plan: Plan, *, settings: Settings, idle: float) -> dict[str, Any]:
     """run_plan's figures plus the server's: /metrics, the load average, and its CPU per answered
-    request beyond what it spends idle (`idle` CPU seconds per second)."""
+    request beyond what it spends idle (`idle` CPU seconds per second); beside it, the CPU per
+    answer of the generator (this process) and of everything else (fake provider, PostgreSQL)."""
     before, cpu, began = metrics_snapshot(server.url), group_cpu_seconds(server.process.pid), time.monotonic()
+    machine, generator = machine_busy_seconds(), time.process_time()
     result = run_plan_sync(server.url, plan, timeout=settings.timeout, max_in_flight=settings.max_in_flight)
-    cpu = group_cpu_seconds(server.process.pid) - cpu - idle * (time.monotonic() - began)
+    elapsed = time.monotonic() - began
+    generator = time.process_time() - generator
+    cpu = group_cpu_seconds(server.process.pid) - cpu
+    rest = machine_busy_seconds() - machine - cpu - generator
+    cpu -= idle * elapsed
     answered = sum(row["ok"] for row in result["kinds"].values())
+
+    def per_answer(seconds: float) -> float | None:
+        return round(1000 * seconds / answered, 2) if answered else None
+
     return {**result, "load_average": os.getloadavg()[0], "server_cpu_s": round(cpu, 2),
-            "cpu_ms_per_answer": round(1000 * cpu / answered, 2) if answered else None,
+            "cpu_ms_per_answer": per_answer(cpu), "generator_cpu_ms_per_answer": per_answer(generator),
+            "rest_cpu_ms_per_answer": per_answer(rest), "machine_busy_share": round(
+                (cpu + idle * elapsed + generator + rest) / (elapsed * (os.cpu_count() or 1)), 2),
             "server_metrics": metrics_delta(before, metrics_snapshot(server.url))}
 
 

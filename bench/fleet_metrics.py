@@ -2,7 +2,8 @@
 
 CPU: user + system seconds of every process in the server's process group (master and workers,
 from /proc), so a step's CPU per answered request can be compared between servers even on a
-machine shared with other work, where latency cannot.
+machine shared with other work, where latency cannot. The whole machine's busy CPU time
+(/proc/stat) tells what the rest (generator, fake provider, PostgreSQL) took beside it.
 
 The metric names are not fixed here: the first histogram whose name speaks of request duration
 (`*request*duration*`, `*request*latency*`, `*http*duration*`) is read, its buckets summed over
@@ -88,3 +89,11 @@ def group_cpu_seconds(group: int) -> float:
         if int(fields[2]) == group:
             total += int(fields[11]) + int(fields[12])
     return total / ticks
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine has spent busy (not idle or waiting for I/O) since boot."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest time is already in user).
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")

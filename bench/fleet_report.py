@@ -74,13 +74,35 @@ def targets(figures: dict[str, Any]) -> list[dict[str, Any]]:
             rows.append({"target": description, "value": ratio, "detail": detail,
                          "verdict": "not shown: sync held no load offered"})
             continue
+        if key == "payments_per_s" and (ceiling := payment_ceiling(figures)):
+            detail += (f"; outside the server, {ceiling['outside_cpu_ms_per_customer']:g} ms of CPU per customer "
+                       f"(at {ceiling['level']:g}/s): a server using none would get at most "
+                       f"{ceiling['customers_per_s_at_most']:g}/s on this machine")
         add(description, ratio, None if ratio is None else ratio >= minimum, detail)
     return rows
 
 
-def _median_cpu(steps: list[dict[str, Any]]) -> float | None:
-    values = [s["cpu_ms_per_answer"] for s in steps if s["cpu_ms_per_answer"] is not None]
+def _median_cpu(steps: list[dict[str, Any]], key: str = "cpu_ms_per_answer") -> float | None:
+    values = [s[key] for s in steps if s.get(key) is not None]
     return round(statistics.median(values), 2) if values else None
+
+
+def payment_ceiling(figures: dict[str, Any]) -> dict[str, float] | None:
+    """What the machine could offer a server that took no CPU at all: at the stack's highest held
+    payment load, the generator's and the rest's (fake provider, PostgreSQL) CPU per customer
+    (its background polls included), and how many customers per second the cores hold at that."""
+    stack, nproc = figures["servers"].get("stack"), figures["machine"]["nproc"]
+    held = [s for s in (stack or {}).get("payments", []) if s["held"] and s.get("rest_cpu_ms_per_answer") is not None]
+    if not held or not nproc:
+        return None
+    step = max(held, key=lambda s: s["level"])
+    answered = sum(row["ok"] for row in step["kinds"].values())
+    customers = step["kinds"]["payment"]["ok"]
+    if not customers:
+        return None
+    per_customer = (step["generator_cpu_ms_per_answer"] + step["rest_cpu_ms_per_answer"]) * answered / customers
+    return {"level": step["level"], "outside_cpu_ms_per_customer": round(per_customer, 1),
+            "customers_per_s_at_most": round(nproc * 1000 / per_customer, 1)}
 
 
 def _cell(value: Any) -> str:
@@ -108,26 +130,30 @@ def markdown(figures: dict[str, Any]) -> str:
         f"failures <= {settings['failure_share_limit']:.0%}",
         "", METHOD, "", "## Capacity", "",
         "| Server | What | polls/s | order-status/s | machine polls/s | payments/s | CPU ms/answer, polls "
-        "| CPU ms/answer, payments |",
-        "|---|---|---|---|---|---|---|---|",
+        "| CPU ms/answer, payments | generator + rest, polls | generator + rest, payments |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, server in figures["servers"].items():
         c = server["capacity"]
+        outside = [" + ".join(_cell(_median_cpu(server[sweep], key)) for key in
+                              ("generator_cpu_ms_per_answer", "rest_cpu_ms_per_answer")) for sweep in ("polls", "payments")]
         lines.append(f"| {name} | {server['description']} | {c['polls_per_s']:g} | {c['order_status_per_s']:g} | "
                      f"{c['machine_poll_per_s']:g} | {c['payments_per_s']:g} | {_cell(_median_cpu(server['polls']))} | "
-                     f"{_cell(_median_cpu(server['payments']))} |")
+                     f"{_cell(_median_cpu(server['payments']))} | {outside[0]} | {outside[1]} |")
     lines += ["", "0 = not even the lowest offered load held. CPU: the server's processes' user + system time "
               "per answered request, beyond what they spend idle (measured for 1 s before the sweeps), median "
-              "over the sweep's steps: less sensitive to the machine's other work than latency is.", "", "## Targets", "",
+              "over the sweep's steps: less sensitive to the machine's other work than latency is. Beside it, "
+              "on the same cores: the generator (the benchmark's process) and the rest of the machine's busy "
+              "time (/proc/stat: the fake provider, PostgreSQL, anything else running).", "", "## Targets", "",
               "| Target | Figure | | Verdict |", "|---|---|---|---|"]
     for row in figures.get("targets", []):
         lines.append(f"| {row['target']} | {_cell(row['value'])} | {row['detail']} | {row['verdict']} |")
     lines += ["", "## Steps", "",
               "Latency in ms from the planned send time; `ok/planned` per kind; `lag` the generator's p99 lag; "
-              "`server p99` from /metrics (a bucket bound).", "",
+              "`busy` the share of the machine's cores busy during the step; `server p99` from /metrics (a bucket bound).", "",
               "| Server | Sweep | Offered | Kind | ok/planned | p50 | p90 | p99 | max | lag | failures | load avg "
-              "| CPU ms/answer | server p99 | Held |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| CPU ms/answer | busy | server p99 | Held |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, server in figures["servers"].items():
         steps = [("polls", s) for s in server["polls"]] + [("payments", s) for s in server["payments"]]
         if server.get("half_capacity"):
@@ -144,7 +170,8 @@ def markdown(figures: dict[str, Any]) -> str:
                     f"| {name} | {sweep} | {_cell(step['level'])}/s | {kind} | {row['ok']}/{row['planned']} | "
                     f"{_cell(row['p50_ms'])} | {_cell(row['p90_ms'])} | {_cell(row['p99_ms'])} | "
                     f"{_cell(row['max_ms'])} | {_cell(row['lag_p99_ms'])} | {failures} | {step['load_average']:.1f} | "
-                    f"{_cell(step['cpu_ms_per_answer'])} | {server_p99} | {held} |")
+                    f"{_cell(step['cpu_ms_per_answer'])} | {_cell(step.get('machine_busy_share'))} | {server_p99} | "
+                    f"{held} |")
     return "\n".join(lines) + "\n"
 
 

@@ -47,6 +47,8 @@ def test_fleet_report_structure(tmp_path, migrated_server_database):
         counted = step["server_metrics"]
         assert counted["histogram"] == "coffee_http_request_duration_seconds"
         assert counted["requests"] >= sum(row["planned"] for row in step["kinds"].values()), (counted, step["kinds"])
+        # Beside the server's CPU, the generator's (this process) and the machine's busy share.
+        assert step["generator_cpu_ms_per_answer"] > 0 and 0 < step["machine_busy_share"] <= 1.1, step
     assert polls["offered_per_s"]["machine-poll"] == pytest.approx(10, rel=0.05)
     assert payments["kinds"]["payment"]["p50_ms"] >= 300  # the fake provider's default latency
     # Whether a load held depends on the machine; the capacity is the one load offered or none.
@@ -54,5 +56,9 @@ def test_fleet_report_structure(tmp_path, migrated_server_database):
     written = json.loads((tmp_path / "fleet.json").read_text())
     assert written["machine"]["nproc"] >= 1 and written["machine"]["load_average_at_start"]
     assert {row["target"].split(" ")[0] for row in written["targets"]} >= {"payment", "order-status"}
+    if stack["capacity"]["payments_per_s"]:
+        # What the machine itself could offer: CPU outside the server per customer, and the bound.
+        [payment_target] = [row for row in written["targets"] if row["target"].startswith("payment capacity")]
+        assert "a server using none would get at most" in payment_target["detail"]
     report = (tmp_path / "fleet.md").read_text()
     assert "| stack | polls | 20/s | machine-poll |" in report and "## Targets" in report
