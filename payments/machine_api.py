@@ -112,18 +112,18 @@ def _no_order(order_id: str) -> JsonResponse:
 
 @machine_endpoint("GET", authenticates=True)
 async def machine_order(request: HttpRequest, order_id: str) -> JsonResponse:
-    """GET /v1/machine/orders/<id>: status, drink and amount paid. Every machine polls it: the
-    credential and the order come in one read, the order only answered once the token matches."""
+    """GET /v1/machine/orders/<id>: status, drink and amount paid. Every machine polls it: its own
+    order comes with its credential in one read, answered once the token matches."""
     bearer = _bearer_token(request)
     if isinstance(bearer, JsonResponse):
         return bearer
     token, key_id = bearer
     found = await selectors.machine_order_find(key_id=key_id, order_id=order_id) if key_id else None
-    if found is None or not credentials.token_matches(token, found[1]):
-        return _invalid_token()
-    state = found[2]
-    if state is None:
-        return _no_order(order_id)
+    if found is None or not credentials.token_matches(token, found[0]):
+        # No such order for this key's machine, or a wrong token: the credential alone tells which.
+        device = await _authenticated_device(request)
+        return device if isinstance(device, JsonResponse) else _no_order(order_id)
+    state = found[1]
     return _json(state.as_machine_json(now=timezone.now()))
 
 

@@ -6,7 +6,6 @@ import datetime
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import FilteredRelation, Q
 from django.utils.translation import gettext as _
 
 from payments.errors import OrderNotFound
@@ -25,6 +24,7 @@ _STATE_COLUMNS = ("status", "expires_at", "drink_number", "drink_name", "size", 
 # Built once (never evaluated itself): each read only adds its filter. Ordered, so `afirst()` adds
 # no ORDER BY clone of its own; a primary-key filter matches one row at most anyway.
 _STATES = Order.objects.values_list(*_STATE_COLUMNS).order_by("pk")
+_MACHINE_STATES = Order.objects.values_list("device__credential__token_sha256", *_STATE_COLUMNS).order_by("pk")
 
 
 @dataclass(frozen=True)
@@ -87,17 +87,11 @@ async def device_credential_find(*, key_id: str) -> tuple[int, str] | None:
     return await DeviceCredential.objects.filter(key_id=key_id).values_list("device_id", "token_sha256").afirst()
 
 
-async def machine_order_find(*, key_id: str, order_id: str) -> tuple[int, str, OrderState | None] | None:
-    """(device id, token hash, the order if it is that machine's) for the credential with this key
-    id, or None: the machine poll's credential and order in one read (one thread switch, not two)."""
-    polled = FilteredRelation("device__orders", condition=Q(device__orders__pk=order_id))
-    row = await (DeviceCredential.objects.filter(key_id=key_id).annotate(polled=polled)
-                 .values_list("device_id", "token_sha256", "polled__pk", *(f"polled__{c}" for c in _STATE_COLUMNS))
-                 .afirst())
-    if row is None:
-        return None
-    device_id, token_hash, found, *state = row
-    return device_id, token_hash, None if found is None else OrderState(order_id, *state)
+async def machine_order_find(*, key_id: str, order_id: str) -> tuple[str, OrderState] | None:
+    """(token hash of the credential with this key id, the order) if the order is that credential's
+    machine's, else None: the machine poll in one read (one thread switch, not two)."""
+    row = await _MACHINE_STATES.filter(pk=order_id, device__credential__key_id=key_id).afirst()
+    return None if row is None else (row[0], OrderState(order_id, *row[1:]))
 
 
 async def device_menu(*, device_id: int) -> list[dict[str, Any]]:
