@@ -14,8 +14,8 @@ Two sweeps per server, each a ladder of fixed offered loads (bench/fleet_load.py
 A load misses when its p99 is over target or more than 1 % of its requests failed; a missed load
 is tried once more. A ladder stops after two loads in a row missed, then tries the geometric middle
 between the last load that held and the first that missed. The capacity is the
-highest load that held. Then the stack alone gets polls and payments together at half of its
-capacities. Figures go to bench/results/fleet.json, fleet.md and fleet.png (bench/fleet_report.py).
+highest load that held. Then the stack gets each sweep's load at half its capacity for it (polls
+alone; customers with the background fleet): the loads of the latency targets. Figures go to bench/results/fleet.json, fleet.md and fleet.png (bench/fleet_report.py).
 """
 
 from __future__ import annotations
@@ -372,19 +372,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def half_capacity(server: Server, capacities: dict[str, float], *, machines: list[Machine], settings: Settings,
                   idle: float, log: Callable[[str], None]) -> dict[str, Any] | None:
-    """Polls and payments at once, each at half the stack's capacity for it."""
+    """Each sweep again at half the stack's capacity for it: polls alone, then customers with the
+    background fleet. (Both at once would be half of one plus half of the other: all of it.)"""
     polls, payments = capacities["polls_per_s"] / 2, capacities["payments_per_s"] / 2
     if not polls or not payments:
         return None
-    poll = poll_plan(polls, machines=machines, settings=settings, seed=99)
-    plan = Plan(seconds=settings.seconds, machines=poll.machines, machine_interval=poll.machine_interval,
-                status_pages=poll.status_pages, status_interval=poll.status_interval, customers_per_s=payments,
-                customer_devices=[m.device for m in machines], customer_poll_interval=settings.status_interval,
-                order_prefix="fleet-stack-half-", seed=99)
-    result = measured(server, plan, settings=settings, idle=idle)
-    log(f"  half capacity: polls {polls:g}/s + customers {payments:g}/s: "
-        + "  ".join(f"{k} p99 {r['p99_ms']} ms" for k, r in result["kinds"].items()))
-    return {"polls_per_s": polls, "customers_per_s": payments, **result}
+    poll_step = measured(server, poll_plan(polls, machines=machines, settings=settings, seed=99),
+                         settings=settings, idle=idle)
+    payment_step = measured(server, payment_plan(payments, machines=machines, settings=settings, seed=98,
+                                                 prefix="fleet-stack-half-"), settings=settings, idle=idle)
+    log(f"  half capacity: polls {polls:g}/s, then customers {payments:g}/s: "
+        + "  ".join(f"{k} p99 {r['p99_ms']} ms" for step in (poll_step, payment_step) for k, r in step["kinds"].items()))
+    return {"polls_per_s": polls, "customers_per_s": payments, "polls": poll_step, "payments": payment_step}
 
 
 if __name__ == "__main__":
