@@ -134,7 +134,7 @@ messages: install
 	cd payments && DJANGO_ENV=development ../$(BIN)/python ../manage.py compilemessages -l ru
 
 # The fleet benchmark (bench/fleet.py): open-loop load of thousands of machines and customers on a
-# throwaway PostgreSQL cluster, four servers, about 10 minutes; results in bench/results/fleet.*.
+# throwaway PostgreSQL cluster, four servers, about 8 minutes; results in bench/results/fleet.*.
 .PHONY: bench-fleet
 $(VENV)/.installed-bench: $(VENV)/.installed-test
 	$(BIN)/pip install --quiet -e '.[test,bench]'
