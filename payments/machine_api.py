@@ -22,6 +22,7 @@ from payments.errors import IllegalTransition, InvalidParameter
 from payments.forms import menu_parse
 from payments.json_input import json_input_parse
 from payments.models import REPORTED_STATUSES
+from payments.selectors import OrderState
 
 # What a machine may report, each the service of the same name. Made and failed move the money at
 # once (capture a hold; refund or release), not at the next reconciliation.
@@ -49,34 +50,28 @@ def _unauthorized(message: str, *, invalid: bool) -> JsonResponse:
     return response
 
 
-def _bearer_token(request: HttpRequest) -> tuple[str, str | None] | JsonResponse:
-    """(token, its key id or None if it has none) from the Authorization header, or the 401 to answer."""
+async def _authenticated(request: HttpRequest, *, order_id: str | None) -> tuple[int, OrderState | None] | JsonResponse:
+    """(id of the machine whose token the request carries, its order `order_id` or None), or the
+    401 to answer. An order of that machine comes with its credential in one read (every machine
+    polls); otherwise the credential alone says whether the token is good."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return _unauthorized("this API needs the machine's token: Authorization: Bearer <token>", invalid=False)
     token = token.strip()
-    return token, credentials.token_key_id(token)
-
-
-def _invalid_token() -> JsonResponse:
-    return _unauthorized("the machine's token is not valid (issue a new one in the admin)", invalid=True)
-
-
-async def _authenticated_device(request: HttpRequest) -> int | JsonResponse:
-    """The id of the machine whose token the request carries, or the 401 to answer."""
-    bearer = _bearer_token(request)
-    if isinstance(bearer, JsonResponse):
-        return bearer
-    token, key_id = bearer
+    key_id = credentials.token_key_id(token)
+    if key_id and order_id is not None:
+        with_order = await selectors.machine_order_find(key_id=key_id, order_id=order_id)
+        if with_order is not None and credentials.token_matches(token, with_order[1]):
+            return with_order[0], with_order[2]
     found = await selectors.device_credential_find(key_id=key_id) if key_id else None
     if found is None or not credentials.token_matches(token, found[1]):
-        return _invalid_token()
-    return found[0]
+        return _unauthorized("the machine's token is not valid (issue a new one in the admin)", invalid=True)
+    return found[0], None
 
 
-def machine_endpoint(*methods: str, authenticates: bool = False) -> Callable[[MachineView], MachineView]:
+def machine_endpoint(*methods: str) -> Callable[[MachineView], MachineView]:
     """Refuse other methods (405 in JSON, as every answer here), then authenticate the machine; the
-    view gets its `device_id`. A view that `authenticates` itself (in its own read) gets none."""
+    view gets its `device_id`, and a view of one order also that `order` (None: not this machine's)."""
 
     def decorate(view: MachineView) -> MachineView:
         @functools.wraps(view)
@@ -87,12 +82,14 @@ def machine_endpoint(*methods: str, authenticates: bool = False) -> Callable[[Ma
                                 status=405)
                 refused["Allow"] = allowed
                 return refused
-            if authenticates:
-                return await view(request, *args, **kwargs)
-            device = await _authenticated_device(request)
-            if isinstance(device, JsonResponse):
-                return device
-            return await view(request, *args, device_id=device, **kwargs)
+            order_id = kwargs.get("order_id")
+            found = await _authenticated(request, order_id=order_id)
+            if isinstance(found, JsonResponse):
+                return found
+            device_id, order = found
+            if order_id is not None:
+                kwargs["order"] = order
+            return await view(request, *args, device_id=device_id, **kwargs)
 
         return csrf_exempt(authenticated)
 
@@ -110,21 +107,12 @@ def _no_order(order_id: str) -> JsonResponse:
     return _json({"error": f"no order {order_id[:64]!r} for this machine"}, status=404)
 
 
-@machine_endpoint("GET", authenticates=True)
-async def machine_order(request: HttpRequest, order_id: str) -> JsonResponse:
-    """GET /v1/machine/orders/<id>: status, drink and amount paid. Every machine polls it: its own
-    order comes with its credential in one read, answered once the token matches."""
-    bearer = _bearer_token(request)
-    if isinstance(bearer, JsonResponse):
-        return bearer
-    token, key_id = bearer
-    found = await selectors.machine_order_find(key_id=key_id, order_id=order_id) if key_id else None
-    if found is None or not credentials.token_matches(token, found[0]):
-        # No such order for this key's machine, or a wrong token: the credential alone tells which.
-        device = await _authenticated_device(request)
-        return device if isinstance(device, JsonResponse) else _no_order(order_id)
-    state = found[1]
-    return _json(state.as_machine_json(now=timezone.now()))
+@machine_endpoint("GET")
+async def machine_order(request: HttpRequest, order_id: str, *, device_id: int, order: OrderState | None) -> JsonResponse:
+    """GET /v1/machine/orders/<id>: status, drink and amount paid. One read (machine_endpoint's)."""
+    if order is None:
+        return _no_order(order_id)
+    return _json(order.as_machine_json(now=timezone.now()))
 
 
 def _outcome_parse(body: bytes) -> str:
@@ -137,7 +125,9 @@ def _outcome_parse(body: bytes) -> str:
 
 
 @machine_endpoint("POST")
-async def machine_order_report(request: HttpRequest, order_id: str, *, device_id: int) -> JsonResponse:
+async def machine_order_report(
+    request: HttpRequest, order_id: str, *, device_id: int, order: OrderState | None
+) -> JsonResponse:
     """POST /v1/machine/orders/<id>/report {"outcome": ...}: the drink is being made, made, or failed.
 
     The same report again answers 200 with the order as it is; a report the order's status does not
@@ -147,7 +137,7 @@ async def machine_order_report(request: HttpRequest, order_id: str, *, device_id
         outcome = _outcome_parse(_body(request))
     except InvalidParameter as error:
         return _json({"error": error.message}, status=400)
-    if await selectors.order_get_for_device(order_id=order_id, device_id=device_id) is None:
+    if order is None:
         return _no_order(order_id)
     try:
         await REPORT_SERVICES[outcome](order_id=order_id)

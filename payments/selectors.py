@@ -24,7 +24,7 @@ _STATE_COLUMNS = ("status", "expires_at", "drink_number", "drink_name", "size", 
 # Built once (never evaluated itself): each read only adds its filter. Ordered, so `afirst()` adds
 # no ORDER BY clone of its own; a primary-key filter matches one row at most anyway.
 _STATES = Order.objects.values_list(*_STATE_COLUMNS).order_by("pk")
-_MACHINE_STATES = Order.objects.values_list("device__credential__token_sha256", *_STATE_COLUMNS).order_by("pk")
+_MACHINE_STATES = Order.objects.values_list("device_id", "device__credential__token_sha256", *_STATE_COLUMNS).order_by("pk")
 
 
 @dataclass(frozen=True)
@@ -87,11 +87,11 @@ async def device_credential_find(*, key_id: str) -> tuple[int, str] | None:
     return await DeviceCredential.objects.filter(key_id=key_id).values_list("device_id", "token_sha256").afirst()
 
 
-async def machine_order_find(*, key_id: str, order_id: str) -> tuple[str, OrderState] | None:
-    """(token hash of the credential with this key id, the order) if the order is that credential's
-    machine's, else None: the machine poll in one read (one thread switch, not two)."""
+async def machine_order_find(*, key_id: str, order_id: str) -> tuple[int, str, OrderState] | None:
+    """(device id, token hash of the credential with this key id, the order) if the order is that
+    credential's machine's, else None: a machine's order and its credential in one read."""
     row = await _MACHINE_STATES.filter(pk=order_id, device__credential__key_id=key_id).afirst()
-    return None if row is None else (row[0], OrderState(order_id, *row[1:]))
+    return None if row is None else (row[0], row[1], OrderState(order_id, *row[2:]))
 
 
 async def device_menu(*, device_id: int) -> list[dict[str, Any]]:

@@ -44,8 +44,8 @@ def test_a_machine_poll_reads_its_order_and_credential_in_one_query(order: Order
     with django_assert_num_queries(1):
         found = find(key_id=key_id, order_id=order.pk)
     assert found is not None
-    token_hash, state = found
-    assert credentials.token_matches(token, token_hash)
+    device_id, token_hash, state = found
+    assert device_id == order.device_id and credentials.token_matches(token, token_hash)
     assert state == async_to_sync(selectors.order_get_for_device)(order_id=order.pk, device_id=order.device_id)
     other = Device.objects.create(device_uuid="machine-2", merchant_id=order.merchant_id, location="Hall")
     other_key = credentials.token_key_id(services.device_credential_issue(device_id=other.pk))
