@@ -15,7 +15,8 @@ A load misses when its p99 is over target or more than 1 % of its requests faile
 is tried once more. A ladder stops after two loads in a row missed, then tries the geometric middle
 between the last load that held and the first that missed. The capacity is the
 highest load that held. Then the stack gets each sweep's load at half its capacity for it (polls
-alone; customers with the background fleet): the loads of the latency targets. Figures go to bench/results/fleet.json, fleet.md and fleet.png (bench/fleet_report.py).
+alone; customers with the background fleet): the loads of the latency targets. Figures go to
+bench/results/fleet.json, fleet.md and fleet.png (bench/fleet_report.py).
 """
 
 from __future__ import annotations
@@ -382,7 +383,8 @@ def half_capacity(server: Server, capacities: dict[str, float], *, machines: lis
     payment_step = measured(server, payment_plan(payments, machines=machines, settings=settings, seed=98,
                                                  prefix="fleet-stack-half-"), settings=settings, idle=idle)
     log(f"  half capacity: polls {polls:g}/s, then customers {payments:g}/s: "
-        + "  ".join(f"{k} p99 {r['p99_ms']} ms" for step in (poll_step, payment_step) for k, r in step["kinds"].items()))
+        + "  ".join(f"{k} p99 {r['p99_ms']} ms"
+                    for step in (poll_step, payment_step) for k, r in step["kinds"].items()))
     return {"polls_per_s": polls, "customers_per_s": payments, "polls": poll_step, "payments": payment_step}
 
 

@@ -136,8 +136,9 @@ def markdown(figures: dict[str, Any]) -> str:
     ]
     for name, server in figures["servers"].items():
         c = server["capacity"]
-        outside = [" + ".join(_cell(_median_cpu(server[sweep], key)) for key in
-                              ("generator_cpu_ms_per_answer", "rest_cpu_ms_per_answer")) for sweep in ("polls", "payments")]
+        outside = [" + ".join(_cell(_median_cpu(server[sweep], key))
+                              for key in ("generator_cpu_ms_per_answer", "rest_cpu_ms_per_answer"))
+                   for sweep in ("polls", "payments")]
         lines.append(f"| {name} | {server['description']} | {c['polls_per_s']:g} | {c['order_status_per_s']:g} | "
                      f"{c['machine_poll_per_s']:g} | {c['payments_per_s']:g} | {_cell(_median_cpu(server['polls']))} | "
                      f"{_cell(_median_cpu(server['payments']))} | {outside[0]} | {outside[1]} |")
@@ -151,7 +152,8 @@ def markdown(figures: dict[str, Any]) -> str:
         lines.append(f"| {row['target']} | {_cell(row['value'])} | {row['detail']} | {row['verdict']} |")
     lines += ["", "## Steps", "",
               "Latency in ms from the planned send time; `ok/planned` per kind; `lag` the generator's p99 lag; "
-              "`busy` the share of the machine's cores busy during the step; `server p99` from /metrics (a bucket bound).", "",
+              "`busy` the share of the machine's cores busy during the step; `server p99` from /metrics "
+              "(a bucket bound).", "",
               "| Server | Sweep | Offered | Kind | ok/planned | p50 | p90 | p99 | max | lag | failures | load avg "
               "| CPU ms/answer | busy | server p99 | Held |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -112,9 +112,9 @@ class RequestThread(Executor):
     def settled(self) -> bool:
         """Whether the request has no thread, or its jobs are done and `check()` was true after
         the last. Read on the loop: the job's future completes after its check has run."""
-        last = self._last
         if self._executor is None:
             return True
+        last = self._last
         return last is not None and last.done() and not last.cancelled() and self._checked
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:  # type: ignore[override]

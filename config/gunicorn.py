@@ -97,7 +97,7 @@ logconfig_dict = logging_config(log_format=settings.log_format, level=settings.l
 #   imported here: a database connection opened at import time would be one socket shared by
 #   every worker. Close it, so each worker opens its own. Then freeze the master's objects
 #   (gc.freeze, as Python's gc documentation advises right before fork): a worker's full
-#   collections skip the ~80,000 objects it inherited, which paused it for 80-115 ms each (a
+#   collections skip the ~80,000 objects it inherited, which paused it for 85-105 ms each (a
 #   poll's whole latency budget is 50 ms) and wrote to every inherited page.
 #
 #   child_exit - in the master, after a worker has exited (a stop, a recycle, a crash): remove its

@@ -108,7 +108,9 @@ def _no_order(order_id: str) -> JsonResponse:
 
 
 @machine_endpoint("GET")
-async def machine_order(request: HttpRequest, order_id: str, *, device_id: int, order: OrderState | None) -> JsonResponse:
+async def machine_order(
+    request: HttpRequest, order_id: str, *, device_id: int, order: OrderState | None
+) -> JsonResponse:
     """GET /v1/machine/orders/<id>: status, drink and amount paid. One read (machine_endpoint's)."""
     if order is None:
         return _no_order(order_id)
