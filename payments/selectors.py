@@ -6,8 +6,10 @@ import datetime
 from dataclasses import dataclass
 from typing import Any
 
+from django.db.models import F
 from django.utils.translation import gettext as _
 
+from payments.compiled_read import CompiledRead
 from payments.errors import OrderNotFound
 from payments.models import FINAL_STATUSES, MAKEABLE_STATUSES, DeviceCredential, MenuItem, Order, OrderStatus, Size
 from payments.provider import CURRENCY, rubles
@@ -24,7 +26,10 @@ _STATE_COLUMNS = ("status", "expires_at", "drink_number", "drink_name", "size", 
 # Built once (never evaluated itself): each read only adds its filter. Ordered, so `afirst()` adds
 # no ORDER BY clone of its own; a primary-key filter matches one row at most anyway.
 _STATES = Order.objects.values_list(*_STATE_COLUMNS).order_by("pk")
-_MACHINE_STATES = Order.objects.values_list("device_id", "device__credential__token_sha256", *_STATE_COLUMNS).order_by("pk")
+# The polls: compiled to SQL once (payments/compiled_read.py).
+_STATUS_READ = CompiledRead(lambda order_id: Order.objects.only(*_STATE_COLUMNS).filter(pk=order_id))
+_MACHINE_READ = CompiledRead(lambda order_id, key_id: Order.objects.only("device", *_STATE_COLUMNS).annotate(
+    token_sha256=F("device__credential__token_sha256")).filter(pk=order_id, device__credential__key_id=key_id))
 
 
 @dataclass(frozen=True)
@@ -69,10 +74,14 @@ def _order_state(order_id: str, row: tuple[Any, ...] | None) -> OrderState | Non
     return None if row is None else OrderState(order_id, *row)
 
 
+def _state_of(order: Order) -> OrderState:
+    return OrderState(order.pk, *(getattr(order, column) for column in _STATE_COLUMNS))
+
+
 async def order_get_status(*, order_id: str) -> OrderState | None:
     """The hot path (every status page polls it): one primary-key read of a few columns."""
-    row = await _STATES.filter(pk=order_id).afirst()
-    return _order_state(order_id, row)
+    order = await _STATUS_READ.first(order_id=order_id)
+    return None if order is None else _state_of(order)
 
 
 async def order_get_for_device(*, order_id: str, device_id: int) -> OrderState | None:
@@ -90,8 +99,8 @@ async def device_credential_find(*, key_id: str) -> tuple[int, str] | None:
 async def machine_order_find(*, key_id: str, order_id: str) -> tuple[int, str, OrderState] | None:
     """(device id, token hash of the credential with this key id, the order) if the order is that
     credential's machine's, else None: a machine's order and its credential in one read."""
-    row = await _MACHINE_STATES.filter(pk=order_id, device__credential__key_id=key_id).afirst()
-    return None if row is None else (row[0], row[1], OrderState(order_id, *row[2:]))
+    order = await _MACHINE_READ.first(order_id=order_id, key_id=key_id)
+    return None if order is None else (order.device_id, order.token_sha256, _state_of(order))
 
 
 async def device_menu(*, device_id: int) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
+from django.db.models.sql.compiler import SQLCompiler
 from django.utils import timezone
 
 from payments import credentials, selectors, services
@@ -23,6 +24,27 @@ def test_order_status_is_one_query(order: Order, django_assert_num_queries: Any)
     assert state is not None and state.status == "created"
     sql = captured.captured_queries[0]["sql"]
     assert '"payments_order"."id" = ' in sql and "JOIN" not in sql
+
+
+def test_the_polls_compile_their_queries_once(order: Order, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the first poll, a status or machine poll runs the SQL it compiled then (compiling was
+    the ORM's largest share of a poll's CPU); the values still pass the ORM's converters."""
+    token = services.device_credential_issue(device_id=order.device_id)
+    key_id = credentials.token_key_id(token)
+    read, find = async_to_sync(selectors.order_get_status), async_to_sync(selectors.machine_order_find)
+    read(order_id="nope")
+    find(key_id="nope", order_id="nope")
+    compiled: list[SQLCompiler] = []
+    as_sql = SQLCompiler.as_sql
+    monkeypatch.setattr(SQLCompiler, "as_sql", lambda self, *args, **kwargs: (
+        compiled.append(self), as_sql(self, *args, **kwargs))[1])
+    state = read(order_id=order.pk)
+    found = find(key_id=key_id, order_id=order.pk)
+    assert compiled == []
+    assert state is not None and (state.order_id, state.status, state.price_kopecks) == (order.pk, "created", 15900)
+    assert state.expires_at == order.expires_at and state.expires_at.tzinfo is not None
+    assert found is not None and found[2] == state
+    assert read(order_id=order.pk + "x") is None
 
 
 def test_machine_reads_its_own_order_in_one_primary_key_query(order: Order, django_assert_num_queries: Any) -> None:

@@ -1,0 +1,45 @@
+"""Reads whose SQL the ORM compiles once per process, for the polls: each call runs that SQL
+through `raw()`, which converts the values with the ORM's own converters. Compiling was the largest
+share of a status poll's CPU (docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from django.core.exceptions import ImproperlyConfigured
+from django.db import models
+
+__all__ = ["CompiledRead"]
+
+M = TypeVar("M", bound=models.Model)
+
+
+class CompiledRead(Generic[M]):
+    """`build(**parameters)` returns the queryset; each of its keyword arguments must end up as
+    exactly one SQL parameter, unchanged (an exact lookup on a text column). The SQL is the default
+    database's, the one database this project has."""
+
+    def __init__(self, build: Callable[..., models.QuerySet[M]]) -> None:
+        self._build = build
+        self._names = tuple(inspect.signature(build).parameters)
+
+    @functools.cached_property
+    def _compiled(self) -> tuple[type[M], str, tuple[str, ...]]:
+        """(model, SQL, parameter names in the SQL's order), on first use: never at import."""
+        markers = {f"<{name}>": name for name in self._names}
+        queryset = self._build(**{name: marker for marker, name in markers.items()}).order_by()
+        sql, params = queryset.query.sql_with_params()
+        if sorted(map(str, params)) != sorted(markers):
+            raise ImproperlyConfigured(f"{self._build!r} compiled to {sql!r} with parameters {params!r}: "
+                                       f"each of {self._names} must be one parameter, unchanged")
+        return queryset.model, sql, tuple(markers[param] for param in params)
+
+    async def first(self, **parameters: Any) -> M | None:
+        """The first row, as a model instance with the columns the queryset selects, or None."""
+        model, sql, names = self._compiled
+        async for row in model._default_manager.raw(sql, [parameters[name] for name in names]):
+            return row
+        return None

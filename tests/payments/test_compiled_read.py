@@ -1,0 +1,43 @@
+"""Reads compiled to SQL once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.core.exceptions import ImproperlyConfigured
+from django.db.models import F, Q
+
+from payments.compiled_read import CompiledRead
+from payments.models import Order
+
+pytestmark = pytest.mark.django_db
+
+
+def test_parameters_reach_the_sql_in_its_order_whatever_the_keywords_order(order: Order) -> None:
+    read = CompiledRead(lambda name, order_id: Order.objects.filter(pk=order_id, drink_name=name))
+    first = async_to_sync(read.first)
+    assert first(order_id=order.pk, name="Cappuccino") == order
+    assert first(name="Cappuccino", order_id=order.pk) == order
+    assert first(order_id=order.pk, name="Latte") is None
+
+
+def test_a_row_has_the_selected_columns_and_annotations(order: Order) -> None:
+    read = CompiledRead(lambda order_id: Order.objects.only("status").annotate(shop=F("merchant__shop_id"))
+                        .filter(pk=order_id))
+    found = async_to_sync(read.first)(order_id=order.pk)
+    assert found is not None and (found.status, found.shop) == ("created", "demo-shop")
+    assert found.get_deferred_fields() >= {"drink_name", "price_kopecks"}
+
+
+@pytest.mark.parametrize("build", [
+    pytest.param(lambda order_id: Order.objects.filter(pk__startswith=order_id), id="changed by its lookup"),
+    pytest.param(lambda order_id: Order.objects.filter(Q(pk=order_id) | Q(provider_payment_id=order_id)), id="twice"),
+    pytest.param(lambda order_id, unused: Order.objects.filter(pk=order_id), id="unused"),
+])
+def test_a_parameter_that_is_not_one_sql_parameter_unchanged_is_refused(build: Callable[..., Any]) -> None:
+    read = CompiledRead(build)
+    with pytest.raises(ImproperlyConfigured, match="must be one parameter, unchanged"):
+        async_to_sync(read.first)(order_id="x", unused="y")
