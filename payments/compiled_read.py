@@ -9,6 +9,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from asgiref.sync import sync_to_async
 from django.core.exceptions import ImproperlyConfigured
 from django.db import models
 
@@ -37,9 +38,12 @@ class CompiledRead(Generic[M]):
                                        f"each of {self._names} must be one parameter, unchanged")
         return queryset.model, sql, tuple(markers[param] for param in params)
 
-    async def first(self, **parameters: Any) -> M | None:
-        """The first row, as a model instance with the columns the queryset selects, or None."""
+    async def one(self, **parameters: Any) -> M | None:
+        """The row of a read by a unique key, as a model instance with the columns the queryset
+        selects, or None. In the request's thread, like the ORM's own async reads: compiling may
+        ask the database's features."""
+        return await sync_to_async(self._one)(parameters)
+
+    def _one(self, parameters: dict[str, Any]) -> M | None:
         model, sql, names = self._compiled
-        async for row in model._default_manager.raw(sql, [parameters[name] for name in names]):
-            return row
-        return None
+        return next(iter(model._default_manager.raw(sql, [parameters[name] for name in names])), None)

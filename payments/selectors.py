@@ -80,7 +80,7 @@ def _state_of(order: Order) -> OrderState:
 
 async def order_get_status(*, order_id: str) -> OrderState | None:
     """The hot path (every status page polls it): one primary-key read of a few columns."""
-    order = await _STATUS_READ.first(order_id=order_id)
+    order = await _STATUS_READ.one(order_id=order_id)
     return None if order is None else _state_of(order)
 
 
@@ -99,7 +99,7 @@ async def device_credential_find(*, key_id: str) -> tuple[int, str] | None:
 async def machine_order_find(*, key_id: str, order_id: str) -> tuple[int, str, OrderState] | None:
     """(device id, token hash of the credential with this key id, the order) if the order is that
     credential's machine's, else None: a machine's order and its credential in one read."""
-    order = await _MACHINE_READ.first(order_id=order_id, key_id=key_id)
+    order = await _MACHINE_READ.one(order_id=order_id, key_id=key_id)
     return None if order is None else (order.device_id, order.token_sha256, _state_of(order))
 
 

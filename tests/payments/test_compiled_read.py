@@ -18,16 +18,16 @@ pytestmark = pytest.mark.django_db
 
 def test_parameters_reach_the_sql_in_its_order_whatever_the_keywords_order(order: Order) -> None:
     read = CompiledRead(lambda name, order_id: Order.objects.filter(pk=order_id, drink_name=name))
-    first = async_to_sync(read.first)
-    assert first(order_id=order.pk, name="Cappuccino") == order
-    assert first(name="Cappuccino", order_id=order.pk) == order
-    assert first(order_id=order.pk, name="Latte") is None
+    one = async_to_sync(read.one)
+    assert one(order_id=order.pk, name="Cappuccino") == order
+    assert one(name="Cappuccino", order_id=order.pk) == order
+    assert one(order_id=order.pk, name="Latte") is None
 
 
 def test_a_row_has_the_selected_columns_and_annotations(order: Order) -> None:
     read = CompiledRead(lambda order_id: Order.objects.only("status").annotate(shop=F("merchant__shop_id"))
                         .filter(pk=order_id))
-    found = async_to_sync(read.first)(order_id=order.pk)
+    found = async_to_sync(read.one)(order_id=order.pk)
     assert found is not None and (found.status, found.shop) == ("created", "demo-shop")
     assert found.get_deferred_fields() >= {"drink_name", "price_kopecks"}
 
@@ -40,4 +40,4 @@ def test_a_row_has_the_selected_columns_and_annotations(order: Order) -> None:
 def test_a_parameter_that_is_not_one_sql_parameter_unchanged_is_refused(build: Callable[..., Any]) -> None:
     read = CompiledRead(build)
     with pytest.raises(ImproperlyConfigured, match="must be one parameter, unchanged"):
-        async_to_sync(read.first)(order_id="x", unused="y")
+        async_to_sync(read.one)(order_id="x", unused="y")
