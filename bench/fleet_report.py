@@ -184,6 +184,7 @@ def plot(figures: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     settings = figures["settings"]
     fig, (polls, payments) = plt.subplots(1, 2, figsize=(12, 4.8))
@@ -192,10 +193,12 @@ def plot(figures: dict[str, Any], path: Path) -> None:
          "offered polls/s (half machines, half status pages)"),
         (payments, "payments", ("payment",), settings["payment_p99_target_ms"], "offered customers/s (scan + pay)"),
     ):
+        levels: set[float] = set()
         for name, server in figures["servers"].items():
             # Per load its last try (the one that decided it).
             steps = sorted({s["level"]: s for s in server[sweep]}.values(), key=lambda s: s["level"])
             xs = [s["level"] for s in steps]
+            levels.update(xs)
             ys = [max((s["kinds"][k]["p99_ms"] or settings["timeout"] * 1000) for k in kinds if k in s["kinds"])
                   for s in steps]
             line, = axis.plot(xs, ys, marker="o", label=name)
@@ -204,6 +207,9 @@ def plot(figures: dict[str, Any], path: Path) -> None:
                 axis.plot(*zip(*missed), linestyle="none", marker="x", markersize=10, color=line.get_color())
         axis.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:g} ms")
         axis.set_xscale("log")
+        # The offered loads as plain numbers: log-scale minor labels (3×10¹, 4×10¹) overlap.
+        axis.set_xticks(sorted(levels), [f"{level:g}" for level in sorted(levels)], fontsize=8)
+        axis.xaxis.set_minor_formatter(NullFormatter())
         axis.set_yscale("log")
         axis.set_xlabel(xlabel)
         axis.set_ylabel("p99 latency, ms (from planned send time)")
