@@ -69,6 +69,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # 503 with Retry-After when a view's database cannot answer (its only hook is process_exception).
+    "payments.middleware.DatabaseUnavailableMiddleware",
     # Last, as django-axes documents: turns a locked-out login into its 429 answer. Not on the lean
     # path (nothing there logs in).
     "axes.middleware.AxesMiddleware",
@@ -93,6 +95,7 @@ LEAN_MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "payments.middleware.DatabaseUnavailableMiddleware",
 ]
 
 # TEMPLATES

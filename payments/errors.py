@@ -87,6 +87,14 @@ class ShopNotConfigured(PaymentsError):
     title = _("Payments are not available right now")
 
 
+class DatabaseUnavailable(PaymentsError):
+    """The database cannot answer: down, restarting, unreachable, or SQLite locked past its busy
+    timeout. Nothing was changed; the customer can try again."""
+
+    status = 503
+    title = _("Payments are not available right now")
+
+
 class ProviderUnavailable(PaymentsError):
     """Timeout, refused connection, 5xx or an unreadable answer: the order stays payable."""
 

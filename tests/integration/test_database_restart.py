@@ -103,3 +103,5 @@ def test_postgres_restart_fails_no_request_on_a_dead_pooled_connection(tmp_path:
           f"restart under load {restart_ended - restart_began:.2f} s: {len(window)} requests in it "
           f"({sum(o.status != 404 for o in window)} failed), {len(later)} after")
     assert later and [o.status for o in later if o.status != 404] == []
+    # A request the restart fails is told to retry (payments/middleware.py), never a 500.
+    assert {o.status for o in window} <= {404, 503}

@@ -1,0 +1,39 @@
+"""A server whose database cannot answer: 503 with Retry-After, never a 500 (a real Gunicorn)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from devtools.processes import base_environ, free_port, gunicorn
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_a_database_that_cannot_answer_is_503_with_retry_after(tmp_path: Path, database: str) -> None:
+    """SQLite in a directory that does not exist; PostgreSQL on a port nobody listens on (its pool
+    gives up after its 10 s wait). The poll gets JSON, a browser's page the error page, `/ready`
+    503 and `/health` 200; the log says which request the database failed, as JSON."""
+    url = (f"sqlite:///{tmp_path / 'missing' / 'db.sqlite3'}" if database == "sqlite"
+           else f"postgres://coffee@127.0.0.1:{free_port()}/coffee")
+    env = base_environ(tmp_path, DATABASE_URL=url, DJANGO_LOG_FORMAT="json", GUNICORN_WORKERS="1")
+    with gunicorn(tmp_path, env=env) as server, httpx.Client(base_url=server.url, timeout=30) as http:
+        poll = http.get("/v1/order-status/order-1")
+        page = http.get("/v1/orders/order-1", headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8",
+                                                       "Accept-Language": "ru"})
+        ready, health = http.get("/ready"), http.get("/health")
+        stderr = server.stderr.read_text().splitlines()
+
+    assert (poll.status_code, poll.headers["retry-after"]) == (503, "5")
+    assert poll.json() == {"error": "Payments cannot be taken for a moment. Please try again in a minute."}
+    assert (page.status_code, page.headers["retry-after"]) == (503, "5")
+    assert page.headers["content-type"].startswith("text/html") and "Оплата сейчас недоступна" in page.text
+    assert (ready.status_code, health.status_code) == (503, 200)
+    records = [json.loads(line) for line in stderr]  # every line JSON
+    failed = [r["message"] for r in records if r["logger"] == "payments.middleware"]
+    assert failed[0].startswith("the database could not answer GET /v1/order-status/order-1: ")
+    assert len(failed) == 2 and "Traceback" not in "".join(stderr)
