@@ -115,5 +115,9 @@ class ProviderRejected(PaymentsError):
 
     def __init__(self, message: str, *, provider_status: int) -> None:
         super().__init__(message)
-        # 401/403 mean our shop credentials are wrong: an operator's problem, worth retrying later.
         self.provider_status = provider_status
+
+    @property
+    def credentials_refused(self) -> bool:
+        """401/403: our shop credentials are wrong, an operator's problem, worth retrying later."""
+        return self.provider_status in (401, 403)

@@ -388,6 +388,18 @@ def order_apply_refund(*, order_id: str, refund: ProviderRefund) -> str:
         return f"unchanged: order is {order.status}, refund is {refund.status}"
 
 
+def order_refund_refused(*, order_id: str, provider_status: int) -> str:
+    """refund_pending -> refund_failed: the provider refused the refund request itself (4xx), e.g.
+    less is left to refund than the price after a refund from its dashboard. The same request,
+    under the same Idempotence-Key, would be refused on every run: the staff must return the money."""
+    log.error("the provider refused the refund of order %r (HTTP %d): the staff must return the money",
+              order_id, provider_status)
+    _order_transition(order_id=order_id, target=S.REFUND_FAILED, sources=frozenset({S.REFUND_PENDING}),
+                      refund_status="refused")
+    _outcome_count(REFUNDS, str(S.REFUND_FAILED))
+    return str(S.REFUND_FAILED)
+
+
 async def order_money_settle(*, order_id: str) -> str:
     """Make the provider call that the order's money status records as due, then record its outcome.
 
@@ -404,10 +416,15 @@ async def order_money_settle(*, order_id: str) -> str:
             return outcome if outcome != "unchanged" else f"unchanged: order is {order.status}"
         shop_id, payment_id = order.merchant.shop_id, order.provider_payment_id
         if order.status == S.REFUND_PENDING:
-            refund = await provider.refund_create(
-                shop_id=shop_id, order_id=order.id, payment_id=payment_id, amount_kopecks=order.price_kopecks,
-                description=f"{order.drink_name}, order {order.id}: could not be made",
-            )
+            try:
+                refund = await provider.refund_create(
+                    shop_id=shop_id, order_id=order.id, payment_id=payment_id, amount_kopecks=order.price_kopecks,
+                    description=f"{order.drink_name}, order {order.id}: could not be made",
+                )
+            except ProviderRejected as refused:
+                if refused.credentials_refused:
+                    raise  # the operator fixes them, then a reconciliation run refunds
+                return await sync_to_async(order_refund_refused)(order_id=order.id, provider_status=refused.provider_status)
             REFUNDS.labels("requested").inc()
             return await sync_to_async(order_apply_refund)(order_id=order.id, refund=refund)
         try:

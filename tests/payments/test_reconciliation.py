@@ -7,6 +7,7 @@ import datetime
 import io
 import os
 import sys
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,41 @@ async def test_a_failed_drink_reported_without_the_provider_is_refunded_later(fa
     assert await reconciliation.orders_reconcile(now=later(22)) == {"refunded": 1}
     (refund,) = fake.refunds.values()
     assert (refund.payment_id, refund.amount * 100) == (payment_id, 15900)
+
+
+async def failed_drink(fake: FakeProvider, order_id: str) -> str:
+    """A paid drink the machine could not make, its refund due; the payment's id."""
+    payment_id = await started(fake, order_id)
+    fake.settle(payment_id, "succeeded")
+    await reconciliation.orders_reconcile(now=later(11))
+    for mark in (services.order_mark_make_pending, services.order_mark_make_failed):
+        await sync_to_async(mark)(order_id=order_id)
+    return payment_id
+
+
+async def test_a_refund_the_provider_refuses_is_left_to_the_staff(
+    fake: FakeProvider, device: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The staff refunded part of the payment from the provider's dashboard, so the whole price can
+    no longer be refunded, and the same request would be refused on every run: refund_failed (money
+    the staff must return), not refund_pending forever."""
+    payment_id = await failed_drink(fake, "refused-1")
+    fake.payments[payment_id].refunded = Decimal("50.00")
+    assert await reconciliation.orders_reconcile(now=later(22)) == {"refund_failed": 1}
+    order = await Order.objects.aget(pk="refused-1")
+    assert (order.status, order.refund_status, fake.refunds) == ("refund_failed", "refused", {})
+    assert "the provider refused the refund of order 'refused-1' (HTTP 400)" in caplog.text
+    assert await reconciliation.orders_reconcile(now=later(33)) == {}
+
+
+async def test_a_refund_refused_for_our_credentials_stays_due(fake: FakeProvider, device: Any, settings: Any) -> None:
+    """401: the shop's secret key is wrong, the operator's to fix; the refund happens on the run after."""
+    await failed_drink(fake, "keys-1")
+    settings.PAYMENT_PROVIDER_SECRETS = {SHOP_ID: "not-the-secret"}
+    assert await reconciliation.orders_reconcile(now=later(22)) == {"error: ProviderRejected": 1}
+    assert await status("keys-1") == "refund_pending"
+    settings.PAYMENT_PROVIDER_SECRETS = {SHOP_ID: SECRET}
+    assert await reconciliation.orders_reconcile(now=later(33)) == {"refunded": 1}
 
 
 async def test_a_provider_down_during_a_run_is_retried_by_the_next_run(fake: FakeProvider, device: Any) -> None:
