@@ -148,7 +148,9 @@ async def machine_order_report(
         # took it: harmless.
         if refused.current not in REPORTED_STATUSES[outcome]:
             return _json({"error": refused.message, "status": refused.current, "outcome": outcome}, status=409)
-    state = await selectors.order_get_for_device(order_id=order_id, device_id=device_id)
+    # The order as the report left it: the authentication found it this machine's, and an order
+    # never changes machine.
+    state = await selectors.order_get_status(order_id=order_id)
     if state is None:  # deleted in between
         return _no_order(order_id)
     return _json(state.as_machine_json(now=timezone.now()))

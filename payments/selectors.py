@@ -23,9 +23,6 @@ MONEY_TAKEN_STATUSES = frozenset({
     S.CANCEL_PENDING, S.REFUND_PENDING, S.REFUND_FAILED,
 })
 _STATE_COLUMNS = ("status", "expires_at", "drink_number", "drink_name", "size", "price_kopecks")
-# Built once (never evaluated itself): each read only adds its filter. Ordered, so `afirst()` adds
-# no ORDER BY clone of its own; a primary-key filter matches one row at most anyway.
-_STATES = Order.objects.values_list(*_STATE_COLUMNS).order_by("pk")
 # The polls: compiled to SQL once (payments/compiled_read.py).
 _STATUS_READ = CompiledRead(lambda order_id: Order.objects.only(*_STATE_COLUMNS).filter(pk=order_id))
 _MACHINE_READ = CompiledRead(lambda order_id, key_id: Order.objects.only("device", *_STATE_COLUMNS).annotate(
@@ -70,10 +67,6 @@ class OrderState:
         }
 
 
-def _order_state(order_id: str, row: tuple[Any, ...] | None) -> OrderState | None:
-    return None if row is None else OrderState(order_id, *row)
-
-
 def _state_of(order: Order) -> OrderState:
     return OrderState(order.pk, *(getattr(order, column) for column in _STATE_COLUMNS))
 
@@ -82,13 +75,6 @@ async def order_get_status(*, order_id: str) -> OrderState | None:
     """The hot path (every status page polls it): one primary-key read of a few columns."""
     order = await _STATUS_READ.one(order_id=order_id)
     return None if order is None else _state_of(order)
-
-
-async def order_get_for_device(*, order_id: str, device_id: int) -> OrderState | None:
-    """The order if it is this machine's, else None (another machine's order does not exist for it).
-    One primary-key read."""
-    row = await _STATES.filter(pk=order_id, device_id=device_id).afirst()
-    return _order_state(order_id, row)
 
 
 async def device_credential_find(*, key_id: str) -> tuple[int, str] | None:

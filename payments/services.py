@@ -424,7 +424,8 @@ async def order_money_settle(*, order_id: str) -> str:
             except ProviderRejected as refused:
                 if refused.credentials_refused:
                     raise  # the operator fixes them, then a reconciliation run refunds
-                return await sync_to_async(order_refund_refused)(order_id=order.id, provider_status=refused.provider_status)
+                refuse = sync_to_async(order_refund_refused)
+                return await refuse(order_id=order.id, provider_status=refused.provider_status)
             REFUNDS.labels("requested").inc()
             return await sync_to_async(order_apply_refund)(order_id=order.id, refund=refund)
         try:

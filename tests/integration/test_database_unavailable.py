@@ -23,8 +23,8 @@ def test_a_database_that_cannot_answer_is_503_with_retry_after(tmp_path: Path, d
     env = base_environ(tmp_path, DATABASE_URL=url, DJANGO_LOG_FORMAT="json", GUNICORN_WORKERS="1")
     with gunicorn(tmp_path, env=env) as server, httpx.Client(base_url=server.url, timeout=30) as http:
         poll = http.get("/v1/order-status/order-1")
-        page = http.get("/v1/orders/order-1", headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8",
-                                                       "Accept-Language": "ru"})
+        browser = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8", "Accept-Language": "ru"}
+        page = http.get("/v1/orders/order-1", headers=browser)
         ready, health = http.get("/ready"), http.get("/health")
         stderr = server.stderr.read_text().splitlines()
 

@@ -47,15 +47,6 @@ def test_the_polls_compile_their_queries_once(order: Order, monkeypatch: pytest.
     assert read(order_id=order.pk + "x") is None
 
 
-def test_machine_reads_its_own_order_in_one_primary_key_query(order: Order, django_assert_num_queries: Any) -> None:
-    read = async_to_sync(selectors.order_get_for_device)
-    with django_assert_num_queries(1) as captured:
-        state = read(order_id=order.pk, device_id=order.device_id)
-    assert state is not None and state.as_machine_json(now=timezone.now())["paid"] is False
-    assert '"payments_order"."id" = ' in captured.captured_queries[0]["sql"]
-    assert read(order_id=order.pk, device_id=order.device_id + 1) is None
-
-
 def test_a_machine_poll_reads_its_order_and_credential_in_one_query(order: Order, django_assert_num_queries: Any) -> None:
     """The order with the token hash of its machine's credential, in one read; nothing for another
     machine's key, an unknown key or an unknown order."""
@@ -68,7 +59,7 @@ def test_a_machine_poll_reads_its_order_and_credential_in_one_query(order: Order
     assert found is not None
     device_id, token_hash, state = found
     assert device_id == order.device_id and credentials.token_matches(token, token_hash)
-    assert state == async_to_sync(selectors.order_get_for_device)(order_id=order.pk, device_id=order.device_id)
+    assert state == async_to_sync(selectors.order_get_status)(order_id=order.pk)
     other = Device.objects.create(device_uuid="machine-2", merchant_id=order.merchant_id, location="Hall")
     other_key = credentials.token_key_id(services.device_credential_issue(device_id=other.pk))
     assert other_key is not None
@@ -84,7 +75,7 @@ def test_a_machine_poll_reads_its_order_and_credential_in_one_query(order: Order
 )
 def test_the_machine_sees_whether_the_money_is_taken(order: Order, status: str, paid: bool) -> None:
     Order.objects.filter(pk=order.pk).update(status=status)
-    state = async_to_sync(selectors.order_get_for_device)(order_id=order.pk, device_id=order.device_id)
+    state = async_to_sync(selectors.order_get_status)(order_id=order.pk)
     assert state is not None
     shown = state.as_machine_json(now=timezone.now())
     assert (shown["paid"], shown["amount_paid_kopecks"]) == (paid, 15900 if paid else 0)
