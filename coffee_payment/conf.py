@@ -21,7 +21,7 @@ from dynaconf.loaders.base import SourceMetadata
 from dynaconf.utils.inspect import get_history
 
 from coffee_payment.conf_values import (
-    DATABASE_URL_FORMS, DEFAULT_METRICS_DIR, DEVELOPMENT_BASE_URL, NOT_A_DIRECTORY, SHOWN, SQLITE, WEAK_KEY,
+    DATABASE_POOL_TIMEOUT, DATABASE_URL_FORMS, DEFAULT_METRICS_DIR, DERIVED_WHEN_UNSET, DEVELOPMENT_BASE_URL, NOT_A_DIRECTORY, SHOWN, SQLITE, WEAK_KEY,
     ConfigError, IntSetting, Refusal, SecondsSetting, Settings, database_engine, is_base_url, is_directory, is_text,
     parse_base_url, parse_boolean, parse_directory, parse_hosts, parse_provider_secrets, parse_text, settings_from,
     shown_value, unknown_variable_warnings,
@@ -57,12 +57,18 @@ OTHER_NUMBER_SETTINGS = (
     IntSetting("provider.retries", "PAYMENT_PROVIDER_RETRIES", 0, 5),
     IntSetting("orders.expiry_minutes", "ORDER_EXPIRY_MINUTES", 1, 1440),
     IntSetting("database_pool_max_size", "DATABASE_POOL_MAX_SIZE", 1, 100),
+    SecondsSetting("database_pool_timeout", "DATABASE_POOL_TIMEOUT", 0.5, 60),
     IntSetting("orders.reconcile_after_minutes", "ORDER_RECONCILE_AFTER_MINUTES", 1, 1440),
     IntSetting("orders.hold_max_minutes", "ORDER_HOLD_MAX_MINUTES", 1, 8640),
     IntSetting("orders.retention_days", "ORDER_RETENTION_DAYS", 1, 3650),
     IntSetting("security.hsts_seconds", "DJANGO_SECURE_HSTS_SECONDS", 0, 63_072_000),
     IntSetting("security.admin_login_failure_limit", "DJANGO_ADMIN_LOGIN_FAILURE_LIMIT", 1, 100),
     IntSetting("security.admin_lockout_minutes", "DJANGO_ADMIN_LOCKOUT_MINUTES", 1, 10080),
+)
+# Waits inside a request that must end before the request's own deadline, so that the customer gets
+# a page (503) rather than the bare 504: (the wait, the deadline, why).
+BELOW_REQUEST_TIMEOUT = (
+    ("database_pool_timeout", "gunicorn.timeout", "a request waiting for the database must get its 503 page first"),
 )
 BOOLEANS = ("debug", "database_allow_sqlite", "security.ssl_redirect", "security.hsts_include_subdomains",
             "security.hsts_preload")
@@ -166,10 +172,16 @@ def _where(origin: dict[str, Any] | None, key: str, file_name: str) -> str:
     return head if SHOWN[key] is None else f"{head}={SHOWN[key](str(origin['value']))!r}"  # type: ignore[misc]
 
 
+def _named(conf: Dynaconf, origins: Mapping[str, Any], key: str, file_name: str) -> str:
+    """`_where`, with the value also for one that no layer or variable set."""
+    where = _where(origins[key], key, file_name)
+    return where if origins[key] is not None else f"{where}={conf.get(key)!r} (built-in)"
+
+
 def _source(origin: dict[str, Any] | None, key: str) -> str:
     if origin is None:
-        return {"secret_key": "generated at start", "provider.secrets": "not set",
-                "gunicorn.graceful_timeout": "= gunicorn.timeout"}.get(key, "built-in")
+        return {"secret_key": "generated at start", "provider.secrets": "not set", **DERIVED_WHEN_UNSET}.get(
+            key, "built-in")
     return f"env {origin['identifier']}" if origin["loader"] == "env" else f"[{origin['env']}]"
 
 
@@ -219,9 +231,17 @@ def load_settings(*, environ: Mapping[str, str], settings_file: Path = SETTINGS_
         rows = [layer_row, *_rows(conf, origins, missing=missing, required=required)] if complete else None
         message = "; ".join(f"{_where(origins[key], key, settings_file.name)} {text}" for key, text in errors)
         raise ConfigError(message, rows=rows) from None
+    if failures := [f"{_where(origins[below], below, settings_file.name)} is not below "
+                    f"{_named(conf, origins, above, settings_file.name)} ({why})"
+                    for below, above, why in BELOW_REQUEST_TIMEOUT
+                    if conf.get(below) is not None and conf.get(below) >= conf.get(above)]:
+        raise ConfigError("; ".join(failures))
     if conf.get("gunicorn.graceful_timeout") is None:
         # The drain after SIGTERM gets as long as a request may take, unless told otherwise.
         conf.set("gunicorn.graceful_timeout", conf.gunicorn.timeout, loader_identifier="validator")
+    if conf.get("database_pool_timeout") is None:
+        conf.set("database_pool_timeout", min(DATABASE_POOL_TIMEOUT, conf.gunicorn.timeout / 2),
+                 loader_identifier="validator")
     rows = [layer_row, *_rows(conf, origins)]
     warnings = unknown_variable_warnings(environ, prefix="GUNICORN_", known=VARIABLES, ignored=GUNICORN_OWN_VARIABLES)
     return settings_from({key: conf.get(key) for key in origins}, layer=layer, base_dir=BASE_DIR, rows=rows,

@@ -33,8 +33,17 @@ SQLITE_CONN_MAX_AGE = 600  # seconds
 SQLITE_OPTIONS = {"transaction_mode": "IMMEDIATE", "timeout": 20,
                   "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL"}
 # PostgreSQL: libpq waits at least 2 s whatever the value (/ready's 2 s bound relies on connects
-# giving up too); a request waits 10 s for a pooled connection rather than queueing forever.
-DATABASE_CONNECT_TIMEOUT, DATABASE_POOL_TIMEOUT = 2, 10
+# giving up too). A failed connection attempt is retried once this long after, then given up until
+# the next request asks: the pool's own backoff (1 s, then doubling) outlasted short outages.
+DATABASE_CONNECT_TIMEOUT, DATABASE_RECONNECT_TIMEOUT = 2, 0.25
+# A request's wait for a pooled connection, unless set: a few seconds, and half the request's time
+# when that is shorter (a request waiting for the database still gets its 503 page).
+DATABASE_POOL_TIMEOUT = 3.0
+# Settings that follow another when no layer or variable sets them: key -> how, for show_config.
+DERIVED_WHEN_UNSET = {"gunicorn.graceful_timeout": "= gunicorn.timeout",
+                      "database_pool_timeout": f"= min({DATABASE_POOL_TIMEOUT:g}, gunicorn.timeout / 2)"}
+# The pool of coffee_payment/postgresql: Django's PostgreSQL backend with bounded pool waits.
+POSTGRESQL_POOLED = "coffee_payment.postgresql"
 SECRET_MASK = "********"
 _WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
 _DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
@@ -79,8 +88,8 @@ class IntSetting:
         return type(value) is (float if self.unit else int)
 
     def validators(self, *, required: str) -> list[Validator]:
-        """The value's type, then its range; every number must be set but graceful_timeout."""
-        must_exist = None if self.key == "gunicorn.graceful_timeout" else True
+        """The value's type, then its range; every number must be set but those derived when unset."""
+        must_exist = None if self.key in DERIVED_WHEN_UNSET else True
         messages = {"must_exist_true": required, "condition": f"is not {self.kind} (allowed: {self.allowed})"}
         parse = parse_seconds if self.unit else parse_whole_number
         return [
@@ -150,6 +159,7 @@ class Settings:
     database_url: str = field(repr=False)
     database: dict[str, Any] = field(repr=False)
     database_pool_max_size: int
+    database_pool_timeout: float
     log_level: str
     log_format: str
     time_zone: str
@@ -180,7 +190,9 @@ def settings_from(values: Mapping[str, Any], **fields_without_key: Any) -> Setti
     return Settings(
         debug=values["debug"], secret_key=values["secret_key"], allowed_hosts=tuple(values["allowed_hosts"]),
         database_url=values["database_url"], database_pool_max_size=values["database_pool_max_size"],
+        database_pool_timeout=values["database_pool_timeout"],
         database=database_config(values["database_url"], pool_max_size=values["database_pool_max_size"],
+                                 pool_timeout=values["database_pool_timeout"],
                                  base_dir=fields_without_key.pop("base_dir")),
         log_level=values["log_level"], log_format=values["log_format"], time_zone=values["time_zone"],
         server=ServerSettings(**section("gunicorn")),
@@ -316,7 +328,7 @@ def shown_value(key: str, value: Any) -> str:
     return ",".join(value) if isinstance(value, (list, tuple)) else str(value)
 
 
-def database_config(url: str, *, pool_max_size: int, base_dir: Path) -> dict[str, Any]:
+def database_config(url: str, *, pool_max_size: int, pool_timeout: float, base_dir: Path) -> dict[str, Any]:
     """Django's DATABASES entry for a URL `database_engine` accepted."""
     config: dict[str, Any] = dict(dj_database_url.parse(url))
     if config["ENGINE"] == SQLITE:
@@ -332,14 +344,14 @@ def database_config(url: str, *, pool_max_size: int, base_dir: Path) -> dict[str
     # request signals close it when it breaks or is ten minutes old.
     config["CONN_MAX_AGE"] = 0 if config["ENGINE"] == POSTGRESQL else SQLITE_CONN_MAX_AGE
     if config["ENGINE"] == POSTGRESQL:
-        # Django's own psycopg pool gives those threads warm connections instead; one pool per
-        # worker process, opened on first use (after the fork, never in the Gunicorn master).
-        pool = {"min_size": 1, "max_size": pool_max_size, "timeout": DATABASE_POOL_TIMEOUT}
+        # A psycopg pool gives those threads warm connections instead; one pool per worker process,
+        # opened on first use (after the fork, never in the Gunicorn master). Its pool tests each
+        # connection as it leaves the pool and replaces a dead one, so a PostgreSQL restart fails no
+        # request on a connection it killed, and no request waits longer than `pool_timeout`.
+        config["ENGINE"] = POSTGRESQL_POOLED
+        pool = {"min_size": 1, "max_size": pool_max_size, "timeout": pool_timeout,
+                "reconnect_timeout": DATABASE_RECONNECT_TIMEOUT}
         config["OPTIONS"] = {**config.get("OPTIONS", {}), "connect_timeout": DATABASE_CONNECT_TIMEOUT, "pool": pool}
-        # Django 5.2 turns this into psycopg_pool's `check=ConnectionPool.check_connection`: each
-        # connection is tested as it leaves the pool and replaced if dead, so a PostgreSQL restart
-        # fails no request on a connection it killed.
-        config["CONN_HEALTH_CHECKS"] = True
     return config
 
 

@@ -34,6 +34,15 @@ class ClientErrorFilter(logging.Filter):
         return record.levelno >= self.level
 
 
+class LoggedFailureFilter(logging.Filter):
+    """Drops `django.request`'s generic line ("Service Unavailable: /path") for a response whose
+    failure the code that answered it has logged already, and said so with `request.failure_logged`
+    (payments/middleware.py): one ERROR line per failure, the one that says why."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(getattr(record, "request", None), "failure_logged", False)
+
+
 def logging_config(*, log_format: str, level: str) -> dict[str, Any]:
     """A logging.config.dictConfig dict: errors to stderr, access lines to stdout."""
     if log_format == "json":
@@ -66,6 +75,7 @@ def logging_config(*, log_format: str, level: str) -> dict[str, Any]:
         "filters": {
             "client_error": {"()": ClientErrorFilter, "level": level},
             "request_id": {"()": RequestIdFilter},
+            "logged_failure": {"()": LoggedFailureFilter},
         },
         "handlers": {"stderr": handler("stderr"), "stdout": handler("stdout"), "client_errors": client_errors},
         "root": {"level": level, "handlers": ["stderr"]},
@@ -76,6 +86,8 @@ def logging_config(*, log_format: str, level: str) -> dict[str, Any]:
             "uvicorn.error": {"level": level, "handlers": ["stderr"], "propagate": False},
             "uvicorn.access": {"level": "INFO", "handlers": ["stdout"], "propagate": False},
             "django": {"level": level, "handlers": ["stderr"], "propagate": False},
+            "django.request": {"level": level, "handlers": ["stderr"], "filters": ["logged_failure"],
+                               "propagate": False},
             # SuspiciousOperation, a wrong Host header (django.security.DisallowedHost) included: the
             # client's error, one WARNING line without traceback. (DisallowedHost once had no
             # handler at all, so Python's last-resort handler printed it as plain text, traceback

@@ -33,6 +33,8 @@ class DatabaseUnavailableMiddleware(MiddlewareMixin):
             return None
         log.error("the database could not answer %s %s: %s", request.method, request.path[:200],
                   str(exception).strip() or type(exception).__name__)
+        # Logged: Django's own "Service Unavailable" line would be a second one (coffee_payment/log_config.py).
+        request.failure_logged = True  # type: ignore[attr-defined]
         error = DatabaseUnavailable(_("Payments cannot be taken for a moment. Please try again in a minute."))
         response: HttpResponse
         if "text/html" in request.headers.get("Accept", ""):

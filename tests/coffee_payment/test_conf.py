@@ -236,7 +236,8 @@ def test_production_reads_its_variables() -> None:
     assert loaded.debug is False
     assert loaded.secret_key == PRODUCTION_OK["DJANGO_SECRET_KEY"]
     assert loaded.allowed_hosts == ("pay.example.com", "api.example.com")
-    assert loaded.database["ENGINE"] == "django.db.backends.postgresql"
+    # Django's PostgreSQL backend with the bounded-wait pool (coffee_payment/postgresql).
+    assert loaded.database["ENGINE"] == "coffee_payment.postgresql"
     assert loaded.database["CONN_MAX_AGE"] == 0
     assert loaded.log_format == "json"
 
@@ -303,6 +304,31 @@ PAYMENT_NUMBERS = {
     "ORDER_HOLD_MAX_MINUTES": "(allowed: 1..8640)",
     "ORDER_RETENTION_DAYS": "(allowed: 1..3650)",
 }
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ("0.2", "DATABASE_POOL_TIMEOUT='0.2' is out of range (allowed: 0.5..60 seconds)"),
+    ("3s", "DATABASE_POOL_TIMEOUT='3s' is not a number of seconds (allowed: 0.5..60 seconds)"),
+    ("30", "DATABASE_POOL_TIMEOUT='30' is not below settings.toml [default] gunicorn.timeout=30 (a request "
+           "waiting for the database must get its 503 page first)"),
+])
+def test_a_pool_wait_the_request_timeout_cannot_cover_is_refused(raw: str, message: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(environ={**TESTING, "DATABASE_POOL_TIMEOUT": raw})
+    assert str(refused.value) == message
+
+
+def test_the_pool_wait_follows_a_short_request_timeout_unless_set() -> None:
+    assert load_settings(environ=TESTING).database_pool_timeout == 3.0
+    for timeout, pool_timeout in (("1", 0.5), ("4", 2.0), ("6", 3.0), ("3600", 3.0)):
+        loaded = load_settings(environ={**PRODUCTION_OK, "GUNICORN_TIMEOUT": timeout})
+        assert (loaded.database_pool_timeout, loaded.database["OPTIONS"]["pool"]["timeout"]) == (pool_timeout,) * 2
+    assert load_settings(environ={**TESTING, "GUNICORN_TIMEOUT": "3", "DATABASE_POOL_TIMEOUT": "2.5"}
+                         ).database_pool_timeout == 2.5
+    with pytest.raises(ConfigError) as refused:
+        load_settings(environ={**TESTING, "GUNICORN_TIMEOUT": "3", "DATABASE_POOL_TIMEOUT": "3"})
+    assert str(refused.value) == ("DATABASE_POOL_TIMEOUT='3' is not below GUNICORN_TIMEOUT='3' "
+                                  "(a request waiting for the database must get its 503 page first)")
 
 
 def test_a_hold_is_always_released_before_the_providers_seven_day_limit() -> None:
@@ -397,13 +423,13 @@ def test_payment_numbers_are_exact_or_refused_naming_the_variable(variable: str,
     assert values[variable] == (float(raw) if "TIMEOUT" in variable else int(raw))
 
 
-def test_postgres_gets_django_pool_and_connect_timeout() -> None:
-    loaded = load_settings(environ={**PRODUCTION_OK, "DATABASE_POOL_MAX_SIZE": "6"})
+def test_postgres_gets_a_bounded_pool_and_connect_timeout() -> None:
+    loaded = load_settings(environ={**PRODUCTION_OK, "DATABASE_POOL_MAX_SIZE": "6", "DATABASE_POOL_TIMEOUT": "1.5"})
     assert loaded.database["CONN_MAX_AGE"] == 0
-    assert loaded.database["OPTIONS"]["pool"] == {"min_size": 1, "max_size": 6, "timeout": 10}
-    # Django 5.2 hands the pool `check=ConnectionPool.check_connection` for this.
-    assert loaded.database["CONN_HEALTH_CHECKS"] is True
+    assert loaded.database["OPTIONS"]["pool"] == {"min_size": 1, "max_size": 6, "timeout": 1.5,
+                                                  "reconnect_timeout": 0.25}
     assert loaded.database["OPTIONS"]["connect_timeout"] == 2
+    assert load_settings(environ=PRODUCTION_OK).database["OPTIONS"]["pool"]["timeout"] == 3.0
     sqlite = load_settings(environ={**TESTING, "DATABASE_URL": "sqlite:///x.sqlite3"})
     assert "pool" not in sqlite.database.get("OPTIONS", {})
 
