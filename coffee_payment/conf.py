@@ -21,7 +21,7 @@ from dynaconf.loaders.base import SourceMetadata
 from dynaconf.utils.inspect import get_history
 
 from coffee_payment.conf_values import (
-    DATABASE_POOL_TIMEOUT, DATABASE_URL_FORMS, DEFAULT_METRICS_DIR, DERIVED_WHEN_UNSET, DEVELOPMENT_BASE_URL, NOT_A_DIRECTORY, SHOWN, SQLITE, WEAK_KEY,
+    DATABASE_WAIT_TIMEOUT, DATABASE_URL_FORMS, DEFAULT_METRICS_DIR, DERIVED_WHEN_UNSET, DEVELOPMENT_BASE_URL, NOT_A_DIRECTORY, SHOWN, SQLITE, WEAK_KEY,
     ConfigError, IntSetting, Refusal, SecondsSetting, Settings, database_engine, is_base_url, is_directory, is_text,
     parse_base_url, parse_boolean, parse_directory, parse_hosts, parse_provider_secrets, parse_text, settings_from,
     shown_value, unknown_variable_warnings,
@@ -57,7 +57,7 @@ OTHER_NUMBER_SETTINGS = (
     IntSetting("provider.retries", "PAYMENT_PROVIDER_RETRIES", 0, 5),
     IntSetting("orders.expiry_minutes", "ORDER_EXPIRY_MINUTES", 1, 1440),
     IntSetting("database_pool_max_size", "DATABASE_POOL_MAX_SIZE", 1, 100),
-    SecondsSetting("database_pool_timeout", "DATABASE_POOL_TIMEOUT", 0.5, 60),
+    SecondsSetting("database_wait_timeout", "DATABASE_WAIT_TIMEOUT", 0.5, 60),
     IntSetting("orders.reconcile_after_minutes", "ORDER_RECONCILE_AFTER_MINUTES", 1, 1440),
     IntSetting("orders.hold_max_minutes", "ORDER_HOLD_MAX_MINUTES", 1, 8640),
     IntSetting("orders.retention_days", "ORDER_RETENTION_DAYS", 1, 3650),
@@ -68,7 +68,7 @@ OTHER_NUMBER_SETTINGS = (
 # Waits inside a request that must end before the request's own deadline, so that the customer gets
 # a page (503) rather than the bare 504: (the wait, the deadline, why).
 BELOW_REQUEST_TIMEOUT = (
-    ("database_pool_timeout", "gunicorn.timeout", "a request waiting for the database must get its 503 page first"),
+    ("database_wait_timeout", "gunicorn.timeout", "a request waiting for the database must get its 503 page first"),
 )
 BOOLEANS = ("debug", "database_allow_sqlite", "security.ssl_redirect", "security.hsts_include_subdomains",
             "security.hsts_preload")
@@ -239,8 +239,8 @@ def load_settings(*, environ: Mapping[str, str], settings_file: Path = SETTINGS_
     if conf.get("gunicorn.graceful_timeout") is None:
         # The drain after SIGTERM gets as long as a request may take, unless told otherwise.
         conf.set("gunicorn.graceful_timeout", conf.gunicorn.timeout, loader_identifier="validator")
-    if conf.get("database_pool_timeout") is None:
-        conf.set("database_pool_timeout", min(DATABASE_POOL_TIMEOUT, conf.gunicorn.timeout / 2),
+    if conf.get("database_wait_timeout") is None:
+        conf.set("database_wait_timeout", min(DATABASE_WAIT_TIMEOUT, conf.gunicorn.timeout / 2),
                  loader_identifier="validator")
     rows = [layer_row, *_rows(conf, origins)]
     warnings = unknown_variable_warnings(environ, prefix="GUNICORN_", known=VARIABLES, ignored=GUNICORN_OWN_VARIABLES)

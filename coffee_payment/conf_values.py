@@ -26,22 +26,22 @@ DEVELOPMENT_BASE_URL = "http://localhost:8000"
 SQLITE, POSTGRESQL = "django.db.backends.sqlite3", "django.db.backends.postgresql"
 DATABASE_URL_FORMS = "sqlite:///path, postgres://user:password@host:port/name"
 # SQLite: WAL (readers never wait for the writer), synchronous=NORMAL (WAL needs no fsync per commit)
-# and transactions that take the write lock at BEGIN, where the busy timeout applies: a DEFERRED one
-# that read first fails at once with "database is locked" when another writer got there first. The
-# 20 s wait is well inside GUNICORN_TIMEOUT, far longer than any of this server's write transactions.
+# and transactions that take the write lock at BEGIN, where the busy timeout (the database wait)
+# applies: a DEFERRED one that read first fails at once with "database is locked" when another
+# writer got there first.
 SQLITE_CONN_MAX_AGE = 600  # seconds
-SQLITE_OPTIONS = {"transaction_mode": "IMMEDIATE", "timeout": 20,
-                  "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL"}
+SQLITE_OPTIONS = {"transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL"}
 # PostgreSQL: libpq waits at least 2 s whatever the value (/ready's 2 s bound relies on connects
 # giving up too). A failed connection attempt is retried once this long after, then given up until
 # the next request asks: the pool's own backoff (1 s, then doubling) outlasted short outages.
 DATABASE_CONNECT_TIMEOUT, DATABASE_RECONNECT_TIMEOUT = 2, 0.25
-# A request's wait for a pooled connection, unless set: a few seconds, and half the request's time
-# when that is shorter (a request waiting for the database still gets its 503 page).
-DATABASE_POOL_TIMEOUT = 3.0
+# A request's wait for the database (a pooled connection, a lock), unless set: a few seconds, far
+# longer than any of this server's write transactions, and half the request's time when that is
+# shorter, so that a request waiting for the database still gets its 503 page.
+DATABASE_WAIT_TIMEOUT = 3.0
 # Settings that follow another when no layer or variable sets them: key -> how, for show_config.
 DERIVED_WHEN_UNSET = {"gunicorn.graceful_timeout": "= gunicorn.timeout",
-                      "database_pool_timeout": f"= min({DATABASE_POOL_TIMEOUT:g}, gunicorn.timeout / 2)"}
+                      "database_wait_timeout": f"= min({DATABASE_WAIT_TIMEOUT:g}, gunicorn.timeout / 2)"}
 # The pool of coffee_payment/postgresql: Django's PostgreSQL backend with bounded pool waits.
 POSTGRESQL_POOLED = "coffee_payment.postgresql"
 SECRET_MASK = "********"
@@ -159,7 +159,7 @@ class Settings:
     database_url: str = field(repr=False)
     database: dict[str, Any] = field(repr=False)
     database_pool_max_size: int
-    database_pool_timeout: float
+    database_wait_timeout: float
     log_level: str
     log_format: str
     time_zone: str
@@ -190,9 +190,9 @@ def settings_from(values: Mapping[str, Any], **fields_without_key: Any) -> Setti
     return Settings(
         debug=values["debug"], secret_key=values["secret_key"], allowed_hosts=tuple(values["allowed_hosts"]),
         database_url=values["database_url"], database_pool_max_size=values["database_pool_max_size"],
-        database_pool_timeout=values["database_pool_timeout"],
+        database_wait_timeout=values["database_wait_timeout"],
         database=database_config(values["database_url"], pool_max_size=values["database_pool_max_size"],
-                                 pool_timeout=values["database_pool_timeout"],
+                                 wait_timeout=values["database_wait_timeout"],
                                  base_dir=fields_without_key.pop("base_dir")),
         log_level=values["log_level"], log_format=values["log_format"], time_zone=values["time_zone"],
         server=ServerSettings(**section("gunicorn")),
@@ -328,7 +328,7 @@ def shown_value(key: str, value: Any) -> str:
     return ",".join(value) if isinstance(value, (list, tuple)) else str(value)
 
 
-def database_config(url: str, *, pool_max_size: int, pool_timeout: float, base_dir: Path) -> dict[str, Any]:
+def database_config(url: str, *, pool_max_size: int, wait_timeout: float, base_dir: Path) -> dict[str, Any]:
     """Django's DATABASES entry for a URL `database_engine` accepted."""
     config: dict[str, Any] = dict(dj_database_url.parse(url))
     if config["ENGINE"] == SQLITE:
@@ -336,7 +336,7 @@ def database_config(url: str, *, pool_max_size: int, pool_timeout: float, base_d
             # Relative SQLite paths are relative to the project, not to wherever the server starts.
             config["NAME"] = str(base_dir / config["NAME"])
         # Options in the URL (?timeout=5) win over these.
-        config["OPTIONS"] = {**SQLITE_OPTIONS, **config.get("OPTIONS", {})}
+        config["OPTIONS"] = {**SQLITE_OPTIONS, "timeout": wait_timeout, **config.get("OPTIONS", {})}
     # PostgreSQL: Django's pool below requires 0. SQLite has no pool, and opening a connection
     # (with its PRAGMAs) cost more than half of a status poll; the project's handler runs each
     # request in a long-lived pooled thread of its own (coffee_payment/request_threads.py), so a
@@ -347,11 +347,17 @@ def database_config(url: str, *, pool_max_size: int, pool_timeout: float, base_d
         # A psycopg pool gives those threads warm connections instead; one pool per worker process,
         # opened on first use (after the fork, never in the Gunicorn master). Its pool tests each
         # connection as it leaves the pool and replaces a dead one, so a PostgreSQL restart fails no
-        # request on a connection it killed, and no request waits longer than `pool_timeout`.
+        # request on a connection it killed, and no request waits longer than `wait_timeout`.
         config["ENGINE"] = POSTGRESQL_POOLED
-        pool = {"min_size": 1, "max_size": pool_max_size, "timeout": pool_timeout,
+        pool = {"min_size": 1, "max_size": pool_max_size, "timeout": wait_timeout,
                 "reconnect_timeout": DATABASE_RECONNECT_TIMEOUT}
-        config["OPTIONS"] = {**config.get("OPTIONS", {}), "connect_timeout": DATABASE_CONNECT_TIMEOUT, "pool": pool}
+        options = config.get("OPTIONS", {})
+        # A row lock (select_for_update, an UPDATE of a row another transaction holds) is waited for
+        # as long, then fails with LockNotAvailable: 503, never a request hung until its 504.
+        server_options = " ".join((*filter(None, [options.get("options")]),
+                                   f"-c lock_timeout={round(wait_timeout * 1000)}"))
+        config["OPTIONS"] = {**options, "connect_timeout": DATABASE_CONNECT_TIMEOUT, "options": server_options,
+                             "pool": pool}
     return config
 
 

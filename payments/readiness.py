@@ -62,8 +62,10 @@ async def migrations_check(*, timeout: float) -> str | None:
     try:
         pending = await asyncio.wait_for(unapplied(), timeout=timeout)
     except TimeoutError:
+        log.warning("readiness: the migration check got no answer within %.1f s", timeout)
         return f"no answer within {timeout:g} s"
     except DatabaseError as exc:
+        log.warning("readiness: the migration check failed: %s", exc)
         return f"unavailable ({type(exc).__name__})"
     if pending:
         log.warning("readiness: %d migration(s) not applied, first %s", len(pending), pending[0])

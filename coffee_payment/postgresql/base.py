@@ -1,4 +1,4 @@
-"""Django's PostgreSQL backend, its pool replaced by one whose waits end at DATABASE_POOL_TIMEOUT.
+"""Django's PostgreSQL backend, its pool replaced by one whose waits end at DATABASE_WAIT_TIMEOUT.
 
 psycopg_pool's own health check backs off between failed checks (1 s, 2 s, 4 s ... inside one
 `getconn`), and a failed reconnection is retried after a backoff as long: after a restart a request

@@ -307,27 +307,27 @@ PAYMENT_NUMBERS = {
 
 
 @pytest.mark.parametrize(("raw", "message"), [
-    ("0.2", "DATABASE_POOL_TIMEOUT='0.2' is out of range (allowed: 0.5..60 seconds)"),
-    ("3s", "DATABASE_POOL_TIMEOUT='3s' is not a number of seconds (allowed: 0.5..60 seconds)"),
-    ("30", "DATABASE_POOL_TIMEOUT='30' is not below settings.toml [default] gunicorn.timeout=30 (a request "
+    ("0.2", "DATABASE_WAIT_TIMEOUT='0.2' is out of range (allowed: 0.5..60 seconds)"),
+    ("3s", "DATABASE_WAIT_TIMEOUT='3s' is not a number of seconds (allowed: 0.5..60 seconds)"),
+    ("30", "DATABASE_WAIT_TIMEOUT='30' is not below settings.toml [default] gunicorn.timeout=30 (a request "
            "waiting for the database must get its 503 page first)"),
 ])
 def test_a_pool_wait_the_request_timeout_cannot_cover_is_refused(raw: str, message: str) -> None:
     with pytest.raises(ConfigError) as refused:
-        load_settings(environ={**TESTING, "DATABASE_POOL_TIMEOUT": raw})
+        load_settings(environ={**TESTING, "DATABASE_WAIT_TIMEOUT": raw})
     assert str(refused.value) == message
 
 
 def test_the_pool_wait_follows_a_short_request_timeout_unless_set() -> None:
-    assert load_settings(environ=TESTING).database_pool_timeout == 3.0
-    for timeout, pool_timeout in (("1", 0.5), ("4", 2.0), ("6", 3.0), ("3600", 3.0)):
+    assert load_settings(environ=TESTING).database_wait_timeout == 3.0
+    for timeout, wait_timeout in (("1", 0.5), ("4", 2.0), ("6", 3.0), ("3600", 3.0)):
         loaded = load_settings(environ={**PRODUCTION_OK, "GUNICORN_TIMEOUT": timeout})
-        assert (loaded.database_pool_timeout, loaded.database["OPTIONS"]["pool"]["timeout"]) == (pool_timeout,) * 2
-    assert load_settings(environ={**TESTING, "GUNICORN_TIMEOUT": "3", "DATABASE_POOL_TIMEOUT": "2.5"}
-                         ).database_pool_timeout == 2.5
+        assert (loaded.database_wait_timeout, loaded.database["OPTIONS"]["pool"]["timeout"]) == (wait_timeout,) * 2
+    assert load_settings(environ={**TESTING, "GUNICORN_TIMEOUT": "3", "DATABASE_WAIT_TIMEOUT": "2.5"}
+                         ).database_wait_timeout == 2.5
     with pytest.raises(ConfigError) as refused:
-        load_settings(environ={**TESTING, "GUNICORN_TIMEOUT": "3", "DATABASE_POOL_TIMEOUT": "3"})
-    assert str(refused.value) == ("DATABASE_POOL_TIMEOUT='3' is not below GUNICORN_TIMEOUT='3' "
+        load_settings(environ={**TESTING, "GUNICORN_TIMEOUT": "3", "DATABASE_WAIT_TIMEOUT": "3"})
+    assert str(refused.value) == ("DATABASE_WAIT_TIMEOUT='3' is not below GUNICORN_TIMEOUT='3' "
                                   "(a request waiting for the database must get its 503 page first)")
 
 
@@ -424,12 +424,16 @@ def test_payment_numbers_are_exact_or_refused_naming_the_variable(variable: str,
 
 
 def test_postgres_gets_a_bounded_pool_and_connect_timeout() -> None:
-    loaded = load_settings(environ={**PRODUCTION_OK, "DATABASE_POOL_MAX_SIZE": "6", "DATABASE_POOL_TIMEOUT": "1.5"})
+    loaded = load_settings(environ={**PRODUCTION_OK, "DATABASE_POOL_MAX_SIZE": "6", "DATABASE_WAIT_TIMEOUT": "1.5"})
     assert loaded.database["CONN_MAX_AGE"] == 0
     assert loaded.database["OPTIONS"]["pool"] == {"min_size": 1, "max_size": 6, "timeout": 1.5,
                                                   "reconnect_timeout": 0.25}
     assert loaded.database["OPTIONS"]["connect_timeout"] == 2
+    assert loaded.database["OPTIONS"]["options"] == "-c lock_timeout=1500"
     assert load_settings(environ=PRODUCTION_OK).database["OPTIONS"]["pool"]["timeout"] == 3.0
+    # The URL's own server options are kept, the lock timeout added.
+    given = load_settings(environ={**PRODUCTION_OK, "DATABASE_URL": "postgres://u:p@db/app?options=-c%20work_mem%3D8MB"})
+    assert given.database["OPTIONS"]["options"] == "-c work_mem=8MB -c lock_timeout=3000"
     sqlite = load_settings(environ={**TESTING, "DATABASE_URL": "sqlite:///x.sqlite3"})
     assert "pool" not in sqlite.database.get("OPTIONS", {})
 
@@ -457,8 +461,10 @@ def test_bad_public_base_url_is_refused(raw: str) -> None:
 
 def test_sqlite_gets_immediate_transactions_a_busy_timeout_and_wal() -> None:
     options = load_settings(environ={**TESTING, "DATABASE_URL": "sqlite:///x.sqlite3"}).database["OPTIONS"]
-    assert options == {"transaction_mode": "IMMEDIATE", "timeout": 20,
+    assert options == {"transaction_mode": "IMMEDIATE", "timeout": 3.0,
                        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL"}
+    waits = load_settings(environ={**TESTING, "DATABASE_URL": "sqlite:///x.sqlite3", "DATABASE_WAIT_TIMEOUT": "1.5"})
+    assert waits.database["OPTIONS"]["timeout"] == 1.5
     given = load_settings(environ={**TESTING, "DATABASE_URL": "sqlite:///x.sqlite3?timeout=5"}).database["OPTIONS"]
     assert (given["timeout"], given["transaction_mode"]) == (5, "IMMEDIATE")
 

@@ -50,6 +50,7 @@ PRODUCTION_ENV = {
     # One container, one SQLite file: the single-replica case the production layer allows when told.
     "DATABASE_ALLOW_SQLITE": "true",
     "DATABASE_POOL_MAX_SIZE": "5",
+    "DATABASE_WAIT_TIMEOUT": "2.5",
     "DJANGO_PUBLIC_BASE_URL": "http://localhost:8080",
     "ORDER_EXPIRY_MINUTES": "20",
     "ORDER_RECONCILE_AFTER_MINUTES": "15",

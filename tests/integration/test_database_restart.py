@@ -1,5 +1,5 @@
 """PostgreSQL restarts (pg_ctl restart -m fast) under a real Gunicorn: no request fails on a pooled
-connection a restart killed, none waits for a connection past DATABASE_POOL_TIMEOUT, and once the
+connection a restart killed, none waits for a connection past DATABASE_WAIT_TIMEOUT, and once the
 database is back every request succeeds (coffee_payment/postgresql)."""
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ CLIENTS = 6
 REQUESTS_PER_CLIENT = 5000  # bound; the loop ends on time first
 SECONDS_BEFORE, SECONDS_AFTER = 1.0, 2.0
 RESTARTS = 10
-POOL_TIMEOUT = 2.0  # DATABASE_POOL_TIMEOUT of the server under test
+WAIT_TIMEOUT = 2.0  # DATABASE_WAIT_TIMEOUT of the server under test
 REQUEST_TIMEOUT = 30  # GUNICORN_TIMEOUT: the client waits as long as the server lets a request run
-# A request waits for a pooled connection at most POOL_TIMEOUT; then its one libpq operation (the
+# A request waits for a pooled connection at most WAIT_TIMEOUT; then its one libpq operation (the
 # connection's check, the query) is bounded by the connect timeout, the longest libpq waits here.
-ANSWER_BOUND = POOL_TIMEOUT + DATABASE_CONNECT_TIMEOUT
+ANSWER_BOUND = WAIT_TIMEOUT + DATABASE_CONNECT_TIMEOUT
 
 
 @dataclass
@@ -80,7 +80,7 @@ def run_load(url: str, *, seconds: float) -> list[Outcome]:
 def test_postgres_restarts_fail_no_request_after_the_database_is_back(tmp_path: Path) -> None:
     with postgres.cluster() as database_url:
         env = base_environ(tmp_path, DATABASE_URL=database_url, GUNICORN_WORKERS="2", DJANGO_LOG_LEVEL="WARNING",
-                           DJANGO_LOG_FORMAT="json", DATABASE_POOL_TIMEOUT=str(POOL_TIMEOUT), GUNICORN_TIMEOUT=str(REQUEST_TIMEOUT))
+                           DJANGO_LOG_FORMAT="json", DATABASE_WAIT_TIMEOUT=str(WAIT_TIMEOUT), GUNICORN_TIMEOUT=str(REQUEST_TIMEOUT))
         migrate = run([str(BIN / "python"), "manage.py", "migrate", "--noinput"], env=env)
         assert migrate.returncode == 0, migrate.stderr
         with gunicorn(tmp_path, env=env) as server:

@@ -12,18 +12,18 @@ from coffee_payment.conf_values import DATABASE_CONNECT_TIMEOUT
 from devtools.processes import base_environ, free_port, gunicorn
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
-POOL_TIMEOUT = 1.0
+WAIT_TIMEOUT = 1.0
 
 
 @pytest.mark.parametrize("database", ["sqlite", "postgres"])
 def test_a_database_that_cannot_answer_is_503_with_retry_after(tmp_path: Path, database: str) -> None:
     """SQLite in a directory that does not exist; PostgreSQL on a port nobody listens on (its pool
-    gives up after DATABASE_POOL_TIMEOUT). The poll gets JSON, a browser's page the error page,
+    gives up after DATABASE_WAIT_TIMEOUT). The poll gets JSON, a browser's page the error page,
     `/ready` 503 and `/health` 200; the log says which request the database failed, in one JSON line."""
     url = (f"sqlite:///{tmp_path / 'missing' / 'db.sqlite3'}" if database == "sqlite"
            else f"postgres://coffee@127.0.0.1:{free_port()}/coffee")
     env = base_environ(tmp_path, DATABASE_URL=url, DJANGO_LOG_FORMAT="json", GUNICORN_WORKERS="1",
-                       DATABASE_POOL_TIMEOUT=str(POOL_TIMEOUT))
+                       DATABASE_WAIT_TIMEOUT=str(WAIT_TIMEOUT))
     with gunicorn(tmp_path, env=env) as server, httpx.Client(base_url=server.url, timeout=30) as http:
         poll = http.get("/v1/order-status/order-1")
         browser = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8", "Accept-Language": "ru"}
@@ -33,7 +33,7 @@ def test_a_database_that_cannot_answer_is_503_with_retry_after(tmp_path: Path, d
 
     assert (poll.status_code, poll.headers["retry-after"]) == (503, "5")
     # The pool's wait, and the one failed connection attempt libpq bounds by its connect timeout.
-    assert poll.elapsed.total_seconds() < POOL_TIMEOUT + DATABASE_CONNECT_TIMEOUT
+    assert poll.elapsed.total_seconds() < WAIT_TIMEOUT + DATABASE_CONNECT_TIMEOUT
     assert poll.json() == {"error": "Payments cannot be taken for a moment. Please try again in a minute."}
     assert (page.status_code, page.headers["retry-after"]) == (503, "5")
     assert page.headers["content-type"].startswith("text/html") and "Оплата сейчас недоступна" in page.text
