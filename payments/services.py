@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,6 +38,7 @@ from payments.errors import (
     PaymentsError,
     PriceMismatch,
     ProviderRejected,
+    ProviderUnavailable,
 )
 from payments.models import (
     MONEY_PENDING_STATUSES,
@@ -52,7 +54,7 @@ from payments.models import (
     sources_of,
 )
 from payments.forms import MenuEntry
-from payments.metrics import PAYMENTS, REFUNDS
+from payments.metrics import PAYMENT_RECHECKS, PAYMENTS, REFUNDS
 from payments.provider import Notification, ProviderPayment, ProviderRefund
 
 log = logging.getLogger(__name__)
@@ -526,3 +528,52 @@ async def _refund_notification_apply(*, notification: Notification, refund_id: s
         log.warning("notification for refund %s that the provider does not know", refund_id)
         return "ignored: the provider does not know this refund"
     return await sync_to_async(order_apply_refund)(order_id=order.id, refund=refund)
+
+
+def order_provider_check_claim(*, order_id: str, now: datetime.datetime | None = None) -> tuple[str, str] | None:
+    """(shop id, payment id) of a pending order whose payment this caller may re-read from the
+    provider now, or None: no other caller, in any worker or pod, claimed a re-read within
+    ORDER_PROVIDER_RECHECK_SECONDS. One compare-and-set UPDATE decides; `updated_at` stays as it
+    was (reconciliation's "unchanged for" clock)."""
+    now = now or timezone.now()
+    last = now - datetime.timedelta(seconds=settings.ORDER_PROVIDER_RECHECK_SECONDS)
+    claimed = Order.objects.filter(
+        Q(provider_checked_at__isnull=True) | Q(provider_checked_at__lte=last),
+        pk=order_id, status=S.PENDING, provider_payment_id__isnull=False,
+    ).update(provider_checked_at=now)
+    if not claimed:
+        return None
+    return Order.objects.filter(pk=order_id).values_list("merchant__shop_id", "provider_payment_id").first()
+
+
+async def order_payment_recheck(*, order_id: str, now: datetime.datetime | None = None) -> bool:
+    """The status poll's and the return page's own re-read of a pending order's payment, applied
+    as a notification's is (order_apply_payment); whether it changed the order.
+
+    At most one per order per ORDER_PROVIDER_RECHECK_SECONDS (order_provider_check_claim); one
+    attempt, cut at ORDER_STATUS_PROVIDER_BUDGET_SECONDS: the caller then answers what it has, and
+    a later poll asks again. Nothing the provider does makes the caller fail.
+    """
+    claim = await sync_to_async(order_provider_check_claim)(order_id=order_id, now=now)
+    if claim is None:
+        return False
+    shop_id, payment_id = claim
+    deadline = time.monotonic() + settings.ORDER_STATUS_PROVIDER_BUDGET_SECONDS
+    try:
+        payment = await provider.payment_get(shop_id=shop_id, payment_id=payment_id, retries=0, deadline=deadline)
+        if payment is None:
+            log.warning("order %r: the provider does not know its payment %s", order_id, payment_id)
+            PAYMENT_RECHECKS.labels("refused").inc()
+            return False
+        outcome = await sync_to_async(order_apply_payment)(order_id=order_id, payment=payment)
+    except ProviderUnavailable as unanswered:
+        log.info("order %r: re-reading payment %s got no answer: %s", order_id, payment_id, unanswered.detail)
+        PAYMENT_RECHECKS.labels("unanswered").inc()
+        return False
+    except PaymentsError as error:
+        log.warning("order %r: re-reading payment %s failed: %s", order_id, payment_id, error.message)
+        PAYMENT_RECHECKS.labels("refused").inc()
+        return False
+    changed = not outcome.startswith(("unchanged", "ignored"))
+    PAYMENT_RECHECKS.labels("applied" if changed else "unchanged").inc()
+    return changed
