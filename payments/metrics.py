@@ -38,3 +38,11 @@ PAYMENT_RECHECKS = Counter(
     "unanswered (no answer within the budget) or refused.",
     ["result"],
 )
+# Payments whose order never recorded them (the worker died after the provider answered), found by
+# reconciliation's listing: attached to their order, or their money returned (refunded, released)
+# or the return refused (return_failed: the staff's, one error logged).
+ORPHAN_PAYMENTS = Counter(
+    "coffee_orphan_payments_total",
+    "Provider payments their order never recorded, by outcome: attached, refunded, released or return_failed.",
+    ["outcome"],
+)

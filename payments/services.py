@@ -50,11 +50,13 @@ from payments.models import (
     Merchant,
     Order,
     OrderStatus,
+    OrphanPayment,
+    OrphanPaymentStatus,
     Size,
     sources_of,
 )
 from payments.forms import MenuEntry
-from payments.metrics import PAYMENT_RECHECKS, PAYMENTS, REFUNDS
+from payments.metrics import ORPHAN_PAYMENTS, PAYMENT_RECHECKS, PAYMENTS, REFUNDS
 from payments.provider import Notification, ProviderPayment, ProviderRefund
 
 log = logging.getLogger(__name__)
@@ -318,6 +320,9 @@ def order_apply_payment(*, order_id: str, payment: ProviderPayment, now: datetim
         if payment.order_id != order.id or order.provider_payment_id not in (None, payment.id):
             log.warning("payment %s (metadata order %r) does not belong to order %r", payment.id, payment.order_id, order.id)
             return "ignored: payment belongs to another order"
+        if order.provider_payment_id is None and _orphan_returned(payment.id):
+            log.warning("payment %s of order %r is being returned as one its order could not take", payment.id, order.id)
+            return "ignored: payment is being returned"
         taken = payment.status in ("succeeded", "waiting_for_capture")
         if taken and (payment.amount_kopecks, payment.currency) != (order.price_kopecks, provider.CURRENCY):
             log.error("payment %s for order %r is %d %s, the order costs %d", payment.id, order.id,
@@ -577,3 +582,85 @@ async def order_payment_recheck(*, order_id: str, now: datetime.datetime | None 
     changed = not outcome.startswith(("unchanged", "ignored"))
     PAYMENT_RECHECKS.labels("applied" if changed else "unchanged").inc()
     return changed
+
+
+# Orphan payments: the provider's payments whose order never recorded them ------------------------
+
+
+def _orphan_returned(payment_id: str) -> bool:
+    """Whether reconciliation decided to return this payment (its order can never take it then)."""
+    return OrphanPayment.objects.filter(provider_payment_id=payment_id).exists()
+
+
+def _orphan_refusal(order: Order, payment: ProviderPayment, *, now: datetime.datetime) -> str | None:
+    """Why `order` cannot take `payment`, one of its payments that it never recorded; None if it can."""
+    if order.provider_payment_id is not None:
+        return f"order {order.id!r} has its own payment {order.provider_payment_id}"
+    if order.status != S.CREATED:
+        return f"order {order.id!r} is {order.status}"
+    if now >= order.expires_at:
+        return f"order {order.id!r} expired at {order.expires_at.isoformat(timespec='seconds')}"
+    if (payment.amount_kopecks, payment.currency) != (order.price_kopecks, provider.CURRENCY):
+        return f"order {order.id!r} costs {order.price_kopecks} kopecks"
+    return None
+
+
+def orphan_payment_take(*, shop_id: str, payment: ProviderPayment, now: datetime.datetime | None = None
+                        ) -> str | OrphanPayment:
+    """A payment of the shop whose order (metadata.order_id) never recorded it: attached and applied
+    when the order can still take it (what happened, as order_apply_payment says it, after
+    "attached: "), else recorded as an OrphanPayment to return (the row), in one transaction with
+    the order's row locked, so that a notification applies it to the order or nothing does.
+
+    A payment still pending (nothing taken yet) that the order cannot take is left for a later run.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        order = Order.objects.select_for_update(of=("self",)).select_related("merchant").filter(
+            pk=payment.order_id).first()
+        if order is None or order.provider_payment_id == payment.id:
+            return "known" if order else "ignored: no such order"
+        if order.merchant.shop_id != shop_id:
+            log.warning("payment %s of shop %r names order %r of shop %r: ignored", payment.id, shop_id, order.id,
+                        order.merchant.shop_id)
+            return "ignored: the order is another shop's"
+        recorded = OrphanPayment.objects.filter(provider_payment_id=payment.id).first()
+        if recorded is not None:
+            return recorded
+        reason = _orphan_refusal(order, payment, now=now)
+        if reason is None:
+            log.warning("payment %s of order %r never reached the order: attaching it", payment.id, order.id)
+            order_apply_payment(order_id=order.id, payment=payment, now=now)
+            _outcome_count(ORPHAN_PAYMENTS, "attached")
+            return f"attached: {Order.objects.values_list('status', flat=True).get(pk=order.id)}"
+        left = payment.amount_kopecks - payment.refunded_kopecks
+        if payment.status not in ("succeeded", "waiting_for_capture") or left <= 0:
+            return f"left: payment is {payment.status}, {reason}"
+        log.error("payment %s (%d kopecks, %s) names %s: its money goes back", payment.id, left, payment.status,
+                  reason)
+        return OrphanPayment.objects.create(
+            provider_payment_id=payment.id, shop_id=shop_id, order_id=order.id, amount_kopecks=left, reason=reason,
+            provider_status=payment.status,
+        )
+
+
+def orphan_payment_returned(*, payment_id: str, provider_status: str, refund_id: str = "") -> str:
+    """return_pending -> returned: refunded (refund_id) or its hold released."""
+    OrphanPayment.objects.filter(provider_payment_id=payment_id, status=OrphanPaymentStatus.RETURN_PENDING).update(
+        status=OrphanPaymentStatus.RETURNED, provider_status=provider_status, refund_id=refund_id,
+        updated_at=timezone.now())
+    outcome = "refunded" if refund_id else "released"
+    log.warning("orphan payment %s: %s", payment_id, f"refunded by refund {refund_id}" if refund_id else "released")
+    _outcome_count(ORPHAN_PAYMENTS, outcome)
+    return f"orphan {outcome}"
+
+
+def orphan_payment_return_refused(*, payment_id: str, provider_status: str, why: str, refund_id: str = "") -> str:
+    """return_pending -> return_failed: the provider refused to give the money back; the staff must."""
+    log.error("orphan payment %s: the provider refused to return its money (%s): the staff must return it",
+              payment_id, why)
+    OrphanPayment.objects.filter(provider_payment_id=payment_id, status=OrphanPaymentStatus.RETURN_PENDING).update(
+        status=OrphanPaymentStatus.RETURN_FAILED, provider_status=provider_status, refund_id=refund_id,
+        updated_at=timezone.now())
+    _outcome_count(ORPHAN_PAYMENTS, "return_failed")
+    return "orphan return_failed"
