@@ -4,9 +4,10 @@ Status changes are compare-and-set updates (`UPDATE ... WHERE status IN (legal s
 illegal transition changes no row and raises IllegalTransition, and two concurrent writers cannot
 both win. The writes are sync functions (Django has no async transactions); async callers run
 them with `sync_to_async`, which gives them the request's own thread and database connection.
-Flows that call the provider are async (`order_payment_start`, `order_money_settle`,
-`aorder_mark_successful`, `aorder_mark_make_failed`) and never hold a transaction across a call:
-they record the intent, call, then record the answer (docs/payments.md, Money flows).
+Flows that call the provider are async (`order_payment_start`, `order_payment_recheck`,
+`order_money_settle`, `aorder_mark_successful`, `aorder_mark_make_failed`) and never hold a
+transaction across a call: they record the intent, call, then record the answer (docs/payments.md,
+Money flows).
 """
 
 from __future__ import annotations

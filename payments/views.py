@@ -62,7 +62,7 @@ def _error_page(request: HttpRequest, error: PaymentsError, *, order_id: str | N
 STATUS_PAGE_PAYABLE = frozenset({S.CREATED})
 
 
-def _order_page(request: HttpRequest, template: str, order: Order,
+def _order_page(request: HttpRequest, template: str, order: Order, *,
                 payable_statuses: frozenset[str] = PAYABLE_STATUSES) -> HttpResponse:
     # As the status poll says it (selectors.OrderState.as_json), so that its answers agree with the page.
     expired = order.status == S.CREATED and timezone.now() >= order.expires_at
@@ -161,4 +161,4 @@ async def order_page(request: HttpRequest, order_id: str) -> HttpResponse:
                 order = await selectors.order_get(order_id=order_id)
     except PaymentsError as error:
         return _error_page(request, error)
-    return _order_page(request, "payments/status.html", order, STATUS_PAGE_PAYABLE)
+    return _order_page(request, "payments/status.html", order, payable_statuses=STATUS_PAGE_PAYABLE)
