@@ -9,8 +9,10 @@ outside reference).
 
 Two sweeps per server, each a ladder of fixed offered loads (bench/fleet_load.py, open loop):
 - polls: machines poll their orders and status pages poll theirs, half the offered rate each;
-- payments: customers arrive at a fixed rate (scan, pay, three status polls) while a background
-  fleet polls.
+- payments: customers arrive at a fixed rate (scan, pay, confirm at the provider, the status page
+  and its polls until paid) while a background fleet polls; the fake provider never sends the
+  notification of --lost-notifications of the payments, so the status page's own provider read
+  confirms those. Each step reports the confirmation latency (confirm -> the page shows paid).
 A load misses when its p99 is over target or more than 1 % of its requests failed; a missed load
 is tried once more. A ladder stops after two loads in a row missed, then tries the geometric middle
 between the last load that held and the first that missed. The capacity is the
@@ -41,7 +43,7 @@ from bench.fleet_load import Machine, Plan, run_plan_sync
 from bench.fleet_metrics import group_cpu_seconds, machine_busy_seconds, metrics_delta, metrics_snapshot
 from bench.run import PROVIDER_SHOP, RESULTS, production_environ
 from devtools import postgres
-from devtools.processes import BIN, REPO, STOCK_WORKER, Server, fake_provider, free_port, gunicorn, serving
+from devtools.processes import BIN, REPO, STOCK_WORKER, Server, fake_provider, gunicorn, serving
 
 POLL_P99_MS = 50.0
 FAILURE_SHARE = 0.01
@@ -60,7 +62,7 @@ def _gunicorn(*args: str, app: str | None = None, worker_class: str | None = Non
 
 
 def _granian(logs: Path, env: dict[str, str], workers: int) -> Any:
-    port = free_port()
+    port = int(env["GUNICORN_PORT"])  # where the fake provider notifies and the customers come back
     # --access-log: Gunicorn's servers write one JSON access line per request too.
     command = [str(BIN / "granian"), "--interface", "asginl", "--host", "127.0.0.1", "--port", str(port),
                "--workers", str(workers), "--access-log", STOCK_APP]
@@ -119,6 +121,7 @@ class Settings:
     machine_interval: float
     status_interval: float
     provider_latency: float
+    lost_notifications: float
     background_machines: int
     timeout: float
     max_in_flight: int
@@ -205,6 +208,9 @@ def sweep(server: Server, levels: list[float], *, make_plan: Callable[[float, in
         ok = passes(result)
         steps.append({"level": level, "held": ok, **result})
         kinds = "  ".join(f"{k} p99 {r['p99_ms']} ms ({r['ok']}/{r['planned']})" for k, r in result["kinds"].items())
+        if confirmation := result.get("confirmation"):
+            kinds += (f"  confirm -> paid p50 {confirmation['p50_ms']} p99 {confirmation['p99_ms']} ms "
+                      f"({confirmation['confirmed']} shown paid, {confirmation['unconfirmed']} not)")
         log(f"    {level:>7g}/s {'held  ' if ok else 'MISSED'} {kinds}  cpu/request {result['cpu_ms_per_answer']} ms")
         time.sleep(1)  # what the step left queued drains before the next one
         return ok
@@ -238,9 +244,11 @@ def capacity(steps: list[dict], kinds: tuple[str, ...] | None = None, limit_ms: 
 
 @contextmanager
 def running(server: FleetServer, tmp: Path, *, env: dict[str, str], database: Seeded | Given, workers: int,
-            provider_latency: float) -> Iterator[Server]:
+            settings: Settings) -> Iterator[Server]:
     logs = Path(tempfile.mkdtemp(dir=tmp))
-    with fake_provider(logs, "--latency", str(provider_latency), "--credentials", PROVIDER_SHOP) as provider:
+    webhook = f"http://127.0.0.1:{env['GUNICORN_PORT']}/v1/payments/webhook"
+    with fake_provider(logs, "--latency", str(settings.provider_latency), "--credentials", PROVIDER_SHOP,
+                       "--webhook-url", webhook, "--lost-notifications", str(settings.lost_notifications)) as provider:
         server_env = {**env, "DATABASE_URL": database.copy(logs), "PAYMENT_PROVIDER_URL": provider.url + "/v3"}
         with server.start(logs, server_env, workers) as process:
             yield process
@@ -286,6 +294,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="seconds between a status page's polls (status.html: 2)")
     parser.add_argument("--background-machines", type=int, default=100, help="machines polling during payments")
     parser.add_argument("--provider-latency", type=float, default=0.3, help="fake provider's seconds per call")
+    parser.add_argument("--lost-notifications", type=float, default=0.2,
+                        help="share of payments whose notification the fake provider never sends (0..1)")
     parser.add_argument("--timeout", type=float, default=5, help="seconds before a request counts as failed")
     parser.add_argument("--max-in-flight", type=int, default=1000, help="requests at once; past it one is dropped")
     parser.add_argument("--database", choices=("postgres", "sqlite"), default="postgres",
@@ -300,8 +310,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     names = [name.strip() for name in args.servers.split(",") if name.strip()]
     if unknown := set(names) - set(SERVERS):
         parser.error(f"unknown server(s) {', '.join(sorted(unknown))} (allowed: {', '.join(SERVERS)})")
+    if not 0 <= args.lost_notifications <= 1:
+        parser.error(f"--lost-notifications {args.lost_notifications:g} is not a share (allowed: 0..1)")
     settings = Settings(seconds=args.seconds, machine_interval=args.machine_interval,
                         status_interval=args.status_interval, provider_latency=args.provider_latency,
+                        lost_notifications=args.lost_notifications,
                         background_machines=args.background_machines, timeout=args.timeout,
                         max_in_flight=args.max_in_flight)
     machines_needed = max(round(args.poll_levels[-1] / 2 * max(args.machine_interval, args.status_interval)),
@@ -328,7 +341,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 server = SERVERS[name]
                 log(f"{name}: {server.description}")
                 with running(server, tmp, env=env, database=database, workers=args.workers,
-                             provider_latency=args.provider_latency) as process:
+                             settings=settings) as process:
                     # Two light seconds of everything on many connections, so every worker has answered
                     # and filled its pools and caches before anything is measured, as in a server that runs.
                     light = poll_plan(args.poll_levels[0], machines=machines, settings=settings, seed=0)
@@ -384,7 +397,8 @@ def half_capacity(server: Server, capacities: dict[str, float], *, machines: lis
                                                  prefix="fleet-stack-half-"), settings=settings, idle=idle)
     log(f"  half capacity: polls {polls:g}/s, then customers {payments:g}/s: "
         + "  ".join(f"{k} p99 {r['p99_ms']} ms"
-                    for step in (poll_step, payment_step) for k, r in step["kinds"].items()))
+                    for step in (poll_step, payment_step) for k, r in step["kinds"].items())
+        + f"  confirm -> paid p99 {payment_step['confirmation']['p99_ms']} ms")
     return {"polls_per_s": polls, "customers_per_s": payments, "polls": poll_step, "payments": payment_step}
 
 

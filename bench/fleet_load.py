@@ -13,13 +13,16 @@ Traffic:
 - status pages: each polls `GET /v1/order-status/<order>` every `interval` seconds, from a random
   phase (payments/templates/payments/status.html polls every 2 s);
 - customers arrive as a Poisson process: each scans (`GET /v1/pay?...`, which creates the order),
-  pays (`POST /v1/orders/<id>/payment`) as soon as the page is there, then its status page polls
-  `polls` times, `poll_interval` apart (those planned within the run's `seconds`). A customer waits
-  for each answer, as a person does; the arrivals do not wait for anyone.
+  pays (`POST /v1/orders/<id>/payment`) as soon as the page is there, confirms on the provider's
+  page, which sends it back to the status page (`GET /v1/orders/<id>`, kind status-page), whose
+  script polls 1 s later, then every `poll_interval`, until it shows paid (at most `polls` times).
+  The confirmation latency runs from the confirmation's send to the answer that first said paid.
+  A customer waits for each answer, as a person does; the arrivals do not wait for anyone.
 
-Bounded: arrivals only during `seconds`; every request times out after `timeout`; at most
-`max_in_flight` requests at once, a request planned past that is dropped and counted (the safety
-valve, not a way to slow the load); the whole run is cut at seconds + 30 + timeout * (polls + 2) s.
+Bounded: arrivals only during `seconds` (a customer's polls until paid may end after them); every
+request times out after `timeout`; at most `max_in_flight` requests at once, a request planned past
+that is dropped and counted (the safety valve, not a way to slow the load); the whole run is cut at
+seconds + 30 + (timeout + poll_interval) * (polls + 4) s.
 """
 
 from __future__ import annotations
@@ -39,7 +42,9 @@ import aiohttp
 # The payment form's CSRF pair, as bench/lua/orders.lua sends it: Django accepts a 32-character
 # secret of letters and digits as cookie and header token.
 CSRF_TOKEN = "benchCsrfToken0123456789abcdefgh"
-KINDS = ("machine-poll", "status-poll", "scan", "payment")
+KINDS = ("machine-poll", "status-poll", "scan", "payment", "status-page")
+# The status page's script polls this long after the page loaded, then every poll interval.
+FIRST_POLL = 1.0
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,7 @@ class Plan:
     status_interval: float = 2.0
     customers_per_s: float = 0.0
     customer_devices: Sequence[str] = ()
-    customer_polls: int = 3
+    customer_polls: int = 5
     customer_poll_interval: float = 2.0
     order_prefix: str = "fleet-customer-"
     seed: int = 1
@@ -72,6 +77,7 @@ class Plan:
             "status-poll": len(self.status_pages) / self.status_interval + self.customers_per_s * self.customer_polls,
             "scan": self.customers_per_s,
             "payment": self.customers_per_s,
+            "status-page": self.customers_per_s,
         }
 
 
@@ -108,6 +114,28 @@ def _ms(seconds: float | None) -> float | None:
 
 
 @dataclass
+class Confirmations:
+    """Confirm at the provider -> the status page shows paid, per customer who confirmed."""
+
+    latencies: list[float] = field(default_factory=list)  # seconds
+    unconfirmed: int = 0  # confirmed, but not shown paid by the last poll
+    failed: int = 0  # the confirmation itself got no answer
+
+    def row(self) -> dict[str, Any]:
+        ordered = sorted(self.latencies)
+        return {"confirmed": len(ordered), "unconfirmed": self.unconfirmed, "failed": self.failed,
+                **{f"p{q}_ms": _ms(percentile(ordered, q)) for q in (50, 90, 99)},
+                "max_ms": _ms(ordered[-1] if ordered else None)}
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    location: str
+    body: bytes
+
+
+@dataclass
 class Run:
     url: str
     timeout: float
@@ -115,38 +143,48 @@ class Run:
     session: aiohttp.ClientSession
     start: float
     tallies: dict[str, Tally] = field(default_factory=lambda: {kind: Tally() for kind in KINDS})
+    confirmations: Confirmations = field(default_factory=Confirmations)
     in_flight: int = 0
 
     async def request(self, kind: str, planned: float, method: str, path: str,
-                      headers: dict[str, str] | None = None) -> bool:
-        """One request planned for `planned` (loop time): whether it got a 2xx or 3xx."""
+                      headers: dict[str, str] | None = None) -> Reply | None:
+        """One request planned for `planned` (loop time): its answer if it was a 2xx or 3xx."""
         tally = self.tallies[kind]
         tally.planned += 1
         if self.in_flight >= self.max_in_flight:
             tally.failures["dropped"] += 1
-            return False
+            return None
         self.in_flight += 1
         loop = asyncio.get_running_loop()
         tally.lags.append(max(loop.time() - planned, 0.0))
         try:
             async with asyncio.timeout(self.timeout):
-                async with self.session.request(method, self.url + path, headers=headers,
+                async with self.session.request(method, path if "://" in path else self.url + path, headers=headers,
                                                 allow_redirects=False) as response:
-                    await response.read()
-                    status = response.status
+                    reply = Reply(response.status, response.headers.get("Location", ""), await response.read())
         except TimeoutError:
             tally.failures["timeout"] += 1
-            return False
+            return None
         except aiohttp.ClientError as error:
             tally.failures[type(error).__name__] += 1
-            return False
+            return None
         finally:
             self.in_flight -= 1
-        if status >= 400:
-            tally.failures[f"http {status}"] += 1
-            return False
+        if reply.status >= 400:
+            tally.failures[f"http {reply.status}"] += 1
+            return None
         tally.latencies.append(loop.time() - planned)
-        return True
+        return reply
+
+    async def confirm(self, url: str) -> str | None:
+        """The customer presses Pay on the provider's page: where it sends them back, or None."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                async with self.session.post(url, data={"action": "succeed"}, allow_redirects=False) as response:
+                    await response.read()
+                    return response.headers.get("Location") if response.status == 303 else None
+        except (TimeoutError, aiohttp.ClientError):
+            return None
 
 
 async def _sleep_until(moment: float) -> None:
@@ -162,15 +200,27 @@ async def _customer(run: Run, plan: Plan, *, number: int, device: str, planned: 
     if not await run.request("scan", planned, "GET", f"/v1/pay?deviceUuid={device}&orderId={order}&drinkNo=2&size=2"):
         return
     csrf = {"Cookie": f"csrftoken={CSRF_TOKEN}", "X-CSRFToken": CSRF_TOKEN}
-    if not await run.request("payment", loop.time(), "POST", f"/v1/orders/{order}/payment", csrf):
+    payment = await run.request("payment", loop.time(), "POST", f"/v1/orders/{order}/payment", csrf)
+    if not payment or "/confirm/" not in payment.location:
         return
-    paid = loop.time()
-    for poll in range(1, plan.customer_polls + 1):
-        moment = paid + poll * plan.customer_poll_interval
-        if moment >= run.start + plan.seconds:  # the run offers load for `seconds`, no tail
-            return
+    confirmed = loop.time()
+    back = await run.confirm(payment.location)
+    if back is None:
+        run.confirmations.failed += 1
+        return
+    page = await run.request("status-page", loop.time(), "GET", back)
+    if page and b'data-status="paid"' in page.body:
+        run.confirmations.latencies.append(loop.time() - confirmed)
+        return
+    moment = loop.time() + FIRST_POLL
+    for _poll in range(plan.customer_polls):
         await _sleep_until(moment)
-        await run.request("status-poll", moment, "GET", f"/v1/order-status/{order}")
+        answer = await run.request("status-poll", moment, "GET", f"/v1/order-status/{order}")
+        if answer and b'"status": "paid"' in answer.body:
+            run.confirmations.latencies.append(loop.time() - confirmed)
+            return
+        moment = loop.time() + plan.customer_poll_interval
+    run.confirmations.unconfirmed += 1
 
 
 def schedule(plan: Plan, *, start: float) -> list[tuple[float, int, str, Any]]:
@@ -225,7 +275,7 @@ async def run_plan(url: str, plan: Plan, *, timeout: float = 5.0, max_in_flight:
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
 
-        cap = plan.seconds + 30 + timeout * (plan.customer_polls + 2)
+        cap = plan.seconds + 30 + (timeout + plan.customer_poll_interval) * (plan.customer_polls + 4)
         try:
             async with asyncio.timeout(cap):
                 await dispatch()
@@ -238,9 +288,12 @@ async def run_plan(url: str, plan: Plan, *, timeout: float = 5.0, max_in_flight:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         elapsed = time.monotonic() - wall
-    return {"offered_per_s": {k: round(v, 1) for k, v in plan.offered().items()}, "elapsed_s": round(elapsed, 1),
-            "cut_at_cap": cut, "kinds": {kind: tally.row(seconds=plan.seconds) for kind, tally in run.tallies.items()
-                                         if tally.planned}}
+    figures = {"offered_per_s": {k: round(v, 1) for k, v in plan.offered().items()}, "elapsed_s": round(elapsed, 1),
+               "cut_at_cap": cut, "kinds": {kind: tally.row(seconds=plan.seconds)
+                                            for kind, tally in run.tallies.items() if tally.planned}}
+    if plan.customers_per_s:
+        figures["confirmation"] = run.confirmations.row()
+    return figures
 
 
 def run_plan_sync(url: str, plan: Plan, **options: Any) -> dict[str, Any]:

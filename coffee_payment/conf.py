@@ -21,10 +21,11 @@ from dynaconf.loaders.base import SourceMetadata
 from dynaconf.utils.inspect import get_history
 
 from coffee_payment.conf_values import (
-    DATABASE_WAIT_TIMEOUT, DATABASE_URL_FORMS, DEFAULT_METRICS_DIR, DERIVED_WHEN_UNSET, DEVELOPMENT_BASE_URL, NOT_A_DIRECTORY, SHOWN, SQLITE, WEAK_KEY,
-    ConfigError, IntSetting, Refusal, SecondsSetting, Settings, database_engine, is_base_url, is_directory, is_text,
-    parse_base_url, parse_boolean, parse_directory, parse_hosts, parse_provider_secrets, parse_text, settings_from,
-    shown_value, unknown_variable_warnings,
+    DATABASE_URL_FORMS, DATABASE_WAIT_TIMEOUT, DEFAULT_METRICS_DIR, DERIVED_WHEN_UNSET, DEVELOPMENT_BASE_URL,
+    NOT_A_DIRECTORY, PROVIDER_WAIT_KEYS, SHOWN, SQLITE, WEAK_KEY, ConfigError, IntSetting, Refusal, SecondsSetting,
+    Settings, database_engine, is_base_url, is_directory, is_text, parse_base_url, parse_boolean, parse_directory,
+    parse_hosts, parse_provider_secrets, parse_text, provider_wait_refusal, settings_from, shown_value,
+    unknown_variable_warnings,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -61,6 +62,11 @@ OTHER_NUMBER_SETTINGS = (
     IntSetting("orders.reconcile_after_minutes", "ORDER_RECONCILE_AFTER_MINUTES", 1, 1440),
     IntSetting("orders.hold_max_minutes", "ORDER_HOLD_MAX_MINUTES", 1, 8640),
     IntSetting("orders.retention_days", "ORDER_RETENTION_DAYS", 1, 3650),
+    # The status poll's own provider reads (docs/payments.md, "Money flows"): at most one per order
+    # per recheck interval, each waited for at most the budget; reconciliation lists a day of payments.
+    SecondsSetting("orders.provider_recheck_seconds", "ORDER_PROVIDER_RECHECK_SECONDS", 1, 300),
+    SecondsSetting("orders.status_provider_budget_seconds", "ORDER_STATUS_PROVIDER_BUDGET_SECONDS", 0.1, 10),
+    IntSetting("orders.reconcile_list_hours", "ORDER_RECONCILE_LIST_HOURS", 1, 720),
     IntSetting("security.hsts_seconds", "DJANGO_SECURE_HSTS_SECONDS", 0, 63_072_000),
     IntSetting("security.admin_login_failure_limit", "DJANGO_ADMIN_LOGIN_FAILURE_LIMIT", 1, 100),
     IntSetting("security.admin_lockout_minutes", "DJANGO_ADMIN_LOCKOUT_MINUTES", 1, 10080),
@@ -231,10 +237,13 @@ def load_settings(*, environ: Mapping[str, str], settings_file: Path = SETTINGS_
         rows = [layer_row, *_rows(conf, origins, missing=missing, required=required)] if complete else None
         message = "; ".join(f"{_where(origins[key], key, settings_file.name)} {text}" for key, text in errors)
         raise ConfigError(message, rows=rows) from None
-    if failures := [f"{_where(origins[below], below, settings_file.name)} is not below "
-                    f"{_named(conf, origins, above, settings_file.name)} ({why})"
-                    for below, above, why in BELOW_REQUEST_TIMEOUT
-                    if conf.get(below) is not None and conf.get(below) >= conf.get(above)]:
+    failures = [f"{_where(origins[below], below, settings_file.name)} is not below "
+                f"{_named(conf, origins, above, settings_file.name)} ({why})"
+                for below, above, why in BELOW_REQUEST_TIMEOUT
+                if conf.get(below) is not None and conf.get(below) >= conf.get(above)]
+    if refusal := provider_wait_refusal({KEY_VARIABLES[key]: conf.get(key) for key in PROVIDER_WAIT_KEYS}):
+        failures.append(refusal)
+    if failures:
         raise ConfigError("; ".join(failures))
     if conf.get("gunicorn.graceful_timeout") is None:
         # The drain after SIGTERM gets as long as a request may take, unless told otherwise.

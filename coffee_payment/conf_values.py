@@ -45,6 +45,10 @@ DERIVED_WHEN_UNSET = {"gunicorn.graceful_timeout": "= gunicorn.timeout",
 # The pool of coffee_payment/postgresql: Django's PostgreSQL backend with bounded pool waits.
 POSTGRESQL_POOLED = "coffee_payment.postgresql"
 SECRET_MASK = "********"
+# A provider call made for a request: before retry n it waits PROVIDER_RETRY_BACKOFF * n seconds,
+# and it leaves the request PROVIDER_DEADLINE_MARGIN seconds of its deadline (GUNICORN_TIMEOUT) for
+# the database write and the page after it (payments/provider.py).
+PROVIDER_RETRY_BACKOFF, PROVIDER_DEADLINE_MARGIN = 0.2, 0.5
 _WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
 _DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
 # YooKassa shop ids are digits; letters, "-" and "_" allow test shops such as the fake provider's.
@@ -171,6 +175,9 @@ class Settings:
     order_reconcile_after_minutes: int
     order_hold_max_minutes: int
     order_retention_days: int
+    order_provider_recheck_seconds: float
+    order_status_provider_budget_seconds: float
+    order_reconcile_list_hours: int
     security: SecuritySettings
     sources: Mapping[str, str]  # dotted key -> "[default]", "[production]", "env DJANGO_DEBUG", ...
     warnings: tuple[str, ...]
@@ -201,8 +208,42 @@ def settings_from(values: Mapping[str, Any], **fields_without_key: Any) -> Setti
         database_allow_sqlite=values["database_allow_sqlite"], order_expiry_minutes=values["orders.expiry_minutes"],
         order_reconcile_after_minutes=values["orders.reconcile_after_minutes"],
         order_hold_max_minutes=values["orders.hold_max_minutes"], order_retention_days=values["orders.retention_days"],
+        order_provider_recheck_seconds=values["orders.provider_recheck_seconds"],
+        order_status_provider_budget_seconds=values["orders.status_provider_budget_seconds"],
+        order_reconcile_list_hours=values["orders.reconcile_list_hours"],
         **fields_without_key,
     )
+
+
+# What a customer's request may wait for the provider, against its deadline.
+PROVIDER_WAIT_KEYS = ("provider.connect_timeout", "provider.read_timeout", "provider.retries",
+                      "orders.status_provider_budget_seconds", "gunicorn.timeout")
+
+
+def provider_wait_longest(*, connect: float, read: float, retries: int) -> float:
+    """Seconds a provider call with its retries may take at most: every attempt's connect and read
+    timeouts and the back-off between attempts."""
+    return (1 + retries) * (connect + read) + PROVIDER_RETRY_BACKOFF * retries * (retries + 1) / 2
+
+
+def provider_wait_refusal(values: Mapping[str, Any]) -> str | None:
+    """Why these provider timeouts, retries and status-poll budget (by variable) cannot fit in
+    GUNICORN_TIMEOUT with the request's margin, or None when they fit."""
+    connect, read = values["PAYMENT_PROVIDER_CONNECT_TIMEOUT"], values["PAYMENT_PROVIDER_READ_TIMEOUT"]
+    retries, timeout = values["PAYMENT_PROVIDER_RETRIES"], values["GUNICORN_TIMEOUT"]
+    budget = values["ORDER_STATUS_PROVIDER_BUDGET_SECONDS"]
+    usable = timeout - PROVIDER_DEADLINE_MARGIN
+    longest = provider_wait_longest(connect=connect, read=read, retries=retries)
+    if longest > usable:
+        return (f"PAYMENT_PROVIDER_CONNECT_TIMEOUT={connect:g}, PAYMENT_PROVIDER_READ_TIMEOUT={read:g} and "
+                f"PAYMENT_PROVIDER_RETRIES={retries} let a provider call wait {longest:g} s, which does not fit in "
+                f"GUNICORN_TIMEOUT={timeout} (allowed: (1 + retries) x (connect + read timeout) + "
+                f"{PROVIDER_RETRY_BACKOFF:g} s x n before retry n, at most GUNICORN_TIMEOUT - "
+                f"{PROVIDER_DEADLINE_MARGIN:g} s = {usable:g} s)")
+    if budget > usable:
+        return (f"ORDER_STATUS_PROVIDER_BUDGET_SECONDS={budget:g} does not fit in GUNICORN_TIMEOUT={timeout} "
+                f"(allowed: at most GUNICORN_TIMEOUT - {PROVIDER_DEADLINE_MARGIN:g} s = {usable:g} s)")
+    return None
 
 
 # settings.toml's default, for a settings file that has none.

@@ -8,17 +8,21 @@ headers) the client gets 408 while its body is still arriving, else 504, both wi
 on which Django cancels the view; one that does not listen is cancelled DISCONNECT_GRACE later.
 Sync code in a thread cannot be stopped: it runs to its end, its answer thrown away
 (asgiref >= 3.13 keeps that off the event loop: https://github.com/django/asgiref/issues/535).
+`request_deadline()` tells code serving the request when that is, so that its waits end before
+(the payments app reads it through settings.REQUEST_DEADLINE_CALLABLE).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from contextvars import ContextVar
 
 from coffee_payment.asgi_types import ASGIApp, Message, Receive, Scope, Send
 from coffee_payment.metrics import REQUEST_TIMEOUTS
 
-__all__ = ["RequestTimeoutError", "RequestTimeoutMiddleware"]
+__all__ = ["RequestTimeoutError", "RequestTimeoutMiddleware", "request_deadline"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +30,14 @@ logger = logging.getLogger(__name__)
 # shown) before its task is cancelled. The client already has its answer by then.
 DISCONNECT_GRACE = 0.5
 DISCONNECT: Message = {"type": "http.disconnect"}
+# The time.monotonic() at which the request being served is answered 504; seen by its task, the
+# tasks it starts and its sync code (asgiref copies the context into the thread).
+_deadline: ContextVar[float | None] = ContextVar("request_deadline", default=None)
+
+
+def request_deadline() -> float | None:
+    """When the request being served times out (time.monotonic()), or None outside one."""
+    return _deadline.get()
 
 
 class RequestTimeoutError(Exception):
@@ -93,8 +105,13 @@ class RequestTimeoutMiddleware:
             await send(message)
 
         # The application runs in a task of its own, so the deadline's answer goes out on time even
-        # when the application is slow to stop (a sync view's thread is waited for).
-        task = asyncio.ensure_future(self.app(scope, timed_receive, timed_send))
+        # when the application is slow to stop (a sync view's thread is waited for). The task copies
+        # the context as it is created: with the deadline in it.
+        token = _deadline.set(time.monotonic() + self.timeout)
+        try:
+            task = asyncio.ensure_future(self.app(scope, timed_receive, timed_send))
+        finally:
+            _deadline.reset(token)
         try:
             done, _ = await asyncio.wait({task}, timeout=self.timeout)
             if done:

@@ -6,6 +6,7 @@ import datetime
 import re
 
 from coffee_payment.conf import BASE_DIR, settings as conf
+from coffee_payment.conf_values import PROVIDER_DEADLINE_MARGIN, PROVIDER_RETRY_BACKOFF
 from coffee_payment.log_config import logging_config
 
 # GENERAL
@@ -185,6 +186,15 @@ ORDER_EXPIRY_MINUTES = conf.order_expiry_minutes
 ORDER_RECONCILE_AFTER_MINUTES = conf.order_reconcile_after_minutes
 ORDER_HOLD_MAX_MINUTES = conf.order_hold_max_minutes
 ORDER_RETENTION_DAYS = conf.order_retention_days
+ORDER_PROVIDER_RECHECK_SECONDS = conf.order_provider_recheck_seconds
+ORDER_STATUS_PROVIDER_BUDGET_SECONDS = conf.order_status_provider_budget_seconds
+ORDER_RECONCILE_LIST_HOURS = conf.order_reconcile_list_hours
+# Provider calls of a request fit in its deadline (coffee_payment/conf_values.py checks the settings
+# above against GUNICORN_TIMEOUT): the back-off before retry n, and what they leave of the deadline.
+PAYMENT_PROVIDER_RETRY_BACKOFF = PROVIDER_RETRY_BACKOFF
+PAYMENT_PROVIDER_DEADLINE_MARGIN = PROVIDER_DEADLINE_MARGIN
+# The deadline of the request being served (time.monotonic(), or None outside one).
+REQUEST_DEADLINE_CALLABLE = "coffee_payment.request_timeout.request_deadline"
 # The X-Request-ID of the request being served (or None), sent on every provider call.
 REQUEST_ID_CALLABLE = "coffee_payment.request_id.request_id_current"
 

@@ -3,8 +3,8 @@
     python -m devtools.fake_provider --port 8001 --webhook-url http://127.0.0.1:8000/v1/payments/webhook
 
 Its calls, idempotence, errors, confirmation page and notifications: docs/payments.md, "The fake
-provider"; --fail, --latency and --hold-seconds: docs/development.md, "Make targets". Plain ASGI, no
-Django: tests also run it in-process and reach into `FakeProvider` to change a payment's status.
+provider"; its options: docs/development.md, "Make targets". Plain ASGI, no Django: tests also run
+it in-process and reach into `FakeProvider` to change a payment's status or stop notifications.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import html
 import itertools
 import json
 import logging
+import random
 import re
 import urllib.parse
 import uuid
@@ -107,6 +108,8 @@ class FakePayment:
     expires_at: datetime.datetime | None = None
     cancellation: dict[str, str] | None = None
     refunded: Decimal = Decimal("0.00")
+    # False: the provider never sends this payment's notifications (nor its refunds').
+    notifies: bool = True
 
     @property
     def paid(self) -> bool:
@@ -196,11 +199,19 @@ class FakeProvider:
         hang_seconds: float = 30.0,
         hold_seconds: float = HOLD_SECONDS,
         webhook_url: str | None = None,
+        notify: bool = True,
+        lost_notifications: float = 0.0,
+        create_delay: float = 0.0,
     ) -> None:
         self.credentials = dict(credentials or {})
         self.latency, self.fail, self.hang_seconds = latency, fail, hang_seconds
         self.hold_seconds = hold_seconds
         self.webhook_url = webhook_url
+        # notify False: no notification at all; else each new payment's are lost with this chance.
+        self.notify, self.lost_notifications = notify, lost_notifications
+        # Seconds a payment creation answers after the payment exists: a client that dies meanwhile
+        # leaves a payment it never heard of.
+        self.create_delay = create_delay
         self._client: aiohttp.ClientSession | None = None
         self._sending: set[asyncio.Task[None]] = set()
         self.reset()
@@ -215,8 +226,10 @@ class FakeProvider:
         # (call, X-Request-ID or None) of the latest calls: which request of the server made each.
         self.request_ids: deque[tuple[str, str | None]] = deque(maxlen=1000)
         self.notifications: list[dict[str, Any]] = []
+        self.lost: list[dict[str, Any]] = []  # notifications not sent (notify off, or a lost payment's)
         self._attempts: Counter[str] = Counter()
         self._seq = itertools.count(1)
+        self._losing = random.Random(0)  # which payments lose their notifications: the same every run
 
     # Test helpers ------------------------------------------------------------------------------
 
@@ -254,7 +267,7 @@ class FakeProvider:
         """The payment now: a hold past its expires_at is canceled, as the real provider does."""
         if payment.status == "waiting_for_capture" and payment.expires_at and _now() >= payment.expires_at:
             self._cancel(payment, party="yoo_money", reason="expired_on_capture")
-            self._notify_later(_notification("payment.canceled", payment))
+            self._notify_later("payment.canceled", payment)
         return payment
 
     def _expire_later(self, payment: FakePayment) -> None:
@@ -312,8 +325,10 @@ class FakeProvider:
         if method != "POST":
             raise ApiError(404, "not_found", f"no API route {call}")
         if path == "/payments":
-            return 200, self._once(shop_id, key, call, body, lambda: self._create(
+            created = self._once(shop_id, key, call, body, lambda: self._create(
                 shop_id, body, base_url=_base_url(scope, headers)))
+            await asyncio.sleep(self.create_delay)
+            return 200, created
         if path == "/refunds":
             return 200, self._once(shop_id, key, call, body, lambda: self._refund(shop_id, body))
         match = re.fullmatch(rf"/payments/{_ID}/(capture|cancel)", path)
@@ -404,6 +419,7 @@ class FakeProvider:
             confirmation_url=f"{base_url}/confirm/{payment_id}",
             capture=data.get("capture", False),
             method_chosen="payment_method_data" in data,
+            notifies=self._losing.random() >= self.lost_notifications,
         )
         self.payments[payment_id] = payment
         return payment
@@ -420,7 +436,7 @@ class FakeProvider:
                 raise _invalid(f"amount.value is more than the {payment.amount} held", "amount.value")
             payment.amount = amount
         payment.status, payment.captured_at, payment.expires_at = "succeeded", _now(), None
-        self._notify_later(_notification("payment.succeeded", payment))
+        self._notify_later("payment.succeeded", payment)
         return payment
 
     def _cancel_by_merchant(self, payment: FakePayment, body: bytes) -> FakePayment:
@@ -428,7 +444,7 @@ class FakeProvider:
         if payment.status not in ("pending", "waiting_for_capture"):
             raise _invalid(f"payment is {payment.status}: only a pending or waiting_for_capture payment can be canceled")
         self._cancel(payment, party="merchant", reason="canceled_by_merchant")
-        self._notify_later(_notification("payment.canceled", payment))
+        self._notify_later("payment.canceled", payment)
         return payment
 
     def _refund(self, shop_id: str, body: bytes) -> FakeRefund:
@@ -453,7 +469,7 @@ class FakeProvider:
                             amount=amount, currency=currency, description=description, metadata=metadata)
         payment.refunded += amount
         self.refunds[refund.id] = refund
-        self._notify_later(_notification("refund.succeeded", refund))
+        self._notify_later("refund.succeeded", refund)
         return refund
 
     async def _confirm(self, send: Send, method: str, payment_id: str, body: bytes) -> None:
@@ -475,23 +491,34 @@ class FakeProvider:
             else:
                 self._cancel(payment, party="yoo_money", reason="expired_on_confirmation")
             # The customer's browser waits for the notification: back on the shop, it is applied.
-            await self._notify(_notification(f"payment.{payment.status}", payment))
+            await self._notify(f"payment.{payment.status}", payment)
         await _respond(send, 303, b"", "text/plain", location=payment.return_url)
 
     # Notifications -----------------------------------------------------------------------------
 
-    def _notify_later(self, notification: dict[str, Any]) -> None:
+    def _sends(self, notification: dict[str, Any], obj: FakePayment | FakeRefund) -> bool:
+        """Whether `notification` about `obj` goes out; one that does not is kept in `lost`."""
+        payment = obj if isinstance(obj, FakePayment) else self.payments.get(obj.payment_id)
+        if self.notify and (payment is None or payment.notifies):
+            self.notifications.append(notification)
+            return True
+        self.lost.append(notification)
+        log.info("notification %s of %s not sent (lost)", notification["event"], obj.id)
+        return False
+
+    def _notify_later(self, event: str, obj: FakePayment | FakeRefund) -> None:
         """Notify without holding up the answer: the API call that caused it may hold a lock the
         webhook handler needs, and the real provider notifies asynchronously too."""
-        self.notifications.append(notification)
-        if self.webhook_url:
+        notification = _notification(event, obj)
+        if self._sends(notification, obj) and self.webhook_url:
             task = asyncio.get_running_loop().create_task(self._send(notification))
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
 
-    async def _notify(self, notification: dict[str, Any]) -> None:
-        self.notifications.append(notification)
-        await self._send(notification)
+    async def _notify(self, event: str, obj: FakePayment | FakeRefund) -> None:
+        notification = _notification(event, obj)
+        if self._sends(notification, obj):
+            await self._send(notification)
 
     async def _send(self, notification: dict[str, Any]) -> None:
         if not self.webhook_url:
@@ -692,6 +719,12 @@ def _seconds_up_to(high: float, low: float = 0.0) -> Callable[[str], float]:
 _seconds = _seconds_up_to(3600)
 
 
+def _share(text: str) -> float:
+    if not re.fullmatch(r"[0-9]+(\.[0-9]+)?", text) or not 0 <= float(text) <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share (allowed: 0..1, e.g. 0.2)")
+    return float(text)
+
+
 def _port(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port (allowed: 1..65535)")
@@ -708,11 +741,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hold-seconds", type=_seconds_up_to(HOLD_SECONDS, 1), default=float(HOLD_SECONDS),
                         help="how long a capture: false payment stays waiting_for_capture (default 7 days)")
     parser.add_argument("--webhook-url", help="where to POST notifications, e.g. http://127.0.0.1:8000/v1/payments/webhook")
+    parser.add_argument("--no-notify", action="store_true", help="send no notification at all")
+    parser.add_argument("--lost-notifications", type=_share, default=0.0,
+                        help="share of payments (0..1) whose notifications are never sent")
+    parser.add_argument("--create-delay", type=_seconds, default=0.0,
+                        help="seconds a payment creation answers after the payment exists")
     parser.add_argument("--credentials", type=_credentials, default={},
                         help="shop_id:secret,... to accept (default: any non-empty secret)")
     args = parser.parse_args(argv)
     app = FakeProvider(credentials=args.credentials, latency=args.latency, fail=args.fail,
-                       hang_seconds=args.hang_seconds, hold_seconds=args.hold_seconds, webhook_url=args.webhook_url)
+                       hang_seconds=args.hang_seconds, hold_seconds=args.hold_seconds, webhook_url=args.webhook_url,
+                       notify=not args.no_notify, lost_notifications=args.lost_notifications,
+                       create_delay=args.create_delay)
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s fake-provider %(levelname)s %(message)s")

@@ -22,6 +22,12 @@ DRAINING_WORKER = "coffee_payment.workers.DrainingUvicornWorker"
 STOCK_WORKER = "uvicorn_worker.UvicornWorker"
 
 
+# Provider timeouts and retries that fit a GUNICORN_TIMEOUT of 2 s (the settings loader refuses
+# provider waits longer than a request may take): for servers under test that time out that fast.
+PROVIDER_WAITS_FOR_2_S = {"PAYMENT_PROVIDER_CONNECT_TIMEOUT": "0.5", "PAYMENT_PROVIDER_READ_TIMEOUT": "1",
+                          "PAYMENT_PROVIDER_RETRIES": "0"}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

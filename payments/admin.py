@@ -16,7 +16,7 @@ from django.utils.translation import gettext as _, gettext_lazy, ngettext
 
 from payments import provider, services
 from payments.errors import IllegalTransition, PaymentsError
-from payments.models import Device, MenuItem, Merchant, Order, OrderStatus, sources_of
+from payments.models import Device, MenuItem, Merchant, Order, OrderStatus, OrphanPayment, sources_of
 
 
 @admin.register(Merchant)
@@ -136,4 +136,24 @@ class OrderAdmin(admin.ModelAdmin):
     ]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(OrphanPayment)
+class OrphanPaymentAdmin(admin.ModelAdmin):
+    """Payments reconciliation found that their order never recorded and could not take: the trace of
+    each return, and the ones the staff must return themselves (status return_failed)."""
+
+    list_display = ("found_at", "provider_payment_id", "order_id", "shop_id", "amount_kopecks", "status", "reason",
+                    "refund_id")
+    list_filter = ("status", "shop_id")
+    search_fields = ("provider_payment_id", "order_id", "refund_id")
+    date_hierarchy = "found_at"
+    # Money records: written by reconciliation only, never changed or deleted by hand.
+    readonly_fields = [field.name for field in OrphanPayment._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: OrphanPayment | None = None) -> bool:
         return False

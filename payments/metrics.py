@@ -30,3 +30,19 @@ PROVIDER_ERRORS = Counter(
     "ConnectError, http_5xx, http_429, ...).",
     ["operation", "kind"],
 )
+# The status poll's and the return page's own re-reads of pending payments (the notification's
+# fallback): applied (the order moved on), unchanged, unanswered (timeout, 5xx, the budget), refused.
+PAYMENT_RECHECKS = Counter(
+    "coffee_payment_rechecks_total",
+    "Re-reads of a pending order's payment by its status poll or return page, by result: applied, unchanged, "
+    "unanswered (no answer within the budget) or refused.",
+    ["result"],
+)
+# Payments whose order never recorded them (the worker died after the provider answered), found by
+# reconciliation's listing: attached to their order, or their money returned (refunded, released)
+# or the return refused (return_failed: the staff's, one error logged).
+ORPHAN_PAYMENTS = Counter(
+    "coffee_orphan_payments_total",
+    "Provider payments their order never recorded, by outcome: attached, refunded, released or return_failed.",
+    ["outcome"],
+)

@@ -253,6 +253,9 @@ class Order(models.Model):
     refunded_kopecks = models.PositiveIntegerField(default=0)
     # When reconciliation last claimed the order (a run skips orders another run claimed recently).
     reconciled_at = models.DateTimeField(null=True, blank=True)
+    # When a status poll or the return page last claimed a re-read of the pending order's payment
+    # from the provider: at most one per ORDER_PROVIDER_RECHECK_SECONDS, whichever worker asks.
+    provider_checked_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -280,3 +283,37 @@ class Order(models.Model):
     def is_expired(self, now: datetime.datetime) -> bool:
         """Past its payment window while still unpaid: it can no longer be paid."""
         return self.status in PAYABLE_STATUSES and now >= self.expires_at
+
+
+class OrphanPaymentStatus(models.TextChoices):
+    RETURN_PENDING = "return_pending", _("Returning the money")
+    RETURNED = "returned", _("Money returned")
+    RETURN_FAILED = "return_failed", _("Return refused: staff must return the money")
+
+
+class OrphanPayment(models.Model):
+    """A provider payment that names an order which never recorded it, and which that order can no
+    longer take (expired, failed, paid by another payment): its money goes back, and this row keeps
+    the trace. Written by reconciliation (payments.orphans); never deleted, never attached."""
+
+    provider_payment_id = models.CharField(max_length=64, unique=True)
+    shop_id = models.CharField(max_length=64)
+    # The payment's metadata.order_id. Not a foreign key: the row outlives the order's retention.
+    order_id = models.CharField(max_length=64)
+    # What goes back: the amount taken or held, less what was refunded before it was found.
+    amount_kopecks = models.PositiveIntegerField()
+    # Why the order cannot take it, e.g. "order is failed" or "order expired at ...".
+    reason = models.CharField(max_length=200)
+    status = models.CharField(max_length=16, choices=OrphanPaymentStatus.choices,
+                              default=OrphanPaymentStatus.RETURN_PENDING)
+    # The payment's status at the provider when last read; the refund that returned it, if one did.
+    provider_status = models.CharField(max_length=32)
+    refund_id = models.CharField(max_length=64, blank=True)
+    found_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("-found_at",)
+
+    def __str__(self) -> str:
+        return f"payment {self.provider_payment_id} of order {self.order_id} ({self.status})"

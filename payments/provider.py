@@ -17,6 +17,7 @@ import json
 import logging
 import re
 import time
+import urllib.parse
 import uuid
 import weakref
 from dataclasses import dataclass
@@ -43,8 +44,9 @@ CURRENCY = "RUB"
 DESCRIPTION_MAX = 128
 # Fixed namespace: the key of an order must be the same in every process and after every restart.
 IDEMPOTENCE_NAMESPACE = uuid.UUID("6f1d7c1e-5b7a-4d3c-9f3e-2b8c1a9e0d41")
-# Seconds before retry n is `RETRY_BACKOFF * n`: short, the customer is waiting.
-RETRY_BACKOFF = 0.2
+# Before retry n the client waits settings.PAYMENT_PROVIDER_RETRY_BACKOFF * n seconds: short, the
+# customer is waiting. An attempt needs at least this many seconds before its deadline to be made.
+ATTEMPT_MIN_SECONDS = 0.1
 # 202: "still processing, repeat with the same key"; 429: rate limited. Both are worth a retry.
 RETRY_STATUSES = frozenset({202, 429})
 
@@ -60,6 +62,9 @@ class ProviderPayment:
     confirmation_url: str | None
     # A held payment (waiting_for_capture) is released by the provider at this time.
     expires_at: datetime.datetime | None = None
+    # Refunded so far (a succeeded payment), and when the provider created the payment.
+    refunded_kopecks: int = 0
+    created_at: datetime.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -190,6 +195,31 @@ def _request_id() -> str | None:
     return import_string(settings.REQUEST_ID_CALLABLE)()
 
 
+def _request_deadline() -> float | None:
+    """When the request being served is answered 504 (settings.REQUEST_DEADLINE_CALLABLE, in
+    time.monotonic()), None outside one."""
+    return import_string(settings.REQUEST_DEADLINE_CALLABLE)()
+
+
+def _ends(deadline: float | None) -> float | None:
+    """When a call must be over: at `deadline`, and PAYMENT_PROVIDER_DEADLINE_MARGIN before the
+    request's deadline (the request still writes its outcome and answers), whichever is first."""
+    request = _request_deadline()
+    if request is not None:
+        request -= settings.PAYMENT_PROVIDER_DEADLINE_MARGIN
+    ends = [moment for moment in (deadline, request) if moment is not None]
+    return min(ends) if ends else None
+
+
+def _attempt_timeout(*, connect: float, read: float, left: float | None) -> aiohttp.ClientTimeout:
+    """connect: waiting for a pooled connection and opening one; sock_read: each wait for the
+    answer; total: the whole attempt, when a deadline leaves only `left` seconds."""
+    if left is None:
+        return aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect, sock_read=read)
+    return aiohttp.ClientTimeout(total=left, connect=min(connect, left), sock_connect=min(connect, left),
+                                 sock_read=min(read, left))
+
+
 async def _request(
     method: str,
     path: str,
@@ -199,10 +229,13 @@ async def _request(
     retries: int,
     body: dict[str, Any] | None = None,
     key: str | None = None,
+    deadline: float | None = None,
 ) -> Answer:
     """One API call with bounded retries; a response below 500 (other than 202/429) is returned.
 
-    `operation` names the call in the metrics (the path has ids in it).
+    `operation` names the call in the metrics (the path has ids in it). The call, retries and
+    back-off included, is over by `_ends(deadline)`: each attempt's timeouts are cut to the time
+    left, and an attempt that would get less than ATTEMPT_MIN_SECONDS is not made.
     """
     headers = {"Authorization": _auth(shop_id)}
     if key:
@@ -212,12 +245,18 @@ async def _request(
         headers["X-Request-ID"] = request_id
     url = f"{settings.PAYMENT_PROVIDER_URL}{path}"
     connect, read = settings.PAYMENT_PROVIDER_CONNECT_TIMEOUT, settings.PAYMENT_PROVIDER_READ_TIMEOUT
-    # connect: waiting for a pooled connection and opening one; sock_read: each wait for the answer.
-    timeout = aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect, sock_read=read)
+    ends = _ends(deadline)
     failure = ""
     for attempt in range(retries + 1):
-        if attempt:
-            await asyncio.sleep(RETRY_BACKOFF * attempt)
+        backoff = settings.PAYMENT_PROVIDER_RETRY_BACKOFF * attempt
+        if ends is not None and ends - time.monotonic() - backoff < ATTEMPT_MIN_SECONDS:
+            log.warning("provider %s %s: no attempt %d/%d, %.2f s left before the deadline", method, path,
+                        attempt + 1, retries + 1, max(ends - time.monotonic(), 0))
+            failure = "; ".join(filter(None, (failure, "no time left before the deadline")))
+            break
+        if backoff:
+            await asyncio.sleep(backoff)
+        timeout = _attempt_timeout(connect=connect, read=read, left=None if ends is None else ends - time.monotonic())
         started = time.perf_counter()
         try:
             async with _client().request(method, url, json=body, headers=headers, timeout=timeout) as response:
@@ -257,12 +296,14 @@ def _kopecks(amount: Any) -> tuple[int, str]:
     return int(value * 100), str(amount["currency"])
 
 
-def _payment(response: Answer) -> ProviderPayment:
+def _payment(response: Answer, data: Any = None) -> ProviderPayment:
+    """The payment of an answer, or `data` (one item of a list answer)."""
     try:
-        data = response.json()
+        data = response.json() if data is None else data
         amount_kopecks, currency = _kopecks(data["amount"])
         metadata = data.get("metadata") or {}
         confirmation = data.get("confirmation") or {}
+        refunded = data.get("refunded_amount")
         payment = ProviderPayment(
             id=str(data["id"]),
             status=str(data["status"]),
@@ -271,6 +312,8 @@ def _payment(response: Answer) -> ProviderPayment:
             order_id=metadata.get("order_id"),
             confirmation_url=confirmation.get("confirmation_url"),
             expires_at=_timestamp(data.get("expires_at")),
+            refunded_kopecks=_kopecks(refunded)[0] if refunded else 0,
+            created_at=_timestamp(data.get("created_at")),
         )
     except _PARSE_ERRORS as exc:
         log.error("provider answered HTTP %d with an unreadable payment: %r", response.status_code, exc)
@@ -336,11 +379,12 @@ async def payment_create(
     return payment
 
 
-async def _payment_write(*, shop_id: str, order_id: str, payment_id: str, operation: str, body: dict[str, Any]) -> ProviderPayment:
+async def _payment_write(*, shop_id: str, order_id: str, payment_id: str, operation: str, body: dict[str, Any],
+                         key: str | None = None) -> ProviderPayment:
     response = await _request(
         "POST", f"/payments/{payment_id}/{operation}", operation=f"payment_{operation}", shop_id=shop_id,
         retries=settings.PAYMENT_PROVIDER_RETRIES,
-        body=body, key=idempotence_key(order_id, operation),
+        body=body, key=key or idempotence_key(order_id, operation),
     )
     if response.status_code != 200:
         raise _rejected(response, f"{operation} of payment {payment_id!r} (order {order_id!r})")
@@ -353,15 +397,18 @@ async def payment_capture(*, shop_id: str, order_id: str, payment_id: str, amoun
     return await _payment_write(shop_id=shop_id, order_id=order_id, payment_id=payment_id, operation="capture", body=body)
 
 
-async def payment_cancel(*, shop_id: str, order_id: str, payment_id: str) -> ProviderPayment:
-    """Release the held amount: waiting_for_capture -> canceled."""
-    return await _payment_write(shop_id=shop_id, order_id=order_id, payment_id=payment_id, operation="cancel", body={})
+async def payment_cancel(*, shop_id: str, order_id: str, payment_id: str, key: str | None = None) -> ProviderPayment:
+    """Release the held amount: waiting_for_capture -> canceled. `key`: another operation's
+    Idempotence-Key than the order's own cancel (an orphan payment's, payment_idempotence_key)."""
+    return await _payment_write(shop_id=shop_id, order_id=order_id, payment_id=payment_id, operation="cancel", body={},
+                                key=key)
 
 
 async def refund_create(
-    *, shop_id: str, order_id: str, payment_id: str, amount_kopecks: int, description: str
+    *, shop_id: str, order_id: str, payment_id: str, amount_kopecks: int, description: str, key: str | None = None
 ) -> ProviderRefund:
-    """Return a succeeded payment's money; the same order gets the same refund on every attempt."""
+    """Return a succeeded payment's money; the same order gets the same refund on every attempt
+    (`key`: another refund's Idempotence-Key, as for payment_cancel)."""
     body = {
         "payment_id": payment_id,
         "amount": {"value": rubles(amount_kopecks), "currency": CURRENCY},
@@ -369,17 +416,19 @@ async def refund_create(
     }
     response = await _request(
         "POST", "/refunds", operation="refund_create", shop_id=shop_id, retries=settings.PAYMENT_PROVIDER_RETRIES,
-        body=body, key=idempotence_key(order_id, "refund"),
+        body=body, key=key or idempotence_key(order_id, "refund"),
     )
     if response.status_code != 200:
         raise _rejected(response, f"refund of payment {payment_id!r} (order {order_id!r})")
     return _refund(response)
 
 
-async def _object_get(*, shop_id: str, kind: str, object_id: str, retries: int | None) -> Answer | None:
+async def _object_get(*, shop_id: str, kind: str, object_id: str, retries: int | None,
+                      deadline: float | None = None) -> Answer | None:
     """GET /<kind>s/<id>: the provider's answer, or None when it does not know the object."""
     retries = settings.PAYMENT_PROVIDER_RETRIES if retries is None else retries
-    response = await _request("GET", f"/{kind}s/{object_id}", operation=f"{kind}_get", shop_id=shop_id, retries=retries)
+    response = await _request("GET", f"/{kind}s/{object_id}", operation=f"{kind}_get", shop_id=shop_id, retries=retries,
+                              deadline=deadline)
     if response.status_code == 404:
         return None
     if response.status_code != 200:
@@ -393,10 +442,52 @@ async def refund_get(*, shop_id: str, refund_id: str, retries: int | None = None
     return None if response is None else _refund(response)
 
 
-async def payment_get(*, shop_id: str, payment_id: str, retries: int | None = None) -> ProviderPayment | None:
-    """The payment as the provider sees it now; None when the provider does not know it."""
-    response = await _object_get(shop_id=shop_id, kind="payment", object_id=payment_id, retries=retries)
+async def payment_get(*, shop_id: str, payment_id: str, retries: int | None = None,
+                      deadline: float | None = None) -> ProviderPayment | None:
+    """The payment as the provider sees it now; None when the provider does not know it. Over by
+    `deadline` (time.monotonic()) if given."""
+    response = await _object_get(shop_id=shop_id, kind="payment", object_id=payment_id, retries=retries,
+                                 deadline=deadline)
     return None if response is None else _payment(response)
+
+
+# A list page holds at most this many payments (API v3's largest `limit`).
+LIST_LIMIT = 100
+
+
+def _api_time(moment: datetime.datetime) -> str:
+    """2026-11-30T05:00:00.000Z: the form the API prints and filters on."""
+    return moment.astimezone(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def payment_list(
+    *, shop_id: str, created_from: datetime.datetime, created_before: datetime.datetime, cursor: str | None = None
+) -> tuple[list[ProviderPayment], str | None]:
+    """One page of the shop's payments created in [created_from, created_before), newest first,
+    and the cursor of the next page (None after the last)."""
+    query = {"created_at.gte": _api_time(created_from), "created_at.lt": _api_time(created_before),
+             "limit": str(LIST_LIMIT), **({"cursor": cursor} if cursor else {})}
+    response = await _request("GET", f"/payments?{urllib.parse.urlencode(query)}", operation="payment_list",
+                              shop_id=shop_id, retries=settings.PAYMENT_PROVIDER_RETRIES)
+    if response.status_code != 200:
+        raise _rejected(response, f"the payments list of shop {shop_id!r}")
+    try:
+        data = response.json()
+        items, next_cursor = list(data["items"]), data.get("next_cursor")
+        if next_cursor is not None and not isinstance(next_cursor, str):
+            raise TypeError(f"next_cursor {next_cursor!r} is not a string")
+    except _PARSE_ERRORS as exc:
+        log.error("provider answered HTTP %d with an unreadable payments list: %r", response.status_code, exc)
+        raise ProviderUnavailable(_UNREADABLE) from None
+    return [_payment(response, item) for item in items], next_cursor or None
+
+
+def payment_idempotence_key(payment_id: str, operation: str) -> str:
+    """The key of an operation on a payment that its order does not take (reconciliation returns
+    it): derived from the payment, since its order's own keys are its own payment's."""
+    if operation not in ("cancel", "refund"):
+        raise ValueError(f"operation {operation!r} is not one of cancel, refund")
+    return str(uuid.uuid5(IDEMPOTENCE_NAMESPACE, f"payment/{payment_id}/{operation}"))
 
 
 # Provider ids (UUIDs at YooKassa) go into the path of the re-read: a forged `../payments` or a lone

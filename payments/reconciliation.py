@@ -3,7 +3,8 @@
 `manage.py reconcile_payments` runs `orders_reconcile`: it deletes unpaid orders past retention, then
 claims the due orders (a compare-and-set of `reconciled_at`; on PostgreSQL skipping rows another run
 has locked) and re-reads, releases, refunds or repeats each one's interrupted provider call under its
-Idempotence-Key. What is due and why: docs/payments.md, "Reconciliation".
+Idempotence-Key; last, the payments their orders never recorded (payments.orphans). What is due and
+why: docs/payments.md, "Reconciliation".
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from payments import provider, services
+from payments import orphans, provider, services
 from payments.errors import IllegalTransition, PaymentsError
 from payments.models import MONEY_PENDING_STATUSES, UNPAID_STATUSES, Order, OrderStatus
 
@@ -106,4 +107,5 @@ async def orders_reconcile(*, now: datetime.datetime | None = None, limit: int =
                 outcome = f"error: {type(error).__name__}"
             log.info("reconciled order %r: %s", order_id, outcome)
             outcomes[outcome.split(":")[0] if outcome.startswith(("unchanged", "ignored", "moved on")) else outcome] += 1
+    outcomes.update(await orphans.orphans_reconcile(now=now))
     return outcomes

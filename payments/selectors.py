@@ -6,6 +6,7 @@ import datetime
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.db.models import F
 from django.utils.translation import gettext as _
 
@@ -22,7 +23,8 @@ MONEY_TAKEN_STATUSES = frozenset({
     S.PAID, S.HELD, S.MAKE_PENDING, S.CAPTURE_PENDING, S.SUCCESSFUL, S.MAKE_FAILED, S.MANUAL_MAKE,
     S.CANCEL_PENDING, S.REFUND_PENDING, S.REFUND_FAILED,
 })
-_STATE_COLUMNS = ("status", "expires_at", "drink_number", "drink_name", "size", "price_kopecks")
+_STATE_COLUMNS = ("status", "expires_at", "drink_number", "drink_name", "size", "price_kopecks",
+                  "provider_checked_at")
 # The polls: compiled to SQL once (payments/compiled_read.py).
 _STATUS_READ = CompiledRead(lambda order_id: Order.objects.only(*_STATE_COLUMNS).filter(pk=order_id))
 _MACHINE_READ = CompiledRead(lambda order_id, key_id: Order.objects.only("device", *_STATE_COLUMNS).annotate(
@@ -40,6 +42,7 @@ class OrderState:
     drink_name: str
     size: int
     price_kopecks: int
+    provider_checked_at: datetime.datetime | None = None
 
     def as_json(self, *, now: datetime.datetime) -> dict[str, Any]:
         return {
@@ -65,6 +68,14 @@ class OrderState:
             # Paid or held and not yet started: the one state in which the machine may pour.
             "can_make": self.status in MAKEABLE_STATUSES,
         }
+
+
+def payment_recheck_due(*, status: str, checked_at: datetime.datetime | None, now: datetime.datetime) -> bool:
+    """Whether an order in `status`, its payment last re-read at `checked_at`, is one whose poll
+    should re-read the payment from the provider (services.order_payment_recheck): pending ones only."""
+    return status == S.PENDING and (
+        checked_at is None or now - checked_at >= datetime.timedelta(seconds=settings.ORDER_PROVIDER_RECHECK_SECONDS)
+    )
 
 
 def _state_of(order: Order) -> OrderState:

@@ -4,15 +4,17 @@ Status changes are compare-and-set updates (`UPDATE ... WHERE status IN (legal s
 illegal transition changes no row and raises IllegalTransition, and two concurrent writers cannot
 both win. The writes are sync functions (Django has no async transactions); async callers run
 them with `sync_to_async`, which gives them the request's own thread and database connection.
-Flows that call the provider are async (`order_payment_start`, `order_money_settle`,
-`aorder_mark_successful`, `aorder_mark_make_failed`) and never hold a transaction across a call:
-they record the intent, call, then record the answer (docs/payments.md, Money flows).
+Flows that call the provider are async (`order_payment_start`, `order_payment_recheck`,
+`order_money_settle`, `aorder_mark_successful`, `aorder_mark_make_failed`) and never hold a
+transaction across a call: they record the intent, call, then record the answer (docs/payments.md,
+Money flows).
 """
 
 from __future__ import annotations
 
 import datetime
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,6 +39,7 @@ from payments.errors import (
     PaymentsError,
     PriceMismatch,
     ProviderRejected,
+    ProviderUnavailable,
 )
 from payments.models import (
     MONEY_PENDING_STATUSES,
@@ -48,11 +51,13 @@ from payments.models import (
     Merchant,
     Order,
     OrderStatus,
+    OrphanPayment,
+    OrphanPaymentStatus,
     Size,
     sources_of,
 )
 from payments.forms import MenuEntry
-from payments.metrics import PAYMENTS, REFUNDS
+from payments.metrics import ORPHAN_PAYMENTS, PAYMENT_RECHECKS, PAYMENTS, REFUNDS
 from payments.provider import Notification, ProviderPayment, ProviderRefund
 
 log = logging.getLogger(__name__)
@@ -316,6 +321,9 @@ def order_apply_payment(*, order_id: str, payment: ProviderPayment, now: datetim
         if payment.order_id != order.id or order.provider_payment_id not in (None, payment.id):
             log.warning("payment %s (metadata order %r) does not belong to order %r", payment.id, payment.order_id, order.id)
             return "ignored: payment belongs to another order"
+        if order.provider_payment_id is None and _orphan_returned(payment.id):
+            log.warning("payment %s of order %r is being returned as one its order could not take", payment.id, order.id)
+            return "ignored: payment is being returned"
         taken = payment.status in ("succeeded", "waiting_for_capture")
         if taken and (payment.amount_kopecks, payment.currency) != (order.price_kopecks, provider.CURRENCY):
             log.error("payment %s for order %r is %d %s, the order costs %d", payment.id, order.id,
@@ -526,3 +534,134 @@ async def _refund_notification_apply(*, notification: Notification, refund_id: s
         log.warning("notification for refund %s that the provider does not know", refund_id)
         return "ignored: the provider does not know this refund"
     return await sync_to_async(order_apply_refund)(order_id=order.id, refund=refund)
+
+
+def order_provider_check_claim(*, order_id: str, now: datetime.datetime | None = None) -> tuple[str, str] | None:
+    """(shop id, payment id) of a pending order whose payment this caller may re-read from the
+    provider now, or None: no other caller, in any worker or pod, claimed a re-read within
+    ORDER_PROVIDER_RECHECK_SECONDS. One compare-and-set UPDATE decides; `updated_at` stays as it
+    was (reconciliation's "unchanged for" clock)."""
+    now = now or timezone.now()
+    last = now - datetime.timedelta(seconds=settings.ORDER_PROVIDER_RECHECK_SECONDS)
+    claimed = Order.objects.filter(
+        Q(provider_checked_at__isnull=True) | Q(provider_checked_at__lte=last),
+        pk=order_id, status=S.PENDING, provider_payment_id__isnull=False,
+    ).update(provider_checked_at=now)
+    if not claimed:
+        return None
+    return Order.objects.filter(pk=order_id).values_list("merchant__shop_id", "provider_payment_id").first()
+
+
+async def order_payment_recheck(*, order_id: str, now: datetime.datetime | None = None) -> bool:
+    """The status poll's and the return page's own re-read of a pending order's payment, applied
+    as a notification's is (order_apply_payment); whether it changed the order.
+
+    At most one per order per ORDER_PROVIDER_RECHECK_SECONDS (order_provider_check_claim); one
+    attempt, cut at ORDER_STATUS_PROVIDER_BUDGET_SECONDS: the caller then answers what it has, and
+    a later poll asks again. Nothing the provider does makes the caller fail.
+    """
+    claim = await sync_to_async(order_provider_check_claim)(order_id=order_id, now=now)
+    if claim is None:
+        return False
+    shop_id, payment_id = claim
+    deadline = time.monotonic() + settings.ORDER_STATUS_PROVIDER_BUDGET_SECONDS
+    try:
+        payment = await provider.payment_get(shop_id=shop_id, payment_id=payment_id, retries=0, deadline=deadline)
+        if payment is None:
+            log.warning("order %r: the provider does not know its payment %s", order_id, payment_id)
+            PAYMENT_RECHECKS.labels("refused").inc()
+            return False
+        outcome = await sync_to_async(order_apply_payment)(order_id=order_id, payment=payment)
+    except ProviderUnavailable as unanswered:
+        log.info("order %r: re-reading payment %s got no answer: %s", order_id, payment_id, unanswered.detail)
+        PAYMENT_RECHECKS.labels("unanswered").inc()
+        return False
+    except PaymentsError as error:
+        log.warning("order %r: re-reading payment %s failed: %s", order_id, payment_id, error.message)
+        PAYMENT_RECHECKS.labels("refused").inc()
+        return False
+    changed = not outcome.startswith(("unchanged", "ignored"))
+    PAYMENT_RECHECKS.labels("applied" if changed else "unchanged").inc()
+    return changed
+
+
+# Orphan payments: the provider's payments whose order never recorded them ------------------------
+
+
+def _orphan_returned(payment_id: str) -> bool:
+    """Whether reconciliation decided to return this payment (its order can never take it then)."""
+    return OrphanPayment.objects.filter(provider_payment_id=payment_id).exists()
+
+
+def _orphan_refusal(order: Order, payment: ProviderPayment, *, now: datetime.datetime) -> str | None:
+    """Why `order` cannot take `payment`, one of its payments that it never recorded; None if it can."""
+    if order.provider_payment_id is not None:
+        return f"order {order.id!r} has its own payment {order.provider_payment_id}"
+    if order.status != S.CREATED:
+        return f"order {order.id!r} is {order.status}"
+    if now >= order.expires_at:
+        return f"order {order.id!r} expired at {order.expires_at.isoformat(timespec='seconds')}"
+    if (payment.amount_kopecks, payment.currency) != (order.price_kopecks, provider.CURRENCY):
+        return f"order {order.id!r} costs {order.price_kopecks} kopecks"
+    return None
+
+
+def orphan_payment_take(*, shop_id: str, payment: ProviderPayment, now: datetime.datetime | None = None
+                        ) -> str | OrphanPayment:
+    """A payment of the shop whose order (metadata.order_id) never recorded it: attached and applied
+    when the order can still take it (what happened, as order_apply_payment says it, after
+    "attached: "), else recorded as an OrphanPayment to return (the row), in one transaction with
+    the order's row locked, so that a notification applies it to the order or nothing does.
+
+    A payment still pending (nothing taken yet) that the order cannot take is left for a later run.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        order = Order.objects.select_for_update(of=("self",)).select_related("merchant").filter(
+            pk=payment.order_id).first()
+        if order is None or order.provider_payment_id == payment.id:
+            return "known" if order else "ignored: no such order"
+        if order.merchant.shop_id != shop_id:
+            log.warning("payment %s of shop %r names order %r of shop %r: ignored", payment.id, shop_id, order.id,
+                        order.merchant.shop_id)
+            return "ignored: the order is another shop's"
+        recorded = OrphanPayment.objects.filter(provider_payment_id=payment.id).first()
+        if recorded is not None:
+            return recorded
+        reason = _orphan_refusal(order, payment, now=now)
+        if reason is None:
+            log.warning("payment %s of order %r never reached the order: attaching it", payment.id, order.id)
+            order_apply_payment(order_id=order.id, payment=payment, now=now)
+            _outcome_count(ORPHAN_PAYMENTS, "attached")
+            return f"attached: {Order.objects.values_list('status', flat=True).get(pk=order.id)}"
+        left = payment.amount_kopecks - payment.refunded_kopecks
+        if payment.status not in ("succeeded", "waiting_for_capture") or left <= 0:
+            return f"left: payment is {payment.status}, {reason}"
+        log.error("payment %s (%d kopecks, %s) names %s: its money goes back", payment.id, left, payment.status,
+                  reason)
+        return OrphanPayment.objects.create(
+            provider_payment_id=payment.id, shop_id=shop_id, order_id=order.id, amount_kopecks=left, reason=reason,
+            provider_status=payment.status,
+        )
+
+
+def orphan_payment_returned(*, payment_id: str, provider_status: str, refund_id: str = "") -> str:
+    """return_pending -> returned: refunded (refund_id) or its hold released."""
+    OrphanPayment.objects.filter(provider_payment_id=payment_id, status=OrphanPaymentStatus.RETURN_PENDING).update(
+        status=OrphanPaymentStatus.RETURNED, provider_status=provider_status, refund_id=refund_id,
+        updated_at=timezone.now())
+    outcome = "refunded" if refund_id else "released"
+    log.warning("orphan payment %s: %s", payment_id, f"refunded by refund {refund_id}" if refund_id else "released")
+    _outcome_count(ORPHAN_PAYMENTS, outcome)
+    return f"orphan {outcome}"
+
+
+def orphan_payment_return_refused(*, payment_id: str, provider_status: str, why: str, refund_id: str = "") -> str:
+    """return_pending -> return_failed: the provider refused to give the money back; the staff must."""
+    log.error("orphan payment %s: the provider refused to return its money (%s): the staff must return it",
+              payment_id, why)
+    OrphanPayment.objects.filter(provider_payment_id=payment_id, status=OrphanPaymentStatus.RETURN_PENDING).update(
+        status=OrphanPaymentStatus.RETURN_FAILED, provider_status=provider_status, refund_id=refund_id,
+        updated_at=timezone.now())
+    _outcome_count(ORPHAN_PAYMENTS, "return_failed")
+    return "orphan return_failed"

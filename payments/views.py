@@ -19,9 +19,12 @@ from payments.models import PAYABLE_STATUSES, Order, OrderStatus
 from payments.readiness import database_check, migrations_check
 
 S = OrderStatus
-# The status page's next step once an order leads nowhere: each paragraph of
-# payments/next_step.html and the statuses it is shown for ("expired": unpaid past its window).
+# The status page's next step: each paragraph of payments/next_step.html and the statuses it is
+# shown for ("expired": unpaid past its window). While the payment is being confirmed, and once
+# the money is taken, it says what happens; once an order leads nowhere, what the customer can do.
 NEXT_STEPS: dict[str, tuple[str, ...]] = {
+    "confirming": (S.PENDING,),
+    "making": (S.PAID, S.HELD, S.MAKE_PENDING),
     "not_charged": ("expired", S.NOT_PAID),
     "money_back": (S.CANCEL_PENDING, S.RELEASED, S.REFUND_PENDING, S.REFUNDED),
     "again": ("expired", S.NOT_PAID, S.FAILED, S.MAKE_FAILED, S.CANCEL_PENDING, S.RELEASED, S.REFUND_PENDING,
@@ -53,18 +56,24 @@ def _error_page(request: HttpRequest, error: PaymentsError, *, order_id: str | N
     return render(request, "payments/error.html", context, status=error.status)
 
 
-def _order_page(request: HttpRequest, template: str, order: Order) -> HttpResponse:
+# The status page's Pay button: not for a payment already with the provider (the order page, a
+# new scan, still leads back to it).
+STATUS_PAGE_PAYABLE = frozenset({S.CREATED})
+
+
+def _order_page(request: HttpRequest, template: str, order: Order, *,
+                payable_statuses: frozenset[str] = PAYABLE_STATUSES) -> HttpResponse:
     # As the status poll says it (selectors.OrderState.as_json), so that its answers agree with the page.
     expired = order.status == S.CREATED and timezone.now() >= order.expires_at
     context = {
         "order": order,
         "device": order.device,
-        "payable": order.status in PAYABLE_STATUSES and not expired,
+        "payable": order.status in payable_statuses and not expired,
         "expired": expired,
         "expired_label": _("Expired: please order again on the machine"),
         "shown_status": "expired" if expired else order.status,
         "next_steps": {name: [str(status) for status in statuses] for name, statuses in NEXT_STEPS.items()},
-        "payable_statuses": [str(status) for status in PAYABLE_STATUSES],
+        "payable_statuses": sorted(str(status) for status in payable_statuses),
         "status_url": reverse("order-status", args=[order.pk]),
     }
     return render(request, template, context)
@@ -123,21 +132,32 @@ async def payment_webhook(request: HttpRequest) -> JsonResponse:
 
 @require_GET
 async def order_status(request: HttpRequest, order_id: str) -> JsonResponse:
-    """GET /v1/order-status/<id>: the hot path, polled by every open status page."""
+    """GET /v1/order-status/<id>: the hot path, polled by every open status page. A pending order's
+    poll may re-read its payment from the provider first (services.order_payment_recheck)."""
     state = await selectors.order_get_status(order_id=order_id)
+    now = timezone.now()
+    if state is not None and selectors.payment_recheck_due(status=state.status, checked_at=state.provider_checked_at,
+                                                           now=now):
+        if await services.order_payment_recheck(order_id=order_id, now=now):
+            state = await selectors.order_get_status(order_id=order_id)
     if state is None:
         response = JsonResponse({"error": f"no order {order_id[:64]!r}"}, status=404)
     else:
-        response = JsonResponse(state.as_json(now=timezone.now()))
+        response = JsonResponse(state.as_json(now=now))
     response["Cache-Control"] = "no-store"
     return response
 
 
 @require_GET
 async def order_page(request: HttpRequest, order_id: str) -> HttpResponse:
-    """GET /v1/orders/<id>: the status page; its script polls order_status."""
+    """GET /v1/orders/<id>: the status page, where the provider sends the customer back (so a
+    pending order re-reads its payment first, as its poll does); its script polls order_status."""
     try:
         order = await selectors.order_get(order_id=order_id)
+        now = timezone.now()
+        if selectors.payment_recheck_due(status=order.status, checked_at=order.provider_checked_at, now=now):
+            if await services.order_payment_recheck(order_id=order_id, now=now):
+                order = await selectors.order_get(order_id=order_id)
     except PaymentsError as error:
         return _error_page(request, error)
-    return _order_page(request, "payments/status.html", order)
+    return _order_page(request, "payments/status.html", order, payable_statuses=STATUS_PAGE_PAYABLE)

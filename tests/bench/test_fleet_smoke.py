@@ -28,7 +28,7 @@ def test_fleet_report_structure(tmp_path, migrated_server_database):
     figures = fleet.main(["--servers", "stack", "--database-url", migrated_server_database, "--workers", "1",
                           "--seconds", "1",
                           "--poll-levels", "20", "--payment-levels", "3", "--background-machines", "4",
-                          "--no-half", "--no-plot", "--out", str(tmp_path)])
+                          "--lost-notifications", "0.5", "--no-half", "--no-plot", "--out", str(tmp_path)])
 
     stack = figures["servers"]["stack"]
     # One load each, tried a second time if it missed its target (a busy machine).
@@ -37,8 +37,12 @@ def test_fleet_report_structure(tmp_path, migrated_server_database):
     polls, payments = stack["polls"][0], stack["payments"][0]
     # Every request of the tiny load was answered: each route works with the seeded fleet.
     assert set(polls["kinds"]) == {"machine-poll", "status-poll"}
-    # (A customer's status polls come 2 s after paying: past this 1 s run.)
-    assert set(payments["kinds"]) >= {"machine-poll", "scan", "payment"}
+    assert set(payments["kinds"]) >= {"machine-poll", "scan", "payment", "status-page"}
+    # Every customer confirmed at the provider and saw paid, the notification lost or not.
+    confirmation = payments["confirmation"]
+    assert confirmation["confirmed"] == payments["kinds"]["payment"]["ok"] > 0, confirmation
+    assert (confirmation["unconfirmed"], confirmation["failed"]) == (0, 0), confirmation
+    assert 0 < confirmation["p50_ms"] <= confirmation["p99_ms"] <= 5000, confirmation
     for step in stack["polls"] + stack["payments"]:
         for kind, row in step["kinds"].items():
             assert row["planned"] > 0 and row["failed"] == 0, (kind, row)
@@ -62,3 +66,5 @@ def test_fleet_report_structure(tmp_path, migrated_server_database):
         assert "a server using none would get at most" in payment_target["detail"]
     report = (tmp_path / "fleet.md").read_text()
     assert "| stack | polls | 20/s | machine-poll |" in report and "## Targets" in report
+    assert "| stack | payments | 3/s | confirm -> paid |" in report
+    assert {row["target"].split(" ")[0] for row in written["targets"]} >= {"confirm"}

@@ -23,6 +23,9 @@ FIVE = {
 }
 RULES: dict[str, IntSetting] = {s.variable: s for s in SERVER_INT_SETTINGS}
 TESTING = {"DJANGO_ENV": "testing"}
+# Provider waits that fit in the shortest GUNICORN_TIMEOUT (1 s, less the request's 0.5 s margin).
+QUICK_PROVIDER = {"PAYMENT_PROVIDER_CONNECT_TIMEOUT": "0.1", "PAYMENT_PROVIDER_READ_TIMEOUT": "0.1",
+                  "PAYMENT_PROVIDER_RETRIES": "0", "ORDER_STATUS_PROVIDER_BUDGET_SECONDS": "0.1"}
 
 # Every shape of not-a-plain-decimal-whole-number that TOML parsing or int() would let through.
 MALFORMED = st.sampled_from(
@@ -56,7 +59,7 @@ def test_r2_env_combinations_give_defaults_exact_ints_or_a_named_refusal(
     combination: dict[str, tuple[str, str | None]],
 ) -> None:
     """R2.1-R2.11: unset/empty -> defaults 4/8000/30/0/0; valid -> that int; invalid -> refusal naming it."""
-    environ = dict(TESTING)
+    environ = {**TESTING, **QUICK_PROVIDER}
     environ.update({variable: raw for variable, (_, raw) in combination.items() if raw is not None})
     invalid = [variable for variable, (kind, _) in combination.items() if kind == "invalid"]
 
@@ -143,13 +146,16 @@ max_body_bytes = 1048576
 [default.provider]
 url = "https://provider.example/v3"
 connect_timeout = 3.0
-read_timeout = 10.0
+read_timeout = 3.0
 retries = 2
 [default.orders]
 expiry_minutes = 15
 reconcile_after_minutes = 10
 hold_max_minutes = 60
 retention_days = 30
+provider_recheck_seconds = 2.0
+status_provider_budget_seconds = 1.0
+reconcile_list_hours = 24
 [default.security]
 ssl_redirect = false
 hsts_seconds = 0
@@ -303,6 +309,9 @@ PAYMENT_NUMBERS = {
     "ORDER_RECONCILE_AFTER_MINUTES": "(allowed: 1..1440)",
     "ORDER_HOLD_MAX_MINUTES": "(allowed: 1..8640)",
     "ORDER_RETENTION_DAYS": "(allowed: 1..3650)",
+    "ORDER_PROVIDER_RECHECK_SECONDS": "(allowed: 1..300 seconds)",
+    "ORDER_STATUS_PROVIDER_BUDGET_SECONDS": "(allowed: 0.1..10 seconds)",
+    "ORDER_RECONCILE_LIST_HOURS": "(allowed: 1..720)",
 }
 
 
@@ -321,12 +330,12 @@ def test_a_pool_wait_the_request_timeout_cannot_cover_is_refused(raw: str, messa
 def test_the_pool_wait_follows_a_short_request_timeout_unless_set() -> None:
     assert load_settings(environ=TESTING).database_wait_timeout == 3.0
     for timeout, wait_timeout in (("1", 0.5), ("4", 2.0), ("6", 3.0), ("3600", 3.0)):
-        loaded = load_settings(environ={**PRODUCTION_OK, "GUNICORN_TIMEOUT": timeout})
+        loaded = load_settings(environ={**PRODUCTION_OK, **QUICK_PROVIDER, "GUNICORN_TIMEOUT": timeout})
         assert (loaded.database_wait_timeout, loaded.database["OPTIONS"]["pool"]["timeout"]) == (wait_timeout,) * 2
-    assert load_settings(environ={**TESTING, "GUNICORN_TIMEOUT": "3", "DATABASE_WAIT_TIMEOUT": "2.5"}
+    assert load_settings(environ={**TESTING, **QUICK_PROVIDER, "GUNICORN_TIMEOUT": "3", "DATABASE_WAIT_TIMEOUT": "2.5"}
                          ).database_wait_timeout == 2.5
     with pytest.raises(ConfigError) as refused:
-        load_settings(environ={**TESTING, "GUNICORN_TIMEOUT": "3", "DATABASE_WAIT_TIMEOUT": "3"})
+        load_settings(environ={**TESTING, **QUICK_PROVIDER, "GUNICORN_TIMEOUT": "3", "DATABASE_WAIT_TIMEOUT": "3"})
     assert str(refused.value) == ("DATABASE_WAIT_TIMEOUT='3' is not below GUNICORN_TIMEOUT='3' "
                                   "(a request waiting for the database must get its 503 page first)")
 
@@ -407,6 +416,9 @@ def test_payment_numbers_are_exact_or_refused_naming_the_variable(variable: str,
     try:
         loaded = load_settings(environ={**TESTING, variable: raw})
     except ConfigError as refused:
+        if "does not fit in GUNICORN_TIMEOUT=30" in str(refused):  # in range, but too long a wait
+            assert f"{variable}={float(raw) if 'TIMEOUT' in variable else int(raw):g}" in str(refused)
+            return
         assert str(refused).startswith(f"{variable}={raw!r} is ")
         assert str(refused).endswith(PAYMENT_NUMBERS[variable])
         return
@@ -419,8 +431,30 @@ def test_payment_numbers_are_exact_or_refused_naming_the_variable(variable: str,
         "ORDER_RECONCILE_AFTER_MINUTES": loaded.order_reconcile_after_minutes,
         "ORDER_HOLD_MAX_MINUTES": loaded.order_hold_max_minutes,
         "ORDER_RETENTION_DAYS": loaded.order_retention_days,
+        "ORDER_PROVIDER_RECHECK_SECONDS": loaded.order_provider_recheck_seconds,
+        "ORDER_STATUS_PROVIDER_BUDGET_SECONDS": loaded.order_status_provider_budget_seconds,
+        "ORDER_RECONCILE_LIST_HOURS": loaded.order_reconcile_list_hours,
     }
-    assert values[variable] == (float(raw) if "TIMEOUT" in variable else int(raw))
+    assert values[variable] == (float(raw) if "SECONDS" in variable or "TIMEOUT" in variable else int(raw))
+
+
+def test_provider_waits_that_cannot_fit_in_the_request_deadline_are_refused_in_one_line() -> None:
+    """Every attempt with its timeouts, and the back-off before each retry, must end half a second
+    before GUNICORN_TIMEOUT: else the customer would get the 504 instead of the 503 page."""
+    old = {"PAYMENT_PROVIDER_CONNECT_TIMEOUT": "3", "PAYMENT_PROVIDER_READ_TIMEOUT": "10", "PAYMENT_PROVIDER_RETRIES": "2"}
+    with pytest.raises(ConfigError) as refused:
+        load_settings(environ={**PRODUCTION_OK, **old})
+    assert str(refused.value) == (
+        "PAYMENT_PROVIDER_CONNECT_TIMEOUT=3, PAYMENT_PROVIDER_READ_TIMEOUT=10 and PAYMENT_PROVIDER_RETRIES=2 let a "
+        "provider call wait 39.6 s, which does not fit in GUNICORN_TIMEOUT=30 (allowed: (1 + retries) x (connect + "
+        "read timeout) + 0.2 s x n before retry n, at most GUNICORN_TIMEOUT - 0.5 s = 29.5 s)")
+    # The same waits fit a longer request deadline; the defaults fit the default one: about 10 s.
+    assert load_settings(environ={**PRODUCTION_OK, **old, "GUNICORN_TIMEOUT": "41"}).provider.retries == 2
+    defaults = load_settings(environ=PRODUCTION_OK).provider
+    assert (defaults.connect_timeout, defaults.read_timeout, defaults.retries) == (3, 3, 2)
+    with pytest.raises(ConfigError, match=r"^ORDER_STATUS_PROVIDER_BUDGET_SECONDS=5 does not fit in GUNICORN_TIMEOUT=5 "):
+        load_settings(environ={**TESTING, **QUICK_PROVIDER, "GUNICORN_TIMEOUT": "5",
+                               "ORDER_STATUS_PROVIDER_BUDGET_SECONDS": "5"})
 
 
 def test_postgres_gets_a_bounded_pool_and_connect_timeout() -> None:

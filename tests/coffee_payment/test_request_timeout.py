@@ -13,7 +13,9 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import path
 
 from coffee_payment.asgi_handler import LeanASGIHandler
-from coffee_payment.request_timeout import DISCONNECT_GRACE, RequestTimeoutError, RequestTimeoutMiddleware
+from coffee_payment.request_timeout import (
+    DISCONNECT_GRACE, RequestTimeoutError, RequestTimeoutMiddleware, request_deadline,
+)
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -52,6 +54,22 @@ class Client:
 async def sleeping_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await receive()
     await asyncio.sleep(3600)
+
+
+async def test_the_request_and_what_it_starts_know_its_deadline() -> None:
+    seen: list[float | None] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(request_deadline())
+        seen.append(await asyncio.ensure_future(asyncio.sleep(0, request_deadline())))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    started = time.monotonic()
+    await RequestTimeoutMiddleware(app, timeout=LIMIT)(HTTP_SCOPE, Client().receive, Client().send)
+    assert seen[0] == seen[1] and seen[0] is not None
+    assert started + LIMIT <= seen[0] <= time.monotonic() + LIMIT
+    assert request_deadline() is None  # outside the request
 
 
 async def test_fast_request_passes_untouched() -> None:

@@ -47,12 +47,13 @@ def test_r2_6_print_config_shows_defaults_with_no_gunicorn_variables(tmp_path: P
 
 def test_r2_variables_reach_gunicorn(tmp_path: Path) -> None:
     """R1.5, R2.1-R2.5: each variable lands in Gunicorn's resolved configuration."""
+    # A timeout with room for the default provider waits (18.6 s, else the loader refuses it).
     env = production_environ(tmp_path) | {
-        "GUNICORN_WORKERS": "3", "GUNICORN_PORT": "9123", "GUNICORN_TIMEOUT": "12",
+        "GUNICORN_WORKERS": "3", "GUNICORN_PORT": "9123", "GUNICORN_TIMEOUT": "20",
         "GUNICORN_MAX_REQUESTS": "500", "GUNICORN_MAX_REQUESTS_JITTER": "50",
     }
     config = print_config(env)
-    assert (config["workers"], config["bind"], config["timeout"]) == ("3", "['0.0.0.0:9123']", "12")
+    assert (config["workers"], config["bind"], config["timeout"]) == ("3", "['0.0.0.0:9123']", "20")
     assert (config["max_requests"], config["max_requests_jitter"]) == ("500", "50")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -62,6 +63,38 @@ async def test_confirmation_page_settles_and_notifies(client: tuple[FakeProvider
     assert (await http.get(f"/v3/payments/{payment['id']}")).json()["status"] == "succeeded"
 
 
+async def test_notifications_can_be_switched_off_or_lost_for_a_share_of_payments(
+    client: tuple[FakeProvider, httpx.AsyncClient],
+) -> None:
+    app, http = client
+
+    async def pay(key: str) -> None:
+        payment = (await create(http, key=key)).json()
+        path = payment["confirmation"]["confirmation_url"].removeprefix("http://fake.test")
+        assert (await http.post(path, data={"action": "succeed"})).status_code == 303
+
+    app.notify = False
+    await pay("k-off")
+    assert (app.notifications, [n["event"] for n in app.lost]) == ([], ["payment.succeeded"])
+    app.notify, app.lost_notifications = True, 0.5
+    for number in range(40):
+        await pay(f"k-{number}")
+    lost = {n["object"]["id"] for n in app.lost} - {app.lost[0]["object"]["id"]}
+    sent = {n["object"]["id"] for n in app.notifications}
+    assert len(lost) + len(sent) == 40 and not lost & sent
+    assert 10 <= len(lost) <= 30  # each payment loses its notifications with a chance of one half
+    assert lost == {p.id for p in app.payments.values() if not p.notifies} - {app.lost[0]["object"]["id"]}
+
+
+async def test_a_creation_answered_late_exists_before_its_answer(client: tuple[FakeProvider, httpx.AsyncClient]) -> None:
+    app, http = client
+    app.create_delay = 0.5
+    answer = asyncio.ensure_future(create(http))
+    await asyncio.sleep(0.25)
+    assert not answer.done() and len(app.payments) == 1
+    assert (await answer).json()["id"] == next(iter(app.payments))
+
+
 async def test_failure_modes(client: tuple[FakeProvider, httpx.AsyncClient]) -> None:
     app, http = client
     app.fail = "error"
@@ -71,7 +104,8 @@ async def test_failure_modes(client: tuple[FakeProvider, httpx.AsyncClient]) -> 
 
 
 @pytest.mark.parametrize("argv", [["--port", "0"], ["--latency", "1e3"], ["--fail", "sometimes"], ["--credentials", "shop"],
-                                  ["--hold-seconds", "0"], ["--hold-seconds", "604801"]])
+                                  ["--hold-seconds", "0"], ["--hold-seconds", "604801"],
+                                  ["--lost-notifications", "1.5"], ["--create-delay", "-1"]])
 def test_bad_command_line_is_refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         main(argv)

@@ -276,6 +276,16 @@ def test_lists_filter_and_paginate(sent: list[Any]) -> None:
     assert made[2].id not in {p.id for p in Payment.list({"created_at.gt": since, "created_at.lt": "2100-01-01T00:00:00.000Z"}).items}
     assert {p.id for p in Payment.list({"captured_at.gte": paid[0].created_at, "payment_method": "bank_card"}).items} == {p.id for p in paid}
 
+    # What reconciliation sends (payments.provider.payment_list): a created_at window, the largest
+    # page and the cursor, all at once; every page parses.
+    window = {"created_at.gte": made[1].created_at, "created_at.lt": made[4].created_at, "limit": 2}
+    first = Payment.list(window)
+    same_as_sent(first, sent)
+    rest = Payment.list({**window, "cursor": first.next_cursor})
+    same_as_sent(rest, sent)
+    assert [p.id for p in first.items + rest.items] == [made[3].id, made[2].id, made[1].id]
+    assert rest.next_cursor is None
+
     listed = Refund.list({"payment_id": paid[0].id})
     same_as_sent(listed, sent)
     assert [r.id for r in listed.items] == [refunds[0].id]

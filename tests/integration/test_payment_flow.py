@@ -7,17 +7,25 @@ notifies the webhook -> the status page's poll says paid.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
+import threading
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
+from coffee_payment.conf import load_settings
+from coffee_payment.conf_values import PROVIDER_RETRY_BACKOFF, provider_wait_longest
 from devtools import postgres
-from devtools.processes import BIN, Server, base_environ, fake_provider, gunicorn, run
+from devtools.processes import BIN, REPO, Server, base_environ, fake_provider, gunicorn, run
+from payments import orphans
 from tests.support.fake_provider import fake_provider_thread
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -199,3 +207,177 @@ def test_twenty_simultaneous_webhook_confirmations_on_sqlite_are_all_applied(tmp
         for order_id in order_ids:
             assert browser.get(f"/v1/order-status/{order_id}").json()["status"] == "paid"
         assert "database is locked" not in server.logs()
+
+
+# Without the provider's notification; a provider that hangs or fails ------------------------------
+
+# How late past a bound that the settings give an answer may come on a loaded machine.
+LATE = 1.0
+
+
+def scan_url(server: Server, order_id: str) -> str:
+    return f"{server.url}/v1/pay?deviceUuid=demo-machine-lobby&orderId={order_id}&drinkNo=2&size=2"
+
+
+def page_poll_intervals(status_page: str) -> tuple[float, float]:
+    """(first, then every) seconds between the status page's polls, read from its script."""
+    first, every = re.search(r"setTimeout\(poll, (\d+)\);\s*\}\)\(\);", status_page), re.search(
+        r"if \(polls < \d+\) setTimeout\(poll, (\d+)\)", status_page)
+    assert first and every, status_page
+    return int(first.group(1)) / 1000, int(every.group(1)) / 1000
+
+
+def test_with_notifications_off_the_status_page_shows_paid_within_seconds(
+    tmp_path: Path, seeded: tuple[str, list[str], str]
+) -> None:
+    """The provider never notifies: the return page and the status polls re-read the payment.
+    The worst case: a poll claimed the order's read just before the customer confirmed; the next
+    read is allowed ORDER_PROVIDER_RECHECK_SECONDS later, a poll comes within one interval of the
+    page's script, and it waits ORDER_STATUS_PROVIDER_BUDGET_SECONDS at most for the provider."""
+    database_url, _, _ = seeded
+    env = server_environ(tmp_path, database_url, "http://placeholder", GUNICORN_WORKERS="2")
+    settings = load_settings(environ=env)
+    recheck, budget = settings.order_provider_recheck_seconds, settings.order_status_provider_budget_seconds
+    order_id = "confirm-without-notification"
+    with fake_provider(tmp_path, "--credentials", SECRETS, "--no-notify") as provider, gunicorn(
+        tmp_path, env={**env, "PAYMENT_PROVIDER_URL": f"{provider.url}/v3"}
+    ) as server, httpx.Client(timeout=10) as browser:
+        page = browser.get(scan_url(server, order_id))
+        pay = browser.post(f"{server.url}/v1/orders/{order_id}/payment", **csrf(page))  # type: ignore[arg-type]
+        assert pay.status_code == 303, pay.text
+
+        def poll() -> str:
+            return str(browser.get(f"{server.url}/v1/order-status/{order_id}").json()["status"])
+
+        assert poll() == "pending"  # this poll claimed a provider read: the next waits `recheck`
+        confirmed = time.monotonic()
+        back = browser.post(pay.headers["location"], data={"action": "succeed"})
+        status_page = browser.get(back.headers["location"])  # the return URL
+        first, every = page_poll_intervals(status_page.text)
+        bound = recheck + every + budget
+        paid = 'data-status="paid"' in status_page.text
+        delay = first
+        while not paid and time.monotonic() - confirmed < bound + LATE:  # as the page's script polls
+            time.sleep(delay)
+            paid, delay = poll() == "paid", every
+        took = time.monotonic() - confirmed
+        print(f"confirmed -> paid on the status page: {took:.2f} s (bound {bound:g} s)")
+        assert paid and took <= bound + LATE, (took, bound, server.logs())
+        assert bound <= 5  # the defaults: paid on the page within 5 s of paying
+        assert "notified" not in provider.logs() and "not sent (lost)" in provider.logs()
+        # Without a poll just before it, the return page itself says paid.
+        page = browser.get(scan_url(server, f"{order_id}-2"))
+        pay = browser.post(f"{server.url}/v1/orders/{order_id}-2/payment", **csrf(page))  # type: ignore[arg-type]
+        back = browser.post(pay.headers["location"], data={"action": "succeed"})
+        assert 'data-status="paid"' in browser.get(back.headers["location"]).text
+        # One provider read per order per `recheck`, across both workers.
+        reads = len(re.findall(r'"GET /v3/payments/[^ ]+ HTTP/1.1" 200', provider.logs())) - 1
+        assert 1 <= reads <= 1 + took / recheck + 1, (reads, took)
+        assert "Traceback" not in server.logs()
+
+
+@pytest.mark.parametrize("mode", ["hang", "error"])
+def test_a_provider_that_hangs_or_fails_gives_the_503_page_in_time_and_the_order_stays_payable(
+    tmp_path: Path, seeded: tuple[str, list[str], str], mode: str
+) -> None:
+    """The default layer's provider timeouts and retries (the testing layer shortens them): every
+    attempt times out (hang) or is answered 500 at once (error), back-off between them; then the
+    customer's 503 page, in Russian here, well before GUNICORN_TIMEOUT's plain 504."""
+    database_url, _, _ = seeded
+    defaults = tomllib.loads((REPO / "config" / "settings.toml").read_text())["default"]["provider"]
+    connect, read, retries = defaults["connect_timeout"], defaults["read_timeout"], defaults["retries"]
+    backoff = sum(PROVIDER_RETRY_BACKOFF * attempt for attempt in range(1, retries + 1))
+    expected = backoff + ((1 + retries) * read if mode == "hang" else 0)
+    order_id = f"provider-{mode}"
+    env = {"PAYMENT_PROVIDER_CONNECT_TIMEOUT": str(connect), "PAYMENT_PROVIDER_READ_TIMEOUT": str(read),
+           "PAYMENT_PROVIDER_RETRIES": str(retries), "GUNICORN_WORKERS": "1"}
+    # A hung call answers 500 a second after its attempt gave up: the fake stops soon after.
+    with fake_provider(tmp_path, "--credentials", SECRETS, "--fail", mode, "--hang-seconds", str(read + 1)) as provider, \
+            gunicorn(tmp_path, env=server_environ(tmp_path, database_url, provider.url, **env)) as server, \
+            httpx.Client(timeout=60, headers={"Accept-Language": "ru"}) as browser:
+        page = browser.get(scan_url(server, order_id))
+        started = time.monotonic()
+        answer = browser.post(f"{server.url}/v1/orders/{order_id}/payment", **csrf(page))  # type: ignore[arg-type]
+        took = time.monotonic() - started
+        assert answer.status_code == 503 and "Платёжный сервис не ответил" in answer.text, answer.text
+        assert expected <= took <= expected + LATE, (took, expected)
+        assert provider_wait_longest(connect=connect, read=read, retries=retries) < 20  # ~10 s for a silent one
+        assert wait_for_status(server, order_id, "created")["expired"] is False
+        assert f'action="/v1/orders/{order_id}/payment"' in browser.get(f"{server.url}/v1/orders/{order_id}").text
+        if mode == "error":  # (a hung call is logged once it ends)
+            assert provider.logs().count('"POST /v3/payments HTTP/1.1" 500') == 1 + retries
+
+
+def test_a_payment_whose_worker_died_before_storing_it_is_attached_or_returned_by_reconciliation(
+    tmp_path: Path, seeded: tuple[str, list[str], str]
+) -> None:
+    """The provider has created the payment and its answer is on the way (--create-delay) when the
+    worker serving Pay is killed: the order never hears of its payment, and no notification comes.
+    The customer pays it anyway; staff mark the second order failed. A reconciliation run attaches
+    the first payment (the order is paid) and refunds the second (its order cannot take it)."""
+    database_url, _, _ = seeded
+    env = server_environ(tmp_path, database_url, "http://placeholder", GUNICORN_WORKERS="1", GUNICORN_TIMEOUT="8")
+    settings = load_settings(environ=env)
+    with fake_provider(tmp_path, "--credentials", SECRETS, "--no-notify", "--create-delay", "1.5") as provider, \
+            gunicorn(tmp_path, env={**env, "PAYMENT_PROVIDER_URL": f"{provider.url}/v3"}) as server, \
+            httpx.Client(timeout=10) as browser, httpx.Client(base_url=f"{provider.url}/v3", auth=tuple(
+                SECRETS.split(":")), timeout=10) as api:  # type: ignore[arg-type]
+        env["PAYMENT_PROVIDER_URL"] = f"{provider.url}/v3"
+        created_at: float = 0.0
+        for order_id in ("orphan-to-attach", "orphan-to-return"):
+            page = browser.get(scan_url(server, order_id))
+            [worker] = server.wait_for_workers(1)
+            paying = BackgroundPost(browser, f"{server.url}/v1/orders/{order_id}/payment", **csrf(page))
+            paying.start()
+            payment = wait_for_provider_payment(api, order_id)
+            created_at = time.monotonic()
+            os.kill(worker, signal.SIGKILL)  # before the provider's answer reaches it
+            paying.join(timeout=10)
+            assert paying.error is not None and paying.response is None, paying.response
+            assert httpx.post(payment["confirmation"]["confirmation_url"], data={"action": "succeed"}).status_code == 303
+            assert wait_for_status(server, order_id, "created")["status"] == "created"  # it never heard of it
+        result = run([str(BIN / "python"), "manage.py", "shell", "-c",
+                      "from payments import services; services.order_mark_failed(order_id='orphan-to-return')"], env=env)
+        assert result.returncode == 0, result.stderr
+
+        # Listed once no request that made them can still be storing them (GUNICORN_TIMEOUT).
+        time.sleep(max(created_at + settings.server.timeout + orphans.CLOCK_SKEW_SECONDS + 0.5 - time.monotonic(), 0))
+        result = run([str(BIN / "python"), "manage.py", "reconcile_payments"], env=env)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert set(result.stdout.splitlines()) == {"orphan attached: paid 1", "orphan refunded 1"}, result.stdout
+        assert wait_for_status(server, "orphan-to-attach", "paid")["final"] is False
+        assert wait_for_status(server, "orphan-to-return", "failed")["final"] is True
+        refunds = api.get("/refunds").json()["items"]
+        returned = wait_for_provider_payment(api, "orphan-to-return")
+        assert [(r["payment_id"], r["amount"]["value"]) for r in refunds] == [(returned["id"], "159.00")]
+        assert "Traceback" not in server.logs()
+        # Run again: nothing left to do.
+        again = run([str(BIN / "python"), "manage.py", "reconcile_payments"], env=env)
+        assert (again.returncode, again.stdout) == (0, "nothing due\n"), again.stdout + again.stderr
+
+
+class BackgroundPost(threading.Thread):
+    """A POST in a thread of its own: its answer, or the transport error it ended with."""
+
+    def __init__(self, client: httpx.Client, url: str, **kwargs: Any) -> None:
+        super().__init__(daemon=True)
+        self.client, self.url, self.kwargs = client, url, kwargs
+        self.response: httpx.Response | None = None
+        self.error: Exception | None = None
+
+    def run(self) -> None:
+        try:
+            self.response = self.client.post(self.url, **self.kwargs)
+        except httpx.TransportError as error:
+            self.error = error
+
+
+def wait_for_provider_payment(api: httpx.Client, order_id: str, *, timeout: float = 5.0) -> dict[str, Any]:
+    """The provider's payment for `order_id`, once the provider has it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for item in api.get("/payments", params={"limit": 100}).json()["items"]:
+            if item["metadata"].get("order_id") == order_id:
+                return item
+        time.sleep(0.02)
+    raise AssertionError(f"the provider has no payment for {order_id} after {timeout} s")

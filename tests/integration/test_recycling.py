@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from devtools.loadgen import LoadResult, run_load_sync
-from devtools.processes import Server, base_environ, gunicorn, worker_class_under_test
+from devtools.processes import PROVIDER_WAITS_FOR_2_S, Server, base_environ, gunicorn, worker_class_under_test
 from tests.support.rawhttp import BackgroundGet, get
 
 pytestmark = pytest.mark.integration
@@ -89,7 +89,8 @@ def test_recycle_waiting_longer_than_the_heartbeat_keeps_its_request(tmp_path: P
     waits for a request longer than GUNICORN_TIMEOUT would be "WORKER TIMEOUT"-aborted. The bare
     application has no request timeout, so its /slow outlives GUNICORN_TIMEOUT.
     """
-    env = recycling_environ(tmp_path, GUNICORN_WORKERS="1", GUNICORN_TIMEOUT="2", GUNICORN_MAX_REQUESTS="3")
+    env = recycling_environ(tmp_path, GUNICORN_WORKERS="1", GUNICORN_TIMEOUT="2", GUNICORN_MAX_REQUESTS="3",
+                            **PROVIDER_WAITS_FOR_2_S)
     with gunicorn(tmp_path, env=env, app="devtools.asgi_app:app", worker_class=worker_class_under_test()) as server:
         first_pid = get(server.port, "/health").headers["x-worker-pid"]  # request 1 after the probe
         slow = BackgroundGet(server.port, "/slow?seconds=4")

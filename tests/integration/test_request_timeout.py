@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from devtools.processes import Server, base_environ, gunicorn
+from devtools.processes import PROVIDER_WAITS_FOR_2_S, Server, base_environ, gunicorn
 from tests.support.rawhttp import BackgroundGet, connect, get, read_until_close, read_while_trickling
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
@@ -25,7 +25,7 @@ LATE = 1.0
 
 
 def one_worker(tmp_path: Path, **env: str) -> dict[str, str]:
-    return base_environ(tmp_path, GUNICORN_WORKERS="1", GUNICORN_TIMEOUT=str(TIMEOUT), **env)
+    return base_environ(tmp_path, GUNICORN_WORKERS="1", GUNICORN_TIMEOUT=str(TIMEOUT), **PROVIDER_WAITS_FOR_2_S, **env)
 
 
 @pytest.fixture

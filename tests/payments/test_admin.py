@@ -9,7 +9,7 @@ import pytest
 from asgiref.sync import async_to_sync
 
 from payments import credentials, provider, services
-from payments.models import Device, DeviceCredential, Order
+from payments.models import Device, DeviceCredential, Order, OrphanPayment
 from tests.payments.conftest import SECRET, SHOP_ID
 
 pytestmark = pytest.mark.django_db
@@ -20,6 +20,20 @@ def test_admin_lists_and_shows_each_model(admin_client: Any, order: Order, model
     assert admin_client.get(f"/admin/payments/{model}/").status_code == 200
     pk = {"merchant": order.merchant_id, "device": order.device_id, "order": order.pk}[model]
     assert admin_client.get(f"/admin/payments/{model}/{pk}/change/").status_code == 200
+
+
+def test_staff_see_orphan_payments_and_cannot_change_or_delete_them(admin_client: Any, order: Order) -> None:
+    record = OrphanPayment.objects.create(provider_payment_id="pay-9", shop_id=SHOP_ID, order_id=order.pk,
+                                          amount_kopecks=15900, reason=f"order {order.pk!r} is failed",
+                                          provider_status="succeeded", status="return_failed")
+    listing = admin_client.get("/admin/payments/orphanpayment/?status__exact=return_failed")
+    assert listing.status_code == 200 and "pay-9" in listing.content.decode()
+    assert "Return refused: staff must return the money" in listing.content.decode()
+    assert admin_client.get(f"/admin/payments/orphanpayment/{record.pk}/change/").status_code == 200
+    admin_client.post(f"/admin/payments/orphanpayment/{record.pk}/change/", {"status": "returned"})
+    assert OrphanPayment.objects.get().status == "return_failed"
+    assert admin_client.get("/admin/payments/orphanpayment/add/").status_code == 403
+    assert admin_client.get(f"/admin/payments/orphanpayment/{record.pk}/delete/").status_code == 403
 
 
 def test_order_status_is_not_editable_in_a_form(admin_client: Any, order: Order) -> None:

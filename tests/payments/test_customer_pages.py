@@ -74,13 +74,31 @@ async def test_error_pages_are_translated_and_say_what_to_do_next(device: Device
     assert "На этой кофемашине нет напитка № 7 размера «средний»" in text_of(response.content)
 
 
-async def test_a_cancelled_order_shows_the_next_step_and_no_pay_button(order: Order) -> None:
+async def test_a_pending_order_says_it_is_being_confirmed_and_offers_no_second_payment(order: Order) -> None:
+    response = await AsyncClient().get(f"/v1/orders/{order.pk}", **RU)
+    assert re.search(r'<form [^>]*id="pay">', response.content.decode()), "an order not paid yet has Pay"
+    # The provider is not reachable in this test: the page answers what it has, pending.
     await sync_to_async(services.order_mark_pending)(order_id=order.pk, provider_payment_id="pay-1")
     response = await AsyncClient().get(f"/v1/orders/{order.pk}", **RU)
     content = response.content.decode()
-    assert re.search(r'<form [^>]*id="pay">', content), "a pending order can still be paid"
-    assert len(re.findall(r"<p data-statuses=[^>]* hidden>", content)) == 3  # no next step yet
+    assert re.search(r'<form [^>]*id="pay" hidden>', content), "the payment is with the provider already"
+    shown = re.findall(r'<p data-statuses="[^"]*">\s*([^<]+)', content)
+    assert [" ".join(text.split()) for text in shown] == [
+        "Платёжный сервис подтверждает оплату: это займёт несколько секунд. Не завершили оплату? Отсканируйте "
+        "QR-код на кофемашине ещё раз."]
+    # Scanning again leads back to the payment.
+    assert re.search(r'<form method="post" action="/v1/orders/[^"]+/payment">', (await AsyncClient().get(QR)).content.decode())
 
+
+async def test_a_paid_order_says_the_drink_is_being_made(order: Order) -> None:
+    await Order.objects.filter(pk=order.pk).aupdate(status="paid")
+    content = (await AsyncClient().get(f"/v1/orders/{order.pk}", **RU)).content.decode()
+    shown = re.findall(r'<p data-statuses="[^"]*">\s*([^<]+)', content)
+    assert [" ".join(text.split()) for text in shown] == [
+        "Оплачено: кофемашина готовит ваш напиток. Заберите его, когда он будет готов."]
+
+
+async def test_a_cancelled_order_shows_the_next_step_and_no_pay_button(order: Order) -> None:
     await Order.objects.filter(pk=order.pk).aupdate(status="not_paid")
     response = await AsyncClient().get(f"/v1/orders/{order.pk}", **RU)
     content = response.content.decode()

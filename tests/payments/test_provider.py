@@ -13,6 +13,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from coffee_payment.request_id import RequestIdMiddleware
+from coffee_payment.request_timeout import RequestTimeoutMiddleware
 from devtools.fake_provider import FakeProvider
 from devtools.processes import free_port
 from payments import provider
@@ -81,6 +82,59 @@ async def test_read_timeout_is_bounded(fake: FakeProvider, settings: Any) -> Non
     assert unavailable.value.detail.startswith("ReadTimeout")
     assert time.monotonic() - started < 0.9
     assert fake.calls["POST /payments"] == 2
+
+
+async def in_a_request(timeout: float, call: Any) -> Any:
+    """`call()` awaited inside a request that RequestTimeoutMiddleware times out after `timeout` s."""
+    outcome: list[Any] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        try:
+            outcome.append(await call())
+        except Exception as error:  # noqa: BLE001 (handed to the test)
+            outcome.append(error)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    await RequestTimeoutMiddleware(app, timeout=timeout)({"type": "http", "method": "POST", "path": "/"}, receive, send)
+    return outcome[0]
+
+
+async def test_retries_end_before_the_requests_deadline(fake: FakeProvider, settings: Any) -> None:
+    """A hanging provider within a request of 1.5 s: each attempt is cut to what the deadline leaves
+    (less the margin for the 503 page), and no attempt starts that cannot fit, whatever the retries."""
+    settings.PAYMENT_PROVIDER_READ_TIMEOUT, settings.PAYMENT_PROVIDER_RETRIES = 0.6, 5
+    fake.fail, fake.hang_seconds = "hang", 5.0
+    started = time.monotonic()
+    failed = await in_a_request(1.5, create)
+    took = time.monotonic() - started
+    assert isinstance(failed, ProviderUnavailable), failed
+    # 0.6 s, back-off 0.2 s, then 0.2 s left of the 1.0 s the margin leaves: a third attempt cannot start.
+    assert fake.calls["POST /payments"] == 2
+    assert failed.detail.endswith("no time left before the deadline")
+    assert took <= 1.5 - settings.PAYMENT_PROVIDER_DEADLINE_MARGIN + 0.2, took
+    # Outside a request, the configured retries and timeouts alone bound the call.
+    settings.PAYMENT_PROVIDER_RETRIES = 2
+    fake.calls.clear()
+    with pytest.raises(ProviderUnavailable):
+        await create()
+    assert fake.calls["POST /payments"] == 3
+
+
+async def test_a_deadline_given_to_a_read_cuts_its_attempt(fake: FakeProvider, settings: Any) -> None:
+    payment = await create()
+    fake.latency = 1.0
+    started = time.monotonic()
+    with pytest.raises(ProviderUnavailable) as unanswered:
+        await provider.payment_get(shop_id="demo-shop", payment_id=payment.id, retries=0,
+                                   deadline=time.monotonic() + 0.3)
+    assert 0.25 <= time.monotonic() - started < 0.8 and unanswered.value.detail.startswith("Timeout")
 
 
 async def test_refused_connection_is_unavailable(fake: FakeProvider, settings: Any) -> None:

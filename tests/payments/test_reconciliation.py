@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import io
+import json
 import os
 import sys
 from decimal import Decimal
@@ -17,11 +18,12 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.utils import timezone
 
-from devtools.fake_provider import FakeProvider
+from devtools.fake_provider import ApiError, FakeProvider
 from devtools.postgres import is_postgres, with_database
 from devtools.processes import REPO, base_environ
-from payments import reconciliation, services
-from payments.models import Merchant, Order
+from payments import orphans, provider, reconciliation, services
+from payments.models import Merchant, Order, OrphanPayment
+from payments.provider import Notification
 from tests.payments.conftest import SECRET, SHOP_ID, scan_parameters
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -132,7 +134,8 @@ async def test_a_refund_refused_for_our_credentials_stays_due(fake: FakeProvider
     """401: the shop's secret key is wrong, the operator's to fix; the refund happens on the run after."""
     await failed_drink(fake, "keys-1")
     settings.PAYMENT_PROVIDER_SECRETS = {SHOP_ID: "not-the-secret"}
-    assert await reconciliation.orders_reconcile(now=later(22)) == {"error: ProviderRejected": 1}
+    assert await reconciliation.orders_reconcile(now=later(22)) == {"error: ProviderRejected": 1,
+                                                                    "error: listing ProviderRejected": 1}
     assert await status("keys-1") == "refund_pending"
     settings.PAYMENT_PROVIDER_SECRETS = {SHOP_ID: SECRET}
     assert await reconciliation.orders_reconcile(now=later(33)) == {"refunded": 1}
@@ -142,7 +145,8 @@ async def test_a_provider_down_during_a_run_is_retried_by_the_next_run(fake: Fak
     payment_id = await started(fake, "down-1")
     fake.settle(payment_id, "succeeded")
     fake.fail = "error"
-    assert await reconciliation.orders_reconcile(now=later(11)) == {"error: ProviderUnavailable": 1}
+    assert await reconciliation.orders_reconcile(now=later(11)) == {"error: ProviderUnavailable": 1,
+                                                                    "error: listing ProviderUnavailable": 1}
     fake.fail = "none"
     assert await reconciliation.orders_reconcile(now=later(15)) == {}  # claimed 4 minutes ago
     assert await reconciliation.orders_reconcile(now=later(22)) == {"paid": 1}
@@ -176,7 +180,8 @@ def test_the_command_reports_what_it_did_and_fails_when_the_provider_did_not_ans
     services.order_mark_pending(order_id="cmd-2", provider_payment_id="pay-2")
     Order.objects.filter(pk="cmd-2").update(updated_at=timezone.now() - datetime.timedelta(hours=1))
     settings.PAYMENT_PROVIDER_URL = "http://127.0.0.1:9/v3"  # nothing listens there
-    with pytest.raises(CommandError, match="1 order\\(s\\) could not be reconciled"):
+    # The order's re-read and the listing of the shop's payments.
+    with pytest.raises(CommandError, match="2 order\\(s\\) or payment lists could not be reconciled"):
         _call("reconcile_payments")
     with pytest.raises(CommandError, match="argument --limit: '0' is not a whole number of orders"):
         _call("reconcile_payments", "--limit", "0")
@@ -244,3 +249,136 @@ async def test_two_runs_at_once_handle_every_order_exactly_once(fake: FakeProvid
             assert fake.calls[f"GET /payments/{payment_id}"] == 1, order_id
         else:
             assert fake.calls[f"POST /payments/{payment_id}/capture"] == 1, order_id
+
+
+# Orphan payments: the provider has them, their order never recorded them ---------------------------
+
+
+def old_enough(settings: Any, minutes: float = 0) -> datetime.datetime:
+    """A run's time at which payments made now are listed: a request that made one has ended."""
+    return timezone.now() + datetime.timedelta(seconds=settings.REQUEST_TIMEOUT + 6, minutes=minutes)
+
+
+async def orphan(fake: FakeProvider, order_id: str, *, status: str = "succeeded", two_stage: bool = False,
+                 key: str | None = None) -> str:
+    """A payment of the order that the provider made and settled, whose answer never reached the
+    order (the worker died first); its id. `key`: another Idempotence-Key than the order's."""
+    if not await Order.objects.filter(pk=order_id).aexists():
+        await Merchant.objects.aupdate(two_stage_payments=two_stage)
+        await sync_to_async(services.order_create)(**scan_parameters(order_id=order_id))
+    body = {"amount": {"value": "159.00", "currency": "RUB"}, "capture": not two_stage,
+            "confirmation": {"type": "redirect", "return_url": "http://testserver/back"},
+            "description": "Cappuccino", "metadata": {"order_id": order_id}}
+    created = fake._once(SHOP_ID, key or provider.idempotence_key(order_id), "POST /payments",
+                         json.dumps(body).encode(), lambda: fake._create(SHOP_ID, json.dumps(body).encode(),
+                                                                         base_url="http://fake"))
+    fake.settle(created["id"], status)
+    return created["id"]
+
+
+async def test_a_payment_its_order_never_recorded_is_attached_and_applied(
+    fake: FakeProvider, device: Any, settings: Any
+) -> None:
+    payment_id = await orphan(fake, "orphan-1")
+    # Too young: the request that created it may still be storing it.
+    assert await reconciliation.orders_reconcile(now=timezone.now()) == {}
+    assert await status("orphan-1") == "created"
+    assert await reconciliation.orders_reconcile(now=old_enough(settings)) == {"orphan attached: paid": 1}
+    order = await Order.objects.aget(pk="orphan-1")
+    assert (order.status, order.provider_payment_id) == ("paid", payment_id)
+    assert await reconciliation.orders_reconcile(now=old_enough(settings)) == {}  # the order knows it now
+    assert fake.refunds == {}
+
+
+async def test_a_pending_payment_its_order_can_take_is_attached_and_left_to_the_customer(
+    fake: FakeProvider, device: Any, settings: Any
+) -> None:
+    payment_id = await orphan(fake, "orphan-2", status="canceled")
+    fake.payments[payment_id].status = "pending"
+    assert await reconciliation.orders_reconcile(now=old_enough(settings)) == {"orphan attached: pending": 1}
+    order = await Order.objects.aget(pk="orphan-2")
+    assert (order.status, order.provider_payment_id) == ("pending", payment_id)
+
+
+async def test_an_orphan_its_order_can_no_longer_take_is_refunded_once(
+    fake: FakeProvider, device: Any, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Staff marked the unpaid order failed; the customer's money went to the provider meanwhile:
+    refunded under the payment's own key, recorded, and never attached by a late notification."""
+    payment_id = await orphan(fake, "orphan-3")
+    await sync_to_async(services.order_mark_failed)(order_id="orphan-3")
+    assert await reconciliation.orders_reconcile(now=old_enough(settings)) == {"orphan refunded": 1}
+    (refund,) = fake.refunds.values()
+    assert (refund.payment_id, refund.amount) == (payment_id, Decimal("159.00"))
+    assert (SHOP_ID, provider.payment_idempotence_key(payment_id, "refund")) in fake.keys
+    record = await OrphanPayment.objects.aget(provider_payment_id=payment_id)
+    assert (record.status, record.order_id, record.amount_kopecks, record.refund_id, record.reason) == (
+        "returned", "orphan-3", 15900, refund.id, "order 'orphan-3' is failed")
+    assert f"payment {payment_id} (15900 kopecks, succeeded) names order 'orphan-3' is failed" in caplog.text
+    assert await reconciliation.orders_reconcile(now=old_enough(settings, minutes=5)) == {}
+    told = Notification(event="payment.succeeded", payment_id=payment_id, order_id_hint="orphan-3")
+    assert await services.payment_notification_apply(notification=told) == "ignored: payment is being returned"
+    assert await status("orphan-3") == "failed" and len(fake.refunds) == 1
+
+
+async def test_an_orphan_hold_of_an_expired_order_is_released(fake: FakeProvider, device: Any, settings: Any) -> None:
+    payment_id = await orphan(fake, "orphan-4", status="waiting_for_capture", two_stage=True)
+    expired = old_enough(settings, minutes=settings.ORDER_EXPIRY_MINUTES)
+    assert await reconciliation.orders_reconcile(now=expired) == {"orphan released": 1}
+    assert fake.payments[payment_id].status == "canceled"
+    assert (SHOP_ID, provider.payment_idempotence_key(payment_id, "cancel")) in fake.keys
+    assert await status("orphan-4") == "created"
+
+
+async def test_a_second_payment_of_a_paid_order_is_refunded(fake: FakeProvider, device: Any, settings: Any) -> None:
+    first = await started(fake, "orphan-5")
+    fake.settle(first, "succeeded")
+    assert await reconciliation.orders_reconcile(now=later(11)) == {"paid": 1}
+    second = await orphan(fake, "orphan-5", key="another-key")
+    assert await reconciliation.orders_reconcile(now=later(12)) == {"orphan refunded": 1}
+    assert [refund.payment_id for refund in fake.refunds.values()] == [second]
+    assert (await OrphanPayment.objects.aget()).reason == f"order 'orphan-5' has its own payment {first}"
+    assert await status("orphan-5") == "paid"
+
+
+async def test_a_return_the_provider_missed_is_repeated_and_one_it_refuses_is_left_to_the_staff(
+    fake: FakeProvider, device: Any, settings: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    payments = []
+    for order_id in ("orphan-6", "orphan-7"):
+        payments.append(await orphan(fake, order_id))
+        await sync_to_async(services.order_mark_failed)(order_id=order_id)
+
+    def refunds_down(shop_id: str, body: bytes) -> Any:
+        raise ApiError(500, "internal_server_error", "refunds are down")
+
+    with monkeypatch.context() as down:
+        down.setattr(fake, "_refund", refunds_down)
+        assert await reconciliation.orders_reconcile(now=old_enough(settings)) == {"error: ProviderUnavailable": 2}
+    assert [r.status async for r in OrphanPayment.objects.order_by("order_id")] == ["return_pending"] * 2
+    # Meanwhile the staff refunded part of the first from the provider's dashboard: the whole amount
+    # can no longer be refunded, on any run.
+    fake.payments[payments[0]].refunded = Decimal("10.00")
+    assert await reconciliation.orders_reconcile(now=old_enough(settings, minutes=5)) == {
+        "orphan return_failed": 1, "orphan refunded": 1}
+    assert [refund.payment_id for refund in fake.refunds.values()] == [payments[1]]
+    assert [r.status async for r in OrphanPayment.objects.order_by("order_id")] == ["return_failed", "returned"]
+    assert f"orphan payment {payments[0]}: the provider refused to return its money (refund refused, HTTP 400)" \
+        in caplog.text
+    assert await reconciliation.orders_reconcile(now=old_enough(settings, minutes=10)) == {}
+
+
+async def test_the_listing_pages_with_its_cursor_and_is_bounded(
+    fake: FakeProvider, device: Any, settings: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    lost = await orphan(fake, "orphan-9")  # the oldest: on the last page
+    for number in range(5):
+        fake.settle(await started(fake, f"known-{number}"), "succeeded")
+    monkeypatch.setattr(provider, "LIST_LIMIT", 2)
+    monkeypatch.setattr(orphans, "PAGES_MAX", 2)
+    assert await reconciliation.orders_reconcile(now=old_enough(settings)) == {}
+    assert fake.calls["GET /payments"] == 2 and "listed 2 pages of payments created since" in caplog.text
+    monkeypatch.setattr(orphans, "PAGES_MAX", 10)
+    assert await reconciliation.orders_reconcile(now=old_enough(settings)) == {"orphan attached: paid": 1}
+    assert fake.calls["GET /payments"] == 2 + 3
+    assert (await Order.objects.aget(pk="orphan-9")).provider_payment_id == lost

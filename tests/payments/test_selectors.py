@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from asgiref.sync import async_to_sync
 from django.db.models.sql.compiler import SQLCompiler
+from django.test import AsyncClient
 from django.utils import timezone
 
 from payments import credentials, selectors, services
@@ -24,6 +25,18 @@ def test_order_status_is_one_query(order: Order, django_assert_num_queries: Any)
     assert state is not None and state.status == "created"
     sql = captured.captured_queries[0]["sql"]
     assert '"payments_order"."id" = ' in sql and "JOIN" not in sql
+
+
+def test_a_poll_not_waiting_on_the_provider_is_one_query(order: Order, django_assert_num_queries: Any) -> None:
+    """The view's whole work for a created order, and for a pending one whose payment another poll
+    re-read within ORDER_PROVIDER_RECHECK_SECONDS: the one status read (which carries the claim's time)."""
+    poll = async_to_sync(AsyncClient().get)
+    with django_assert_num_queries(1):
+        assert poll(f"/v1/order-status/{order.pk}").json()["status"] == "created"
+    Order.objects.filter(pk=order.pk).update(status="pending", provider_payment_id="pay-1",
+                                             provider_checked_at=timezone.now())
+    with django_assert_num_queries(1):
+        assert poll(f"/v1/order-status/{order.pk}").json()["status"] == "pending"
 
 
 def test_the_polls_compile_their_queries_once(order: Order, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime
 import json
+import asyncio
 import logging
 import re
+import time
 from typing import Any
 from urllib.parse import urlencode
 
@@ -341,6 +343,87 @@ async def test_status_page_polls_the_status(order: Order) -> None:
     content = response.content.decode()
     assert response.status_code == 200
     assert f'"/v1/order-status/{ORDER_ID}"' in content and 'data-status="created"' in content
+
+
+# A pending order's poll and return page re-read the payment: confirmation without the notification
+
+
+async def paid_without_notification(fake: FakeProvider) -> str:
+    """The customer paid at the provider; no notification reaches this server. The payment's id."""
+    await start_payment()
+    payment_id = next(iter(fake.payments))
+    fake.settle(payment_id, "succeeded")  # the notification it returns is never posted
+    return payment_id
+
+
+async def poll() -> dict[str, Any]:
+    return (await AsyncClient().get(f"/v1/order-status/{ORDER_ID}")).json()
+
+
+async def test_a_pending_orders_poll_reads_its_payment_and_applies_it(fake: FakeProvider, order: Order) -> None:
+    payment_id = await paid_without_notification(fake)
+    assert (await poll())["status"] == "paid"
+    assert fake.calls[f"GET /payments/{payment_id}"] == 1
+    assert (await poll())["status"] == "paid"  # paid: no provider read any more
+    assert fake.calls[f"GET /payments/{payment_id}"] == 1
+
+
+async def test_one_provider_read_per_order_per_interval_whoever_polls(
+    fake: FakeProvider, order: Order, settings: Any
+) -> None:
+    """The claim is a compare-and-set on the order row: concurrent polls (any worker, any pod) of
+    a payment still pending at the provider make one read per ORDER_PROVIDER_RECHECK_SECONDS."""
+    await start_payment()
+    payment_id = next(iter(fake.payments))
+    fake.latency = 0.2
+    answers = await asyncio.gather(*(poll() for _ in range(5)))
+    assert [answer["status"] for answer in answers] == ["pending"] * 5
+    assert fake.calls[f"GET /payments/{payment_id}"] == 1
+    checked = (await order_row()).provider_checked_at
+    assert checked is not None
+    # The interval passes (the claim's time moved back by it): the next poll reads again.
+    await Order.objects.filter(pk=ORDER_ID).aupdate(
+        provider_checked_at=checked - datetime.timedelta(seconds=settings.ORDER_PROVIDER_RECHECK_SECONDS))
+    fake.settle(payment_id, "succeeded")
+    assert (await poll())["status"] == "paid" and fake.calls[f"GET /payments/{payment_id}"] == 2
+    assert (await order_row()).updated_at >= checked  # the payment's change, not the claim's
+
+
+async def test_the_poll_waits_for_the_provider_at_most_its_budget(fake: FakeProvider, order: Order, settings: Any) -> None:
+    settings.ORDER_STATUS_PROVIDER_BUDGET_SECONDS = 0.3
+    await paid_without_notification(fake)
+    fake.latency = 3.0
+    started = time.monotonic()
+    assert (await poll())["status"] == "pending"
+    assert time.monotonic() - started < settings.ORDER_STATUS_PROVIDER_BUDGET_SECONDS + 0.5
+
+
+async def test_orders_not_waiting_on_the_provider_are_never_read_from_it(fake: FakeProvider, order: Order) -> None:
+    assert (await poll())["status"] == "created"
+    await paid_without_notification(fake)
+    await Order.objects.filter(pk=ORDER_ID).aupdate(status="not_paid")
+    assert (await poll())["status"] == "not_paid"
+    assert (await AsyncClient().get(f"/v1/orders/{ORDER_ID}")).status_code == 200
+    assert not [call for call in fake.calls if call.startswith("GET")]
+
+
+async def test_back_from_the_provider_the_page_shows_paid_and_what_happens_next(fake: FakeProvider, order: Order) -> None:
+    await paid_without_notification(fake)
+    response = await AsyncClient().get(f"/v1/orders/{ORDER_ID}")  # the provider's return URL
+    content = response.content.decode()
+    assert 'data-status="paid"' in content and re.search(r'<form [^>]*id="pay" hidden>', content)
+    shown = re.findall(r'<p data-statuses="[^"]*">\s*([^<]+)', content)
+    assert [text.strip() for text in shown] == [
+        "Paid: the coffee machine is making your drink. Take it from the machine when it is ready."]
+
+
+async def test_a_provider_that_fails_leaves_the_poll_answering(fake: FakeProvider, order: Order) -> None:
+    await paid_without_notification(fake)
+    fake.fail = "error"
+    assert (await poll())["status"] == "pending"
+    await Order.objects.filter(pk=ORDER_ID).aupdate(provider_checked_at=None)
+    fake.fail = "none"
+    assert (await poll())["status"] == "paid"
 
 
 async def test_status_page_of_an_unknown_order_is_404() -> None:

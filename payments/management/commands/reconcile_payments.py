@@ -1,8 +1,8 @@
 """`manage.py reconcile_payments`: settle with the provider what notifications and crashes left open.
 
 What it does and why it is safe to run anywhere, any time, twice at once: payments.reconciliation.
-It prints one line per outcome (`paid 3`, `released 1`, `purged 12`) and exits 0 when every due
-order was handled, 1 when some provider call failed (the next run retries them).
+It prints one line per outcome (`paid 3`, `released 1`, `purged 12`, `orphan refunded 1`) and exits 0
+when every due order was handled, 1 when some provider call failed (the next run retries them).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class Command(BaseCommand):
             self.stdout.write("nothing due")
         errors = sum(count for outcome, count in outcomes.items() if outcome.startswith("error"))
         if errors:
-            raise CommandError(f"{errors} order(s) could not be reconciled; the next run retries them")
+            raise CommandError(f"{errors} order(s) or payment lists could not be reconciled; the next run retries")
 
     async def _run(self, *, limit: int, batch: int) -> Counter[str]:
         try:
