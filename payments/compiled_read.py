@@ -1,6 +1,6 @@
 """Reads whose SQL the ORM compiles once per process, for the polls: each call runs that SQL
 through `raw()`, which converts the values with the ORM's own converters. Compiling was the largest
-share of a status poll's CPU (docs/benchmarks.md)."""
+share of a status poll's CPU (bench/results/history.md)."""
 
 from __future__ import annotations
 
