@@ -150,6 +150,10 @@ expiry_minutes = 15
 reconcile_after_minutes = 10
 hold_max_minutes = 60
 retention_days = 30
+make_window_seconds = 120
+make_timeout_seconds = 600
+[default.devices]
+offline_after_seconds = 120
 [default.security]
 ssl_redirect = false
 hsts_seconds = 0
@@ -302,7 +306,12 @@ PAYMENT_NUMBERS = {
     "ORDER_RECONCILE_AFTER_MINUTES": "(allowed: 1..1440)",
     "ORDER_HOLD_MAX_MINUTES": "(allowed: 1..8640)",
     "ORDER_RETENTION_DAYS": "(allowed: 1..3650)",
+    "ORDER_MAKE_WINDOW_SECONDS": "(allowed: 5..3600)",
+    "ORDER_MAKE_TIMEOUT_SECONDS": "(allowed: 60..86400)",
+    "DEVICE_OFFLINE_AFTER_SECONDS": "(allowed: 10..86400)",
 }
+# Valid alone, refused together: the vend window (default 120 s) must close while a hold is held.
+WINDOW_NOT_SHORTER = "is not shorter than ORDER_HOLD_MAX_MINUTES"
 
 
 def test_a_hold_is_always_released_before_the_providers_seven_day_limit() -> None:
@@ -310,6 +319,36 @@ def test_a_hold_is_always_released_before_the_providers_seven_day_limit() -> Non
     assert longest < 7 * 24 * 60
     with pytest.raises(ConfigError, match="ORDER_HOLD_MAX_MINUTES"):
         load_settings(environ={**PRODUCTION_OK, "ORDER_HOLD_MAX_MINUTES": str(7 * 24 * 60)})
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"ORDER_MAKE_WINDOW_SECONDS": "3600"}, "ORDER_MAKE_WINDOW_SECONDS='3600' is not shorter than "
+         "settings.toml [default] orders.hold_max_minutes=60 (3600 seconds) (allowed: less, "),
+        ({"ORDER_HOLD_MAX_MINUTES": "2"}, "settings.toml [default] orders.make_window_seconds=120 is not shorter "
+         "than ORDER_HOLD_MAX_MINUTES='2' (120 seconds)"),
+    ],
+)
+def test_a_vend_window_that_outlasts_the_hold_is_refused_naming_both(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(environ={**PRODUCTION_OK, **environ})
+    assert str(refused.value).startswith(message) and "\n" not in str(refused.value)
+    shorter = load_settings(environ={**PRODUCTION_OK, "ORDER_MAKE_WINDOW_SECONDS": "3599"})
+    assert (shorter.order_make_window_seconds, shorter.order_hold_max_minutes) == (3599, 60)
+
+
+@pytest.mark.parametrize(("offline", "interval"), [("10", 2), ("120", 30), ("86400", 21600)])
+def test_a_machines_last_call_is_written_at_most_once_per_quarter_of_the_offline_limit(offline: str, interval: int
+                                                                                       ) -> None:
+    loaded = load_settings(environ={**TESTING, "DEVICE_OFFLINE_AFTER_SECONDS": offline})
+    assert loaded.device_seen_interval_seconds == interval < loaded.device_offline_after_seconds
+
+
+@pytest.mark.parametrize(("window", "check"), [("5", 1.25), ("40", 10.0), ("3599", 10.0)])
+def test_due_vend_windows_are_checked_well_within_a_minute(window: str, check: float) -> None:
+    loaded = load_settings(environ={**TESTING, "ORDER_MAKE_WINDOW_SECONDS": window})
+    assert loaded.order_make_window_check_seconds == check
 
 
 def test_production_starts_without_provider_secrets() -> None:
@@ -381,6 +420,9 @@ def test_payment_numbers_are_exact_or_refused_naming_the_variable(variable: str,
     try:
         loaded = load_settings(environ={**TESTING, variable: raw})
     except ConfigError as refused:
+        if variable == "ORDER_HOLD_MAX_MINUTES" and raw.strip() in ("1", "2"):
+            assert WINDOW_NOT_SHORTER + f"={raw!r} ({int(raw) * 60} seconds)" in str(refused)
+            return
         assert str(refused).startswith(f"{variable}={raw!r} is ")
         assert str(refused).endswith(PAYMENT_NUMBERS[variable])
         return
@@ -393,6 +435,9 @@ def test_payment_numbers_are_exact_or_refused_naming_the_variable(variable: str,
         "ORDER_RECONCILE_AFTER_MINUTES": loaded.order_reconcile_after_minutes,
         "ORDER_HOLD_MAX_MINUTES": loaded.order_hold_max_minutes,
         "ORDER_RETENTION_DAYS": loaded.order_retention_days,
+        "ORDER_MAKE_WINDOW_SECONDS": loaded.order_make_window_seconds,
+        "ORDER_MAKE_TIMEOUT_SECONDS": loaded.order_make_timeout_seconds,
+        "DEVICE_OFFLINE_AFTER_SECONDS": loaded.device_offline_after_seconds,
     }
     assert values[variable] == (float(raw) if "TIMEOUT" in variable else int(raw))
 
