@@ -1,7 +1,8 @@
 """Prometheus metrics of the payments app: payments and refunds by outcome, provider calls.
 
-Reported by the project's `/metrics` (coffee_payment/metrics.py). Every label value comes from the
-code: order statuses, operation names, outcome kinds.
+Reported by the project's `/metrics` (coffee_payment/metrics.py), with the counts that
+payments/scrape_metrics.py reads from the database at each scrape. Every label value comes from
+the code: order statuses, operation names, outcome kinds.
 """
 
 from __future__ import annotations
@@ -17,6 +18,12 @@ PAYMENTS = Counter(
 REFUNDS = Counter(
     "coffee_refunds_total", "Refunds by outcome: requested, refunded or refund_failed.", ["outcome"]
 )
+MAKE_WINDOWS_CLOSED = Counter(
+    "coffee_make_windows_closed_total",
+    "Paid orders the machine did not start within ORDER_MAKE_WINDOW_SECONDS, their money returned, by "
+    "stage: single_stage (refunded) or two_stage (released).",
+    ["stage"],
+)
 # Seconds, up to the provider read timeout's range; each attempt (a retry is a call of its own).
 PROVIDER_DURATION = Histogram(
     "coffee_provider_request_duration_seconds",
@@ -30,3 +37,4 @@ PROVIDER_ERRORS = Counter(
     "ConnectError, http_5xx, http_429, ...).",
     ["operation", "kind"],
 )
+
