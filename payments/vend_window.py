@@ -19,7 +19,7 @@ from collections import Counter
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, close_old_connections
+from django.db import DatabaseError, InterfaceError, close_old_connections, connections
 from django.db.models import Q
 from django.utils import timezone
 
@@ -77,6 +77,14 @@ async def make_windows_check(*, now: datetime.datetime | None = None) -> Counter
     return outcomes
 
 
+def _connections_drop() -> None:
+    """After a failed check: whatever connection it left is not worth keeping, nor its error."""
+    try:
+        connections.close_all()
+    except (DatabaseError, InterfaceError):
+        pass
+
+
 class MakeWindowChecker:
     """Runs make_windows_check every ORDER_MAKE_WINDOW_CHECK_SECONDS on a server worker's event loop,
     from its lifespan startup to its shutdown. A failing check (the database down) is logged once per
@@ -104,6 +112,9 @@ class MakeWindowChecker:
         while True:
             try:
                 await make_windows_check()
+                # The check's sync calls ran in asgiref's one thread outside any request: its
+                # connections are closed as after a request (a PostgreSQL one back to the pool).
+                await sync_to_async(close_old_connections)()
                 if failing:
                     log.warning("the vend window check works again")
                 failing = False
@@ -111,10 +122,8 @@ class MakeWindowChecker:
                 if not failing:
                     log.warning("the vend window check failed, retrying every %.1f s: %s", interval, str(error)[:200])
                 failing = True
+                await sync_to_async(_connections_drop)()
             except Exception:  # a bug here must not stop the worker's other work
                 log.exception("the vend window check failed")
-            finally:
-                # The check's sync calls ran in asgiref's one thread outside any request: its
-                # connections, as after a request (a PostgreSQL one back to the pool).
-                await sync_to_async(close_old_connections)()
+                await sync_to_async(_connections_drop)()
             await asyncio.sleep(interval)
