@@ -147,6 +147,8 @@ async def test_a_started_order_not_reported_in_time_goes_to_the_staff_once(
     with caplog.at_level(logging.ERROR, logger="payments.services"):
         assert await vend_window.make_windows_check() == {"make overdue: handed to staff": 1}
         assert await vend_window.make_windows_check() == {}
+        # A second worker's check that found it due at the same moment: its compare-and-set loses.
+        assert await sync_to_async(services.order_flag_make_overdue)(order_id=order.pk) is False
     lines = [record.getMessage() for record in caplog.records if record.levelno == logging.ERROR]
     assert lines == [f"order {order.pk!r} was started but not reported made or failed within "
                      f"ORDER_MAKE_TIMEOUT_SECONDS={settings.ORDER_MAKE_TIMEOUT_SECONDS}: the staff check the machine "
