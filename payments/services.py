@@ -134,7 +134,7 @@ def order_create(
     Name and price come from the machine's menu, as it is at the first scan. A drink that is not on
     the menu or not available, or an older link's `price` (quoted_price_kopecks) that is not the
     menu's, is refused and writes nothing; so is a scan that reuses an order id for another device,
-    drink or size.
+    drink or size, and a scan of a machine that staff's status or its silence takes out of service.
     """
     now = now or timezone.now()
     device = Device.objects.select_related("merchant", "credential").filter(device_uuid=device_uuid).first()
@@ -305,7 +305,8 @@ def order_close_make_window(*, order_id: str, now: datetime.datetime | None = No
 def order_flag_make_overdue(*, order_id: str, now: datetime.datetime | None = None) -> bool:
     """A started order not reported made or failed ORDER_MAKE_TIMEOUT_SECONDS after its start (the
     make_pending transition's updated_at) goes to the staff: flagged once, one ERROR line. No money
-    moves: the drink may have been poured (docs/payments.md, The vend window). Whether this call flagged it."""
+    moves: the drink may have been poured (docs/payments.md, "The vend window and liveness"). Whether
+    this call flagged it."""
     now = now or timezone.now()
     started_before = now - datetime.timedelta(seconds=settings.ORDER_MAKE_TIMEOUT_SECONDS)
     # update(), not _order_transition: the status and updated_at (the start) stay as they are.
