@@ -18,6 +18,7 @@ django_application = get_lean_asgi_application()
 # Imported after Django is set up: the app's modules read django.conf.settings.
 from coffee_payment.lifespan import Lifespan  # noqa: E402
 from payments import provider  # noqa: E402
+from payments.vend_window import MakeWindowChecker  # noqa: E402
 
 # A request not answered within GUNICORN_TIMEOUT seconds gets 504 (408 while its body is still
 # arriving); see coffee_payment/request_timeout.py for what cannot be interrupted. Outside it,
@@ -27,7 +28,11 @@ from payments import provider  # noqa: E402
 # Outside those, the request metrics (coffee_payment/metrics.py), which count the 413s and 504s
 # too, and outermost the request's X-Request-ID (coffee_payment/request_id.py), so every log line
 # of the request carries it.
+# Beside the requests, from lifespan startup to shutdown: the gauges' sampler, and the vend window
+# check (payments/vend_window.py), which every worker runs so that no deployment needs a process of
+# its own for it; it stops before the provider client it uses is closed.
 gauge_sampler = GaugeSampler()
+make_window_checker = MakeWindowChecker()
 application = Lifespan(
     RequestIdMiddleware(
         RequestMetricsMiddleware(
@@ -37,6 +42,6 @@ application = Lifespan(
             ),
         ),
     ),
-    on_startup=(gauge_sampler.start,),
-    on_shutdown=(provider.aclose, gauge_sampler.stop),
+    on_startup=(gauge_sampler.start, make_window_checker.start),
+    on_shutdown=(make_window_checker.stop, provider.aclose, gauge_sampler.stop),
 )

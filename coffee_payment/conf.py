@@ -52,6 +52,9 @@ SERVER_INT_SETTINGS = tuple(IntSetting(f"gunicorn.{key}", f"GUNICORN_{key.upper(
 # Retries repeat a provider call with the same Idempotence-Key: more only lengthen the customer's
 # wait. Pool: per worker process. Hold: the provider keeps a held amount 7 days at most (YooKassa),
 # so it is released well before. HSTS: two years is the longest browsers' preload lists ask for.
+# The vend window: long enough for a machine's poll to see the payment, at most an hour; a drink
+# takes minutes, so a started one is overdue after at least one, at most a day. A machine silent
+# for 10 s is noise, for a day it is long gone.
 OTHER_NUMBER_SETTINGS = (
     SecondsSetting("provider.connect_timeout", "PAYMENT_PROVIDER_CONNECT_TIMEOUT", 0.1, 30),
     SecondsSetting("provider.read_timeout", "PAYMENT_PROVIDER_READ_TIMEOUT", 0.1, 60),
@@ -67,6 +70,9 @@ OTHER_NUMBER_SETTINGS = (
     SecondsSetting("orders.provider_recheck_seconds", "ORDER_PROVIDER_RECHECK_SECONDS", 1, 300),
     SecondsSetting("orders.status_provider_budget_seconds", "ORDER_STATUS_PROVIDER_BUDGET_SECONDS", 0.1, 10),
     IntSetting("orders.reconcile_list_hours", "ORDER_RECONCILE_LIST_HOURS", 1, 720),
+    IntSetting("orders.make_window_seconds", "ORDER_MAKE_WINDOW_SECONDS", 5, 3600),
+    IntSetting("orders.make_timeout_seconds", "ORDER_MAKE_TIMEOUT_SECONDS", 60, 86400),
+    IntSetting("devices.offline_after_seconds", "DEVICE_OFFLINE_AFTER_SECONDS", 10, 86400),
     IntSetting("security.hsts_seconds", "DJANGO_SECURE_HSTS_SECONDS", 0, 63_072_000),
     IntSetting("security.admin_login_failure_limit", "DJANGO_ADMIN_LOGIN_FAILURE_LIMIT", 1, 100),
     IntSetting("security.admin_lockout_minutes", "DJANGO_ADMIN_LOCKOUT_MINUTES", 1, 10080),
@@ -143,6 +149,22 @@ def _validators(layer: str, *, required: str) -> list[Validator]:
                   when=Validator("database_allow_sqlite", eq=False)),
         ]
     return checks
+
+
+def _relation_failures(conf: Dynaconf, origins: Mapping[str, Any], file_name: str) -> list[str]:
+    """Values valid alone that cannot work together, each naming both culprits."""
+    failures = [f"{_where(origins[below], below, file_name)} is not below {_named(conf, origins, above, file_name)} "
+                f"({why})" for below, above, why in BELOW_REQUEST_TIMEOUT
+                if conf.get(below) is not None and conf.get(below) >= conf.get(above)]
+    if refusal := provider_wait_refusal({KEY_VARIABLES[key]: conf.get(key) for key in PROVIDER_WAIT_KEYS}):
+        failures.append(refusal)
+    window, hold_minutes = conf.orders.make_window_seconds, conf.orders.hold_max_minutes
+    if window >= hold_minutes * 60:
+        shown = _where(origins["orders.make_window_seconds"], "orders.make_window_seconds", file_name)
+        held = _where(origins["orders.hold_max_minutes"], "orders.hold_max_minutes", file_name)
+        failures.append(f"{shown} is not shorter than {held} ({hold_minutes * 60} seconds) (allowed: less, so that "
+                        "a held amount is still held when its vend window closes)")
+    return failures
 
 
 def _origins(conf: Dynaconf) -> dict[str, dict[str, Any] | None]:
@@ -237,13 +259,7 @@ def load_settings(*, environ: Mapping[str, str], settings_file: Path = SETTINGS_
         rows = [layer_row, *_rows(conf, origins, missing=missing, required=required)] if complete else None
         message = "; ".join(f"{_where(origins[key], key, settings_file.name)} {text}" for key, text in errors)
         raise ConfigError(message, rows=rows) from None
-    failures = [f"{_where(origins[below], below, settings_file.name)} is not below "
-                f"{_named(conf, origins, above, settings_file.name)} ({why})"
-                for below, above, why in BELOW_REQUEST_TIMEOUT
-                if conf.get(below) is not None and conf.get(below) >= conf.get(above)]
-    if refusal := provider_wait_refusal({KEY_VARIABLES[key]: conf.get(key) for key in PROVIDER_WAIT_KEYS}):
-        failures.append(refusal)
-    if failures:
+    if failures := _relation_failures(conf, origins, settings_file.name):
         raise ConfigError("; ".join(failures))
     if conf.get("gunicorn.graceful_timeout") is None:
         # The drain after SIGTERM gets as long as a request may take, unless told otherwise.

@@ -178,10 +178,28 @@ class Settings:
     order_provider_recheck_seconds: float
     order_status_provider_budget_seconds: float
     order_reconcile_list_hours: int
+    # The vend window (payments.vend_window): a paid order not started this long after its payment
+    # is closed; a started one not reported this long after its start is handed to the staff.
+    order_make_window_seconds: int
+    order_make_timeout_seconds: int
+    # A machine with an API token that has called nothing for this long takes no orders.
+    device_offline_after_seconds: int
     security: SecuritySettings
     sources: Mapping[str, str]  # dotted key -> "[default]", "[production]", "env DJANGO_DEBUG", ...
     warnings: tuple[str, ...]
     rows: list[tuple[str, str, str]] = field(repr=False)
+
+    @property
+    def device_seen_interval_seconds(self) -> int:
+        """A machine's last call is written at most once per this: a quarter of the offline limit
+        keeps a poll a read almost always, and an offline machine noticed at most a quarter late."""
+        return max(1, self.device_offline_after_seconds // 4)
+
+    @property
+    def order_make_window_check_seconds(self) -> float:
+        """How often each server worker closes the vend windows that are due: a quarter of the
+        window, at most 10 s, so the money goes back well within a minute of the window closing."""
+        return min(10.0, self.order_make_window_seconds / 4)
 
     def report(self) -> list[tuple[str, str, str]]:
         """(key, value shown to an operator, source) rows; secrets masked."""
@@ -211,6 +229,9 @@ def settings_from(values: Mapping[str, Any], **fields_without_key: Any) -> Setti
         order_provider_recheck_seconds=values["orders.provider_recheck_seconds"],
         order_status_provider_budget_seconds=values["orders.status_provider_budget_seconds"],
         order_reconcile_list_hours=values["orders.reconcile_list_hours"],
+        order_make_window_seconds=values["orders.make_window_seconds"],
+        order_make_timeout_seconds=values["orders.make_timeout_seconds"],
+        device_offline_after_seconds=values["devices.offline_after_seconds"],
         **fields_without_key,
     )
 

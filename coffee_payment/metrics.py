@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -166,17 +167,23 @@ def _registry() -> CollectorRegistry:
 
 
 _REGISTRY = _registry()
+# More metrics in text format, read when /metrics is scraped (coffee_payment/urls.py passes them).
+ScrapeRead = Callable[[], Awaitable[bytes]]
 # A request that came through a proxy (the ingress sets these): /metrics is for the scraper, which
 # reaches the pod directly; it is no public page even if an ingress routes every path.
 FORWARDED_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_HOST", "HTTP_FORWARDED")
 
 
-async def metrics_view(request: HttpRequest) -> HttpResponse:
-    """Prometheus text format: every worker's metrics (multiprocess mode) or this process's."""
+async def metrics_view(request: HttpRequest, *, scrape_reads: tuple[ScrapeRead, ...] = ()) -> HttpResponse:
+    """Prometheus text format: every worker's metrics (multiprocess mode) or this process's, then
+    what each of `scrape_reads` reads at the scrape (counts from the database: one worker answers for
+    the pod, and every pod counts the same rows)."""
     if any(header in request.META for header in FORWARDED_HEADERS):
         return HttpResponse("Not Found", status=404, content_type="text/plain; charset=utf-8")
     # Reading every worker's files is file I/O: off the event loop.
     body = await sync_to_async(generate_latest, thread_sensitive=False)(_REGISTRY)
+    for read in scrape_reads:
+        body += await read()
     return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
 
 

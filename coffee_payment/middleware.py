@@ -3,6 +3,7 @@ pod IP as Host), and a 400 for NUL characters before they reach the database."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 
 from asgiref.sync import async_to_sync, iscoroutinefunction, markcoroutinefunction
@@ -57,7 +58,8 @@ class ProbeMiddleware(DualModeMiddleware):
     def _probe_view(request: HttpRequest) -> Callable[..., Awaitable[HttpResponseBase]]:
         match = resolve(request.path_info)
         route_label_set(request, match.view_name)
-        return match.func
+        # With the URL pattern's own arguments (/metrics is given what it reads from the database).
+        return functools.partial(match.func, *match.args, **match.kwargs)
 
 
 # Form bodies Django parses into request.POST; other bodies (JSON) are the view's to read.

@@ -195,6 +195,13 @@ PAYMENT_PROVIDER_RETRY_BACKOFF = PROVIDER_RETRY_BACKOFF
 PAYMENT_PROVIDER_DEADLINE_MARGIN = PROVIDER_DEADLINE_MARGIN
 # The deadline of the request being served (time.monotonic(), or None outside one).
 REQUEST_DEADLINE_CALLABLE = "coffee_payment.request_timeout.request_deadline"
+ORDER_MAKE_WINDOW_SECONDS = conf.order_make_window_seconds
+ORDER_MAKE_TIMEOUT_SECONDS = conf.order_make_timeout_seconds
+# Derived (coffee_payment/conf_values.py): how often each worker closes due vend windows.
+ORDER_MAKE_WINDOW_CHECK_SECONDS = conf.order_make_window_check_seconds
+DEVICE_OFFLINE_AFTER_SECONDS = conf.device_offline_after_seconds
+# Derived: a machine's last call is written at most once per this.
+DEVICE_SEEN_INTERVAL_SECONDS = conf.device_seen_interval_seconds
 # The X-Request-ID of the request being served (or None), sent on every provider call.
 REQUEST_ID_CALLABLE = "coffee_payment.request_id.request_id_current"
 

@@ -12,11 +12,47 @@ from django.db import models
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
+from django.utils import timezone
 from django.utils.translation import gettext as _, gettext_lazy, ngettext
 
-from payments import provider, services
+from payments import liveness, provider, services
 from payments.errors import IllegalTransition, PaymentsError
 from payments.models import Device, MenuItem, Merchant, Order, OrderStatus, OrphanPayment, sources_of
+from payments.vend_window import make_overdue
+
+CONNECTIONS = {
+    liveness.Connection.ONLINE: gettext_lazy("Online (in touch)"),
+    liveness.Connection.OFFLINE: gettext_lazy("Offline (not in touch)"),
+    liveness.Connection.NONE: gettext_lazy("No API token (staff's status decides)"),
+}
+
+
+class ConnectionFilter(admin.SimpleListFilter):
+    """Whether the machine has called the machine API lately (payments.liveness)."""
+
+    title = gettext_lazy("connection")
+    parameter_name = "connection"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, Any]]:
+        return [(str(connection), label) for connection, label in CONNECTIONS.items()]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Device]) -> QuerySet[Device]:
+        if self.value() not in {str(connection) for connection in CONNECTIONS}:
+            return queryset
+        return queryset.filter(liveness.connection_filter(liveness.Connection(self.value()), now=timezone.now()))
+
+
+class MakeOverdueFilter(admin.SimpleListFilter):
+    """Started, never reported made or failed within ORDER_MAKE_TIMEOUT_SECONDS: the staff decide."""
+
+    title = gettext_lazy("started, not reported")
+    parameter_name = "make_overdue"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, Any]]:
+        return [("yes", gettext_lazy("Past the make timeout: check the machine"))]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Order]) -> QuerySet[Order]:
+        return queryset.filter(make_overdue(now=timezone.now())) if self.value() == "yes" else queryset
 
 
 @admin.register(Merchant)
@@ -33,14 +69,21 @@ class MenuItemInline(admin.TabularInline):
 
 @admin.register(Device)
 class DeviceAdmin(admin.ModelAdmin):
-    list_display = ("device_uuid", "merchant", "location", "status", "time_zone", "credential_issued_at")
-    list_filter = ("status", "merchant")
+    list_display = ("device_uuid", "merchant", "location", "status", "connection", "last_seen_at", "time_zone",
+                    "credential_issued_at")
+    list_filter = ("status", ConnectionFilter, "merchant")
     search_fields = ("device_uuid", "location")
     list_select_related = ("merchant", "credential")
     # A logo address typed without a scheme is https (Django 6's default; silences 5.x's warning).
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     inlines = [MenuItemInline]
     actions = ["issue_credential"]
+
+    @admin.display(description=gettext_lazy("Connection"))
+    def connection(self, device: Device) -> str:
+        connection = liveness.device_connection(has_token=hasattr(device, "credential"),
+                                                last_seen_at=device.last_seen_at, now=timezone.now())
+        return str(CONNECTIONS[connection])
 
     @admin.display(description="API token issued")
     def credential_issued_at(self, device: Device) -> datetime.datetime | None:
@@ -116,8 +159,9 @@ def _transition_action(name: str, service: Callable[..., Order], description: st
 
 @admin.register(Order)
 class OrderAdmin(admin.ModelAdmin):
-    list_display = ("id", "device", "drink_name", "size", "price_rubles", "status", "two_stage", "created_at")
-    list_filter = ("status", "merchant")
+    list_display = ("id", "device", "drink_name", "size", "price_rubles", "status", "two_stage", "paid_at",
+                    "created_at")
+    list_filter = ("status", MakeOverdueFilter, "merchant")
     search_fields = ("id", "provider_payment_id", "device__device_uuid")
     list_select_related = ("device", "merchant")
     date_hierarchy = "created_at"

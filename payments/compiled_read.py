@@ -11,7 +11,7 @@ from typing import Any, Generic, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.core.exceptions import ImproperlyConfigured
-from django.db import models
+from django.db import DEFAULT_DB_ALIAS, connections, models
 
 __all__ = ["CompiledRead"]
 
@@ -28,15 +28,23 @@ class CompiledRead(Generic[M]):
         self._names = tuple(inspect.signature(build).parameters)
 
     @functools.cached_property
-    def _compiled(self) -> tuple[type[M], str, tuple[str, ...]]:
-        """(model, SQL, parameter names in the SQL's order), on first use: never at import."""
+    def _compiled(self) -> tuple[type[M], str, tuple[str, ...], list[tuple[str, list[Any], Any]]]:
+        """(model, SQL, parameter names in the SQL's order, converters of the annotations), on first
+        use: never at import."""
         markers = {f"<{name}>": name for name in self._names}
         queryset = self._build(**{name: marker for marker, name in markers.items()}).order_by()
         sql, params = queryset.query.sql_with_params()
         if sorted(map(str, params)) != sorted(markers):
             raise ImproperlyConfigured(f"{self._build!r} compiled to {sql!r} with parameters {params!r}: "
                                        f"each of {self._names} must be one parameter, unchanged")
-        return queryset.model, sql, tuple(markers[param] for param in params)
+        # raw() converts the model's columns only: an annotation (a joined datetime on SQLite, say)
+        # gets the converters the ORM's own query would give it.
+        annotations = list(queryset.query.annotation_select.items())
+        compiler = queryset.query.get_compiler(using=DEFAULT_DB_ALIAS)
+        converters = compiler.get_converters([expression for _, expression in annotations])
+        converted = [(annotations[index][0], functions, expression)
+                     for index, (functions, expression) in converters.items()]
+        return queryset.model, sql, tuple(markers[param] for param in params), converted
 
     async def one(self, **parameters: Any) -> M | None:
         """The row of a read by a unique key, as a model instance with the columns the queryset
@@ -45,5 +53,13 @@ class CompiledRead(Generic[M]):
         return await sync_to_async(self._one)(parameters)
 
     def _one(self, parameters: dict[str, Any]) -> M | None:
-        model, sql, names = self._compiled
-        return next(iter(model._default_manager.raw(sql, [parameters[name] for name in names])), None)
+        model, sql, names, converted = self._compiled
+        row = next(iter(model._default_manager.raw(sql, [parameters[name] for name in names])), None)
+        if row is not None:
+            connection = connections[DEFAULT_DB_ALIAS]
+            for name, functions, expression in converted:
+                value = getattr(row, name)
+                for function in functions:
+                    value = function(value, expression, connection)
+                setattr(row, name, value)
+        return row

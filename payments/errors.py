@@ -45,6 +45,15 @@ class DeviceUnavailable(PaymentsError):
     title = _("This coffee machine is not available")
 
 
+class DeviceOffline(PaymentsError):
+    """The machine has a token but has not called the machine API for DEVICE_OFFLINE_AFTER_SECONDS:
+    powered off or cut off, it could not see the payment. 409 like staff's own offline, not 503:
+    the server is fine, and an ingress may replace a 503 with a page of its own."""
+
+    status = 409
+    title = _("This coffee machine is offline")
+
+
 class OrderConflict(PaymentsError):
     status = 409
     title = _("This order cannot be used")
@@ -70,10 +79,25 @@ class PriceMismatch(PaymentsError):
 class IllegalTransition(PaymentsError):
     status = 409
     title = _("This order cannot change that way")
+    # For the machine API's 409: what a machine can act on.
+    reason = "illegal_transition"
 
     def __init__(self, *, order_id: str, current: str, target: str) -> None:
         super().__init__(f"order {order_id!r} is {current} and cannot become {target}")
         self.order_id, self.current, self.target = order_id, current, target
+
+
+class MakeWindowClosed(IllegalTransition):
+    """The machine reports starting an order whose vend window has closed (ORDER_MAKE_WINDOW_SECONDS
+    after its payment): its money is being returned, the drink must not be made."""
+
+    reason = "make_window_closed"
+
+    def __init__(self, *, order_id: str, current: str, window_seconds: int) -> None:
+        super().__init__(order_id=order_id, current=current, target="make_pending")
+        self.message = (f"order {order_id!r} was not started within ORDER_MAKE_WINDOW_SECONDS={window_seconds} "
+                        f"of its payment and is {current}: its money is returned, do not make the drink")
+        self.args = (self.message,)
 
 
 class OrderExpired(PaymentsError):

@@ -2,11 +2,13 @@
 
 A machine reads its orders (paid? for what?), reports what became of the drink, and uploads its
 menu. Token auth, not cookies, so no CSRF; another machine's order answers 404, as if it did not
-exist. Every view is async (payments.checks).
+exist. Every authenticated call marks the machine seen (payments.liveness). Every view is async
+(payments.checks).
 """
 
 from __future__ import annotations
 
+import datetime
 import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -17,8 +19,8 @@ from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
-from payments import credentials, selectors, services
-from payments.errors import IllegalTransition, InvalidParameter
+from payments import credentials, liveness, selectors, services
+from payments.errors import IllegalTransition, InvalidParameter, MakeWindowClosed
 from payments.forms import menu_parse
 from payments.json_input import json_input_parse
 from payments.models import REPORTED_STATUSES
@@ -50,10 +52,11 @@ def _unauthorized(message: str, *, invalid: bool) -> JsonResponse:
     return response
 
 
-async def _authenticated(request: HttpRequest, *, order_id: str | None) -> tuple[int, OrderState | None] | JsonResponse:
-    """(id of the machine whose token the request carries, its order `order_id` or None), or the
-    401 to answer. An order of that machine comes with its credential in one read (every machine
-    polls); otherwise the credential alone says whether the token is good."""
+async def _authenticated(request: HttpRequest, *, order_id: str | None
+                         ) -> tuple[int, OrderState | None, datetime.datetime | None] | JsonResponse:
+    """(id of the machine whose token the request carries, its order `order_id` or None, when it was
+    last seen), or the 401 to answer. An order of that machine comes with its credential in one read
+    (every machine polls); otherwise the credential alone says whether the token is good."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return _unauthorized("this API needs the machine's token: Authorization: Bearer <token>", invalid=False)
@@ -62,11 +65,11 @@ async def _authenticated(request: HttpRequest, *, order_id: str | None) -> tuple
     if key_id and order_id is not None:
         with_order = await selectors.machine_order_find(key_id=key_id, order_id=order_id)
         if with_order is not None and credentials.token_matches(token, with_order[1]):
-            return with_order[0], with_order[2]
+            return with_order[0], with_order[2], with_order[3]
     found = await selectors.device_credential_find(key_id=key_id) if key_id else None
     if found is None or not credentials.token_matches(token, found[1]):
         return _unauthorized("the machine's token is not valid (issue a new one in the admin)", invalid=True)
-    return found[0], None
+    return found[0], None, found[2]
 
 
 def machine_endpoint(*methods: str) -> Callable[[MachineView], MachineView]:
@@ -86,7 +89,10 @@ def machine_endpoint(*methods: str) -> Callable[[MachineView], MachineView]:
             found = await _authenticated(request, order_id=order_id)
             if isinstance(found, JsonResponse):
                 return found
-            device_id, order = found
+            device_id, order, last_seen_at = found
+            # Polls stay reads: the call is written down only when the stored one is stale.
+            if liveness.seen_write_due(last_seen_at, now=timezone.now()):
+                await sync_to_async(services.device_mark_seen)(device_id=device_id)
             if order_id is not None:
                 kwargs["order"] = order
             return await view(request, *args, device_id=device_id, **kwargs)
@@ -146,8 +152,9 @@ async def machine_order_report(
     except IllegalTransition as refused:
         # The same report again finds the order where that report (and the money flow it started)
         # took it: harmless.
-        if refused.current not in REPORTED_STATUSES[outcome]:
-            return _json({"error": refused.message, "status": refused.current, "outcome": outcome}, status=409)
+        if isinstance(refused, MakeWindowClosed) or refused.current not in REPORTED_STATUSES[outcome]:
+            return _json({"error": refused.message, "reason": refused.reason, "status": refused.current,
+                          "outcome": outcome}, status=409)
     # The order as the report left it: the authentication found it this machine's, and an order
     # never changes machine.
     state = await selectors.order_get_status(order_id=order_id)

@@ -1,7 +1,8 @@
 """Prometheus metrics of the payments app: payments and refunds by outcome, provider calls.
 
-Reported by the project's `/metrics` (coffee_payment/metrics.py). Every label value comes from the
-code: order statuses, operation names, outcome kinds.
+Reported by the project's `/metrics` (coffee_payment/metrics.py), with the counts that
+payments/scrape_metrics.py reads from the database at each scrape. Every label value comes from
+the code: order statuses, operation names, outcome kinds.
 """
 
 from __future__ import annotations
@@ -16,6 +17,12 @@ PAYMENTS = Counter(
 )
 REFUNDS = Counter(
     "coffee_refunds_total", "Refunds by outcome: requested, refunded or refund_failed.", ["outcome"]
+)
+MAKE_WINDOWS_CLOSED = Counter(
+    "coffee_make_windows_closed_total",
+    "Paid orders the machine did not start within ORDER_MAKE_WINDOW_SECONDS, their money returned, by "
+    "stage: single_stage (refunded) or two_stage (released).",
+    ["stage"],
 )
 # Seconds, up to the provider read timeout's range; each attempt (a retry is a call of its own).
 PROVIDER_DURATION = Histogram(
@@ -46,3 +53,4 @@ ORPHAN_PAYMENTS = Counter(
     "Provider payments their order never recorded, by outcome: attached, refunded, released or return_failed.",
     ["outcome"],
 )
+

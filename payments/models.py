@@ -84,6 +84,9 @@ class Device(models.Model):
         max_length=64, default=DEFAULT_DEVICE_TIME_ZONE, validators=[time_zone_validate],
         help_text="The machine's IANA time zone, e.g. Europe/Moscow: times on the customer pages are shown in it.",
     )
+    # The machine's last call to the machine API, written at most once per DEVICE_SEEN_INTERVAL_SECONDS
+    # (payments.liveness); None: never since it has had a token.
+    last_seen_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
@@ -125,6 +128,8 @@ S = OrderStatus
 #   cancel_pending -> refund_pending       the hold turned out captured: refund instead
 #   capture_pending -> failed              the hold was gone before the capture (logged as error)
 #   paid | make_failed -> manual_make      staff hand the drink over themselves (single-stage)
+#   paid -> refund_pending, held -> cancel_pending   the vend window closed: not started within
+#                                          ORDER_MAKE_WINDOW_SECONDS of the payment (payments.vend_window)
 #   created | pending -> failed            the payment cannot be trusted (e.g. wrong amount)
 # The *_pending money states record an intent before the provider is called (with an
 # Idempotence-Key derived from the order and the operation), so a crash between the call and the
@@ -133,7 +138,7 @@ S = OrderStatus
 TRANSITIONS: dict[str, frozenset[str]] = {
     S.CREATED: frozenset({S.PENDING, S.FAILED}),
     S.PENDING: frozenset({S.PAID, S.HELD, S.NOT_PAID, S.FAILED}),
-    S.PAID: frozenset({S.MAKE_PENDING, S.MAKE_FAILED, S.MANUAL_MAKE}),
+    S.PAID: frozenset({S.MAKE_PENDING, S.MAKE_FAILED, S.MANUAL_MAKE, S.REFUND_PENDING}),
     S.HELD: frozenset({S.PAID, S.MAKE_PENDING, S.MAKE_FAILED, S.CANCEL_PENDING, S.RELEASED}),
     S.MAKE_PENDING: frozenset({S.SUCCESSFUL, S.CAPTURE_PENDING, S.MAKE_FAILED, S.CANCEL_PENDING}),
     S.CAPTURE_PENDING: frozenset({S.SUCCESSFUL, S.FAILED}),
@@ -256,6 +261,13 @@ class Order(models.Model):
     # When a status poll or the return page last claimed a re-read of the pending order's payment
     # from the provider: at most one per ORDER_PROVIDER_RECHECK_SECONDS, whichever worker asks.
     provider_checked_at = models.DateTimeField(null=True, blank=True)
+    # When the money was taken or held: the vend window (ORDER_MAKE_WINDOW_SECONDS) starts here. None
+    # for orders paid before the window existed: those stay with the staff.
+    paid_at = models.DateTimeField(null=True, blank=True)
+    # When the vend window closed on the order, not started: its money is returned.
+    make_window_closed_at = models.DateTimeField(null=True, blank=True)
+    # When the order, started, was found unreported past ORDER_MAKE_TIMEOUT_SECONDS: handed to the staff.
+    make_overdue_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

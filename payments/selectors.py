@@ -23,12 +23,14 @@ MONEY_TAKEN_STATUSES = frozenset({
     S.PAID, S.HELD, S.MAKE_PENDING, S.CAPTURE_PENDING, S.SUCCESSFUL, S.MAKE_FAILED, S.MANUAL_MAKE,
     S.CANCEL_PENDING, S.REFUND_PENDING, S.REFUND_FAILED,
 })
-_STATE_COLUMNS = ("status", "expires_at", "drink_number", "drink_name", "size", "price_kopecks",
+_STATE_COLUMNS = ("status", "expires_at", "drink_number", "drink_name", "size", "price_kopecks", "paid_at",
                   "provider_checked_at")
-# The polls: compiled to SQL once (payments/compiled_read.py).
+# The polls: compiled to SQL once (payments/compiled_read.py). The machine's also reads when the
+# machine was last seen, so that its call is written down only when that is stale (payments.liveness).
 _STATUS_READ = CompiledRead(lambda order_id: Order.objects.only(*_STATE_COLUMNS).filter(pk=order_id))
 _MACHINE_READ = CompiledRead(lambda order_id, key_id: Order.objects.only("device", *_STATE_COLUMNS).annotate(
-    token_sha256=F("device__credential__token_sha256")).filter(pk=order_id, device__credential__key_id=key_id))
+    token_sha256=F("device__credential__token_sha256"), device_last_seen_at=F("device__last_seen_at"),
+).filter(pk=order_id, device__credential__key_id=key_id))
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,14 @@ class OrderState:
     drink_name: str
     size: int
     price_kopecks: int
-    provider_checked_at: datetime.datetime | None = None
+    paid_at: datetime.datetime | None
+    provider_checked_at: datetime.datetime | None
+
+    def can_make(self, *, now: datetime.datetime) -> bool:
+        """Paid or held, not yet started, within its vend window (ORDER_MAKE_WINDOW_SECONDS of the
+        payment; an order paid before the window existed has none)."""
+        window = datetime.timedelta(seconds=settings.ORDER_MAKE_WINDOW_SECONDS)
+        return self.status in MAKEABLE_STATUSES and (self.paid_at is None or now < self.paid_at + window)
 
     def as_json(self, *, now: datetime.datetime) -> dict[str, Any]:
         return {
@@ -65,8 +74,8 @@ class OrderState:
         paid = self.status in MONEY_TAKEN_STATUSES
         return {
             **self.as_json(now=now), "paid": paid, "amount_paid_kopecks": self.price_kopecks if paid else 0,
-            # Paid or held and not yet started: the one state in which the machine may pour.
-            "can_make": self.status in MAKEABLE_STATUSES,
+            # The one state in which the machine may start (and pour once make_pending is accepted).
+            "can_make": self.can_make(now=now),
         }
 
 
@@ -88,16 +97,21 @@ async def order_get_status(*, order_id: str) -> OrderState | None:
     return None if order is None else _state_of(order)
 
 
-async def device_credential_find(*, key_id: str) -> tuple[int, str] | None:
-    """(device id, token hash) of the credential with this key id: one read by a unique index."""
-    return await DeviceCredential.objects.filter(key_id=key_id).values_list("device_id", "token_sha256").afirst()
+async def device_credential_find(*, key_id: str) -> tuple[int, str, datetime.datetime | None] | None:
+    """(device id, token hash, when the machine was last seen) of the credential with this key id:
+    one read by a unique index."""
+    credentials = DeviceCredential.objects.filter(key_id=key_id)
+    return await credentials.values_list("device_id", "token_sha256", "device__last_seen_at").afirst()
 
 
-async def machine_order_find(*, key_id: str, order_id: str) -> tuple[int, str, OrderState] | None:
-    """(device id, token hash of the credential with this key id, the order) if the order is that
-    credential's machine's, else None: a machine's order and its credential in one read."""
+async def machine_order_find(*, key_id: str, order_id: str
+                             ) -> tuple[int, str, OrderState, datetime.datetime | None] | None:
+    """(device id, token hash of the credential with this key id, the order, when the machine was last
+    seen) if the order is that credential's machine's, else None: order and credential in one read."""
     order = await _MACHINE_READ.one(order_id=order_id, key_id=key_id)
-    return None if order is None else (order.device_id, order.token_sha256, _state_of(order))
+    if order is None:
+        return None
+    return order.device_id, order.token_sha256, _state_of(order), order.device_last_seen_at
 
 
 async def device_menu(*, device_id: int) -> list[dict[str, Any]]:

@@ -21,17 +21,20 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from payments import credentials, provider, selectors
+from payments import credentials, liveness, provider, selectors
 from payments.errors import (
     DeviceNotFound,
+    DeviceOffline,
     DeviceUnavailable,
     DrinkNotOnMenu,
     DrinkUnavailable,
     IllegalTransition,
+    MakeWindowClosed,
     MerchantInactive,
     OrderConflict,
     OrderExpired,
@@ -42,6 +45,7 @@ from payments.errors import (
     ProviderUnavailable,
 )
 from payments.models import (
+    MAKEABLE_STATUSES,
     MONEY_PENDING_STATUSES,
     ORDERING_DEVICE_STATUSES,
     PAYABLE_STATUSES,
@@ -57,7 +61,7 @@ from payments.models import (
     sources_of,
 )
 from payments.forms import MenuEntry
-from payments.metrics import ORPHAN_PAYMENTS, PAYMENT_RECHECKS, PAYMENTS, REFUNDS
+from payments.metrics import MAKE_WINDOWS_CLOSED, ORPHAN_PAYMENTS, PAYMENT_RECHECKS, PAYMENTS, REFUNDS
 from payments.provider import Notification, ProviderPayment, ProviderRefund
 
 log = logging.getLogger(__name__)
@@ -84,6 +88,17 @@ def _ensure_can_order(merchant: Merchant, device: Device, *, now: datetime.datet
     if device.status not in ORDERING_DEVICE_STATUSES:
         raise DeviceUnavailable(_("This coffee machine is %(status)s and cannot take orders.")
                                 % {"status": str(device.get_status_display()).lower()})
+
+
+def _ensure_machine_seen(device: Device, *, now: datetime.datetime) -> None:
+    """A machine with an API token must have called lately (payments.liveness): a silent one would
+    never see the payment. Its credential is loaded with it (select_related)."""
+    connection = liveness.device_connection(has_token=hasattr(device, "credential"), last_seen_at=device.last_seen_at,
+                                            now=now)
+    if connection == liveness.Connection.OFFLINE:
+        raise DeviceOffline(_("This coffee machine has not been in touch with the server for a while, so it could "
+                              "not make your drink. Nothing was ordered or charged. Please try again in a minute or "
+                              "use another machine."))
 
 
 def _ensure_not_expired(order: Order, *, now: datetime.datetime) -> None:
@@ -124,13 +139,14 @@ def order_create(
     Name and price come from the machine's menu, as it is at the first scan. A drink that is not on
     the menu or not available, or an older link's `price` (quoted_price_kopecks) that is not the
     menu's, is refused and writes nothing; so is a scan that reuses an order id for another device,
-    drink or size.
+    drink or size, and a scan of a machine that staff's status or its silence takes out of service.
     """
     now = now or timezone.now()
-    device = Device.objects.select_related("merchant").filter(device_uuid=device_uuid).first()
+    device = Device.objects.select_related("merchant", "credential").filter(device_uuid=device_uuid).first()
     if device is None:
         raise DeviceNotFound(f"There is no coffee machine {device_uuid!r}. Please scan the QR code on the machine again.")
     _ensure_can_order(device.merchant, device, now=now)
+    _ensure_machine_seen(device, now=now)
     item = _menu_item_for(device, drink_number=drink_number, size=size, quoted_price_kopecks=quoted_price_kopecks)
     wanted: dict[str, Any] = {"device_id": device.pk, "drink_number": drink_number, "size": size}
     expires_at = now + datetime.timedelta(minutes=settings.ORDER_EXPIRY_MINUTES)
@@ -174,6 +190,14 @@ def device_credential_issue(*, device_id: int, now: datetime.datetime | None = N
     return issued.token
 
 
+def device_mark_seen(*, device_id: int, now: datetime.datetime | None = None) -> bool:
+    """Write down a machine's call, at most once per DEVICE_SEEN_INTERVAL_SECONDS: a compare-and-set,
+    so concurrent calls of one machine write once. Whether this call wrote."""
+    now = now or timezone.now()
+    stale = Q(last_seen_at__isnull=True) | Q(last_seen_at__lte=liveness.seen_write_cutoff(now=now))
+    return bool(Device.objects.filter(stale, pk=device_id).update(last_seen_at=now))
+
+
 def _order_transition(
     *, order_id: str, target: OrderStatus, sources: frozenset[str] | None = None, when: Q | None = None, **changes: Any
 ) -> Order:
@@ -213,15 +237,22 @@ def order_mark_pending(*, order_id: str, provider_payment_id: str) -> Order:
         raise refused
 
 
-def order_mark_paid(*, order_id: str) -> Order:
+def _paid_at(now: datetime.datetime | None) -> Coalesce:
+    """The first time the money was taken or held: the vend window starts there, once."""
+    return Coalesce(F("paid_at"), Value(now or timezone.now()))
+
+
+def order_mark_paid(*, order_id: str, now: datetime.datetime | None = None) -> Order:
     """pending | held -> paid: the money is taken (from a held payment: captured outside this server,
     so from now on the order is single-stage and a failed drink is refunded)."""
-    return _order_transition(order_id=order_id, target=S.PAID, two_stage=False)
+    return _order_transition(order_id=order_id, target=S.PAID, two_stage=False, paid_at=_paid_at(now))
 
 
-def order_mark_held(*, order_id: str, hold_expires_at: datetime.datetime) -> Order:
+def order_mark_held(*, order_id: str, hold_expires_at: datetime.datetime, now: datetime.datetime | None = None
+                    ) -> Order:
     """pending -> held: the provider holds the amount (waiting_for_capture) until we capture or release it."""
-    return _order_transition(order_id=order_id, target=S.HELD, two_stage=True, hold_expires_at=hold_expires_at)
+    return _order_transition(order_id=order_id, target=S.HELD, two_stage=True, hold_expires_at=hold_expires_at,
+                             paid_at=_paid_at(now))
 
 
 def order_mark_not_paid(*, order_id: str) -> Order:
@@ -233,11 +264,66 @@ def order_mark_failed(*, order_id: str) -> Order:
     return _order_transition(order_id=order_id, target=S.FAILED, sources=frozenset({S.CREATED, S.PENDING}))
 
 
+def _make_window_cutoff(now: datetime.datetime) -> datetime.datetime:
+    """An order paid at or before this has had its vend window (ORDER_MAKE_WINDOW_SECONDS)."""
+    return now - datetime.timedelta(seconds=settings.ORDER_MAKE_WINDOW_SECONDS)
+
+
 def order_mark_make_pending(*, order_id: str, now: datetime.datetime | None = None) -> Order:
-    """paid | held -> make_pending; a hold that has expired (or is about to be released) is refused."""
+    """paid | held -> make_pending within the vend window; a hold that has expired (or is about to be
+    released) is refused. The window's condition is part of the compare-and-set, so a late start and
+    the window's closing (order_close_make_window) cannot both win; a late start raises
+    MakeWindowClosed."""
     now = now or timezone.now()
     hold_alive = Q(status=S.PAID) | Q(hold_expires_at__isnull=True) | Q(hold_expires_at__gt=now)
-    return _order_transition(order_id=order_id, target=S.MAKE_PENDING, when=hold_alive)
+    in_window = Q(paid_at__isnull=True) | Q(paid_at__gt=_make_window_cutoff(now))
+    try:
+        return _order_transition(order_id=order_id, target=S.MAKE_PENDING, when=hold_alive & in_window)
+    except IllegalTransition as refused:
+        found = Order.objects.filter(pk=order_id).values_list("status", "paid_at", "make_window_closed_at").first()
+        if found is None:
+            raise
+        status, paid_at, closed_at = found
+        if closed_at is not None or (status in MAKEABLE_STATUSES and paid_at and paid_at <= _make_window_cutoff(now)):
+            raise MakeWindowClosed(order_id=order_id, current=status,
+                                   window_seconds=settings.ORDER_MAKE_WINDOW_SECONDS) from None
+        raise
+
+
+def order_close_make_window(*, order_id: str, now: datetime.datetime | None = None) -> Order:
+    """paid -> refund_pending (single-stage) | held -> cancel_pending (two-stage): the machine has not
+    started the order within ORDER_MAKE_WINDOW_SECONDS of its payment. The intent, recorded before
+    the provider is called (order_money_settle); a compare-and-set against order_mark_make_pending."""
+    now = now or timezone.now()
+    # The status says which: paid is money taken (refund it), held is money held (release it).
+    held = Order.objects.filter(pk=order_id, status=S.HELD).exists()
+    target, source = (S.CANCEL_PENDING, S.HELD) if held else (S.REFUND_PENDING, S.PAID)
+    order = _order_transition(order_id=order_id, target=target, sources=frozenset({source}),
+                              when=Q(paid_at__lte=_make_window_cutoff(now)), make_window_closed_at=now)
+    log.warning("order %r was not started within ORDER_MAKE_WINDOW_SECONDS=%d of its payment at %s: %s",
+                order.id, settings.ORDER_MAKE_WINDOW_SECONDS, order.paid_at.isoformat() if order.paid_at else "?",
+                "releasing the hold" if held else "refunding")
+    _outcome_count(MAKE_WINDOWS_CLOSED, "two_stage" if held else "single_stage")
+    return order
+
+
+def order_flag_make_overdue(*, order_id: str, now: datetime.datetime | None = None) -> bool:
+    """A started order not reported made or failed ORDER_MAKE_TIMEOUT_SECONDS after its start (the
+    make_pending transition's updated_at) goes to the staff: flagged once, one ERROR line. No money
+    moves: the drink may have been poured (docs/payments.md, "The vend window and liveness"). Whether
+    this call flagged it."""
+    now = now or timezone.now()
+    started_before = now - datetime.timedelta(seconds=settings.ORDER_MAKE_TIMEOUT_SECONDS)
+    # update(), not _order_transition: the status and updated_at (the start) stay as they are.
+    flagged = Order.objects.filter(pk=order_id, status=S.MAKE_PENDING, updated_at__lte=started_before,
+                                   make_overdue_at__isnull=True).update(make_overdue_at=now)
+    if flagged:
+        two_stage = Order.objects.filter(pk=order_id).values_list("two_stage", flat=True).first()
+        log.error("order %r was started but not reported made or failed within ORDER_MAKE_TIMEOUT_SECONDS=%d: "
+                  "the staff check the machine and mark it made by staff or could not be made%s", order_id,
+                  settings.ORDER_MAKE_TIMEOUT_SECONDS,
+                  " (the hold is released at ORDER_HOLD_MAX_MINUTES)" if two_stage else "")
+    return bool(flagged)
 
 
 def order_mark_successful(*, order_id: str) -> Order:
@@ -348,11 +434,11 @@ def order_apply_payment(*, order_id: str, payment: ProviderPayment, now: datetim
                 log.error("the hold of payment %s was released while order %r is being made", payment.id, order.id)
             return f"unchanged: order is {order.status}, payment is {payment.status}"
         if target == S.HELD:
-            order_mark_held(order_id=order.id, hold_expires_at=_hold_expiry(payment, now=now))
+            order_mark_held(order_id=order.id, hold_expires_at=_hold_expiry(payment, now=now), now=now)
         elif target == S.PAID:
             if order.status == S.HELD:
                 log.warning("the hold of payment %s (order %r) was captured outside this server", payment.id, order.id)
-            order_mark_paid(order_id=order.id)
+            order_mark_paid(order_id=order.id, now=now)
         elif target == S.FAILED:
             log.error("order %r: the drink was made but the hold of payment %s was gone before its capture",
                       order.id, payment.id)

@@ -156,6 +156,10 @@ retention_days = 30
 provider_recheck_seconds = 2.0
 status_provider_budget_seconds = 1.0
 reconcile_list_hours = 24
+make_window_seconds = 120
+make_timeout_seconds = 600
+[default.devices]
+offline_after_seconds = 120
 [default.security]
 ssl_redirect = false
 hsts_seconds = 0
@@ -312,7 +316,12 @@ PAYMENT_NUMBERS = {
     "ORDER_PROVIDER_RECHECK_SECONDS": "(allowed: 1..300 seconds)",
     "ORDER_STATUS_PROVIDER_BUDGET_SECONDS": "(allowed: 0.1..10 seconds)",
     "ORDER_RECONCILE_LIST_HOURS": "(allowed: 1..720)",
+    "ORDER_MAKE_WINDOW_SECONDS": "(allowed: 5..3600)",
+    "ORDER_MAKE_TIMEOUT_SECONDS": "(allowed: 60..86400)",
+    "DEVICE_OFFLINE_AFTER_SECONDS": "(allowed: 10..86400)",
 }
+# Valid alone, refused together: the vend window (default 120 s) must close while a hold is held.
+WINDOW_NOT_SHORTER = "is not shorter than ORDER_HOLD_MAX_MINUTES"
 
 
 @pytest.mark.parametrize(("raw", "message"), [
@@ -345,6 +354,36 @@ def test_a_hold_is_always_released_before_the_providers_seven_day_limit() -> Non
     assert longest < 7 * 24 * 60
     with pytest.raises(ConfigError, match="ORDER_HOLD_MAX_MINUTES"):
         load_settings(environ={**PRODUCTION_OK, "ORDER_HOLD_MAX_MINUTES": str(7 * 24 * 60)})
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"ORDER_MAKE_WINDOW_SECONDS": "3600"}, "ORDER_MAKE_WINDOW_SECONDS='3600' is not shorter than "
+         "settings.toml [default] orders.hold_max_minutes=60 (3600 seconds) (allowed: less, "),
+        ({"ORDER_HOLD_MAX_MINUTES": "2"}, "settings.toml [default] orders.make_window_seconds=120 is not shorter "
+         "than ORDER_HOLD_MAX_MINUTES='2' (120 seconds)"),
+    ],
+)
+def test_a_vend_window_that_outlasts_the_hold_is_refused_naming_both(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(environ={**PRODUCTION_OK, **environ})
+    assert str(refused.value).startswith(message) and "\n" not in str(refused.value)
+    shorter = load_settings(environ={**PRODUCTION_OK, "ORDER_MAKE_WINDOW_SECONDS": "3599"})
+    assert (shorter.order_make_window_seconds, shorter.order_hold_max_minutes) == (3599, 60)
+
+
+@pytest.mark.parametrize(("offline", "interval"), [("10", 2), ("120", 30), ("86400", 21600)])
+def test_a_machines_last_call_is_written_at_most_once_per_quarter_of_the_offline_limit(offline: str, interval: int
+                                                                                       ) -> None:
+    loaded = load_settings(environ={**TESTING, "DEVICE_OFFLINE_AFTER_SECONDS": offline})
+    assert loaded.device_seen_interval_seconds == interval < loaded.device_offline_after_seconds
+
+
+@pytest.mark.parametrize(("window", "check"), [("5", 1.25), ("40", 10.0), ("3599", 10.0)])
+def test_due_vend_windows_are_checked_well_within_a_minute(window: str, check: float) -> None:
+    loaded = load_settings(environ={**TESTING, "ORDER_MAKE_WINDOW_SECONDS": window})
+    assert loaded.order_make_window_check_seconds == check
 
 
 def test_production_starts_without_provider_secrets() -> None:
@@ -419,6 +458,9 @@ def test_payment_numbers_are_exact_or_refused_naming_the_variable(variable: str,
         if "does not fit in GUNICORN_TIMEOUT=30" in str(refused):  # in range, but too long a wait
             assert f"{variable}={float(raw) if 'TIMEOUT' in variable else int(raw):g}" in str(refused)
             return
+        if variable == "ORDER_HOLD_MAX_MINUTES" and raw.strip() in ("1", "2"):
+            assert WINDOW_NOT_SHORTER + f"={raw!r} ({int(raw) * 60} seconds)" in str(refused)
+            return
         assert str(refused).startswith(f"{variable}={raw!r} is ")
         assert str(refused).endswith(PAYMENT_NUMBERS[variable])
         return
@@ -434,6 +476,9 @@ def test_payment_numbers_are_exact_or_refused_naming_the_variable(variable: str,
         "ORDER_PROVIDER_RECHECK_SECONDS": loaded.order_provider_recheck_seconds,
         "ORDER_STATUS_PROVIDER_BUDGET_SECONDS": loaded.order_status_provider_budget_seconds,
         "ORDER_RECONCILE_LIST_HOURS": loaded.order_reconcile_list_hours,
+        "ORDER_MAKE_WINDOW_SECONDS": loaded.order_make_window_seconds,
+        "ORDER_MAKE_TIMEOUT_SECONDS": loaded.order_make_timeout_seconds,
+        "DEVICE_OFFLINE_AFTER_SECONDS": loaded.device_offline_after_seconds,
     }
     assert values[variable] == (float(raw) if "SECONDS" in variable or "TIMEOUT" in variable else int(raw))
 

@@ -52,6 +52,8 @@ def test_seed_issues_machine_tokens_only_when_asked() -> None:
     call_command("seed_demo", "--machine-tokens", stdout=out)
     tokens = dict(re.findall(r"^device ([\w-]+): machine API token (\S+)$", out.getvalue(), flags=re.MULTILINE))
     assert set(tokens) == {"demo-machine-lobby", "demo-machine-test"}
+    # Scans of a machine with a token need it to call: the output says how.
+    assert "takes orders while it calls the machine API" in out.getvalue()
     for device, token in tokens.items():
         stored = DeviceCredential.objects.get(device__device_uuid=device)
         assert credentials.token_matches(token, stored.token_sha256)

@@ -56,6 +56,13 @@ def server_environ(tmp_path: Path, database_url: str, provider: str, **overrides
     )
 
 
+def machine_shows(server: Server, token: str, order_id: str) -> None:
+    """The machine shows the order's QR code and polls for it (404 until it is scanned): it is seen,
+    so a scan of the code finds it online."""
+    polled = httpx.get(f"{server.url}/v1/machine/orders/{order_id}", headers={"Authorization": f"Bearer {token}"})
+    assert polled.status_code in (200, 404), polled.text
+
+
 def csrf(page: httpx.Response) -> dict[str, object]:
     """Keyword arguments that post the page's form as a browser on http://localhost would.
 
@@ -95,6 +102,7 @@ def test_scan_pay_webhook_status(tmp_path: Path, seeded: tuple[str, list[str], s
         tmp_path, env=server_environ(tmp_path, database_url, provider.url, GUNICORN_PORT=port, GUNICORN_WORKERS="2")
     ) as server, httpx.Client(timeout=10) as browser:
         order_id = order_id_of(queries[0])
+        machine_shows(server, token, order_id)
 
         order_page = browser.get(f"{server.url}/v1/pay?{queries[0]}")
         assert order_page.status_code == 200 and "Espresso" in order_page.text
@@ -129,11 +137,12 @@ def test_scan_pay_webhook_status(tmp_path: Path, seeded: tuple[str, list[str], s
 
 def test_a_slow_provider_does_not_hold_up_status_polls(tmp_path: Path, seeded: tuple[str, list[str], str]) -> None:
     """One worker: while a payment waits 1.5 s on the provider, status polls answer at once."""
-    database_url, queries, _ = seeded
+    database_url, queries, token = seeded
     with fake_provider(tmp_path, "--credentials", SECRETS, "--latency", "1.5") as provider, gunicorn(
         tmp_path, env=server_environ(tmp_path, database_url, provider.url, GUNICORN_WORKERS="1")
     ) as server:
         order_id = order_id_of(queries[1])
+        machine_shows(server, token, order_id)
 
         async def scenario() -> tuple[float, list[float]]:
             async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
@@ -164,10 +173,11 @@ def test_a_slow_provider_does_not_hold_up_status_polls(tmp_path: Path, seeded: t
 
 def test_provider_down_leaves_the_order_payable(tmp_path: Path, seeded: tuple[str, list[str], str]) -> None:
     """Refused connection to the provider: a clear 503 page, the order is still `created`."""
-    database_url, queries, _ = seeded
+    database_url, queries, token = seeded
     nothing_listens = f"http://127.0.0.1:{base_environ(tmp_path)['GUNICORN_PORT']}"
     with gunicorn(tmp_path, env=server_environ(tmp_path, database_url, nothing_listens, GUNICORN_WORKERS="1")) as server:
         order_id = order_id_of(queries[2])
+        machine_shows(server, token, order_id)
         with httpx.Client(timeout=15) as browser:
             page = browser.get(f"{server.url}/v1/pay?{queries[2]}")
             response = browser.post(f"{server.url}/v1/orders/{order_id}/payment", **csrf(page))  # type: ignore[arg-type]

@@ -121,3 +121,22 @@ def test_an_action_on_malformed_ids_is_a_400_not_a_500(admin_client: Any, order:
     assert response.status_code == 400
     assert response.content.decode() == f"_selected_action={selected!r} is not the id of a merchant"
     assert order.merchant.__class__.objects.filter(pk=order.merchant_id).exists()
+
+
+def test_the_device_list_shows_when_each_machine_was_seen_and_filters_by_connection(
+    admin_client: Any, device: Device, settings: Any
+) -> None:
+    silent = Device.objects.create(device_uuid="machine-silent", merchant=device.merchant, location="Hall")
+    seen = Device.objects.create(device_uuid="machine-seen", merchant=device.merchant, location="Hall")
+    for machine in (silent, seen):
+        services.device_credential_issue(device_id=machine.pk)
+    services.device_mark_seen(device_id=seen.pk)
+    page = admin_client.get("/admin/payments/device/").content.decode()
+    assert "Online (in touch)" in page and "Offline (not in touch)" in page and "No API token" in page
+    assert "Last seen at" in page
+    for connection, shown in [("online", "machine-seen"), ("offline", "machine-silent"), ("none", "machine-1")]:
+        listed = admin_client.get(f"/admin/payments/device/?connection={connection}").content.decode()
+        names = {name for name in ("machine-seen", "machine-silent", "machine-1") if f">{name}<" in listed}
+        assert names == {shown}, (connection, names)
+    russian = admin_client.get("/admin/payments/device/", HTTP_ACCEPT_LANGUAGE="ru").content.decode()
+    assert "На связи" in russian and "Не на связи" in russian

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,15 @@ def test_a_row_has_the_selected_columns_and_annotations(order: Order) -> None:
     found = async_to_sync(read.one)(order_id=order.pk)
     assert found is not None and (found.status, found.shop) == ("created", "demo-shop")
     assert found.get_deferred_fields() >= {"drink_name", "price_kopecks"}
+
+
+def test_an_annotation_gets_the_converters_of_the_orms_own_read(order: Order) -> None:
+    """raw() converts only the model's own columns: a joined datetime would be text on SQLite."""
+    read = CompiledRead(lambda order_id: Order.objects.only("status").annotate(seen=F("device__created_at"))
+                        .filter(pk=order_id))
+    found = async_to_sync(read.one)(order_id=order.pk)
+    created = Order.objects.values_list("device__created_at", flat=True).get(pk=order.pk)
+    assert found is not None and isinstance(found.seen, datetime.datetime) and found.seen == created
 
 
 @pytest.mark.parametrize("build", [

@@ -74,6 +74,19 @@ async def test_error_pages_are_translated_and_say_what_to_do_next(device: Device
     assert "На этой кофемашине нет напитка № 7 размера «средний»" in text_of(response.content)
 
 
+async def test_a_silent_machine_gets_the_offline_page_in_the_customers_language(device: Device) -> None:
+    """A machine with a token that has not called for DEVICE_OFFLINE_AFTER_SECONDS: 409, nothing written."""
+    await sync_to_async(services.device_credential_issue)(device_id=device.pk)
+    russian = await AsyncClient().get(QR, **RU)
+    assert russian.status_code == 409 and russian["Content-Language"] == "ru"
+    page = text_of(russian.content)
+    assert "Эта кофемашина не на связи" in page and "Заказ не создан, деньги не списаны" in page
+    english = await AsyncClient().get(QR)
+    assert english.status_code == 409 and "This coffee machine is offline" in text_of(english.content)
+    assert "Nothing was ordered or charged" in text_of(english.content)
+    assert not await Order.objects.aexists()
+
+
 async def test_a_pending_order_says_it_is_being_confirmed_and_offers_no_second_payment(order: Order) -> None:
     response = await AsyncClient().get(f"/v1/orders/{order.pk}", **RU)
     assert re.search(r'<form [^>]*id="pay">', response.content.decode()), "an order not paid yet has Pay"

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 from typing import Any
 
 import pytest
-from asgiref.sync import sync_to_async
+from asgiref.sync import async_to_sync, sync_to_async
 from django.http import HttpResponse
 from django.test import AsyncClient
+from django.utils import timezone
 
 from devtools.fake_provider import FakeProvider
 from payments import credentials, services
 from payments.models import Device, DeviceCredential, MenuItem, Order
+from payments.vend_window import make_windows_check
 from tests.payments.conftest import MENU, menu_entries, paid_order
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -175,7 +178,7 @@ async def test_an_illegal_report_is_409_naming_it(order: Order, token: str) -> N
     response = await report(token, order.pk, "successful")
     assert response.status_code == 409
     assert response.json() == {"error": f"order {order.pk!r} is created and cannot become successful",
-                               "status": "created", "outcome": "successful"}
+                               "reason": "illegal_transition", "status": "created", "outcome": "successful"}
     assert (await Order.objects.aget(pk=order.pk)).status == "created"
 
 
@@ -280,3 +283,86 @@ async def test_a_machine_that_fails_before_starting_gives_the_money_back(
     failed = await report(token, order.pk, "make_failed")
     assert (failed.status_code, failed.json()["status"], failed.json()["paid"]) == (200, "refunded", False)
     assert [refund.payment_id for refund in fake.refunds.values()] == [next(iter(fake.payments))]
+
+
+# Liveness: every call marks the machine seen, polls stay reads ---------------------------------
+
+
+async def last_seen(device: Device) -> Any:
+    return (await Device.objects.aget(pk=device.pk)).last_seen_at
+
+
+@pytest.mark.parametrize("path", ["/v1/machine/orders/{order}", "/v1/machine/orders/not-yet-scanned", "/v1/machine/menu"])
+async def test_every_call_of_a_machine_marks_it_seen(order: Order, token: str, path: str) -> None:
+    """Its order, an order not scanned yet (it polls while it shows the QR code), its menu."""
+    assert await last_seen(order.device) is None
+    response = await machine(token).get(path.format(order=order.pk))
+    assert response.status_code in (200, 404)
+    assert await last_seen(order.device) is not None
+
+
+async def test_a_wrong_token_marks_nothing(order: Order, token: str) -> None:
+    forged = token.partition(".")[0] + "." + "A" * 43
+    assert (await machine(forged).get(f"/v1/machine/orders/{order.pk}")).status_code == 401
+    assert await last_seen(order.device) is None
+
+
+async def test_the_last_call_is_written_once_per_interval(order: Order, token: str, settings: Any) -> None:
+    await machine(token).get(f"/v1/machine/orders/{order.pk}")
+    first = await last_seen(order.device)
+    await machine(token).get(f"/v1/machine/orders/{order.pk}")
+    assert await last_seen(order.device) == first
+    stale = first - datetime.timedelta(seconds=settings.DEVICE_SEEN_INTERVAL_SECONDS)
+    await Device.objects.filter(pk=order.device_id).aupdate(last_seen_at=stale)
+    await machine(token).get(f"/v1/machine/orders/{order.pk}")
+    assert await last_seen(order.device) > first
+
+
+# The vend window: can_make ends with it, a late start is 409 -------------------------------------
+
+
+async def paid_ago(order: Order, seconds: float) -> None:
+    paid_at = timezone.now() - datetime.timedelta(seconds=seconds)
+    await Order.objects.filter(pk=order.pk).aupdate(paid_at=paid_at)
+
+
+async def test_can_make_ends_with_the_vend_window(order: Order, token: str, settings: Any) -> None:
+    await paid(order)
+    await paid_ago(order, settings.ORDER_MAKE_WINDOW_SECONDS - 5)
+    assert (await machine(token).get(f"/v1/machine/orders/{order.pk}")).json()["can_make"] is True
+    await paid_ago(order, settings.ORDER_MAKE_WINDOW_SECONDS)
+    shown = (await machine(token).get(f"/v1/machine/orders/{order.pk}")).json()
+    assert (shown["status"], shown["paid"], shown["can_make"]) == ("paid", True, False)
+
+
+@pytest.mark.parametrize("closed", [False, True], ids=["before its closing ran", "after its closing"])
+async def test_a_start_after_the_vend_window_is_409_naming_the_reason(
+    fake: FakeProvider, order: Order, token: str, settings: Any, closed: bool
+) -> None:
+    await paid_order(fake, order, two_stage=False)
+    await paid_ago(order, settings.ORDER_MAKE_WINDOW_SECONDS)
+    if closed:
+        assert (await make_windows_check())["window closed: refunded"] == 1
+    response = await report(token, order.pk, "make_pending")
+    status = "refunded" if closed else "paid"
+    assert response.status_code == 409
+    assert response.json() == {
+        "error": f"order {order.pk!r} was not started within ORDER_MAKE_WINDOW_SECONDS="
+                 f"{settings.ORDER_MAKE_WINDOW_SECONDS} of its payment and is {status}: its money is returned, "
+                 "do not make the drink",
+        "reason": "make_window_closed", "status": status, "outcome": "make_pending",
+    }
+    assert (await Order.objects.aget(pk=order.pk)).status == status
+
+
+def test_a_machine_poll_is_one_read_and_writes_only_a_stale_last_call(
+    order: Order, token: str, django_assert_num_queries: Any
+) -> None:
+    """The benchmarked hot path: the order, its machine's credential and last call in one read; the
+    write only when the stored call is DEVICE_SEEN_INTERVAL_SECONDS old (here: never written yet)."""
+    poll = async_to_sync(machine(token).get)
+    with django_assert_num_queries(2) as first:
+        assert poll(f"/v1/machine/orders/{order.pk}").status_code == 200
+    assert first.captured_queries[1]["sql"].startswith('UPDATE "payments_device" SET "last_seen_at"')
+    with django_assert_num_queries(1):
+        assert poll(f"/v1/machine/orders/{order.pk}").status_code == 200

@@ -58,6 +58,11 @@ def test_the_polls_compile_their_queries_once(order: Order, monkeypatch: pytest.
     assert state.expires_at == order.expires_at and state.expires_at.tzinfo is not None
     assert found is not None and found[2] == state
     assert read(order_id=order.pk + "x") is None
+    # The machine's last call, a joined column, is converted like the ORM's own read converts it.
+    seen = timezone.now()
+    Device.objects.filter(pk=order.device_id).update(last_seen_at=seen)
+    again = find(key_id=key_id, order_id=order.pk)
+    assert again is not None and again[3] == seen and again[3].tzinfo is not None
 
 
 def test_a_machine_poll_reads_its_order_and_credential_in_one_query(order: Order, django_assert_num_queries: Any) -> None:
@@ -70,8 +75,8 @@ def test_a_machine_poll_reads_its_order_and_credential_in_one_query(order: Order
     with django_assert_num_queries(1):
         found = find(key_id=key_id, order_id=order.pk)
     assert found is not None
-    device_id, token_hash, state = found
-    assert device_id == order.device_id and credentials.token_matches(token, token_hash)
+    device_id, token_hash, state, last_seen_at = found
+    assert device_id == order.device_id and credentials.token_matches(token, token_hash) and last_seen_at is None
     assert state == async_to_sync(selectors.order_get_status)(order_id=order.pk)
     other = Device.objects.create(device_uuid="machine-2", merchant_id=order.merchant_id, location="Hall")
     other_key = credentials.token_key_id(services.device_credential_issue(device_id=other.pk))

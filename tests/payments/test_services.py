@@ -11,19 +11,28 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from asgiref.sync import sync_to_async
+from asgiref.sync import async_to_sync, sync_to_async
 from django.utils import timezone
 from hypothesis import event, settings as hypothesis_settings, strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 from prometheus_client import REGISTRY
 
-from payments import provider, services
+from payments import provider, selectors, services
 from payments.errors import (
     DeviceNotFound,
+    DeviceOffline,
     DeviceUnavailable,
     DrinkNotOnMenu,
     DrinkUnavailable,
     IllegalTransition,
+    MakeWindowClosed,
     MerchantInactive,
     OrderConflict,
     OrderExpired,
@@ -32,20 +41,23 @@ from payments.errors import (
     ProviderUnavailable,
 )
 from devtools.fake_provider import FakeProvider
-from payments.models import REPORTED_STATUSES, Device, MenuItem, Merchant, Order
+from payments.models import REPORTED_STATUSES, Device, DeviceCredential, MenuItem, Merchant, Order
 from payments.provider import Notification, ProviderPayment, ProviderRefund
 from tests.payments.conftest import menu_entries, paid_order, scan_parameters
 
 # The lifecycle as the issue states it, written out independently of payments.models.TRANSITIONS:
 # (status, action) -> status after; `two_stage` (the amount is held, not taken) decides some of
-# them. Anything not listed is refused and changes nothing.
+# them, and so does the time an action happens at: within the order's vend window (from its
+# payment) or not, before its hold expires or not. Anything not listed is refused and changes nothing.
 HOLD = datetime.timedelta(hours=1)
-LATE = 2 * HOLD  # past any hold the test creates
+LATE = 2 * HOLD  # past any hold and any vend window the test creates
 
 
-def expected(status: str, two_stage: bool, action: str) -> tuple[str, bool] | None:
+def expected(status: str, two_stage: bool, action: str, *, in_window: bool = True, hold_alive: bool = True
+             ) -> tuple[str, bool] | None:
     """(status, two_stage) after `action`, or None when the action must be refused."""
     single = not two_stage
+    startable = in_window and (status == "paid" or hold_alive)
     legal: dict[tuple[str, str], tuple[str, bool] | None] = {
         ("created", "pending"): ("pending", two_stage),
         ("created", "failed"): ("failed", two_stage),
@@ -54,9 +66,8 @@ def expected(status: str, two_stage: bool, action: str) -> tuple[str, bool] | No
         ("pending", "held"): ("held", True),
         ("pending", "not_paid"): ("not_paid", two_stage),
         ("pending", "failed"): ("failed", two_stage),
-        ("paid", "make_pending"): ("make_pending", two_stage),
-        ("held", "make_pending"): ("make_pending", two_stage),
-        ("paid", "make_pending_late"): ("make_pending", two_stage),
+        ("paid", "make_pending"): ("make_pending", two_stage) if startable else None,
+        ("held", "make_pending"): ("make_pending", two_stage) if startable else None,
         ("make_pending", "successful"): ("capture_pending" if two_stage else "successful", two_stage),
         ("make_pending", "make_failed"): ("make_failed", two_stage),
         ("paid", "make_failed"): ("make_failed", two_stage),
@@ -64,8 +75,11 @@ def expected(status: str, two_stage: bool, action: str) -> tuple[str, bool] | No
         ("paid", "manual_make"): ("manual_make", two_stage) if single else None,
         ("make_failed", "manual_make"): ("manual_make", two_stage) if single else None,
         ("make_failed", "money_return"): ("cancel_pending" if two_stage else "refund_pending", two_stage),
-        ("held", "hold_release"): ("cancel_pending", two_stage) if two_stage else None,
-        ("make_pending", "hold_release"): ("cancel_pending", two_stage) if two_stage else None,
+        ("held", "hold_release"): ("cancel_pending", two_stage) if two_stage and not hold_alive else None,
+        ("make_pending", "hold_release"): ("cancel_pending", two_stage) if two_stage and not hold_alive else None,
+        # The vend window closed with the drink not started: the money goes back.
+        ("paid", "window_close"): ("refund_pending", two_stage) if not in_window else None,
+        ("held", "window_close"): ("cancel_pending", two_stage) if not in_window else None,
     }
     return legal.get((status, action))
 
@@ -86,21 +100,26 @@ REFUND_OUTCOMES = {("refund_pending", "succeeded"): "refunded", ("refund_pending
 STATUSES = ("created", "pending", "paid", "held", "not_paid", "make_pending", "capture_pending", "successful",
             "make_failed", "cancel_pending", "released", "refund_pending", "refunded", "refund_failed", "failed",
             "manual_make")
-MARK: dict[str, Callable[..., Order]] = {
-    "pending": lambda order_id: services.order_mark_pending(order_id=order_id, provider_payment_id=f"pay-{order_id}"),
-    "paid": lambda order_id: services.order_mark_paid(order_id=order_id),
-    "held": lambda order_id: services.order_mark_held(order_id=order_id, hold_expires_at=timezone.now() + HOLD),
-    "not_paid": lambda order_id: services.order_mark_not_paid(order_id=order_id),
-    "failed": lambda order_id: services.order_mark_failed(order_id=order_id),
-    "make_pending": lambda order_id: services.order_mark_make_pending(order_id=order_id),
-    # The machine starts a drink after the hold expired: refused for a held amount.
-    "make_pending_late": lambda order_id: services.order_mark_make_pending(order_id=order_id, now=timezone.now() + LATE),
-    "successful": lambda order_id: services.order_mark_successful(order_id=order_id),
-    "make_failed": lambda order_id: services.order_mark_make_failed(order_id=order_id),
-    "manual_make": lambda order_id: services.order_mark_manual_make(order_id=order_id),
-    "money_return": lambda order_id: services.order_mark_money_return(order_id=order_id),
-    "hold_release": lambda order_id: services.order_mark_hold_release(order_id=order_id, now=timezone.now() + LATE),
+# Each action at a given time (the services take `now`; the database's own timestamps do not matter).
+MARK: dict[str, Callable[[str, datetime.datetime], Any]] = {
+    "pending": lambda order_id, now: services.order_mark_pending(order_id=order_id, provider_payment_id=f"pay-{order_id}"),
+    "paid": lambda order_id, now: services.order_mark_paid(order_id=order_id, now=now),
+    "held": lambda order_id, now: services.order_mark_held(order_id=order_id, hold_expires_at=now + HOLD, now=now),
+    "not_paid": lambda order_id, now: services.order_mark_not_paid(order_id=order_id),
+    "failed": lambda order_id, now: services.order_mark_failed(order_id=order_id),
+    "make_pending": lambda order_id, now: services.order_mark_make_pending(order_id=order_id, now=now),
+    "successful": lambda order_id, now: services.order_mark_successful(order_id=order_id),
+    "make_failed": lambda order_id, now: services.order_mark_make_failed(order_id=order_id),
+    "manual_make": lambda order_id, now: services.order_mark_manual_make(order_id=order_id),
+    "money_return": lambda order_id, now: services.order_mark_money_return(order_id=order_id),
+    "hold_release": lambda order_id, now: services.order_mark_hold_release(order_id=order_id, now=now),
+    "window_close": lambda order_id, now: services.order_close_make_window(order_id=order_id, now=now),
 }
+# What an action's refusal names as the status it could not reach (None: depends on the stage).
+TARGETS = {"money_return": None, "hold_release": "cancel_pending", "window_close": None}
+MAKE_WINDOW = datetime.timedelta(seconds=120)  # settings.ORDER_MAKE_WINDOW_SECONDS in the testing layer
+# The testing layer's DEVICE_OFFLINE_AFTER_SECONDS and the write interval derived from it.
+OFFLINE_AFTER, SEEN_INTERVAL = 120, 30
 
 
 def row(order_id: str) -> dict[str, Any]:
@@ -212,6 +231,34 @@ def test_device_status_decides_whether_it_takes_orders(device: Device, status: s
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("status", ["online", "test"])
+def test_a_machine_silent_too_long_takes_no_order_and_nothing_is_written(
+    device: Device, settings: Any, status: str
+) -> None:
+    Device.objects.update(status=status)
+    services.device_credential_issue(device_id=device.pk)
+    now = timezone.now()
+    services.device_mark_seen(device_id=device.pk, now=now)
+    offline = now + datetime.timedelta(seconds=settings.DEVICE_OFFLINE_AFTER_SECONDS + settings.DEVICE_SEEN_INTERVAL_SECONDS)
+    assert services.order_create(**scan_parameters(order_id="in-touch"), now=offline - datetime.timedelta(seconds=1))
+    with pytest.raises(DeviceOffline, match="has not been in touch with the server") as refused:
+        services.order_create(**scan_parameters(order_id="silent"), now=offline)
+    assert refused.value.status == 409
+    assert not Order.objects.filter(pk="silent").exists()
+
+
+@pytest.mark.django_db
+def test_a_machine_with_a_token_that_never_called_is_offline_one_without_is_judged_by_staff(device: Device) -> None:
+    assert services.order_create(**scan_parameters(order_id="no-token")).status == "created"
+    services.device_credential_issue(device_id=device.pk)
+    with pytest.raises(DeviceOffline):
+        services.order_create(**scan_parameters(order_id="never-called"))
+    Device.objects.update(status="error", last_seen_at=timezone.now())
+    with pytest.raises(DeviceUnavailable, match="is error"):  # staff's own status wins
+        services.order_create(**scan_parameters(order_id="staff-says-error"))
+
+
+@pytest.mark.django_db
 def test_an_unpaid_order_expires(device: Device, settings: Any) -> None:
     """Expired orders: a scan after expires_at is refused; the order itself is unchanged."""
     settings.ORDER_EXPIRY_MINUTES = 15
@@ -226,32 +273,44 @@ def test_an_unpaid_order_expires(device: Device, settings: Any) -> None:
 # Transitions ---------------------------------------------------------------------------------
 
 
+def test_the_model_knows_the_testing_layers_vend_window(settings: Any) -> None:
+    assert datetime.timedelta(seconds=settings.ORDER_MAKE_WINDOW_SECONDS) == MAKE_WINDOW < HOLD
+
+
 @pytest.mark.django_db
 @pytest.mark.parametrize("source", STATUSES)
 def test_every_transition_is_legal_or_refused_leaving_the_order_unchanged(order: Order, source: str) -> None:
-    for target, two_stage in itertools.product(MARK, (False, True)):
+    """Every action on an order in `source`, single- and two-stage, within its vend window and hold
+    and after both."""
+    paid_at = None if source in ("created", "pending") else timezone.now()
+    for action, two_stage, late in itertools.product(MARK, (False, True), (False, True)):
+        now = timezone.now() + (LATE if late else datetime.timedelta(0))
         Order.objects.filter(pk=order.pk).update(
-            status=source, two_stage=two_stage, hold_expires_at=timezone.now() + HOLD, provider_payment_id=f"pay-{order.pk}"
+            status=source, two_stage=two_stage, hold_expires_at=timezone.now() + HOLD, provider_payment_id=f"pay-{order.pk}",
+            paid_at=paid_at, make_window_closed_at=None,
         )
         if source == "created":
             Order.objects.filter(pk=order.pk).update(provider_payment_id=None)
         before = row(order.pk)
-        after = expected(source, two_stage, target)
+        in_window = paid_at is None or now < paid_at + MAKE_WINDOW
+        after = expected(source, two_stage, action, in_window=in_window, hold_alive=not late)
+        case = (source, two_stage, action, late)
         if after is not None:
-            MARK[target](order.pk)
-            assert (row(order.pk)["status"], row(order.pk)["two_stage"]) == after, (source, two_stage, target)
-        elif (source, target) == ("pending", "pending"):
-            MARK[target](order.pk)  # the same payment again: no change
+            MARK[action](order.pk, now)
+            assert (row(order.pk)["status"], row(order.pk)["two_stage"]) == after, case
+        elif (source, action) == ("pending", "pending"):
+            MARK[action](order.pk, now)  # the same payment again: no change
             assert row(order.pk) == before
         else:
             with pytest.raises(IllegalTransition) as refused:
-                MARK[target](order.pk)
-            wanted = {"make_pending_late": "make_pending", "money_return": "refund_pending",
-                      "hold_release": "cancel_pending"}.get(target, target)
-            assert refused.value.message.startswith(f"order {order.pk!r} is {source} and cannot become "), (source, target)
-            if target != "money_return":
-                assert refused.value.target == wanted
-            assert row(order.pk) == before, (source, two_stage, target)
+                MARK[action](order.pk, now)
+            if isinstance(refused.value, MakeWindowClosed):
+                assert (action, in_window, refused.value.current) == ("make_pending", False, source), case
+                assert "was not started within ORDER_MAKE_WINDOW_SECONDS=120 of its payment" in refused.value.message
+            else:
+                assert refused.value.message.startswith(f"order {order.pk!r} is {source} and cannot become "), case
+                assert TARGETS.get(action, action) in (None, refused.value.target), case
+            assert row(order.pk) == before, case
 
 
 @pytest.mark.django_db
@@ -272,58 +331,108 @@ def test_transition_of_an_unknown_order_is_refused() -> None:
 
 
 class OrderLifecycle(RuleBasedStateMachine):
-    """Any sequence of transition attempts and provider answers, for single- and two-stage orders:
-    legal ones apply, illegal ones change nothing, and the money fields follow the status."""
+    """Any sequence of transition attempts and provider answers, for single- and two-stage orders, on
+    a clock that the steps move: legal ones apply, illegal ones change nothing, the money fields
+    follow the status, and the vend window (from the payment) decides between a late start and the
+    window's closing, as the machine's `can_make` says."""
 
     @initialize(two_stage=st.booleans())
     def scan(self, two_stage: bool) -> None:
         self.order_id = f"o-{uuid.uuid4().hex[:12]}"
         Merchant.objects.update(two_stage_payments=two_stage)
-        services.order_create(**scan_parameters(order_id=self.order_id))
+        self.now = timezone.now()
+        services.order_create(**scan_parameters(order_id=self.order_id), now=self.now)
         self.status, self.two_stage = "created", two_stage
+        self.paid_at: datetime.datetime | None = None
+        self.hold_expires_at: datetime.datetime | None = None
+        self.window_closed = False
+
+    def conditions(self) -> dict[str, bool]:
+        in_window = self.paid_at is None or self.now < self.paid_at + MAKE_WINDOW
+        hold_alive = self.hold_expires_at is None or self.now < self.hold_expires_at
+        return {"in_window": in_window, "hold_alive": hold_alive}
+
+    def moved(self, status: str, two_stage: bool) -> None:
+        if status in ("paid", "held") and self.paid_at is None:
+            self.paid_at = self.now
+        if status == "held":
+            self.hold_expires_at = self.now + HOLD
+        self.status, self.two_stage = status, two_stage
+
+    @rule(seconds=st.sampled_from([1, 60, 119, 120, 3600]))
+    def time_passes(self, seconds: int) -> None:
+        """Past the window's end (120 s), onto it exactly, or past the hold (an hour)."""
+        self.now += datetime.timedelta(seconds=seconds)
 
     # Not `target=`: that keyword is hypothesis's, for bundles.
     @rule(wanted=st.sampled_from(sorted(MARK)))
     def attempt(self, wanted: str) -> None:
         before = row(self.order_id)
-        after = expected(self.status, self.two_stage, wanted)
+        after = expected(self.status, self.two_stage, wanted, **self.conditions())
         if after is not None:
-            MARK[wanted](self.order_id)
-            self.status, self.two_stage = after
+            MARK[wanted](self.order_id, self.now)
+            self.moved(*after)
+            if wanted == "window_close":
+                self.window_closed = True
+                event("the vend window closed")
         elif (self.status, wanted) == ("pending", "pending"):
             # The same payment again (MARK always names the order's one payment): no change.
-            MARK[wanted](self.order_id)
+            MARK[wanted](self.order_id, self.now)
             assert row(self.order_id) == before
         else:
-            with pytest.raises(IllegalTransition):
-                MARK[wanted](self.order_id)
+            with pytest.raises(IllegalTransition) as refused:
+                MARK[wanted](self.order_id, self.now)
+            # A late start is told why: the window closed (whether or not its closing ran yet).
+            late = wanted == "make_pending" and (self.window_closed or (
+                self.status in ("paid", "held") and not self.conditions()["in_window"]))
+            assert isinstance(refused.value, MakeWindowClosed) == late
+            if late:
+                event("a late start refused")
             assert row(self.order_id) == before
+
+    @precondition(lambda self: getattr(self, "status", None) in ("paid", "held"))
+    @rule(offset=st.sampled_from([-1, 0, 1]), machine_first=st.booleans())
+    def window_race(self, offset: int, machine_first: bool) -> None:
+        """The machine's start and the window's closing, around the window's end, in either order:
+        exactly one of them wins."""
+        assert self.paid_at is not None
+        self.now = max(self.now, self.paid_at + MAKE_WINDOW + datetime.timedelta(seconds=offset))
+        before = self.status
+        actions = ["make_pending", "window_close"]
+        for action in actions if machine_first else reversed(actions):
+            self.attempt(action)
+        assert self.status in ("make_pending", "cancel_pending" if before == "held" else "refund_pending")
+        event(f"the window race won by {'the machine' if self.status == 'make_pending' else 'the closing'}")
 
     @rule(data=st.data())
     def advance(self, data: st.DataObject) -> None:
         """A step the model says is legal, towards the money states: random attempts rarely walk the
         long paths (capture, release, refund) before a final status ends the walk."""
         final = {"not_paid", "failed", "manual_make", "released"}
-        legal = [a for a in sorted(MARK) if (expected(self.status, self.two_stage, a) or ("failed",))[0] not in final]
+        legal = [a for a in sorted(MARK)
+                 if (expected(self.status, self.two_stage, a, **self.conditions()) or ("failed",))[0] not in final]
         answers = sorted(p for (source, p), (to, _) in PAYMENT_OUTCOMES.items() if source == self.status and to not in final)
         refunds = sorted(status for (source, status) in REFUND_OUTCOMES if source == self.status)
         steps = [("mark", a) for a in legal] + [("payment", a) for a in answers] + [("refund", a) for a in refunds]
+        if self.status in ("paid", "held"):
+            steps.append(("wait", 120))  # towards the window's closing
         if not steps:
             return
         kind, argument = data.draw(st.sampled_from(steps))
-        {"mark": self.attempt, "payment": self.provider_says, "refund": self.provider_refund_says}[kind](argument)
+        {"mark": self.attempt, "payment": self.provider_says, "refund": self.provider_refund_says,
+         "wait": self.time_passes}[kind](argument)
 
     @rule(status=st.sampled_from(["pending", "waiting_for_capture", "succeeded", "canceled"]))
     def provider_says(self, status: str) -> None:
         """A notification or a reconciliation run re-read the payment: the provider's state applies."""
         order = Order.objects.get(pk=self.order_id)
-        services.order_apply_payment(order_id=self.order_id, payment=payment(order, status, id=f"pay-{self.order_id}"))
+        services.order_apply_payment(order_id=self.order_id, payment=payment(order, status, id=f"pay-{self.order_id}"),
+                                     now=self.now)
         if self.status == "created":
             self.status = "pending"
         after = PAYMENT_OUTCOMES.get((self.status, status))
         if after is not None:
-            self.status = after[0]
-            self.two_stage = self.two_stage if after[1] is None else after[1]
+            self.moved(after[0], self.two_stage if after[1] is None else after[1])
 
     @rule(status=st.sampled_from(["pending", "succeeded", "canceled"]))
     def provider_refund_says(self, status: str) -> None:
@@ -341,12 +450,101 @@ class OrderLifecycle(RuleBasedStateMachine):
             assert (stored["status"], stored["two_stage"]) == (self.status, self.two_stage)
             assert (stored["refunded_kopecks"] > 0) == (self.status == "refunded")
             assert (stored["hold_expires_at"] is not None) or self.status not in ("held", "cancel_pending", "capture_pending")
+            assert stored["paid_at"] == self.paid_at
+            assert (stored["make_window_closed_at"] is not None) == self.window_closed
+
+    @invariant()
+    def the_machine_may_start_exactly_when_the_window_allows(self) -> None:
+        if hasattr(self, "order_id"):
+            state = async_to_sync(selectors.order_get_status)(order_id=self.order_id)
+            assert state is not None
+            startable = self.status in ("paid", "held") and self.conditions()["in_window"]
+            assert state.can_make(now=self.now) == state.as_machine_json(now=self.now)["can_make"] == startable
 
 
 @pytest.mark.django_db
-def test_order_lifecycle_state_machine(device: Device) -> None:
+def test_order_lifecycle_state_machine(device: Device, settings: Any) -> None:
+    assert settings.ORDER_HOLD_MAX_MINUTES * 60 == HOLD.total_seconds()  # a hold from the provider's answer
     run_state_machine_as_test(
         OrderLifecycle, settings=hypothesis_settings(max_examples=40, stateful_step_count=14, deadline=None)
+    )
+
+
+class MachineLiveness(RuleBasedStateMachine):
+    """A machine's calls, silences, tokens and staff's statuses, and scans of its QR codes on a clock:
+    a call is written down only when the stored one is DEVICE_SEEN_INTERVAL_SECONDS old; a scan is
+    refused, writing nothing, when staff's status says so or when a machine with a token has been
+    silent too long, and never when it called within DEVICE_OFFLINE_AFTER_SECONDS."""
+
+    @initialize()
+    def machine(self) -> None:
+        self.device_id = Device.objects.get(device_uuid="machine-1").pk
+        Device.objects.filter(pk=self.device_id).update(status="online", last_seen_at=None)
+        DeviceCredential.objects.filter(device_id=self.device_id).delete()
+        self.now = timezone.now()
+        self.status, self.has_token = "online", False
+        self.stored: datetime.datetime | None = None  # the model's Device.last_seen_at
+        self.last_call: datetime.datetime | None = None
+        self.scans = 0
+
+    @rule(seconds=st.sampled_from([1, SEEN_INTERVAL - 1, SEEN_INTERVAL, OFFLINE_AFTER - 1, OFFLINE_AFTER,
+                                   OFFLINE_AFTER + SEEN_INTERVAL, 3600]))
+    def time_passes(self, seconds: int) -> None:
+        self.now += datetime.timedelta(seconds=seconds)
+
+    @rule()
+    def token_issued(self) -> None:
+        services.device_credential_issue(device_id=self.device_id, now=self.now)
+        self.has_token = True
+
+    @rule(status=st.sampled_from(["online", "offline", "error", "test"]))
+    def staff_set_status(self, status: str) -> None:
+        Device.objects.filter(pk=self.device_id).update(status=status)
+        self.status = status
+
+    @rule()
+    def machine_calls(self) -> None:
+        due = self.stored is None or self.now - self.stored >= datetime.timedelta(seconds=SEEN_INTERVAL)
+        assert services.device_mark_seen(device_id=self.device_id, now=self.now) == due
+        event(f"a call {'written' if due else 'not written'}")
+        self.stored = self.now if due else self.stored
+        self.last_call = self.now
+
+    @rule()
+    def scan(self) -> None:
+        self.scans += 1
+        order_id = f"scan-{uuid.uuid4().hex[:12]}"
+        silent = None if self.stored is None else self.now - self.stored
+        offline = self.has_token and (silent is None or silent >= datetime.timedelta(seconds=OFFLINE_AFTER + SEEN_INTERVAL))
+        if self.status in ("offline", "error"):  # staff's own status wins
+            with pytest.raises(DeviceUnavailable):
+                services.order_create(**scan_parameters(order_id=order_id), now=self.now)
+        elif offline:
+            with pytest.raises(DeviceOffline):
+                services.order_create(**scan_parameters(order_id=order_id), now=self.now)
+        else:
+            assert services.order_create(**scan_parameters(order_id=order_id), now=self.now).status == "created"
+        accepted = Order.objects.filter(pk=order_id).exists()
+        event(f"a scan {'accepted' if accepted else 'refused'}")
+        # What a merchant relies on: a machine that called within DEVICE_OFFLINE_AFTER_SECONDS sells,
+        # one silent for that plus the write interval does not.
+        if self.status in ("online", "test") and self.last_call is not None:
+            if self.now - self.last_call < datetime.timedelta(seconds=OFFLINE_AFTER):
+                assert accepted
+            if self.has_token and self.now - self.last_call >= datetime.timedelta(seconds=OFFLINE_AFTER + SEEN_INTERVAL):
+                assert not accepted
+
+    @invariant()
+    def stored_call_is_the_model_call(self) -> None:
+        if hasattr(self, "device_id"):
+            assert Device.objects.values_list("last_seen_at", flat=True).get(pk=self.device_id) == self.stored
+
+
+@pytest.mark.django_db
+def test_machine_liveness_state_machine(device: Device, settings: Any) -> None:
+    assert (settings.DEVICE_OFFLINE_AFTER_SECONDS, settings.DEVICE_SEEN_INTERVAL_SECONDS) == (OFFLINE_AFTER, SEEN_INTERVAL)
+    run_state_machine_as_test(
+        MachineLiveness, settings=hypothesis_settings(max_examples=30, stateful_step_count=14, deadline=None)
     )
 
 
@@ -575,10 +773,12 @@ async def test_capturing_a_hold_the_provider_already_dropped_fails_the_order(fak
 @pytest.mark.django_db
 def test_a_held_order_cannot_be_started_after_its_hold_expires(order: Order) -> None:
     services.order_mark_pending(order_id=order.pk, provider_payment_id="pay-1")
-    expiry = timezone.now() + HOLD
+    # The provider's own hold may end first, even within the vend window.
+    expiry = timezone.now() + MAKE_WINDOW / 2
     services.order_mark_held(order_id=order.pk, hold_expires_at=expiry)
-    with pytest.raises(IllegalTransition):
+    with pytest.raises(IllegalTransition) as refused:
         services.order_mark_make_pending(order_id=order.pk, now=expiry)
+    assert not isinstance(refused.value, MakeWindowClosed)
     assert row(order.pk)["status"] == "held"
     assert services.order_mark_make_pending(order_id=order.pk, now=expiry - datetime.timedelta(seconds=1)).status == "make_pending"
 

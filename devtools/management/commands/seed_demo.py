@@ -50,3 +50,7 @@ class Command(BaseCommand):
                     "drinkNo": number, "size": int(size),
                 })
                 self.stdout.write(f"  {names[number, size]:<11} {base_url}/v1/pay?{query}")
+        if any(seeded.token for seeded in devices):
+            # Liveness (payments/liveness.py): a machine with a token takes orders only while it calls.
+            self.stdout.write("a machine with a token takes orders while it calls the machine API, e.g. "
+                              f"curl -H 'Authorization: Bearer <token>' {base_url}/v1/machine/menu")

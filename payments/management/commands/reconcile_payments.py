@@ -1,6 +1,7 @@
 """`manage.py reconcile_payments`: settle with the provider what notifications and crashes left open.
 
-What it does and why it is safe to run anywhere, any time, twice at once: payments.reconciliation.
+What it does and why it is safe to run anywhere, any time, twice at once: payments.reconciliation;
+it also runs the vend window check that every server worker runs (payments.vend_window).
 It prints one line per outcome (`paid 3`, `released 1`, `purged 12`, `orphan refunded 1`) and exits 0
 when every due order was handled, 1 when some provider call failed (the next run retries them).
 """
@@ -18,6 +19,7 @@ from django.db import connections
 
 from payments import provider
 from payments.reconciliation import BATCH, orders_reconcile
+from payments.vend_window import make_windows_check
 
 # A run handles at most this many orders by default: bounded, so it ends within the CronJob's
 # deadline; what is left is due in the next run.
@@ -49,7 +51,9 @@ class Command(BaseCommand):
 
     async def _run(self, *, limit: int, batch: int) -> Counter[str]:
         try:
-            return await orders_reconcile(limit=limit, batch=batch)
+            outcomes = await make_windows_check()
+            outcomes.update(await orders_reconcile(limit=limit, batch=batch))
+            return outcomes
         finally:
             await provider.aclose()
             # The ORM ran in asgiref's sync thread: close its connections there, not in this one.
