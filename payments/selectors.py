@@ -121,8 +121,9 @@ async def device_menu(*, device_id: int) -> list[dict[str, Any]]:
 
 
 async def order_get(*, order_id: str) -> Order:
-    """The order with its device and merchant (one joined read), for pages and payments."""
-    order = await Order.objects.select_related("device", "merchant").filter(pk=order_id).afirst()
+    """The order with its device (and the device's API credential, if any) and merchant (one joined
+    read), for pages and payments."""
+    order = await Order.objects.select_related("device__credential", "merchant").filter(pk=order_id).afirst()
     if order is None:
         raise OrderNotFound(_("There is no order %(order)r. Please scan the QR code on the machine again.")
                             % {"order": order_id[:64]})

@@ -575,6 +575,8 @@ async def order_payment_start(*, order_id: str, return_url: str, now: datetime.d
         return None
     _ensure_not_expired(order, now=now)
     _ensure_can_order(order.merchant, order.device, now=now)
+    # The machine may have gone silent since the scan: no money for a drink it would never see.
+    _ensure_machine_seen(order.device, now=now)
     payment = await provider.payment_create(
         shop_id=order.merchant.shop_id,
         order_id=order.id,

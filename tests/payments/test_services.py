@@ -632,6 +632,21 @@ async def test_payment_start_is_idempotent(fake: FakeProvider, order: Order) -> 
 
 
 @pytest.mark.django_db(transaction=True)
+async def test_payment_start_on_a_machine_gone_silent_since_the_scan_takes_no_money(
+    fake: FakeProvider, order: Order, settings: Any
+) -> None:
+    await sync_to_async(services.device_credential_issue)(device_id=order.device_id)
+    scanned = timezone.now()
+    await sync_to_async(services.device_mark_seen)(device_id=order.device_id, now=scanned)
+    silent = scanned + datetime.timedelta(
+        seconds=settings.DEVICE_OFFLINE_AFTER_SECONDS + settings.DEVICE_SEEN_INTERVAL_SECONDS)
+    with pytest.raises(DeviceOffline):
+        await services.order_payment_start(order_id=order.pk, return_url="http://testserver/back", now=silent)
+    assert fake.payments == {} and (await Order.objects.aget(pk=order.pk)).status == "created"
+    assert await services.order_payment_start(order_id=order.pk, return_url="http://testserver/back", now=scanned)
+
+
+@pytest.mark.django_db(transaction=True)
 async def test_payment_start_when_the_provider_fails_leaves_the_order_payable(fake: FakeProvider, order: Order) -> None:
     fake.fail = "error"
     with pytest.raises(ProviderUnavailable):
