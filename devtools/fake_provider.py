@@ -107,6 +107,8 @@ class FakePayment:
     expires_at: datetime.datetime | None = None
     cancellation: dict[str, str] | None = None
     refunded: Decimal = Decimal("0.00")
+    # A test shop's payment (the API's `test`): no real money moves.
+    test: bool = True
 
     @property
     def paid(self) -> bool:
@@ -126,7 +128,7 @@ class FakePayment:
             "metadata": self.metadata,
             "recipient": {"account_id": self.shop_id, "gateway_id": "fake"},
             "refundable": self.refundable_left > 0,
-            "test": True,
+            "test": self.test,
         }
         if self.description:
             data["description"] = self.description
@@ -212,6 +214,8 @@ class FakeProvider:
         self.keys: dict[tuple[str, str], tuple[str, str]] = {}  # (shop, key) -> (body, object id)
         self.key_routes: dict[tuple[str, str], str] = {}  # (shop, key) -> "POST /payments/<id>/capture"
         self.calls: Counter[str] = Counter()  # "POST /payments", "GET /payments/<id>"
+        # Shops that take real money: their payments say `test: false`.
+        self.live_shops: set[str] = set()
         # (call, X-Request-ID or None) of the latest calls: which request of the server made each.
         self.request_ids: deque[tuple[str, str | None]] = deque(maxlen=1000)
         self.notifications: list[dict[str, Any]] = []
@@ -404,6 +408,7 @@ class FakeProvider:
             confirmation_url=f"{base_url}/confirm/{payment_id}",
             capture=data.get("capture", False),
             method_chosen="payment_method_data" in data,
+            test=shop_id not in self.live_shops,
         )
         self.payments[payment_id] = payment
         return payment

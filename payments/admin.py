@@ -16,7 +16,7 @@ from django.utils.translation import gettext as _, gettext_lazy, ngettext
 
 from payments import provider, services
 from payments.errors import IllegalTransition, PaymentsError
-from payments.models import Device, MenuItem, Merchant, Order, OrderStatus, sources_of
+from payments.models import Device, DeviceText, MenuItem, Merchant, Order, OrderStatus, sources_of
 
 
 @admin.register(Merchant)
@@ -31,6 +31,15 @@ class MenuItemInline(admin.TabularInline):
     fields = ("drink_number", "size", "drink_name", "price_kopecks", "available")
 
 
+class DeviceTextInline(admin.TabularInline):
+    """The welcome and thank-you texts in one language each; the customer's language is shown first."""
+
+    model = DeviceText
+    extra = 0
+    fields = ("language", "welcome_text", "thank_you_text")
+    verbose_name_plural = "Customer texts per language"
+
+
 @admin.register(Device)
 class DeviceAdmin(admin.ModelAdmin):
     list_display = ("device_uuid", "merchant", "location", "status", "time_zone", "credential_issued_at")
@@ -39,7 +48,7 @@ class DeviceAdmin(admin.ModelAdmin):
     list_select_related = ("merchant", "credential")
     # A logo address typed without a scheme is https (Django 6's default; silences 5.x's warning).
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
-    inlines = [MenuItemInline]
+    inlines = [DeviceTextInline, MenuItemInline]
     actions = ["issue_credential"]
 
     @admin.display(description="API token issued")
@@ -116,8 +125,8 @@ def _transition_action(name: str, service: Callable[..., Order], description: st
 
 @admin.register(Order)
 class OrderAdmin(admin.ModelAdmin):
-    list_display = ("id", "device", "drink_name", "size", "price_rubles", "status", "two_stage", "created_at")
-    list_filter = ("status", "merchant")
+    list_display = ("id", "device", "drink_name", "size", "price_rubles", "status", "two_stage", "test", "created_at")
+    list_filter = ("status", "merchant", "test")
     search_fields = ("id", "provider_payment_id", "device__device_uuid")
     list_select_related = ("device", "merchant")
     date_hierarchy = "created_at"

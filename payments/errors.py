@@ -81,6 +81,14 @@ class OrderExpired(PaymentsError):
     title = _("This order has expired")
 
 
+class LiveShopForTestMachine(PaymentsError):
+    """A machine in test mode, whose pages say no real money is taken, got a payment of a shop that
+    takes real money: the customer is not sent to pay it (logged as an error where it is raised)."""
+
+    status = 409
+    title = _("This test coffee machine cannot take real payments")
+
+
 class ShopNotConfigured(PaymentsError):
     # The operator's mistake, not the customer's: logged as an error where it is raised.
     status = 503

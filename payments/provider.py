@@ -60,6 +60,8 @@ class ProviderPayment:
     confirmation_url: str | None
     # A held payment (waiting_for_capture) is released by the provider at this time.
     expires_at: datetime.datetime | None = None
+    # The API's `test`: a test shop's payment, no real money. Absent counts as real.
+    test: bool = False
 
 
 @dataclass(frozen=True)
@@ -271,6 +273,7 @@ def _payment(response: Answer) -> ProviderPayment:
             order_id=metadata.get("order_id"),
             confirmation_url=confirmation.get("confirmation_url"),
             expires_at=_timestamp(data.get("expires_at")),
+            test=data.get("test") is True,
         )
     except _PARSE_ERRORS as exc:
         log.error("provider answered HTTP %d with an unreadable payment: %r", response.status_code, exc)

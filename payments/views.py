@@ -23,7 +23,9 @@ S = OrderStatus
 # payments/next_step.html and the statuses it is shown for ("expired": unpaid past its window).
 NEXT_STEPS: dict[str, tuple[str, ...]] = {
     "not_charged": ("expired", S.NOT_PAID),
-    "money_back": (S.CANCEL_PENDING, S.RELEASED, S.REFUND_PENDING, S.REFUNDED),
+    # Two-stage: the hold is dropped, nothing was taken. Single-stage (or a hold captured after all): a refund.
+    "released": (S.CANCEL_PENDING, S.RELEASED),
+    "refunded": (S.REFUND_PENDING, S.REFUNDED),
     "again": ("expired", S.NOT_PAID, S.FAILED, S.MAKE_FAILED, S.CANCEL_PENDING, S.RELEASED, S.REFUND_PENDING,
               S.REFUNDED, S.REFUND_FAILED),
 }
@@ -54,12 +56,13 @@ def _error_page(request: HttpRequest, error: PaymentsError, *, order_id: str | N
     return render(request, "payments/error.html", context, status=error.status)
 
 
-def _order_page(request: HttpRequest, template: str, order: Order) -> HttpResponse:
+async def _order_page(request: HttpRequest, template: str, order: Order) -> HttpResponse:
     # As the status poll says it (selectors.OrderState.as_json), so that its answers agree with the page.
     expired = order.status == S.CREATED and timezone.now() >= order.expires_at
     context = {
         "order": order,
         "device": order.device,
+        "texts": await selectors.device_customer_texts(device=order.device),
         "payable": order.status in PAYABLE_STATUSES and not expired,
         "expired": expired,
         "expired_label": _("Expired: please order again on the machine"),
@@ -85,7 +88,7 @@ async def scan(request: HttpRequest) -> HttpResponse:
         )
     except PaymentsError as error:
         return _error_page(request, error)
-    return _order_page(request, "payments/order.html", order)
+    return await _order_page(request, "payments/order.html", order)
 
 
 @require_POST
@@ -141,4 +144,4 @@ async def order_page(request: HttpRequest, order_id: str) -> HttpResponse:
         order = await selectors.order_get(order_id=order_id)
     except PaymentsError as error:
         return _error_page(request, error)
-    return _order_page(request, "payments/status.html", order)
+    return await _order_page(request, "payments/status.html", order)
