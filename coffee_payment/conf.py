@@ -23,8 +23,8 @@ from dynaconf.utils.inspect import get_history
 from coffee_payment.conf_values import (
     DATABASE_URL_FORMS, DEFAULT_METRICS_DIR, DEVELOPMENT_BASE_URL, NOT_A_DIRECTORY, SHOWN, SQLITE, WEAK_KEY,
     ConfigError, IntSetting, Refusal, SecondsSetting, Settings, database_engine, is_base_url, is_directory, is_text,
-    parse_base_url, parse_boolean, parse_directory, parse_hosts, parse_provider_secrets, parse_text, settings_from,
-    shown_value, unknown_variable_warnings,
+    hosts_with_base_url, parse_base_url, parse_boolean, parse_directory, parse_hosts, parse_provider_secrets,
+    parse_text, settings_from, shown_value, unknown_variable_warnings,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -222,9 +222,17 @@ def load_settings(*, environ: Mapping[str, str], settings_file: Path = SETTINGS_
     if conf.get("gunicorn.graceful_timeout") is None:
         # The drain after SIGTERM gets as long as a request may take, unless told otherwise.
         conf.set("gunicorn.graceful_timeout", conf.gunicorn.timeout, loader_identifier="validator")
+    values = {key: conf.get(key) for key in origins}
     rows = [layer_row, *_rows(conf, origins)]
+    if layer == "development":
+        # `make run BASE_URL=http://192.168.1.20:8000`: a phone on the network opens the links there.
+        hosts = hosts_with_base_url(values["allowed_hosts"], values["public_base_url"])
+        if hosts != values["allowed_hosts"]:
+            values["allowed_hosts"] = hosts
+            rows = [(key, ",".join(hosts), f"{source} + the host of public_base_url") if key == "allowed_hosts"
+                    else (key, value, source) for key, value, source in rows]
     warnings = unknown_variable_warnings(environ, prefix="GUNICORN_", known=VARIABLES, ignored=GUNICORN_OWN_VARIABLES)
-    return settings_from({key: conf.get(key) for key in origins}, layer=layer, base_dir=BASE_DIR, rows=rows,
+    return settings_from(values, layer=layer, base_dir=BASE_DIR, rows=rows,
                          sources={key: source for key, _, source in rows}, warnings=warnings)
 
 

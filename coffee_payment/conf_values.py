@@ -268,6 +268,13 @@ def is_base_url(value: Any, *, path: bool = True) -> bool:
                 and not parts.query and not parts.fragment and (path or not parts.path.strip("/")))
 
 
+def hosts_with_base_url(hosts: tuple[str, ...], base_url: str) -> tuple[str, ...]:
+    """`hosts` and the host of `base_url`, as Django's ALLOWED_HOSTS writes it ("[::1]" for IPv6)."""
+    host = urllib.parse.urlsplit(base_url).hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    return hosts if not host or host in hosts else (*hosts, host)
+
+
 def database_engine(url: Any) -> str | None:
     try:
         return dj_database_url.parse(url).get("ENGINE")

@@ -34,7 +34,13 @@ from coffee_payment.lifespan import lifespan_serve
 
 log = logging.getLogger("devtools.fake_provider")
 
-FAIL_MODES = ("none", "error", "hang", "flaky")
+# --fail: what each mode does to the API calls (shown by --help).
+FAIL_MODES = {
+    "none": "serve every call (the default)",
+    "error": "500 to every API call",
+    "hang": "500 after --hang-seconds",
+    "flaky": "500 to each call's first attempt, its retry (same Idempotence-Key) served",
+}
 API_PREFIX = "/v3"
 # Bounds: a notification gets one short attempt; a request body is small JSON or a form.
 NOTIFY_TIMEOUT = 5.0
@@ -708,8 +714,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=_port, default=8001)
     parser.add_argument("--latency", type=_seconds, default=0.0, help="seconds added to every API answer")
-    parser.add_argument("--fail", choices=FAIL_MODES, default="none")
-    parser.add_argument("--hang-seconds", type=_seconds, default=30.0, help="how long --fail hang waits")
+    parser.add_argument("--fail", choices=tuple(FAIL_MODES), default="none",
+                        help="; ".join(f"{mode}: {effect}" for mode, effect in FAIL_MODES.items()))
+    parser.add_argument("--hang-seconds", type=_seconds, default=30.0, help="how long --fail hang waits (default 30)")
     parser.add_argument("--hold-seconds", type=_seconds_up_to(HOLD_SECONDS, 1), default=float(HOLD_SECONDS),
                         help="how long a capture: false payment stays waiting_for_capture (default 7 days)")
     parser.add_argument("--webhook-url", help="where to POST notifications, e.g. http://127.0.0.1:8000/v1/payments/webhook")
