@@ -21,7 +21,7 @@ from dynaconf.loaders.base import SourceMetadata
 from dynaconf.utils.inspect import get_history
 
 from coffee_payment.conf_values import (
-    DATABASE_URL_FORMS, DEFAULT_METRICS_DIR, DEVELOPMENT_BASE_URL, NOT_A_DIRECTORY, SHOWN, SQLITE, WEAK_KEY,
+    DATABASE_URL_FORMS, DEFAULT_METRICS_DIR, DEVELOPMENT_BASE_URL, KILL_MARGIN, NOT_A_DIRECTORY, SHOWN, SQLITE, WEAK_KEY,
     ConfigError, IntSetting, Refusal, SecondsSetting, Settings, database_engine, is_base_url, is_directory, is_text,
     hosts_with_base_url, parse_base_url, parse_boolean, parse_directory, parse_hosts, parse_provider_secrets,
     parse_text, settings_from, shown_value, unknown_variable_warnings,
@@ -223,7 +223,11 @@ def load_settings(*, environ: Mapping[str, str], settings_file: Path = SETTINGS_
         # The drain after SIGTERM gets as long as a request may take, unless told otherwise.
         conf.set("gunicorn.graceful_timeout", conf.gunicorn.timeout, loader_identifier="validator")
     values = {key: conf.get(key) for key in origins}
-    rows = [layer_row, *_rows(conf, origins)]
+    graceful = values["gunicorn.graceful_timeout"]
+    # --print-config shows Gunicorn's own graceful_timeout, the margin added: say so where both are read.
+    rows = [(key, value, f"{source}; Gunicorn's graceful_timeout {graceful + KILL_MARGIN} (SIGKILL {KILL_MARGIN} s "
+             "after this drain)") if key == "gunicorn.graceful_timeout" else (key, value, source)
+            for key, value, source in [layer_row, *_rows(conf, origins)]]
     if layer == "development":
         # `make run BASE_URL=http://192.168.1.20:8000`: a phone on the network opens the links there.
         hosts = hosts_with_base_url(values["allowed_hosts"], values["public_base_url"])

@@ -36,6 +36,9 @@ SQLITE_OPTIONS = {"transaction_mode": "IMMEDIATE", "timeout": 20,
 # giving up too); a request waits 10 s for a pooled connection rather than queueing forever.
 DATABASE_CONNECT_TIMEOUT, DATABASE_POOL_TIMEOUT = 2, 10
 SECRET_MASK = "********"
+# Seconds between a worker's own drain deadline (GUNICORN_GRACEFUL_TIMEOUT) and the master's SIGKILL:
+# Gunicorn's graceful_timeout is GUNICORN_GRACEFUL_TIMEOUT + KILL_MARGIN (config/gunicorn.py).
+KILL_MARGIN = 2
 _WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
 _DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
 # YooKassa shop ids are digits; letters, "-" and "_" allow test shops such as the fake provider's.
