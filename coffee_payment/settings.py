@@ -168,6 +168,9 @@ AXES_COOLOFF_TIME = datetime.timedelta(minutes=conf.security.admin_lockout_minut
 AXES_LOCKOUT_PARAMETERS = ["ip_address"]
 AXES_CLIENT_IP_CALLABLE = "coffee_payment.client_address.client_address"
 AXES_RESET_ON_SUCCESS = True
+# No banner at every start (each manage.py command's output would begin with it); a lockout's log
+# line names the locked-out address, not the user agent the client sent.
+AXES_VERBOSE = False
 
 # LOGGING
 # ------------------------------------------------------------------------------
