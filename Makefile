@@ -91,7 +91,7 @@ test-postgres: install-test
 	@echo "== test suite on PostgreSQL =="
 	$(BIN)/python -m devtools.postgres -- $(BIN)/pytest --ignore=tests/deploy --database-only $(PYTEST_ARGS)
 
-# checkov over what reaches a cluster: the rendered overlays, the Secret template, the Dockerfile.
+# checkov over what reaches a cluster: the rendered overlays, the Secret and Ingress templates, the Dockerfile.
 # Its own venv: checkov pins dependencies of its own. Offline: no mapping, no download.
 CHECKOV_VENV := .venv-checkov
 CHECKOV_VERSION := 3.3.30
@@ -109,7 +109,8 @@ lint-deploy: $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
 	rm -rf $(RENDERED) && mkdir -p $(RENDERED)
 	for overlay in $(OVERLAYS); do kubectl kustomize deploy/kubernetes/overlays/$$overlay > $(RENDERED)/$$overlay.yaml; done
 	BC_SKIP_MAPPING=TRUE $(CHECKOV_VENV)/bin/checkov --config-file .checkov.yaml \
-		$(addprefix -f ,$(wildcard Dockerfile) deploy/kubernetes/secret.example.yaml $(OVERLAYS:%=$(RENDERED)/%.yaml))
+		$(addprefix -f ,$(wildcard Dockerfile) deploy/kubernetes/secret.example.yaml deploy/kubernetes/ingress.example.yaml \
+		$(OVERLAYS:%=$(RENDERED)/%.yaml))
 
 # IMAGE and BASE_IMAGE (see deploy/container/build.sh) pass through from the command line.
 image:
