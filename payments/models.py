@@ -270,7 +270,7 @@ class Order(models.Model):
     price_kopecks = models.PositiveIntegerField()
     # Scanned on a machine in test mode: its payment must be a test shop's (no real money), and the
     # pages say so.
-    test = models.BooleanField(default=False)
+    test = models.BooleanField(default=False, db_default=False)
     status = models.CharField(max_length=16, choices=OrderStatus.choices, default=OrderStatus.CREATED)
     expires_at = models.DateTimeField()
     # Set when the provider accepted the payment; notifications are matched on it.
