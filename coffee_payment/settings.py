@@ -142,6 +142,8 @@ SERVESTATIC_USE_FINDERS = not COLLECTED_STATIC
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = not DEBUG
 CSRF_COOKIE_SECURE = not DEBUG
+# An expired Pay form: the customer error page, in the customer's language, back to the order.
+CSRF_FAILURE_VIEW = "payments.views.csrf_failure"
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 # TLS ends at the ingress; trust its X-Forwarded-Proto so request.is_secure() is right.

@@ -13,7 +13,9 @@ from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_POST
 
 from payments import provider, selectors, services
-from payments.errors import InvalidParameter, OrderNotFound, PaymentsError
+from payments.errors import (
+    BadRequest, FormExpired, InvalidParameter, OrderNotFound, PageNotFound, PaymentsError, ServerError,
+)
 from payments.forms import scan_parse
 from payments.models import PAYABLE_STATUSES, Order, OrderStatus
 from payments.readiness import database_check, migrations_check
@@ -54,6 +56,31 @@ def _error_page(request: HttpRequest, error: PaymentsError, *, order_id: str | N
     back = order_id and not isinstance(error, OrderNotFound)
     context = {"error": error, "order_url": reverse("order-page", args=[order_id]) if back else None}
     return render(request, "payments/error.html", context, status=error.status)
+
+
+# Django's own error pages, as customer pages in the request's language (handler404 and the others in
+# coffee_payment/urls.py, CSRF_FAILURE_VIEW). Sync: Django calls them as it calls its defaults.
+def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    return _error_page(request, PageNotFound(_("There is no such page here. Please scan the QR code on the coffee "
+                                               "machine again.")))
+
+
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
+    return _error_page(request, BadRequest(_("This address is not one this service answers at. Please scan the QR "
+                                             "code on the coffee machine again.")))
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    return _error_page(request, ServerError(_("Please try again in a minute.")))
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """The Pay form without its cookie: back to the order, whose page brings a fresh form."""
+    match = request.resolver_match
+    order_id = match.kwargs.get("order_id") if match is not None else None
+    return _error_page(request, FormExpired(_("This page was open too long, or the browser blocks cookies. Please "
+                                              "open your order again, allow cookies for this site and press Pay.")),
+                       order_id=order_id)
 
 
 async def _order_page(request: HttpRequest, template: str, order: Order) -> HttpResponse:

@@ -19,7 +19,8 @@ from urllib.parse import urlencode
 
 import pytest
 from babel.messages.pofile import read_po
-from django.test import AsyncClient, RequestFactory
+from django.test import AsyncClient, Client, RequestFactory
+from django.urls import path
 from django.utils import translation
 
 import payments
@@ -35,9 +36,9 @@ CATALOGUE = PAYMENTS / "locale" / "ru" / "LC_MESSAGES" / "django.po"
 RU = {"headers": {"Accept-Language": "ru-RU,ru;q=0.9"}}
 # A run of Latin letters: an English word left in a Russian text.
 LATIN = re.compile(r"[A-Za-z]+")
-# Latin a Russian text may carry: "QR-код", and the QR link's parameter names, which a refusal
-# quotes so that whoever prints the codes can find the culprit.
-ALLOWED = frozenset({"QR", *ScanForm.base_fields})
+# Latin a Russian text may carry: "QR-код" and "cookie" (as Russian browsers write them), and the QR
+# link's parameter names, which a refusal quotes so that whoever prints the codes finds the culprit.
+ALLOWED = frozenset({"QR", "cookie", *ScanForm.base_fields})
 PLACEHOLDER = re.compile(r"%\((\w+)\)([sdr])")
 # Built only for machines, the provider and staff, never shown on a customer page: the machine
 # API's and the provider notification's technical messages (docs/payments.md: they stay English).
@@ -202,3 +203,36 @@ async def test_a_russian_customer_gets_each_refusal_whole_in_russian(
 def test_a_text_with_english_in_it_is_found() -> None:
     assert english_left("size='4' is not one of 1 (small)") == ["is", "not", "of", "one", "small"]
     assert english_left("В этом QR-коде размер (size='4')") == []
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_djangos_own_refusals_are_customer_pages_in_russian(order: Any) -> None:
+    """A path cut short, an unknown Host, a Pay form without its cookie: Django answers them before
+    any view; each is the error page, in Russian, with the way back where there is an order."""
+    missing = await AsyncClient().get("/v1/pa", **RU)
+    unknown_host = await AsyncClient().get(qr(), headers={**RU["headers"], "Host": "elsewhere.example"})
+    stale_form = await AsyncClient(enforce_csrf_checks=True).post(f"/v1/orders/{ORDER_ID}/payment", **RU)
+    for response, status, russian in ((missing, 404, "Такой страницы нет"),
+                                      (unknown_host, 400, "Этот сервис не отвечает по такому адресу"),
+                                      (stale_form, 403, "Страница устарела")):
+        page = text_of(response.content)
+        assert response.status_code == status and russian in page, page
+        assert english_left(page) == [], page
+    assert f'href="/v1/orders/{ORDER_ID}"' in stale_form.content.decode()
+
+
+def test_a_bug_is_a_customer_page_in_russian(settings: Any) -> None:
+    settings.ROOT_URLCONF = __name__
+    with translation.override(None):  # a sync request's language would outlive it in this thread
+        response = Client(raise_request_exception=False).get("/boom", HTTP_ACCEPT_LANGUAGE="ru")
+    page = text_of(response.content)
+    assert response.status_code == 500 and "У нас что-то пошло не так" in page and english_left(page) == []
+
+
+def _boom(request: Any) -> None:
+    raise RuntimeError("a bug")
+
+
+# The URLconf of test_a_bug_is_a_customer_page_in_russian.
+urlpatterns = [path("boom", _boom)]
+handler500 = "payments.views.server_error"
