@@ -113,7 +113,7 @@ class CustomerTexts:
     thank_you: str
 
 
-async def device_customer_texts(*, device: Device) -> CustomerTexts:
+async def device_texts_get(*, device: Device) -> CustomerTexts:
     """The merchant's texts for this machine in the active language: that language's own (DeviceText),
     else the machine's text for every language; thank-you else the catalogue's. One read."""
     language = translation.get_supported_language_variant(translation.get_language() or "")

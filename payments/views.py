@@ -66,8 +66,9 @@ def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
 
 
 def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
-    return _error_page(request, BadRequest(_("This address is not one this service answers at. Please scan the QR "
-                                             "code on the coffee machine again.")))
+    # Mostly a Host this site does not serve; any other request Django finds suspicious alike.
+    return _error_page(request, BadRequest(_("This link does not lead to this service. Please scan the QR code on "
+                                             "the coffee machine again.")))
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
@@ -89,7 +90,7 @@ async def _order_page(request: HttpRequest, template: str, order: Order) -> Http
     context = {
         "order": order,
         "device": order.device,
-        "texts": await selectors.device_customer_texts(device=order.device),
+        "texts": await selectors.device_texts_get(device=order.device),
         "payable": order.status in PAYABLE_STATUSES and not expired,
         "expired": expired,
         "expired_label": _("Expired: please order again on the machine"),

@@ -213,7 +213,7 @@ async def test_djangos_own_refusals_are_customer_pages_in_russian(order: Any) ->
     unknown_host = await AsyncClient().get(qr(), headers={**RU["headers"], "Host": "elsewhere.example"})
     stale_form = await AsyncClient(enforce_csrf_checks=True).post(f"/v1/orders/{ORDER_ID}/payment", **RU)
     for response, status, russian in ((missing, 404, "Такой страницы нет"),
-                                      (unknown_host, 400, "Этот сервис не отвечает по такому адресу"),
+                                      (unknown_host, 400, "Эта ссылка ведёт не к этому сервису"),
                                       (stale_form, 403, "Страница устарела")):
         page = text_of(response.content)
         assert response.status_code == status and russian in page, page
