@@ -43,7 +43,10 @@ BASE_URL ?= http://localhost:$(PORT)
 # Exported only when the caller moved them; otherwise the settings layer's own values stand.
 given = $(filter environment% command%,$(origin $(1)))
 run: export GUNICORN_PORT := $(PORT)
-run: export DJANGO_PUBLIC_BASE_URL := $(or $(DJANGO_PUBLIC_BASE_URL),$(if $(call given,PORT)$(call given,GUNICORN_PORT)$(call given,BASE_URL),$(BASE_URL)))
+# The links (seed_demo) and the provider's return URL: BASE_URL if given, else DJANGO_PUBLIC_BASE_URL,
+# else http://localhost:PORT once PORT moved; the development layer also answers at its host.
+run manage seed: export DJANGO_PUBLIC_BASE_URL := $(if $(call given,BASE_URL),$(BASE_URL),$(or \
+	$(DJANGO_PUBLIC_BASE_URL),$(if $(call given,PORT)$(call given,GUNICORN_PORT),$(BASE_URL))))
 run manage: export PAYMENT_PROVIDER_URL := $(or $(PAYMENT_PROVIDER_URL),$(if $(call given,PROVIDER_PORT),http://127.0.0.1:$(PROVIDER_PORT)/v3))
 
 migrate: install
@@ -54,7 +57,7 @@ run: migrate
 
 # The demo merchant and machines; prints QR links on BASE_URL to open in a browser.
 seed: migrate
-	$(BIN)/python manage.py seed_demo --base-url '$(BASE_URL)'
+	$(BIN)/python manage.py seed_demo
 
 # The fake payment provider on PROVIDER_PORT, notifying `make run`'s webhook on PORT; ARGS adds
 # options, e.g. ARGS="--fail error" (or hang, flaky), ARGS="--latency 0.5", ARGS="--help".
@@ -96,9 +99,9 @@ test-postgres: install-test
 	@echo "== test suite on PostgreSQL =="
 	$(BIN)/python -m devtools.postgres -- $(BIN)/pytest --ignore=tests/deploy --database-only $(PYTEST_ARGS)
 
-# checkov over what reaches a cluster: the rendered overlays, the Secret template, the Dockerfile.
-# Its own venv (requirements/checkov.lock): checkov pins dependencies of its own. Offline: no
-# mapping, no download.
+# checkov over what reaches a cluster: the rendered overlays, the Secret and Ingress templates, the
+# Dockerfile. Its own venv (requirements/checkov.lock): checkov pins dependencies of its own.
+# Offline: no mapping, no download.
 CHECKOV_VENV := .venv-checkov
 RENDERED := build/kubernetes
 OVERLAYS := staging production
@@ -115,7 +118,8 @@ lint-deploy: $(CHECKOV_VENV)/.installed
 	rm -rf $(RENDERED) && mkdir -p $(RENDERED)
 	for overlay in $(OVERLAYS); do kubectl kustomize deploy/kubernetes/overlays/$$overlay > $(RENDERED)/$$overlay.yaml; done
 	BC_SKIP_MAPPING=TRUE $(CHECKOV_VENV)/bin/checkov --config-file .checkov.yaml \
-		$(addprefix -f ,$(wildcard Dockerfile) deploy/kubernetes/secret.example.yaml $(OVERLAYS:%=$(RENDERED)/%.yaml))
+		$(addprefix -f ,$(wildcard Dockerfile) deploy/kubernetes/secret.example.yaml deploy/kubernetes/ingress.example.yaml \
+		$(OVERLAYS:%=$(RENDERED)/%.yaml))
 
 # IMAGE and BASE_IMAGE (see deploy/container/build.sh) pass through from the command line.
 image:

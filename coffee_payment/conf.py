@@ -22,10 +22,10 @@ from dynaconf.utils.inspect import get_history
 
 from coffee_payment.conf_values import (
     DATABASE_URL_FORMS, DATABASE_WAIT_TIMEOUT, DEFAULT_METRICS_DIR, DERIVED_WHEN_UNSET, DEVELOPMENT_BASE_URL,
-    NOT_A_DIRECTORY, PROVIDER_WAIT_KEYS, SHOWN, SQLITE, WEAK_KEY, ConfigError, IntSetting, Refusal, SecondsSetting,
-    Settings, database_engine, is_base_url, is_directory, is_text, parse_base_url, parse_boolean, parse_directory,
-    parse_hosts, parse_provider_secrets, parse_text, provider_wait_refusal, settings_from, shown_value,
-    unknown_variable_warnings,
+    KILL_MARGIN, NOT_A_DIRECTORY, PROVIDER_WAIT_KEYS, SHOWN, SQLITE, WEAK_KEY, ConfigError, IntSetting, Refusal,
+    SecondsSetting, Settings, database_engine, hosts_with_base_url, is_base_url, is_directory, is_text, parse_base_url,
+    parse_boolean, parse_directory, parse_hosts, parse_provider_secrets, parse_text, provider_wait_refusal,
+    settings_from, shown_value, unknown_variable_warnings,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -267,9 +267,21 @@ def load_settings(*, environ: Mapping[str, str], settings_file: Path = SETTINGS_
     if conf.get("database_wait_timeout") is None:
         conf.set("database_wait_timeout", min(DATABASE_WAIT_TIMEOUT, conf.gunicorn.timeout / 2),
                  loader_identifier="validator")
-    rows = [layer_row, *_rows(conf, origins)]
+    values = {key: conf.get(key) for key in origins}
+    graceful = values["gunicorn.graceful_timeout"]
+    # --print-config shows Gunicorn's own graceful_timeout, the margin added: say so where both are read.
+    rows = [(key, value, f"{source}; Gunicorn's graceful_timeout {graceful + KILL_MARGIN} (SIGKILL {KILL_MARGIN} s "
+             "after this drain)") if key == "gunicorn.graceful_timeout" else (key, value, source)
+            for key, value, source in [layer_row, *_rows(conf, origins)]]
+    if layer == "development":
+        # `make run BASE_URL=http://192.168.1.20:8000`: a phone on the network opens the links there.
+        hosts = hosts_with_base_url(values["allowed_hosts"], values["public_base_url"])
+        if hosts != values["allowed_hosts"]:
+            values["allowed_hosts"] = hosts
+            rows = [(key, ",".join(hosts), f"{source} + the host of public_base_url") if key == "allowed_hosts"
+                    else (key, value, source) for key, value, source in rows]
     warnings = unknown_variable_warnings(environ, prefix="GUNICORN_", known=VARIABLES, ignored=GUNICORN_OWN_VARIABLES)
-    return settings_from({key: conf.get(key) for key in origins}, layer=layer, base_dir=BASE_DIR, rows=rows,
+    return settings_from(values, layer=layer, base_dir=BASE_DIR, rows=rows,
                          sources={key: source for key, _, source in rows}, warnings=warnings)
 
 

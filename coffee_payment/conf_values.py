@@ -49,6 +49,9 @@ SECRET_MASK = "********"
 # and it leaves the request PROVIDER_DEADLINE_MARGIN seconds of its deadline (GUNICORN_TIMEOUT) for
 # the database write and the page after it (payments/provider.py).
 PROVIDER_RETRY_BACKOFF, PROVIDER_DEADLINE_MARGIN = 0.2, 0.5
+# Seconds between a worker's own drain deadline (GUNICORN_GRACEFUL_TIMEOUT) and the master's SIGKILL:
+# Gunicorn's graceful_timeout is GUNICORN_GRACEFUL_TIMEOUT + KILL_MARGIN (config/gunicorn.py).
+KILL_MARGIN = 2
 _WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
 _DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
 # YooKassa shop ids are digits; letters, "-" and "_" allow test shops such as the fake provider's.
@@ -340,6 +343,13 @@ def is_base_url(value: Any, *, path: bool = True) -> bool:
         return False
     return bool(parts.scheme in ("http", "https") and parts.hostname and parts.username is None
                 and not parts.query and not parts.fragment and (path or not parts.path.strip("/")))
+
+
+def hosts_with_base_url(hosts: tuple[str, ...], base_url: str) -> tuple[str, ...]:
+    """`hosts` and the host of `base_url`, as Django's ALLOWED_HOSTS writes it ("[::1]" for IPv6)."""
+    host = urllib.parse.urlsplit(base_url).hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    return hosts if not host or host in hosts else (*hosts, host)
 
 
 def database_engine(url: Any) -> str | None:

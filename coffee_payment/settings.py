@@ -143,6 +143,8 @@ SERVESTATIC_USE_FINDERS = not COLLECTED_STATIC
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = not DEBUG
 CSRF_COOKIE_SECURE = not DEBUG
+# An expired Pay form: the customer error page, in the customer's language, back to the order.
+CSRF_FAILURE_VIEW = "payments.views.csrf_failure"
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 # TLS ends at the ingress; trust its X-Forwarded-Proto so request.is_secure() is right.
@@ -169,6 +171,9 @@ AXES_COOLOFF_TIME = datetime.timedelta(minutes=conf.security.admin_lockout_minut
 AXES_LOCKOUT_PARAMETERS = ["ip_address"]
 AXES_CLIENT_IP_CALLABLE = "coffee_payment.client_address.client_address"
 AXES_RESET_ON_SUCCESS = True
+# No banner at every start (each manage.py command's output would begin with it); a lockout's log
+# line names the locked-out address, not the user agent the client sent.
+AXES_VERBOSE = False
 
 # LOGGING
 # ------------------------------------------------------------------------------

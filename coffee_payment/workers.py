@@ -24,6 +24,7 @@ import asyncio
 import contextvars
 import functools
 import logging
+import mmap
 import signal
 import socket
 import sys
@@ -38,10 +39,12 @@ from uvicorn_worker import UvicornWorker  # type: ignore[import-untyped]
 
 from coffee_payment.asgi_types import ASGIApp, Message, Receive, Scope, Send
 from coffee_payment.conf import process_settings
+# Time for the cancelled requests' answers (_CANCEL_GRACE), closing and exiting.
+from coffee_payment.conf_values import KILL_MARGIN
 from coffee_payment.http_protocol import LimitedHttpToolsProtocol
 from coffee_payment.metrics import DRAIN_CANCELLED, DRAINS
 
-__all__ = ["KILL_MARGIN", "DrainingServer", "DrainingUvicornWorker"]
+__all__ = ["KILL_MARGIN", "DrainingServer", "DrainingUvicornWorker", "master_signals_record"]
 
 logger = logging.getLogger("uvicorn.error")
 
@@ -52,9 +55,32 @@ _DRAIN_TICK = 0.05
 # 500 before the connections are closed under them.
 _CANCEL_GRACE = 0.5
 _MISSING = object()
-# Seconds between a worker's own drain deadline and the master's SIGKILL: time
-# for the cancelled requests' answers (_CANCEL_GRACE), closing and exiting.
-KILL_MARGIN = 2
+
+
+# The signal that stopped the master, in memory it shares with every worker it forks (an anonymous
+# shared mapping made at import, in the master): Gunicorn stops its workers with SIGQUIT for its own
+# SIGINT as for SIGQUIT, and a worker's drain names what the master really received.
+_MASTER_SIGNAL = mmap.mmap(-1, 1)
+
+
+def master_signals_record(arbiter: Arbiter) -> None:
+    """Note the master's SIGINT or SIGQUIT before Gunicorn's handler sends the workers SIGQUIT
+    (config/gunicorn.py's when_ready: the arbiter looks its handlers up by name on each signal)."""
+    for sig in (signal.SIGINT, signal.SIGQUIT):
+        name = f"handle_{sig.name[3:].lower()}"
+
+        def noted(handler: Any = getattr(arbiter, name), sig: signal.Signals = sig) -> None:
+            _MASTER_SIGNAL[0] = sig
+            handler()
+
+        setattr(arbiter, name, noted)
+
+
+def _signal_reason(sig: int) -> str:
+    master = _MASTER_SIGNAL[0]
+    if sig == signal.SIGQUIT and master:
+        return f"the master received {signal.Signals(master).name}"
+    return f"received {signal.Signals(sig).name}"
 
 
 class DrainingServer(Server):
@@ -116,7 +142,7 @@ class DrainingServer(Server):
         # `worker_exit` hook and "Worker exiting" log run (and SIGQUIT's
         # default action dumps core). The drain *is* the signal's effect.
         self.should_exit = True
-        reason = f"received {signal.Signals(sig).name}"
+        reason = _signal_reason(sig)
         if self._loop is None:
             self._drain_reason = self._drain_reason or reason
             self._drain_kind = self._drain_kind or "signal"

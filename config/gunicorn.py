@@ -33,7 +33,7 @@ try:
 except OSError as exc:
     sys.exit(f"configuration error: GUNICORN_METRICS_DIR={server.metrics_dir!r} cannot be created: {exc.strerror}")
 
-from coffee_payment.workers import KILL_MARGIN  # noqa: E402  (after PROMETHEUS_MULTIPROC_DIR)
+from coffee_payment.workers import KILL_MARGIN, master_signals_record  # noqa: E402  (after PROMETHEUS_MULTIPROC_DIR)
 from prometheus_client import multiprocess  # noqa: E402
 
 # Server socket
@@ -100,6 +100,9 @@ logconfig_dict = logging_config(log_format=settings.log_format, level=settings.l
 #   collections skip the ~80,000 objects it inherited, which paused it for 85-105 ms each (a
 #   poll's whole latency budget is 50 ms) and wrote to every inherited page.
 #
+#   when_ready - in the master, once it listens: Gunicorn stops its workers with SIGQUIT for a
+#   SIGINT as for a SIGQUIT; note which one the master got, so the workers' drain lines name it.
+#
 #   child_exit - in the master, after a worker has exited (a stop, a recycle, a crash): remove its
 #   live gauges' files, as prometheus_client documents, so its in-flight requests and pool
 #   connections stop counting. Its counters and histograms stay: they are the pod's totals.
@@ -108,6 +111,10 @@ logconfig_dict = logging_config(log_format=settings.log_format, level=settings.l
 def on_starting(server):
     for stale in Path(settings.server.metrics_dir).glob("*.db"):
         stale.unlink(missing_ok=True)
+
+
+def when_ready(server):
+    master_signals_record(server)
 
 
 def pre_fork(server, worker):

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from payments import services
 from payments.forms import MenuEntry
-from payments.models import Device, DeviceStatus, Merchant, Size
+from payments.models import Device, DeviceStatus, DeviceText, Merchant, Size
 
 DEMO_SHOP_ID = "demo-shop"
 DEVICES = (
@@ -63,6 +63,9 @@ def demo_seed(*, shop_id: str = DEMO_SHOP_ID, machine_tokens: bool = False) -> t
                 "thank_you_text": "Enjoy your coffee!",
             },
         )
+        # The texts above for every language; Russian customers get their own.
+        DeviceText.objects.update_or_create(device=device, language="ru", defaults={
+            "welcome_text": "Рады вас видеть! Проверьте напиток и оплатите.", "thank_you_text": "Приятного кофе!"})
         services.device_menu_replace(device_id=device.pk, entries=MENU_ENTRIES)
         token = services.device_credential_issue(device_id=device.pk) if machine_tokens else None
         seeded.append(SeededDevice(device=device, token=token))

@@ -35,7 +35,13 @@ from coffee_payment.lifespan import lifespan_serve
 
 log = logging.getLogger("devtools.fake_provider")
 
-FAIL_MODES = ("none", "error", "hang", "flaky")
+# --fail: what each mode does to the API calls (shown by --help).
+FAIL_MODES = {
+    "none": "serve every call (the default)",
+    "error": "500 to every API call",
+    "hang": "500 after --hang-seconds",
+    "flaky": "500 to each call's first attempt, its retry (same Idempotence-Key) served",
+}
 API_PREFIX = "/v3"
 # Bounds: a notification gets one short attempt; a request body is small JSON or a form.
 NOTIFY_TIMEOUT = 5.0
@@ -110,6 +116,8 @@ class FakePayment:
     refunded: Decimal = Decimal("0.00")
     # False: the provider never sends this payment's notifications (nor its refunds').
     notifies: bool = True
+    # A test shop's payment (the API's `test`): no real money moves.
+    test: bool = True
 
     @property
     def paid(self) -> bool:
@@ -129,7 +137,7 @@ class FakePayment:
             "metadata": self.metadata,
             "recipient": {"account_id": self.shop_id, "gateway_id": "fake"},
             "refundable": self.refundable_left > 0,
-            "test": True,
+            "test": self.test,
         }
         if self.description:
             data["description"] = self.description
@@ -223,6 +231,8 @@ class FakeProvider:
         self.keys: dict[tuple[str, str], tuple[str, str]] = {}  # (shop, key) -> (body, object id)
         self.key_routes: dict[tuple[str, str], str] = {}  # (shop, key) -> "POST /payments/<id>/capture"
         self.calls: Counter[str] = Counter()  # "POST /payments", "GET /payments/<id>"
+        # Shops that take real money: their payments say `test: false`.
+        self.live_shops: set[str] = set()
         # (call, X-Request-ID or None) of the latest calls: which request of the server made each.
         self.request_ids: deque[tuple[str, str | None]] = deque(maxlen=1000)
         self.notifications: list[dict[str, Any]] = []
@@ -420,6 +430,7 @@ class FakeProvider:
             capture=data.get("capture", False),
             method_chosen="payment_method_data" in data,
             notifies=self._losing.random() >= self.lost_notifications,
+            test=shop_id not in self.live_shops,
         )
         self.payments[payment_id] = payment
         return payment
@@ -736,8 +747,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=_port, default=8001)
     parser.add_argument("--latency", type=_seconds, default=0.0, help="seconds added to every API answer")
-    parser.add_argument("--fail", choices=FAIL_MODES, default="none")
-    parser.add_argument("--hang-seconds", type=_seconds, default=30.0, help="how long --fail hang waits")
+    parser.add_argument("--fail", choices=tuple(FAIL_MODES), default="none",
+                        help="; ".join(f"{mode}: {effect}" for mode, effect in FAIL_MODES.items()))
+    parser.add_argument("--hang-seconds", type=_seconds, default=30.0, help="how long --fail hang waits (default 30)")
     parser.add_argument("--hold-seconds", type=_seconds_up_to(HOLD_SECONDS, 1), default=float(HOLD_SECONDS),
                         help="how long a capture: false payment stays waiting_for_capture (default 7 days)")
     parser.add_argument("--webhook-url", help="where to POST notifications, e.g. http://127.0.0.1:8000/v1/payments/webhook")

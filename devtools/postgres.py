@@ -176,7 +176,13 @@ def server_database(tmp_path: Path, *, template: str | None = None) -> Iterator[
         execute(suite, "postgres", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+USAGE = "usage: python -m devtools.postgres [--check | -- COMMAND [ARGS]]"
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] in (["-h"], ["--help"]):
+        print(f"{USAGE}\n\n{__doc__}")
+        return 0
     if argv == ["--check"]:
         try:
             bindir()
@@ -185,8 +191,11 @@ def main(argv: list[str]) -> int:
             return 1
         return 0
     command = argv[1:] if argv[:1] == ["--"] else argv
-    if not command:
-        print("usage: python -m devtools.postgres [--check | -- COMMAND [ARGS]]", file=sys.stderr)
+    if not command or argv[0].startswith("-") and argv[0] != "--":
+        print(f"{USAGE}\n{f'unknown option {argv[0]!r}' if argv else 'no command given'}", file=sys.stderr)
+        return 2
+    if shutil.which(command[0]) is None:
+        print(f"error: {command[0]!r} is not a command (found neither on PATH nor as a file)", file=sys.stderr)
         return 2
     # SIGTERM (CI cancelling) unwinds like Ctrl+C, so the cluster is stopped either way.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -17,7 +17,7 @@ from django.utils.translation import gettext as _, gettext_lazy, ngettext
 
 from payments import liveness, provider, services
 from payments.errors import IllegalTransition, PaymentsError
-from payments.models import Device, MenuItem, Merchant, Order, OrderStatus, OrphanPayment, sources_of
+from payments.models import Device, DeviceText, MenuItem, Merchant, Order, OrderStatus, OrphanPayment, sources_of
 from payments.vend_window import make_overdue
 
 CONNECTIONS = {
@@ -67,6 +67,15 @@ class MenuItemInline(admin.TabularInline):
     fields = ("drink_number", "size", "drink_name", "price_kopecks", "available")
 
 
+class DeviceTextInline(admin.TabularInline):
+    """The welcome and thank-you texts in one language each; the customer's language is shown first."""
+
+    model = DeviceText
+    extra = 0
+    fields = ("language", "welcome_text", "thank_you_text")
+    verbose_name_plural = "Customer texts per language"
+
+
 @admin.register(Device)
 class DeviceAdmin(admin.ModelAdmin):
     list_display = ("device_uuid", "merchant", "location", "status", "connection", "last_seen_at", "time_zone",
@@ -76,7 +85,7 @@ class DeviceAdmin(admin.ModelAdmin):
     list_select_related = ("merchant", "credential")
     # A logo address typed without a scheme is https (Django 6's default; silences 5.x's warning).
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
-    inlines = [MenuItemInline]
+    inlines = [DeviceTextInline, MenuItemInline]
     actions = ["issue_credential"]
 
     @admin.display(description=gettext_lazy("Connection"))
@@ -159,9 +168,9 @@ def _transition_action(name: str, service: Callable[..., Order], description: st
 
 @admin.register(Order)
 class OrderAdmin(admin.ModelAdmin):
-    list_display = ("id", "device", "drink_name", "size", "price_rubles", "status", "two_stage", "paid_at",
+    list_display = ("id", "device", "drink_name", "size", "price_rubles", "status", "two_stage", "test", "paid_at",
                     "created_at")
-    list_filter = ("status", MakeOverdueFilter, "merchant")
+    list_filter = ("status", MakeOverdueFilter, "merchant", "test")
     search_fields = ("id", "provider_payment_id", "device__device_uuid")
     list_select_related = ("device", "merchant")
     date_hierarchy = "created_at"

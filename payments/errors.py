@@ -25,6 +25,34 @@ class InvalidParameter(PaymentsError):
     title = _("This QR code is not valid")
 
 
+class PageNotFound(PaymentsError):
+    """A path nothing answers (a QR link cut short): Django's 404, as a customer page."""
+
+    status = 404
+    title = _("This page does not exist")
+
+
+class BadRequest(PaymentsError):
+    """A request Django refuses before any view (a Host it does not serve): its 400, as a customer page."""
+
+    status = 400
+    title = _("This request could not be served")
+
+
+class FormExpired(PaymentsError):
+    """The Pay form came back without its CSRF cookie: an old page, or cookies blocked."""
+
+    status = 403
+    title = _("This page has expired")
+
+
+class ServerError(PaymentsError):
+    """A bug: Django's 500, as a customer page (the traceback goes to the log)."""
+
+    status = 500
+    title = _("Something went wrong on our side")
+
+
 class DeviceNotFound(PaymentsError):
     status = 404
     title = _("Unknown coffee machine")
@@ -103,6 +131,14 @@ class MakeWindowClosed(IllegalTransition):
 class OrderExpired(PaymentsError):
     status = 410
     title = _("This order has expired")
+
+
+class LiveShopForTestMachine(PaymentsError):
+    """A machine in test mode, whose pages say no real money is taken, got a payment of a shop that
+    takes real money: the customer is not sent to pay it (logged as an error where it is raised)."""
+
+    status = 409
+    title = _("This test coffee machine cannot take real payments")
 
 
 class ShopNotConfigured(PaymentsError):

@@ -9,6 +9,7 @@ from typing import Any
 
 from django import forms
 from django.http import QueryDict
+from django.utils.translation import gettext as _, gettext_lazy
 
 from payments.errors import InvalidParameter
 from payments.json_input import json_input_parse
@@ -30,29 +31,20 @@ class WholeNumberField(forms.Field):
     def to_python(self, value: Any) -> int | None:
         if value in self.empty_values:
             return None
+        bounds = {"low": self.low, "high": self.high}
         if not re.fullmatch(r"[0-9]{1,9}", str(value)):
-            raise forms.ValidationError(f"is not a whole number (allowed: {self.low}..{self.high})")
+            raise forms.ValidationError("not a whole number", code="not_whole", params=bounds)
         number = int(value)
         if not self.low <= number <= self.high:
-            raise forms.ValidationError(f"is out of range (allowed: {self.low}..{self.high})")
+            raise forms.ValidationError("out of range", code="out_of_range", params=bounds)
         return number
 
 
-def _identifier() -> forms.RegexField:
-    return forms.RegexField(
-        regex=rf"\A{IDENTIFIER}\Z", strip=False, error_messages={"invalid": "is not 1-64 letters, digits, '-' or '_'"}
-    )
-
-
 class ScanForm(forms.Form):
-    deviceUuid = _identifier()
-    orderId = _identifier()
+    deviceUuid = forms.RegexField(regex=rf"\A{IDENTIFIER}\Z", strip=False)
+    orderId = forms.RegexField(regex=rf"\A{IDENTIFIER}\Z", strip=False)
     drinkNo = WholeNumberField(low=1, high=DRINK_NUMBER_MAX)
-    size = forms.TypedChoiceField(
-        choices=[("1", "small"), ("2", "medium"), ("3", "large")],
-        coerce=int,
-        error_messages={"invalid_choice": "is not one of 1 (small), 2 (medium), 3 (large)"},
-    )
+    size = forms.TypedChoiceField(choices=[(str(size), size) for size in Size.values], coerce=int)
     # Optional, from older links: only compared with the menu's price (services.order_create).
     price = WholeNumberField(low=1, high=PRICE_MAX, required=False)
 
@@ -67,8 +59,31 @@ class Scan:
     quoted_price_kopecks: int | None
 
 
+# Each QR code parameter in the customer's words; refusals name both.
+SCAN_PARAMETERS = {
+    "deviceUuid": gettext_lazy("coffee machine"), "orderId": gettext_lazy("order number"),
+    "drinkNo": gettext_lazy("drink number"), "size": gettext_lazy("size"), "price": gettext_lazy("price"),
+}
+
+
+def _scan_refusal(name: str, raw: str, error: forms.ValidationError) -> str:
+    """The customer's message for a bad parameter, in the request's language."""
+    shown = raw if len(raw) <= 70 else raw[:70] + "..."
+    named = {**(error.params or {}), "what": SCAN_PARAMETERS[name], "name": name, "value": repr(shown)}
+    if error.code == "not_whole":
+        return _("This QR code's %(what)s (%(name)s=%(value)s) is not a whole number "
+                 "(allowed: %(low)d..%(high)d).") % named
+    if error.code == "out_of_range":
+        return _("This QR code's %(what)s (%(name)s=%(value)s) is out of range (allowed: %(low)d..%(high)d).") % named
+    if error.code == "invalid_choice":
+        named["allowed"] = ", ".join(f"{size} ({str(label).lower()})" for size, label in Size.choices)
+        return _("This QR code's %(what)s (%(name)s=%(value)s) is not one of %(allowed)s.") % named
+    return _("This QR code's %(what)s (%(name)s=%(value)s) is not 1-64 letters, digits, “-” or “_”.") % named
+
+
 def scan_parse(query: QueryDict) -> Scan:
-    """The scan's parameters, or InvalidParameter naming the first bad one.
+    """The scan's parameters, or InvalidParameter naming the first bad one (in the customer's words,
+    with the parameter's name and value).
 
     Parameters other than the form's (`drinkName` of older links, a tracker's `utm_source`) are
     ignored: the drink's name and price come from the machine's menu.
@@ -77,14 +92,15 @@ def scan_parse(query: QueryDict) -> Scan:
     for name in form.fields:
         count = len(query.getlist(name))
         if count > 1:
-            raise InvalidParameter(f"{name} is given {count} times (allowed: once)")
+            raise InvalidParameter(_("This QR code gives its %(what)s (%(name)s) %(count)d times (allowed: once).")
+                                   % {"what": SCAN_PARAMETERS[name], "name": name, "count": count})
     if not form.is_valid():
-        name, messages = next(iter(form.errors.items()))
+        name, errors = next(iter(form.errors.as_data().items()))
         raw = query.get(name, "")
         if not raw.strip():
-            raise InvalidParameter(f"{name} is missing")
-        shown = raw if len(raw) <= 70 else raw[:70] + "..."
-        raise InvalidParameter(f"{name}={shown!r} {messages[0]}")
+            raise InvalidParameter(_("This QR code has no %(what)s (%(name)s).")
+                                   % {"what": SCAN_PARAMETERS[name], "name": name})
+        raise InvalidParameter(_scan_refusal(name, raw, errors[0]))
     data = form.cleaned_data
     return Scan(
         device_uuid=data["deviceUuid"],

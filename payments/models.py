@@ -10,9 +10,11 @@ import datetime
 import decimal
 import zoneinfo
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
+from django.utils import formats
 from django.utils.translation import gettext_lazy as _
 
 # Ids that appear in QR codes and provider credentials: letters, digits, "-" and "_".
@@ -74,11 +76,14 @@ class Device(models.Model):
     merchant = models.ForeignKey(Merchant, on_delete=models.PROTECT, related_name="devices")
     location = models.CharField(max_length=255)
     status = models.CharField(max_length=16, choices=DeviceStatus.choices, default=DeviceStatus.ONLINE)
-    # Optional branding and texts shown to the customer on the order and status pages.
+    # Optional branding and texts shown to the customer on the order and status pages; a text in the
+    # customer's language (DeviceText) comes first.
     brand_name = models.CharField(max_length=100, blank=True)
     logo_url = models.URLField(blank=True)
-    welcome_text = models.CharField(max_length=500, blank=True)
-    thank_you_text = models.CharField(max_length=500, blank=True)
+    welcome_text = models.CharField(
+        max_length=500, blank=True, help_text="Shown in every language that has no welcome text of its own below.")
+    thank_you_text = models.CharField(
+        max_length=500, blank=True, help_text="Shown in every language that has no thank-you text of its own below.")
     # The customer pages show times (e.g. "pay before") in the machine's local time.
     time_zone = models.CharField(
         max_length=64, default=DEFAULT_DEVICE_TIME_ZONE, validators=[time_zone_validate],
@@ -91,6 +96,27 @@ class Device(models.Model):
 
     def __str__(self) -> str:
         return f"{self.device_uuid} ({self.location})"
+
+
+def language_choices() -> list[tuple[str, str]]:
+    """The customer pages' languages (settings.LANGUAGES)."""
+    return list(settings.LANGUAGES)
+
+
+class DeviceText(models.Model):
+    """A machine's customer texts in one language. The pages show the customer's language's text,
+    else the machine's own text for every language, else (thank-you) the catalogue's."""
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="texts")
+    language = models.CharField(max_length=16, choices=language_choices)
+    welcome_text = models.CharField(max_length=500, blank=True)
+    thank_you_text = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=("device", "language"), name="device_text_unique_language")]
+
+    def __str__(self) -> str:
+        return f"{self.device_id} {self.language}"
 
 
 class OrderStatus(models.TextChoices):
@@ -191,6 +217,12 @@ DRINK_NUMBER_MAX = 9999
 DRINK_NAME_MAX = 100
 
 
+def price_text(kopecks: int) -> str:
+    """A price in roubles in the active language: "1 590,00 ₽" in Russian, "1,590.00 ₽" in English."""
+    amount = formats.number_format(decimal.Decimal(kopecks).scaleb(-2), 2, use_l10n=True, force_grouping=True)
+    return f"{amount}\N{NO-BREAK SPACE}\N{RUBLE SIGN}"
+
+
 class MenuItem(models.Model):
     """What a machine sells: its drink number and size -> name and price. Orders take both from here,
     never from the QR link."""
@@ -241,6 +273,9 @@ class Order(models.Model):
     size = models.PositiveSmallIntegerField(choices=Size.choices)
     # Whole kopecks: no floating point anywhere near money.
     price_kopecks = models.PositiveIntegerField()
+    # Scanned on a machine in test mode: its payment must be a test shop's (no real money), and the
+    # pages say so.
+    test = models.BooleanField(default=False, db_default=False)
     status = models.CharField(max_length=16, choices=OrderStatus.choices, default=OrderStatus.CREATED)
     expires_at = models.DateTimeField()
     # Set when the provider accepted the payment; notifications are matched on it.
@@ -283,9 +318,9 @@ class Order(models.Model):
         return f"{self.id} {self.drink_name} ({self.status})"
 
     @property
-    def price(self) -> decimal.Decimal:
-        """Roubles, exact, for the pages' locale-aware formatting (e.g. "150,00" in Russian)."""
-        return decimal.Decimal(self.price_kopecks).scaleb(-2)
+    def price_text(self) -> str:
+        """The price as the pages show it, in the active language (price_text)."""
+        return price_text(self.price_kopecks)
 
     @property
     def price_rubles(self) -> str:

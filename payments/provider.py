@@ -65,6 +65,8 @@ class ProviderPayment:
     # Refunded so far (a succeeded payment), and when the provider created the payment.
     refunded_kopecks: int = 0
     created_at: datetime.datetime | None = None
+    # The API's `test`: a test shop's payment, no real money. Absent counts as real.
+    test: bool = False
 
 
 @dataclass(frozen=True)
@@ -314,6 +316,7 @@ def _payment(response: Answer, data: Any = None) -> ProviderPayment:
             expires_at=_timestamp(data.get("expires_at")),
             refunded_kopecks=_kopecks(refunded)[0] if refunded else 0,
             created_at=_timestamp(data.get("created_at")),
+            test=data.get("test") is True,
         )
     except _PARSE_ERRORS as exc:
         log.error("provider answered HTTP %d with an unreadable payment: %r", response.status_code, exc)

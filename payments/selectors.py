@@ -8,11 +8,14 @@ from typing import Any
 
 from django.conf import settings
 from django.db.models import F
+from django.utils import translation
 from django.utils.translation import gettext as _
 
 from payments.compiled_read import CompiledRead
 from payments.errors import OrderNotFound
-from payments.models import FINAL_STATUSES, MAKEABLE_STATUSES, DeviceCredential, MenuItem, Order, OrderStatus, Size
+from payments.models import (
+    FINAL_STATUSES, MAKEABLE_STATUSES, Device, DeviceCredential, DeviceText, MenuItem, Order, OrderStatus, Size,
+)
 from payments.provider import CURRENCY, rubles
 
 
@@ -128,6 +131,23 @@ async def order_get(*, order_id: str) -> Order:
         raise OrderNotFound(_("There is no order %(order)r. Please scan the QR code on the machine again.")
                             % {"order": order_id[:64]})
     return order
+
+
+@dataclass(frozen=True)
+class CustomerTexts:
+    welcome: str
+    thank_you: str
+
+
+async def device_texts_get(*, device: Device) -> CustomerTexts:
+    """The merchant's texts for this machine in the active language: that language's own (DeviceText),
+    else the machine's text for every language; thank-you else the catalogue's. One read."""
+    language = translation.get_supported_language_variant(translation.get_language() or "")
+    own = await DeviceText.objects.filter(device=device, language=language).afirst()
+    return CustomerTexts(
+        welcome=own and own.welcome_text or device.welcome_text,
+        thank_you=own and own.thank_you_text or device.thank_you_text or _("Enjoy your drink!"),
+    )
 
 
 async def order_find_for_payment(*, payment_id: str, order_id_hint: str | None) -> Order | None:

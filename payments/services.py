@@ -35,6 +35,7 @@ from payments.errors import (
     DrinkUnavailable,
     IllegalTransition,
     MakeWindowClosed,
+    LiveShopForTestMachine,
     MerchantInactive,
     OrderConflict,
     OrderExpired,
@@ -51,6 +52,7 @@ from payments.models import (
     PAYABLE_STATUSES,
     Device,
     DeviceCredential,
+    DeviceStatus,
     MenuItem,
     Merchant,
     Order,
@@ -58,6 +60,7 @@ from payments.models import (
     OrphanPayment,
     OrphanPaymentStatus,
     Size,
+    price_text,
     sources_of,
 )
 from payments.forms import MenuEntry
@@ -118,10 +121,10 @@ def _menu_item_for(device: Device, *, drink_number: int, size: int, quoted_price
     if quoted_price_kopecks is not None and quoted_price_kopecks != item.price_kopecks:
         log.warning("scan of %s drink %d size %d quotes %d kopecks, the menu says %d", device.device_uuid,
                     drink_number, size, quoted_price_kopecks, item.price_kopecks)
-        raise PriceMismatch(_("This QR code says %(quoted)s ₽, but %(drink)s (%(size)s) costs %(price)s ₽ on this "
+        raise PriceMismatch(_("This QR code says %(quoted)s, but %(drink)s (%(size)s) costs %(price)s on this "
                               "machine. Please choose your drink on the machine again.") % {
-            "quoted": provider.rubles(quoted_price_kopecks), "drink": item.drink_name, "size": size_name,
-            "price": provider.rubles(item.price_kopecks)})
+            "quoted": price_text(quoted_price_kopecks), "drink": item.drink_name, "size": size_name,
+            "price": price_text(item.price_kopecks)})
     return item
 
 
@@ -144,7 +147,8 @@ def order_create(
     now = now or timezone.now()
     device = Device.objects.select_related("merchant", "credential").filter(device_uuid=device_uuid).first()
     if device is None:
-        raise DeviceNotFound(f"There is no coffee machine {device_uuid!r}. Please scan the QR code on the machine again.")
+        raise DeviceNotFound(_("There is no coffee machine %(device)r. Please scan the QR code on the machine again.")
+                             % {"device": device_uuid})
     _ensure_can_order(device.merchant, device, now=now)
     _ensure_machine_seen(device, now=now)
     item = _menu_item_for(device, drink_number=drink_number, size=size, quoted_price_kopecks=quoted_price_kopecks)
@@ -156,7 +160,7 @@ def order_create(
         defaults={
             **wanted, "drink_name": item.drink_name, "price_kopecks": item.price_kopecks,
             "merchant_id": device.merchant_id, "expires_at": expires_at,
-            "two_stage": device.merchant.two_stage_payments,
+            "two_stage": device.merchant.two_stage_payments, "test": device.status == DeviceStatus.TEST,
         },
     )
     if not created and any(getattr(order, field) != value for field, value in wanted.items()):
@@ -216,7 +220,8 @@ def _order_transition(
     if not updated:
         current = Order.objects.filter(pk=order_id).values_list("status", flat=True).first()
         if current is None:
-            raise OrderNotFound(f"There is no order {order_id!r}.")
+            raise OrderNotFound(_("There is no order %(order)r. Please scan the QR code on the machine again.")
+                                % {"order": order_id[:64]})
         raise IllegalTransition(order_id=order_id, current=current, target=target)
     return Order.objects.get(pk=order_id)
 
@@ -589,7 +594,17 @@ async def order_payment_start(*, order_id: str, return_url: str, now: datetime.d
         # Paid or canceled already (a notification went astray): record it, show the status.
         await sync_to_async(order_apply_payment)(order_id=order.id, payment=payment)
         return None
-    await sync_to_async(order_mark_pending)(order_id=order.id, provider_payment_id=payment.id)
+    try:
+        await sync_to_async(order_mark_pending)(order_id=order.id, provider_payment_id=payment.id)
+    except IllegalTransition:
+        # A notification moved the order on meanwhile: its status page says where it is.
+        return None
+    if order.test and not payment.test:
+        # Recorded as pending (reconciliation follows it to its end), but nobody is sent to pay it.
+        log.error("order %s of test machine %s got a real payment %s: shop %s is not a test shop; the customer "
+                  "was not sent to pay", order.id, order.device.device_uuid, payment.id, order.merchant.shop_id)
+        raise LiveShopForTestMachine(_("This coffee machine is in test mode, but its shop takes real money, so no "
+                                       "payment was started. Please tell the staff."))
     PAYMENTS.labels("started").inc()
     return payment.confirmation_url
 

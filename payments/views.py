@@ -13,7 +13,9 @@ from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_POST
 
 from payments import provider, selectors, services
-from payments.errors import InvalidParameter, OrderNotFound, PaymentsError
+from payments.errors import (
+    BadRequest, FormExpired, InvalidParameter, OrderNotFound, PageNotFound, PaymentsError, ServerError,
+)
 from payments.forms import scan_parse
 from payments.models import PAYABLE_STATUSES, Order, OrderStatus
 from payments.readiness import database_check, migrations_check
@@ -26,7 +28,9 @@ NEXT_STEPS: dict[str, tuple[str, ...]] = {
     "confirming": (S.PENDING,),
     "making": (S.PAID, S.HELD, S.MAKE_PENDING),
     "not_charged": ("expired", S.NOT_PAID),
-    "money_back": (S.CANCEL_PENDING, S.RELEASED, S.REFUND_PENDING, S.REFUNDED),
+    # Two-stage: the hold is dropped, nothing was taken. Single-stage (or a hold captured after all): a refund.
+    "released": (S.CANCEL_PENDING, S.RELEASED),
+    "refunded": (S.REFUND_PENDING, S.REFUNDED),
     "again": ("expired", S.NOT_PAID, S.FAILED, S.MAKE_FAILED, S.CANCEL_PENDING, S.RELEASED, S.REFUND_PENDING,
               S.REFUNDED, S.REFUND_FAILED),
 }
@@ -56,18 +60,45 @@ def _error_page(request: HttpRequest, error: PaymentsError, *, order_id: str | N
     return render(request, "payments/error.html", context, status=error.status)
 
 
+# Django's own error pages, as customer pages in the request's language (handler404 and the others in
+# coffee_payment/urls.py, CSRF_FAILURE_VIEW). Sync: Django calls them as it calls its defaults.
+def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    return _error_page(request, PageNotFound(_("There is no such page here. Please scan the QR code on the coffee "
+                                               "machine again.")))
+
+
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
+    # Mostly a Host this site does not serve; any other request Django finds suspicious alike.
+    return _error_page(request, BadRequest(_("This link does not lead to this service. Please scan the QR code on "
+                                             "the coffee machine again.")))
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    return _error_page(request, ServerError(_("Please try again in a minute.")))
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """The Pay form without its cookie: back to the order, whose page brings a fresh form."""
+    match = request.resolver_match
+    order_id = match.kwargs.get("order_id") if match is not None else None
+    return _error_page(request, FormExpired(_("This page was open too long, or the browser blocks cookies. Please "
+                                              "open your order again, allow cookies for this site and press Pay.")),
+                       order_id=order_id)
+
+
 # The status page's Pay button: not for a payment already with the provider (the order page, a
 # new scan, still leads back to it).
 STATUS_PAGE_PAYABLE = frozenset({S.CREATED})
 
 
-def _order_page(request: HttpRequest, template: str, order: Order, *,
-                payable_statuses: frozenset[str] = PAYABLE_STATUSES) -> HttpResponse:
+async def _order_page(request: HttpRequest, template: str, order: Order, *,
+                      payable_statuses: frozenset[str] = PAYABLE_STATUSES) -> HttpResponse:
     # As the status poll says it (selectors.OrderState.as_json), so that its answers agree with the page.
     expired = order.status == S.CREATED and timezone.now() >= order.expires_at
     context = {
         "order": order,
         "device": order.device,
+        "texts": await selectors.device_texts_get(device=order.device),
         "payable": order.status in payable_statuses and not expired,
         "expired": expired,
         "expired_label": _("Expired: please order again on the machine"),
@@ -93,7 +124,7 @@ async def scan(request: HttpRequest) -> HttpResponse:
         )
     except PaymentsError as error:
         return _error_page(request, error)
-    return _order_page(request, "payments/order.html", order)
+    return await _order_page(request, "payments/order.html", order)
 
 
 @require_POST
@@ -160,4 +191,4 @@ async def order_page(request: HttpRequest, order_id: str) -> HttpResponse:
                 order = await selectors.order_get(order_id=order_id)
     except PaymentsError as error:
         return _error_page(request, error)
-    return _order_page(request, "payments/status.html", order, payable_statuses=STATUS_PAGE_PAYABLE)
+    return await _order_page(request, "payments/status.html", order, payable_statuses=STATUS_PAGE_PAYABLE)

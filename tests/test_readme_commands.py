@@ -16,6 +16,7 @@ import select
 import subprocess
 import sys
 import termios
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -101,37 +102,57 @@ def background(clone: Path, command: str, env: Mapping[str, str], port: int, nam
 
 
 def answer_prompts(clone: Path, command: str, env: Mapping[str, str], answers: list[tuple[str, str]]) -> str:
-    """Run `command` on a terminal of its own, typing each answer once its prompt shows."""
-    controller, terminal = pty.openpty()
-
-    def take_terminal() -> None:
-        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-    process = subprocess.Popen(["bash", "-c", command], cwd=clone, env=dict(env), stdin=terminal, stdout=terminal,
-                               stderr=terminal, start_new_session=True, preexec_fn=take_terminal)
-    os.close(terminal)
-    output, deadline = "", time.monotonic() + 60
+    """Run `command` on a terminal of its own to its end, typing each answer once its prompt shows."""
+    prompted = OnTerminal(clone, command, env, 0, "prompted", answers=answers)
     try:
-        while time.monotonic() < deadline:
-            if select.select([controller], [], [], 0.2)[0]:
-                try:
-                    chunk = os.read(controller, 4096)
-                except OSError:  # the terminal closed: the command ended
-                    break
-                output += chunk.decode(errors="replace")
-                if answers and answers[0][0] in output:
-                    prompt, answer = answers.pop(0)
-                    output = output.replace(prompt, f"<{prompt}>", 1)
-                    os.write(controller, f"{answer}\n".encode())
-            elif process.poll() is not None:
-                break
-        assert process.wait(timeout=10) == 0 and not answers, output
+        status = prompted.server.process.wait(timeout=60)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
-        os.close(controller)
+        prompted.stop()
+    output = prompted.server.stdout.read_text()
+    assert status == 0 and not prompted.answers, output
     return output
+
+
+class OnTerminal:
+    """`command` on a terminal of its own, in its own process group, typing each answer once its
+    prompt shows; what it prints goes to a file. A Server once it serves `port`; stop() ends it."""
+
+    def __init__(self, clone: Path, command: str, env: Mapping[str, str], port: int, name: str,
+                 answers: list[tuple[str, str]]) -> None:
+        self.answers = list(answers)
+        output, errors = clone.parent / f"{name}.out", clone.parent / f"{name}.err"
+        errors.touch()
+        self.controller, terminal = pty.openpty()
+        process = subprocess.Popen(["bash", "-euo", "pipefail", "-c", command], cwd=clone, env=dict(env),
+                                   stdin=terminal, stdout=terminal, stderr=terminal, start_new_session=True,
+                                   preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+        os.close(terminal)
+        self.server = Server(process=process, port=port, stdout=output, stderr=errors)
+        self.reader = threading.Thread(target=self._read, args=(output,), daemon=True)
+        self.reader.start()
+
+    def _read(self, output: Path) -> None:
+        seen = ""
+        with output.open("w") as file:
+            while True:
+                try:
+                    chunk = os.read(self.controller, 4096).decode(errors="replace")
+                except OSError:  # the terminal closed: every process on it ended
+                    return
+                if not chunk:
+                    return
+                file.write(chunk)
+                file.flush()
+                seen += chunk
+                if self.answers and self.answers[0][0] in seen:
+                    prompt, answer = self.answers.pop(0)
+                    seen = seen.split(prompt, 1)[1]
+                    os.write(self.controller, f"{answer}\n".encode())
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.reader.join(timeout=10)
+        os.close(self.controller)
 
 
 def links(output: str) -> list[str]:
@@ -142,26 +163,60 @@ def test_every_readme_command_works_in_a_fresh_clone(clone: Path) -> None:
     blocks = readme_blocks(clone)
     quickstart = next(block for block in blocks if block[-1] == QUICKSTART_SERVER)
     ran: set[str] = set()
-    # The production quickstart, as one script whose last line is the server, alongside.
-    production_port = free_port()
-    production = background(clone, "\n".join(quickstart), environ(clone.parent, GUNICORN_PORT=str(production_port)),
-                            production_port, "quickstart", wait=False)
+    # The production quickstart, as one script whose last line is the server, alongside; its fake
+    # provider (README: `make fake-provider` in a second terminal) on a port of its own.
+    production_port, provider_port = free_port(), free_port()
+    script = "\n".join(quickstart).replace("127.0.0.1:8001", f"127.0.0.1:{provider_port}")
+    password = secrets.token_urlsafe(16)
+    production = OnTerminal(clone, script, environ(clone.parent, GUNICORN_PORT=str(production_port)), production_port,
+                            "quickstart", answers=[("Username", "owner"), ("Email address", "owner@example.com"),
+                                                   ("Password:", password), ("Password (again)", password)])
     ran.update(quickstart)
     try:
         development_commands(clone, blocks, ran, port=free_port(), provider_port=free_port())
-        production.wait_until_serving(timeout=90)
-        url = f"http://127.0.0.1:{production_port}"
-        assert httpx.get(f"{url}/ready").json() == {"status": "ready"}
-        printed = links(production.stdout.read_text())
-        assert printed, production.logs()
-        page = httpx.get(f"{url}/v1/pay?{urlsplit(printed[0]).query}", headers={"Host": "localhost"})
-        assert page.status_code == 200 and "Espresso" in page.text, page.text
-        assert "Traceback" not in production.logs()
+        production.server.wait_until_serving(timeout=90)
+        quickstart_works(clone, production.server, provider_port=provider_port, password=password)
     finally:
         production.stop()
 
     shown = {command for block in blocks for command in block}
     assert shown - ran == set(NOT_RUN), "a README command this test does not run"
+
+
+def quickstart_works(clone: Path, server: Server, *, provider_port: int, password: str) -> None:
+    """The quickstart's server is ready, serves its QR links and the admin user it created, takes a
+    payment through the fake provider with its settings, and its reconciliation loop runs."""
+    url = server.url
+    assert httpx.get(f"{url}/ready").json() == {"status": "ready"}
+    printed = links(server.stdout.read_text())
+    assert printed, server.logs()
+    # As the quickstart's DJANGO_ALLOWED_HOSTS and DJANGO_PUBLIC_BASE_URL say: a browser on localhost.
+    host = {"Host": "localhost"}
+    provider = background(clone, "make fake-provider",
+                          environ(clone.parent, PORT=str(server.port), PROVIDER_PORT=str(provider_port)),
+                          provider_port, "quickstart-provider")
+    try:
+        query = urlsplit(printed[0]).query
+        order_id = order_id_of(query)
+        with httpx.Client(timeout=10) as browser:
+            page = browser.get(f"{url}/v1/pay?{query}", headers=host)
+            assert page.status_code == 200 and "Espresso" in page.text, page.text
+            form = csrf(page)
+            form["headers"] |= host  # type: ignore[operator]
+            pay = browser.post(f"{url}/v1/orders/{order_id}/payment", **form)  # type: ignore[arg-type]
+            assert pay.status_code == 303, pay.text
+            paid = browser.post(pay.headers["location"], data={"action": "succeed"})
+            assert paid.headers["location"] == f"http://localhost:8000/v1/orders/{order_id}"
+        assert wait_for_status(server, order_id, "paid")["label"] == "Paid"
+    finally:
+        provider.stop()
+    with httpx.Client(timeout=10, base_url=url, headers=host) as browser:
+        form = csrf(browser.get("/admin/login/"))
+        form["data"] |= {"username": "owner", "password": password, "next": "/admin/"}  # type: ignore[operator]
+        form["headers"] |= host  # type: ignore[operator]
+        assert browser.post("/admin/login/", **form).headers.get("location") == "/admin/"  # type: ignore[arg-type]
+    assert "nothing due" in (clone / "reconcile.log").read_text()
+    assert "Traceback" not in server.logs()
 
 
 def development_commands(clone: Path, blocks: list[list[str]], ran: set[str], *, port: int, provider_port: int) -> None:
@@ -206,6 +261,7 @@ def development_commands(clone: Path, blocks: list[list[str]], ran: set[str], *,
 
         elsewhere = links(run("make seed BASE_URL=http://192.168.1.20:8000"))
         assert elsewhere and all(link.startswith("http://192.168.1.20:8000/v1/pay?") for link in elsewhere)
+        phone_link = elsewhere[0]
 
         password = secrets.token_urlsafe(16)
         answer_prompts(clone, "make superuser", dev, [("Username", "barista"), ("Email address", "barista@example.com"),
@@ -226,6 +282,16 @@ def development_commands(clone: Path, blocks: list[list[str]], ran: set[str], *,
             order_page = browser.get(f"{local}/v1/pay?{query}")
             pay = browser.post(f"{local}/v1/orders/{order_id_of(query)}/payment", **csrf(order_page))  # type: ignore[arg-type]
             assert pay.status_code == 503, pay.text
+
+        # A phone on the network opens a link printed for it: the README's `make run BASE_URL=...`,
+        # asked through loopback with the Host header the phone sends.
+        phone_run = re.search(r"`(make run BASE_URL=\S+)`", (clone / "README.md").read_text())
+        assert phone_run, "README no longer shows how to serve a phone"
+        server.stop()
+        server = background(clone, phone_run[1], dev, port, "make-run-phone")
+        ran.add(phone_run[1])
+        phone = httpx.get(f"{local}/v1/pay?{urlsplit(phone_link).query}", headers={"Host": urlsplit(phone_link).netloc})
+        assert phone.status_code == 200 and "Espresso" in phone.text, phone.text
     finally:
         if provider is not None:
             provider.stop()

@@ -529,6 +529,20 @@ def test_public_base_url_per_layer() -> None:
                                                                          "env DJANGO_PUBLIC_BASE_URL")
 
 
+@pytest.mark.parametrize(("base_url", "added"), [("http://192.168.1.20:8000", "192.168.1.20"),
+                                                 ("http://[fd00::20]:8000", "[fd00::20]"), ("http://localhost:8000", None)])
+def test_development_answers_at_its_public_base_url(base_url: str, added: str | None) -> None:
+    """`make run BASE_URL=http://192.168.1.20:8000`: a phone on the network gets the page, not a 400."""
+    loaded = load_settings(environ={"DJANGO_ENV": "development", "DJANGO_PUBLIC_BASE_URL": base_url})
+    assert loaded.allowed_hosts == ("localhost", "127.0.0.1", "[::1]", *([added] if added else []))
+    assert loaded.sources["allowed_hosts"] == "[development]" + (" + the host of public_base_url" if added else "")
+
+
+def test_production_answers_only_the_hosts_it_is_given() -> None:
+    loaded = load_settings(environ={**PRODUCTION_OK, "DJANGO_PUBLIC_BASE_URL": "https://shop.example.com"})
+    assert loaded.allowed_hosts == ("pay.example.com", "api.example.com")
+
+
 @pytest.mark.parametrize("raw", ["pay.example.com", "ftp://pay.example.com", "https://pay.example.com/shop",
                                  "https://u:p@pay.example.com", "https://pay.example.com?x=1", "https://"])
 def test_bad_public_base_url_is_refused(raw: str) -> None:

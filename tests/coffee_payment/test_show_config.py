@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import re
+
+import pytest
+
 from devtools.processes import BIN, base_environ, run
+from tests.config.test_gunicorn_config import print_config
 
 
 def test_show_config_names_the_source_of_each_value(tmp_path: Path) -> None:
@@ -19,6 +24,18 @@ def test_show_config_names_the_source_of_each_value(tmp_path: Path) -> None:
     assert rows["log_format"] == ["text", "[testing]"]
     assert rows["secret_key"] == ["********", "env", "DJANGO_SECRET_KEY"]
     assert "do-not-print-me" not in result.stdout
+
+
+@pytest.mark.parametrize("graceful", [None, "45"])
+def test_show_config_and_print_config_agree_on_the_graceful_timeout(tmp_path: Path, graceful: str | None) -> None:
+    """show_config's value is the drain's; --print-config's is Gunicorn's, 2 s later: the row says both."""
+    env = base_environ(tmp_path, **({"GUNICORN_GRACEFUL_TIMEOUT": graceful} if graceful else {}))
+    shown = run([str(BIN / "python"), "manage.py", "show_config"], env=env).stdout
+    row = next(line for line in shown.splitlines() if line.startswith("gunicorn.graceful_timeout "))
+    found = re.fullmatch(r"gunicorn.graceful_timeout +(\d+) .*Gunicorn's graceful_timeout (\d+) .*", row)
+    assert found, row
+    drain, gunicorns = found.groups()
+    assert drain == (graceful or "30") and gunicorns == print_config(env)["graceful_timeout"]
 
 
 def test_manage_py_reports_a_bad_value_in_one_line(tmp_path: Path) -> None:

@@ -310,6 +310,41 @@ def test_admin_works_with_collected_static_files(production: Container) -> None:
     assert httpx.get(production.url + "/admin/login/", headers={"host": "elsewhere"}, timeout=5).status_code == 400
 
 
+def cluster_recipe() -> list[list[str]]:
+    """docs/operations.md's in-cluster commands, as what runs in the container after `--`."""
+    section = (REPO / "docs" / "operations.md").read_text().split("### Admin user and machine tokens\n", 1)[1]
+    block = re.search(r"```sh\n(.*?)```", section, flags=re.DOTALL)
+    assert block, "docs/operations.md has no in-cluster recipe"
+    return [line.split(" -- ", 1)[1].split() for line in block[1].splitlines() if line.startswith("kubectl ")]
+
+
+MACHINE = """
+import datetime
+from payments.models import Device, Merchant
+merchant = Merchant.objects.create(name="Recipe", contact_email="r@example.com", shop_id="shop-1",
+                                   active_until=datetime.date.today() + datetime.timedelta(days=1))
+Device.objects.create(device_uuid="{device}", merchant=merchant, location="Recipe test")
+"""
+
+
+def test_the_documented_admin_user_and_machine_token_recipe_works_in_the_image(production: Container) -> None:
+    """What docs/operations.md runs with `kubectl exec`: the image has every command it uses."""
+    (superuser, issue) = cluster_recipe()
+    assert superuser == ["python", "manage.py", "createsuperuser"]
+    # Without a terminal here: the same command, told its answers.
+    created = podman("exec", "--env", "DJANGO_SUPERUSER_PASSWORD=recipe-password-7", production.name, *superuser,
+                     "--noinput", "--username", "owner", "--email", "owner@example.com", check=False)
+    assert created.returncode == 0, created.stderr
+    assert issue[:3] == ["python", "manage.py", "issue_machine_token"]
+    podman("exec", production.name, "python", "manage.py", "shell", "-c", MACHINE.format(device=issue[3]))
+    issued = podman("exec", production.name, *issue, check=False)
+    token = re.search(rf"^device {issue[3]}: machine API token (\S+)$", issued.stdout, flags=re.MULTILINE)
+    assert issued.returncode == 0 and token, issued.stdout + issued.stderr
+    menu = httpx.get(production.url + "/v1/machine/menu", timeout=5,
+                     headers={"host": "localhost", "authorization": f"Bearer {token[1]}"})
+    assert (menu.status_code, menu.json()) == (200, {"items": []})
+
+
 def timed_stop(name: str) -> tuple[subprocess.CompletedProcess[str], float]:
     started = time.monotonic()
     result = podman("stop", "--time", "30", name, timeout=45, check=False)

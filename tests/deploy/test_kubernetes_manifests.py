@@ -23,6 +23,7 @@ from tests.support.kubernetes import (
     SECRET_STAND_INS,
     Manifests,
     containers,
+    ingress_example,
     overlay,
     pod_spec,
     plain_name,
@@ -87,10 +88,12 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
-@pytest.mark.parametrize("source", [*OVERLAYS, "base", "secret template"])
+@pytest.mark.parametrize("source", [*OVERLAYS, "base", "secret template", "ingress example"])
 def test_every_manifest_validates_strictly_against_the_kubernetes_schema(source: str, version: str) -> None:
     if source == "secret template":
         docs = [template_secret()]
+    elif source == "ingress example":
+        docs = [ingress_example()]
     else:
         docs = (rendered(BASE) if source == "base" else overlay(source)).documents
     errors = []
@@ -409,3 +412,63 @@ def test_nothing_in_the_manifests_routes_metrics_from_outside_the_cluster(manife
     service = manifests.one("Service")
     assert service["spec"]["type"] == "ClusterIP"
     assert "externalIPs" not in service["spec"]
+
+
+# The ingress example (deploy/kubernetes/ingress.example.yaml)
+# ------------------------------------------------------------------------------
+
+# Answered inside the cluster only: the kubelet's probes and the Prometheus scraper.
+INTERNAL_PATHS = ("/health", "/ready", "/metrics")
+
+
+def url_samples() -> list[str]:
+    """A path for every route of the URLconf (converters filled in; the admin by its prefix) and the
+    static files."""
+    from django.urls import URLResolver, get_resolver
+
+    def walk(patterns: list[Any], prefix: str) -> list[str]:
+        paths = []
+        for pattern in patterns:
+            route = prefix + re.sub(r"<[^>]+>", "x", str(pattern.pattern))
+            is_app = isinstance(pattern, URLResolver) and route != "/admin/"
+            paths += walk(pattern.url_patterns, route) if is_app else [route]
+        return paths
+
+    return [*walk(get_resolver().url_patterns, "/"), f"/{settings.STATIC_URL.strip('/')}/admin/css/base.css"]
+
+
+def routed(ingress: dict[str, Any], path: str) -> bool:
+    """Whether a Prefix rule of the ingress sends `path` on (Kubernetes matches whole path elements)."""
+    prefixes = [rule["path"].rstrip("/") for host in ingress["spec"]["rules"] for rule in host["http"]["paths"]]
+    return any(path == prefix or path.startswith(prefix + "/") for prefix in prefixes)
+
+
+def test_the_ingress_example_serves_the_overlays_host_over_tls_from_the_service() -> None:
+    ingress, production = ingress_example(), overlay("production")
+    hosts = production.config_map["data"]["DJANGO_ALLOWED_HOSTS"].split(",")
+    assert ingress["metadata"]["namespace"] == production.deployment["metadata"]["namespace"]
+    assert [rule["host"] for rule in ingress["spec"]["rules"]] == hosts
+    assert {host for tls in ingress["spec"]["tls"] for host in tls["hosts"]} == set(hosts)
+    assert production.config_map["data"]["DJANGO_PUBLIC_BASE_URL"] == f"https://{hosts[0]}"
+    service = production.one("Service")
+    backends = [rule["backend"]["service"] for host in ingress["spec"]["rules"] for rule in host["http"]["paths"]]
+    assert {backend["name"] for backend in backends} == {service["metadata"]["name"]}
+    assert {backend["port"]["name"] for backend in backends} <= {port["name"] for port in service["spec"]["ports"]}
+
+
+def test_the_ingress_example_routes_every_public_path_and_nothing_internal() -> None:
+    ingress = ingress_example()
+    samples = url_samples()
+    assert set(INTERNAL_PATHS) <= set(samples)
+    assert [path for path in samples if path not in INTERNAL_PATHS and not routed(ingress, path)] == []
+    assert [path for path in INTERNAL_PATHS if routed(ingress, path)] == []
+
+
+def test_the_ingress_waits_longer_than_the_server_and_takes_its_largest_body() -> None:
+    annotations = ingress_example()["metadata"]["annotations"]
+    production = overlay("production")
+    server = server_settings(production, production.deployment).server
+    assert int(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"]) > server.timeout
+    assert int(annotations["nginx.ingress.kubernetes.io/proxy-send-timeout"]) > server.timeout
+    size = re.fullmatch(r"(\d+)([km]?)", annotations["nginx.ingress.kubernetes.io/proxy-body-size"])
+    assert size and int(size[1]) * {"": 1, "k": 2**10, "m": 2**20}[size[2]] == server.max_body_bytes

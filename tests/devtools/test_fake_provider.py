@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from devtools.fake_provider import FakeProvider, main
+from devtools.fake_provider import FAIL_MODES, FakeProvider, main
 
 BODY = {"amount": {"value": "99.00", "currency": "RUB"}, "capture": True,
         "confirmation": {"type": "redirect", "return_url": "http://shop.test/back"}, "metadata": {"order_id": "o-1"}}
@@ -111,6 +111,22 @@ def test_bad_command_line_is_refused(argv: list[str], capsys: pytest.CaptureFixt
         main(argv)
     assert exited.value.code == 2
     assert "error: argument" in capsys.readouterr().err
+
+
+def test_help_says_what_every_failure_mode_does(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert exited.value.code == 0
+    for mode, effect in FAIL_MODES.items():
+        assert f"{mode}: {' '.join(effect.split())}" in shown
+
+
+async def test_a_live_shops_payments_are_not_test_payments(client: tuple[FakeProvider, httpx.AsyncClient]) -> None:
+    app, http = client
+    assert (await create(http)).json()["test"] is True
+    app.live_shops.add("shop")
+    assert (await create(http, key="k-live")).json()["test"] is False
 
 
 async def test_shops_see_only_their_own_payments_and_refunds() -> None:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 from io import StringIO
+from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from django.core.management import CommandError, call_command
 from django.http import QueryDict
 
+from devtools.processes import REPO
 from payments import credentials, services
 from payments.forms import scan_parse
 from payments.models import Device, DeviceCredential, MenuItem, Merchant
@@ -64,3 +69,33 @@ def test_seed_issues_machine_tokens_only_when_asked() -> None:
 def test_bad_arguments_are_named(args: list[str], message: str) -> None:
     with pytest.raises(CommandError, match=message):
         call_command("seed_demo", *args, stdout=StringIO())
+
+
+def test_links_default_to_where_customers_reach_the_server(settings: Any) -> None:
+    settings.PUBLIC_BASE_URL = "http://192.168.1.20:18000"
+    assert all(link.startswith("http://192.168.1.20:18000/v1/pay?") for link in seed())
+
+
+def make(target: str, tmp_path: Path, **variables: str) -> str:
+    """`make <target>` in the checkout, on a database of its own, with nothing of the suite's settings."""
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("DJANGO_", "GUNICORN_", "DATABASE_", "PAYMENT_", "MAKE", "MFLAGS"))}
+    env |= {"DATABASE_URL": f"sqlite:///{tmp_path / 'make.sqlite3'}", **variables}
+    result = subprocess.run(["make", "--no-print-directory", target], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@pytest.mark.parametrize(("target", "variables", "base"), [
+    ("manage", {"ARGS": "seed_demo --machine-tokens", "PORT": "18000"}, "http://localhost:18000"),
+    ("seed", {"DJANGO_PUBLIC_BASE_URL": "http://192.168.1.20:8000"}, "http://192.168.1.20:8000"),
+    ("seed", {"BASE_URL": "http://10.0.0.5:8000", "DJANGO_PUBLIC_BASE_URL": "http://192.168.1.20:8000"},
+     "http://10.0.0.5:8000"),
+])
+def test_make_prints_links_where_port_base_url_or_the_public_base_url_say(
+    tmp_path: Path, target: str, variables: dict[str, str], base: str
+) -> None:
+    make("migrate", tmp_path)
+    printed = re.findall(r"\s(https?://\S+/v1/pay\?\S+)", make(target, tmp_path, **variables))
+    assert printed and all(link.startswith(f"{base}/v1/pay?") for link in printed), printed

@@ -85,6 +85,8 @@ async def paid_order(fake: FakeProvider, order: Order, *, two_stage: bool) -> st
     """The order paid by the customer (held, for two-stage) and told by its notification; its payment id."""
     await Merchant.objects.filter(pk=order.merchant_id).aupdate(two_stage_payments=two_stage)
     await Order.objects.filter(pk=order.pk).aupdate(two_stage=two_stage)
+    # The machine is in touch while its customer pays (a silent one's orders cannot be paid).
+    await Device.objects.filter(pk=order.device_id).aupdate(last_seen_at=timezone.now())
     await services.order_payment_start(order_id=order.pk, return_url="http://testserver/back")
     payment_id = next(iter(fake.payments))
     notification = fake.settle(payment_id, "waiting_for_capture" if two_stage else "succeeded")

@@ -76,6 +76,32 @@ def test_staff_edit_the_menu_inline_on_the_machine(admin_client: Any, device: De
     assert "menu_items-0-price_kopecks" in page and 'value="15900"' in page
 
 
+def change_form_data(response: Any) -> dict[str, Any]:
+    """What the change page would post back unchanged: the form's and every inline's values."""
+    form = response.context["adminform"].form
+    data = {name: value for name, value in form.initial.items() if value is not None and name in form.fields}
+    for inline in response.context["inline_admin_formsets"]:
+        formset = inline.formset
+        data |= {f"{formset.prefix}-{key}": value for key, value in formset.management_form.initial.items()}
+        data[f"{formset.prefix}-TOTAL_FORMS"] = len(formset.initial_forms)  # no extra, empty rows
+        for each in formset.initial_forms:
+            data |= {each.add_prefix(name): value for name, value in each.initial.items() if value is not None}
+            data[each.add_prefix("id")] = each.instance.pk
+    return data
+
+
+def test_staff_give_the_machines_texts_per_language(admin_client: Any, device: Device) -> None:
+    url = f"/admin/payments/device/{device.pk}/change/"
+    data = change_form_data(admin_client.get(url))
+    data |= {"texts-TOTAL_FORMS": 1, "texts-0-language": "ru", "texts-0-welcome_text": "Добро пожаловать!",
+             "texts-0-thank_you_text": "Спасибо!"}
+    assert admin_client.post(url, data).status_code == 302
+    assert list(device.texts.values_list("language", "welcome_text", "thank_you_text")) == [
+        ("ru", "Добро пожаловать!", "Спасибо!")]
+    data |= {"texts-0-language": "de"}
+    assert "texts-0-language" in admin_client.post(url, data).content.decode()  # not a page language: refused
+
+
 def test_issuing_a_token_shows_it_once_and_retires_the_old_one(admin_client: Any, device: Device) -> None:
     old = services.device_credential_issue(device_id=device.pk)
     response = admin_client.post("/admin/payments/device/", {"action": "issue_credential",

@@ -23,7 +23,7 @@ from django.utils import timezone, translation
 from django.utils.translation.template import templatize
 
 from payments import services
-from payments.models import Device, Order
+from payments.models import Device, DeviceText, Order
 from tests.payments.conftest import scan_parameters
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -122,6 +122,55 @@ async def test_a_cancelled_order_shows_the_next_step_and_no_pay_button(order: Or
         "Чтобы попробовать ещё раз или выбрать другой напиток, выберите его на кофемашине и отсканируйте новый QR-код.",
     ]
     assert "Не оплачено" in text_of(response.content)
+
+
+def shown_next_steps(content: str) -> list[str]:
+    return [text.strip() for text in re.findall(r'<p data-statuses="[^"]*">\s*([^<]+)', content)]
+
+
+@pytest.mark.parametrize(("two_stage", "status", "money"), [
+    (False, "refunded", "Напиток не приготовлен: деньги вернутся на карту."),
+    (False, "refund_pending", "Напиток не приготовлен: деньги вернутся на карту."),
+    (True, "released", "Напиток не приготовлен: заблокированная на карте сумма разблокируется, деньги не списаны."),
+    (True, "cancel_pending", "Напиток не приготовлен: заблокированная на карте сумма разблокируется, деньги не списаны."),
+])
+async def test_a_drink_not_made_says_how_the_money_comes_back_for_its_kind_of_payment(
+    order: Order, two_stage: bool, status: str, money: str
+) -> None:
+    """A refund is not a released hold: a single-stage customer never reads about a held amount."""
+    await Order.objects.filter(pk=order.pk).aupdate(status=status, two_stage=two_stage)
+    content = (await AsyncClient().get(f"/v1/orders/{order.pk}", **RU)).content.decode()
+    shown = shown_next_steps(content)
+    assert shown[0] == money and any("заблок" in text for text in shown) == two_stage
+
+
+async def test_a_test_machines_order_pages_say_no_real_money_is_taken(device: Device) -> None:
+    await Device.objects.filter(pk=device.pk).aupdate(status="test")
+    order_page = text_of((await AsyncClient().get(QR, **RU)).content)
+    status_page = text_of((await AsyncClient().get(f"/v1/orders/{ORDER_ID}", **RU)).content)
+    for page in (order_page, status_page):
+        assert "Тестовый режим" in page and "настоящие деньги не списываются" in page
+    english = text_of((await AsyncClient().get(f"/v1/orders/{ORDER_ID}")).content)
+    assert "no real money is taken" in english
+    await Device.objects.filter(pk=device.pk).aupdate(status="online")
+    online = text_of((await AsyncClient().get(QR.replace(ORDER_ID, "o-online"), **RU)).content)
+    assert "Тестовый режим" not in online
+
+
+async def test_the_merchants_texts_follow_the_customers_language_then_fall_back(device: Device) -> None:
+    await Device.objects.filter(pk=device.pk).aupdate(welcome_text="Welcome!", thank_you_text="")
+    await DeviceText.objects.acreate(device=device, language="ru", welcome_text="Добро пожаловать!",
+                                     thank_you_text="Спасибо, что выбрали нас!")
+    await AsyncClient().get(QR)
+    await Order.objects.filter(pk=ORDER_ID).aupdate(status="successful")
+    russian = [text_of((await AsyncClient().get(url, **RU)).content) for url in (QR, f"/v1/orders/{ORDER_ID}")]
+    english = [text_of((await AsyncClient().get(url)).content) for url in (QR, f"/v1/orders/{ORDER_ID}")]
+    assert "Добро пожаловать!" in russian[0] and "Welcome!" not in russian[0]
+    assert "Спасибо, что выбрали нас!" in russian[1]
+    # No English text of their own: the machine's text for every language, else the catalogue's.
+    assert "Welcome!" in english[0] and "Enjoy your drink!" in english[1]
+    await DeviceText.objects.filter(device=device).aupdate(welcome_text="")
+    assert "Welcome!" in text_of((await AsyncClient().get(QR, **RU)).content)
 
 
 async def test_an_expired_order_says_so_on_the_status_page(device: Device, settings: Any) -> None:

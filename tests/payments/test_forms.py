@@ -9,7 +9,7 @@ from django.http import QueryDict
 from hypothesis import given, settings as hypothesis_settings, strategies as st
 
 from payments.errors import InvalidParameter
-from payments.forms import Scan, scan_parse
+from payments.forms import SCAN_PARAMETERS, Scan, scan_parse
 
 VALID = {"deviceUuid": "machine-1", "orderId": "20250317110122659ba6d7-9ace-cndn", "drinkNo": "2", "size": "2"}
 
@@ -35,17 +35,17 @@ def test_an_older_links_price_is_kept_to_be_checked_and_its_drink_name_ignored()
 def test_missing_parameter_is_named(name: str, value: str | None) -> None:
     with pytest.raises(InvalidParameter) as refused:
         scan_parse(query(**{name: value}))
-    assert refused.value.message == f"{name} is missing"
+    assert refused.value.message == f"This QR code has no {SCAN_PARAMETERS[name]} ({name})."
 
 
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
-        ("deviceUuid", "machine 1", "is not 1-64 letters, digits, '-' or '_'"),
-        ("deviceUuid", " machine-1", "is not 1-64 letters, digits, '-' or '_'"),
-        ("deviceUuid", "m" * 65, "is not 1-64 letters, digits, '-' or '_'"),
-        ("orderId", "../etc", "is not 1-64 letters, digits, '-' or '_'"),
-        ("orderId", "order/1", "is not 1-64 letters, digits, '-' or '_'"),
+        ("deviceUuid", "machine 1", "is not 1-64 letters, digits, “-” or “_”"),
+        ("deviceUuid", " machine-1", "is not 1-64 letters, digits, “-” or “_”"),
+        ("deviceUuid", "m" * 65, "is not 1-64 letters, digits, “-” or “_”"),
+        ("orderId", "../etc", "is not 1-64 letters, digits, “-” or “_”"),
+        ("orderId", "order/1", "is not 1-64 letters, digits, “-” or “_”"),
         ("drinkNo", "0", "is out of range (allowed: 1..9999)"),
         ("drinkNo", "10000", "is out of range (allowed: 1..9999)"),
         ("drinkNo", "+2", "is not a whole number (allowed: 1..9999)"),
@@ -65,12 +65,13 @@ def test_bad_parameter_is_named_with_its_value(name: str, value: str, message: s
     with pytest.raises(InvalidParameter) as refused:
         scan_parse(query(**{name: value}))
     shown = value if len(value) <= 70 else value[:70] + "..."
-    assert refused.value.message == f"{name}={shown!r} {message}"
+    assert refused.value.message == f"This QR code's {SCAN_PARAMETERS[name]} ({name}={shown!r}) {message}."
 
 
 def test_a_parameter_given_twice_is_refused() -> None:
-    with pytest.raises(InvalidParameter, match=r"^size is given 2 times \(allowed: once\)$"):
+    with pytest.raises(InvalidParameter) as refused:
         scan_parse(QueryDict(urlencode(VALID) + "&size=3"))
+    assert refused.value.message == "This QR code gives its size (size) 2 times (allowed: once)."
 
 
 @hypothesis_settings(max_examples=200, deadline=None)
@@ -79,4 +80,4 @@ def test_any_value_is_accepted_or_refused_in_one_line_naming_the_parameter(name:
     try:
         scan_parse(query(**{name: value}))
     except InvalidParameter as refused:
-        assert refused.message.startswith(name) and "\n" not in refused.message
+        assert f"({name}" in refused.message and "\n" not in refused.message

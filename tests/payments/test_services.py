@@ -26,6 +26,7 @@ from prometheus_client import REGISTRY
 
 from payments import provider, selectors, services
 from payments.errors import (
+    LiveShopForTestMachine,
     DeviceNotFound,
     DeviceOffline,
     DeviceUnavailable,
@@ -43,7 +44,7 @@ from payments.errors import (
 from devtools.fake_provider import FakeProvider
 from payments.models import REPORTED_STATUSES, Device, DeviceCredential, MenuItem, Merchant, Order
 from payments.provider import Notification, ProviderPayment, ProviderRefund
-from tests.payments.conftest import menu_entries, paid_order, scan_parameters
+from tests.payments.conftest import SHOP_ID, menu_entries, paid_order, scan_parameters
 
 # The lifecycle as the issue states it, written out independently of payments.models.TRANSITIONS:
 # (status, action) -> status after; `two_stage` (the amount is held, not taken) decides some of
@@ -174,8 +175,8 @@ def test_name_and_price_come_from_the_menu_as_it_was_at_the_first_scan(device: D
         ({"drink_number": 7}, DrinkNotOnMenu, "no drink 7 in size medium"),
         ({"drink_number": 1, "size": 3}, DrinkNotOnMenu, "no drink 1 in size large"),
         ({"drink_number": 3, "size": 3}, DrinkUnavailable, "Latte (large) is not available"),
-        ({"quoted_price_kopecks": 1}, PriceMismatch, "says 0.01 ₽, but Cappuccino (medium) costs 159.00 ₽"),
-        ({"quoted_price_kopecks": 15901}, PriceMismatch, "says 159.01 ₽"),
+        ({"quoted_price_kopecks": 1}, PriceMismatch, "says 0.01\xa0₽, but Cappuccino (medium) costs 159.00\xa0₽"),
+        ({"quoted_price_kopecks": 15901}, PriceMismatch, "says 159.01\xa0₽"),
     ],
 )
 def test_a_scan_the_menu_does_not_back_is_refused_and_writes_nothing(
@@ -663,6 +664,44 @@ async def test_payment_start_for_a_paid_order_has_nothing_to_pay(fake: FakeProvi
     # The notification was lost; starting again finds the payment succeeded and records it.
     assert await services.order_payment_start(order_id=order.pk, return_url="http://testserver/back") is None
     assert (await Order.objects.aget(pk=order.pk)).status == "paid"
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_payment_that_finds_the_order_moved_on_sends_the_customer_to_its_status(
+    fake: FakeProvider, order: Order
+) -> None:
+    """The order changed between the read and the write (here: pending under a payment the provider
+    does not know): no IllegalTransition page for the customer, the status page instead."""
+    await Order.objects.filter(pk=order.pk).aupdate(status="pending", provider_payment_id="another-payment")
+    assert await services.order_payment_start(order_id=order.pk, return_url="http://testserver/back") is None
+    assert (await Order.objects.aget(pk=order.pk)).provider_payment_id == "another-payment"
+
+
+@pytest.mark.django_db
+def test_an_order_on_a_test_machine_is_a_test_order(device: Device) -> None:
+    Device.objects.filter(pk=device.pk).update(status="test")
+    order = services.order_create(**scan_parameters())
+    Device.objects.filter(pk=device.pk).update(status="online")
+    assert order.test and services.order_create(**scan_parameters()).test
+    assert not services.order_create(**scan_parameters(order_id="o-online")).test
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_test_order_is_never_sent_to_pay_a_shop_that_takes_real_money(
+    fake: FakeProvider, order: Order, caplog: pytest.LogCaptureFixture
+) -> None:
+    await Order.objects.filter(pk=order.pk).aupdate(test=True)
+    fake.live_shops.add(SHOP_ID)
+    with pytest.raises(LiveShopForTestMachine):
+        await services.order_payment_start(order_id=order.pk, return_url="http://testserver/back")
+    payment_id = next(iter(fake.payments))
+    # Recorded, so that reconciliation follows the unpaid payment to its end.
+    assert (await Order.objects.aget(pk=order.pk)).provider_payment_id == payment_id
+    assert [r.levelname for r in caplog.records if "is not a test shop" in r.getMessage()] == ["ERROR"]
+    fake.live_shops.clear()
+    await Order.objects.filter(pk=order.pk).aupdate(status="created", provider_payment_id=None)
+    fake.reset()
+    assert await services.order_payment_start(order_id=order.pk, return_url="http://testserver/back")
 
 
 @pytest.mark.django_db(transaction=True)

@@ -82,7 +82,7 @@ async def test_an_older_link_with_the_menus_price_scans_and_its_drink_name_is_no
 @pytest.mark.parametrize(
     ("changes", "status", "texts"),
     [
-        ({"price": "1"}, 409, ["price is not the machine", "says 0.01 ₽, but Cappuccino (medium) costs 159.00 ₽"]),
+        ({"price": "1"}, 409, ["price is not the machine", "says 0.01\xa0₽, but Cappuccino (medium) costs 159.00\xa0₽"]),
         ({"drinkNo": "7"}, 404, ["not on the machine", "no drink 7 in size medium"]),
         ({"drinkNo": "3", "size": "3"}, 409, ["This drink is not available", "Latte (large) is not available"]),
     ],
@@ -97,10 +97,10 @@ async def test_a_link_the_menu_does_not_back_gets_a_page_and_writes_nothing(
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"size": "4"}, "size=&#x27;4&#x27; is not one of 1 (small), 2 (medium), 3 (large)"),
-        ({"drinkNo": ""}, "drinkNo is missing"),
-        ({"price": "1.00"}, "price=&#x27;1.00&#x27; is not a whole number"),
-        ({"orderId": "a b"}, "orderId=&#x27;a b&#x27; is not 1-64 letters"),
+        ({"size": "4"}, "size (size=&#x27;4&#x27;) is not one of 1 (small), 2 (medium), 3 (large)."),
+        ({"drinkNo": ""}, "This QR code has no drink number (drinkNo)."),
+        ({"price": "1.00"}, "price (price=&#x27;1.00&#x27;) is not a whole number"),
+        ({"orderId": "a b"}, "order number (orderId=&#x27;a b&#x27;) is not 1-64 letters"),
     ],
 )
 async def test_bad_parameters_get_a_400_page_naming_them(device: Device, changes: dict[str, str], message: str) -> None:

@@ -20,6 +20,7 @@ KUBERNETES = REPO / "deploy" / "kubernetes"
 BASE = KUBERNETES / "base"
 OVERLAYS = ("staging", "production")
 SECRET_TEMPLATE = KUBERNETES / "secret.example.yaml"
+INGRESS_EXAMPLE = KUBERNETES / "ingress.example.yaml"
 
 # Stand-ins for the Secret's values: the template has none.
 SECRET_STAND_INS = {
@@ -137,3 +138,8 @@ def overlay(name: str) -> Manifests:
 def template_secret() -> dict[str, Any]:
     (secret,) = documents(SECRET_TEMPLATE.read_text())
     return secret
+
+
+def ingress_example() -> dict[str, Any]:
+    (ingress,) = documents(INGRESS_EXAMPLE.read_text())
+    return ingress

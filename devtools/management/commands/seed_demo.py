@@ -11,6 +11,7 @@ import re
 import urllib.parse
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
@@ -25,13 +26,13 @@ class Command(BaseCommand):
     help = "Create or update a demo merchant and coffee machines; print QR links to try the payment flow."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--base-url", default="http://localhost:8000", help="where the server answers")
+        parser.add_argument("--base-url", help="where customers reach the server (default: DJANGO_PUBLIC_BASE_URL)")
         parser.add_argument("--shop-id", default=DEMO_SHOP_ID, help="provider shop id of the demo merchant")
         parser.add_argument("--machine-tokens", action="store_true",
                             help="issue and print a machine API token per machine (the previous one stops working)")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        shop_id, base_url = options["shop_id"], options["base_url"].rstrip("/")
+        shop_id, base_url = options["shop_id"], (options["base_url"] or settings.PUBLIC_BASE_URL).rstrip("/")
         if not re.fullmatch(IDENTIFIER, shop_id):
             raise CommandError(f"--shop-id={shop_id!r} is not 1-64 letters, digits, '-' or '_'")
         if urllib.parse.urlsplit(base_url).scheme not in ("http", "https"):
