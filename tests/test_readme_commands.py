@@ -168,22 +168,30 @@ def test_every_readme_command_works_in_a_fresh_clone(clone: Path) -> None:
     production_port, provider_port = free_port(), free_port()
     script = "\n".join(quickstart).replace("127.0.0.1:8001", f"127.0.0.1:{provider_port}")
     password = secrets.token_urlsafe(16)
-    production = OnTerminal(clone, script, environ(clone.parent, GUNICORN_PORT=str(production_port)), production_port,
-                            "quickstart", answers=[("Username", "owner"), ("Email address", "owner@example.com"),
-                                                   ("Password:", password), ("Password (again)", password)])
-    ran.update(quickstart)
+    # README: the fake provider first, in a second terminal (the reconciliation loop asks it at once).
+    provider = background(clone, "make fake-provider",
+                          environ(clone.parent, PORT=str(production_port), PROVIDER_PORT=str(provider_port)),
+                          provider_port, "quickstart-provider")
     try:
-        development_commands(clone, blocks, ran, port=free_port(), provider_port=free_port())
-        production.server.wait_until_serving(timeout=90)
-        quickstart_works(clone, production.server, provider_port=provider_port, password=password)
+        production = OnTerminal(clone, script, environ(clone.parent, GUNICORN_PORT=str(production_port)),
+                                production_port, "quickstart",
+                                answers=[("Username", "owner"), ("Email address", "owner@example.com"),
+                                         ("Password:", password), ("Password (again)", password)])
+        ran.update(quickstart)
+        try:
+            development_commands(clone, blocks, ran, port=free_port(), provider_port=free_port())
+            production.server.wait_until_serving(timeout=90)
+            quickstart_works(clone, production.server, password=password)
+        finally:
+            production.stop()
     finally:
-        production.stop()
+        provider.stop()
 
     shown = {command for block in blocks for command in block}
     assert shown - ran == set(NOT_RUN), "a README command this test does not run"
 
 
-def quickstart_works(clone: Path, server: Server, *, provider_port: int, password: str) -> None:
+def quickstart_works(clone: Path, server: Server, *, password: str) -> None:
     """The quickstart's server is ready, serves its QR links and the admin user it created, takes a
     payment through the fake provider with its settings, and its reconciliation loop runs."""
     url = server.url
@@ -192,24 +200,18 @@ def quickstart_works(clone: Path, server: Server, *, provider_port: int, passwor
     assert printed, server.logs()
     # As the quickstart's DJANGO_ALLOWED_HOSTS and DJANGO_PUBLIC_BASE_URL say: a browser on localhost.
     host = {"Host": "localhost"}
-    provider = background(clone, "make fake-provider",
-                          environ(clone.parent, PORT=str(server.port), PROVIDER_PORT=str(provider_port)),
-                          provider_port, "quickstart-provider")
-    try:
-        query = urlsplit(printed[0]).query
-        order_id = order_id_of(query)
-        with httpx.Client(timeout=10) as browser:
-            page = browser.get(f"{url}/v1/pay?{query}", headers=host)
-            assert page.status_code == 200 and "Espresso" in page.text, page.text
-            form = csrf(page)
-            form["headers"] |= host  # type: ignore[operator]
-            pay = browser.post(f"{url}/v1/orders/{order_id}/payment", **form)  # type: ignore[arg-type]
-            assert pay.status_code == 303, pay.text
-            paid = browser.post(pay.headers["location"], data={"action": "succeed"})
-            assert paid.headers["location"] == f"http://localhost:8000/v1/orders/{order_id}"
-        assert wait_for_status(server, order_id, "paid")["label"] == "Paid"
-    finally:
-        provider.stop()
+    query = urlsplit(printed[0]).query
+    order_id = order_id_of(query)
+    with httpx.Client(timeout=10) as browser:
+        page = browser.get(f"{url}/v1/pay?{query}", headers=host)
+        assert page.status_code == 200 and "Espresso" in page.text, page.text
+        form = csrf(page)
+        form["headers"] |= host  # type: ignore[operator]
+        pay = browser.post(f"{url}/v1/orders/{order_id}/payment", **form)  # type: ignore[arg-type]
+        assert pay.status_code == 303, pay.text
+        paid = browser.post(pay.headers["location"], data={"action": "succeed"})
+        assert paid.headers["location"] == f"http://localhost:8000/v1/orders/{order_id}"
+    assert wait_for_status(server, order_id, "paid")["label"] == "Paid"
     with httpx.Client(timeout=10, base_url=url, headers=host) as browser:
         form = csrf(browser.get("/admin/login/"))
         form["data"] |= {"username": "owner", "password": password, "next": "/admin/"}  # type: ignore[operator]
