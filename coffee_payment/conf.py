@@ -61,6 +61,7 @@ OTHER_NUMBER_SETTINGS = (
     IntSetting("orders.reconcile_after_minutes", "ORDER_RECONCILE_AFTER_MINUTES", 1, 1440),
     IntSetting("orders.hold_max_minutes", "ORDER_HOLD_MAX_MINUTES", 1, 8640),
     IntSetting("orders.retention_days", "ORDER_RETENTION_DAYS", 1, 3650),
+    IntSetting("orders.contact_retention_days", "ORDER_CONTACT_RETENTION_DAYS", 1, 3650),
     IntSetting("security.hsts_seconds", "DJANGO_SECURE_HSTS_SECONDS", 0, 63_072_000),
     IntSetting("security.admin_login_failure_limit", "DJANGO_ADMIN_LOGIN_FAILURE_LIMIT", 1, 100),
     IntSetting("security.admin_lockout_minutes", "DJANGO_ADMIN_LOCKOUT_MINUTES", 1, 10080),

@@ -171,6 +171,7 @@ class Settings:
     order_reconcile_after_minutes: int
     order_hold_max_minutes: int
     order_retention_days: int
+    order_contact_retention_days: int
     security: SecuritySettings
     sources: Mapping[str, str]  # dotted key -> "[default]", "[production]", "env DJANGO_DEBUG", ...
     warnings: tuple[str, ...]
@@ -201,6 +202,7 @@ def settings_from(values: Mapping[str, Any], **fields_without_key: Any) -> Setti
         database_allow_sqlite=values["database_allow_sqlite"], order_expiry_minutes=values["orders.expiry_minutes"],
         order_reconcile_after_minutes=values["orders.reconcile_after_minutes"],
         order_hold_max_minutes=values["orders.hold_max_minutes"], order_retention_days=values["orders.retention_days"],
+        order_contact_retention_days=values["orders.contact_retention_days"],
         **fields_without_key,
     )
 

@@ -185,6 +185,7 @@ ORDER_EXPIRY_MINUTES = conf.order_expiry_minutes
 ORDER_RECONCILE_AFTER_MINUTES = conf.order_reconcile_after_minutes
 ORDER_HOLD_MAX_MINUTES = conf.order_hold_max_minutes
 ORDER_RETENTION_DAYS = conf.order_retention_days
+ORDER_CONTACT_RETENTION_DAYS = conf.order_contact_retention_days
 # The X-Request-ID of the request being served (or None), sent on every provider call.
 REQUEST_ID_CALLABLE = "coffee_payment.request_id.request_id_current"
 

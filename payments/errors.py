@@ -25,6 +25,14 @@ class InvalidParameter(PaymentsError):
     title = _("This QR code is not valid")
 
 
+class ContactInvalid(PaymentsError):
+    """The customer's contact for the receipt is missing or is not an e-mail address or a phone
+    number; the message never repeats it (personal data)."""
+
+    status = 400
+    title = _("Where should we send your receipt?")
+
+
 class DeviceNotFound(PaymentsError):
     status = 404
     title = _("Unknown coffee machine")

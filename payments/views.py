@@ -10,10 +10,11 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.utils.translation import gettext as _
+from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_GET, require_POST
 
 from payments import provider, selectors, services
-from payments.errors import InvalidParameter, OrderNotFound, PaymentsError
+from payments.errors import ContactInvalid, InvalidParameter, OrderNotFound, PaymentsError
 from payments.forms import scan_parse
 from payments.models import PAYABLE_STATUSES, Order, OrderStatus
 from payments.readiness import database_check, migrations_check
@@ -53,7 +54,7 @@ def _error_page(request: HttpRequest, error: PaymentsError, *, order_id: str | N
     return render(request, "payments/error.html", context, status=error.status)
 
 
-def _order_page(request: HttpRequest, template: str, order: Order) -> HttpResponse:
+def _order_page(request: HttpRequest, template: str, order: Order, *, status: int = 200, **extra: object) -> HttpResponse:
     # As the status poll says it (selectors.OrderState.as_json), so that its answers agree with the page.
     expired = order.status == S.CREATED and timezone.now() >= order.expires_at
     context = {
@@ -66,8 +67,9 @@ def _order_page(request: HttpRequest, template: str, order: Order) -> HttpRespon
         "next_steps": {name: [str(status) for status in statuses] for name, statuses in NEXT_STEPS.items()},
         "payable_statuses": [str(status) for status in PAYABLE_STATUSES],
         "status_url": reverse("order-status", args=[order.pk]),
+        **extra,
     }
-    return render(request, template, context)
+    return render(request, template, context, status=status)
 
 
 @require_GET
@@ -87,14 +89,23 @@ async def scan(request: HttpRequest) -> HttpResponse:
     return _order_page(request, "payments/order.html", order)
 
 
+@sensitive_post_parameters("contact")  # personal data: never in an error report
 @require_POST
 async def payment_start(request: HttpRequest, order_id: str) -> HttpResponse:
-    """POST /v1/orders/<id>/payment: create the provider payment, 303 to its confirmation page."""
+    """POST /v1/orders/<id>/payment: create the provider payment, 303 to its confirmation page.
+    With a receipt, the form carries the customer's `contact`; a bad one gets the order page again."""
     # Sent to the provider under the order's fixed Idempotence-Key: it must not depend on the
     # request (Host, X-Forwarded-Proto), or a second attempt would be "the same key, another body".
     status_page = settings.PUBLIC_BASE_URL + reverse("order-page", args=[order_id])
     try:
-        confirmation_url = await services.order_payment_start(order_id=order_id, return_url=status_page)
+        confirmation_url = await services.order_payment_start(
+            order_id=order_id, return_url=status_page, contact=request.POST.get("contact"))
+    except ContactInvalid as error:
+        try:
+            order = await selectors.order_get(order_id=order_id)
+        except PaymentsError as gone:
+            return _error_page(request, gone)
+        return _order_page(request, "payments/order.html", order, status=error.status, contact_error=error.message)
     except PaymentsError as error:
         return _error_page(request, error, order_id=order_id)
     # 303: the browser follows with a GET, and a reload does not post the form again.

@@ -303,6 +303,7 @@ PAYMENT_NUMBERS = {
     "ORDER_RECONCILE_AFTER_MINUTES": "(allowed: 1..1440)",
     "ORDER_HOLD_MAX_MINUTES": "(allowed: 1..8640)",
     "ORDER_RETENTION_DAYS": "(allowed: 1..3650)",
+    "ORDER_CONTACT_RETENTION_DAYS": "(allowed: 1..3650)",
 }
 
 
@@ -419,6 +420,7 @@ def test_payment_numbers_are_exact_or_refused_naming_the_variable(variable: str,
         "ORDER_RECONCILE_AFTER_MINUTES": loaded.order_reconcile_after_minutes,
         "ORDER_HOLD_MAX_MINUTES": loaded.order_hold_max_minutes,
         "ORDER_RETENTION_DAYS": loaded.order_retention_days,
+        "ORDER_CONTACT_RETENTION_DAYS": loaded.order_contact_retention_days,
     }
     assert values[variable] == (float(raw) if "TIMEOUT" in variable else int(raw))
 

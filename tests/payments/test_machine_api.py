@@ -212,6 +212,8 @@ async def test_wrong_methods_are_405_in_json(order: Order, token: str) -> None:
 # Menu -----------------------------------------------------------------------------------------
 
 ITEM = {"drink_number": 4, "size": 1, "drink_name": "Mocha", "price_kopecks": 17900, "available": True}
+# As stored: the receipt line's fields the upload left out are the merchant's (null).
+MERCHANTS_RECEIPT_LINE = {"vat_code": None, "payment_subject": None, "payment_mode": None}
 
 
 async def put_menu(token: str, body: Any) -> HttpResponse:
@@ -222,7 +224,8 @@ async def put_menu(token: str, body: Any) -> HttpResponse:
 async def test_the_machine_uploads_its_whole_menu_and_scans_follow_it(device: Device, token: str) -> None:
     response = await put_menu(token, {"items": [ITEM, {**ITEM, "size": 2, "price_kopecks": 19900}]})
     assert response.status_code == 200
-    assert response.json() == {"items": [ITEM, {**ITEM, "size": 2, "price_kopecks": 19900}]}
+    assert response.json() == {"items": [{**ITEM, **MERCHANTS_RECEIPT_LINE},
+                                         {**ITEM, **MERCHANTS_RECEIPT_LINE, "size": 2, "price_kopecks": 19900}]}
     assert (await machine(token).get("/v1/machine/menu")).json() == response.json()
     page = await AsyncClient().get("/v1/pay?deviceUuid=machine-1&orderId=o-mocha&drinkNo=4&size=2")
     assert page.status_code == 200 and "199.00" in page.content.decode()
@@ -255,6 +258,11 @@ async def test_one_machines_menu_upload_leaves_the_others_alone(device: Device, 
         ({"items": [{**ITEM, "drink_name": "Mocha\ud800"}]}, "items[0].drink_name is not 1-100 characters"),
         ({"items": [{**ITEM, "available": "yes"}]}, "items[0].available='yes' is not true or false"),
         ({"items": [ITEM, ITEM]}, "items[1] repeats drink 4 size 1 of items[0]"),
+        ({"items": [{**ITEM, "vat_code": 13}]}, "items[0].vat_code=13 is not one of 1..12 (or null: the merchant's)"),
+        ({"items": [{**ITEM, "vat_code": "11"}]}, "items[0].vat_code='11' is not one of 1..12"),
+        ({"items": [{**ITEM, "vat_code": True}]}, "items[0].vat_code=True is not one of 1..12"),
+        ({"items": [{**ITEM, "payment_subject": "coffee"}]}, "items[0].payment_subject='coffee' is not one of commodity,"),
+        ({"items": [{**ITEM, "payment_mode": 4}]}, "items[0].payment_mode=4 is not one of full_payment,"),
         ({"items": [ITEM] * 301}, "items has 301 entries (allowed: up to 300)"),
     ],
 )
@@ -280,3 +288,15 @@ async def test_a_machine_that_fails_before_starting_gives_the_money_back(
     failed = await report(token, order.pk, "make_failed")
     assert (failed.status_code, failed.json()["status"], failed.json()["paid"]) == (200, "refunded", False)
     assert [refund.payment_id for refund in fake.refunds.values()] == [next(iter(fake.payments))]
+
+
+async def test_a_menu_carries_each_drinks_receipt_line_and_reads_back_as_it_uploads(device: Device, token: str) -> None:
+    """Optional, each one of the provider's values; what GET answers, PUT takes unchanged."""
+    taxed = {**ITEM, "vat_code": 11, "payment_subject": "service", "payment_mode": "full_payment"}
+    plain = {**ITEM, "size": 2, "vat_code": None}
+    stored = (await put_menu(token, {"items": [taxed, plain]})).json()
+    assert stored == {"items": [taxed, {**plain, **MERCHANTS_RECEIPT_LINE}]}
+    row = await MenuItem.objects.aget(device=device, drink_number=4, size=1)
+    assert (row.vat_code, row.payment_subject, row.payment_mode) == (11, "service", "full_payment")
+    again = await put_menu(token, (await machine(token).get("/v1/machine/menu")).json())
+    assert again.json() == stored
