@@ -158,6 +158,8 @@ def order_create(
         raise OrderConflict(_("Order %(order)r already exists for another drink. Please choose your drink again.")
                             % {"order": order_id})
     order.device = device  # already loaded: pages use it without another query
+    # The order's merchant too (the receipt's form reads it); a machine's new merchant is not the order's.
+    order.merchant = device.merchant if order.merchant_id == device.merchant_id else Merchant.objects.get(pk=order.merchant_id)
     _ensure_not_expired(order, now=now)
     return order
 

@@ -8,8 +8,10 @@ import pytest
 from django.http import QueryDict
 from hypothesis import given, settings as hypothesis_settings, strategies as st
 
-from payments.errors import InvalidParameter
-from payments.forms import Scan, scan_parse
+from django.utils import translation
+
+from payments.errors import ContactInvalid, InvalidParameter
+from payments.forms import Scan, contact_parse, scan_parse
 
 VALID = {"deviceUuid": "machine-1", "orderId": "20250317110122659ba6d7-9ace-cndn", "drinkNo": "2", "size": "2"}
 
@@ -80,3 +82,52 @@ def test_any_value_is_accepted_or_refused_in_one_line_naming_the_parameter(name:
         scan_parse(query(**{name: value}))
     except InvalidParameter as refused:
         assert refused.message.startswith(name) and "\n" not in refused.message
+
+
+# The customer's contact for a receipt ------------------------------------------------------------
+
+@pytest.mark.parametrize(("typed", "stored"), [
+    ("ivan.petrov@example.ru", "ivan.petrov@example.ru"),
+    ("  Ivan@Mail.ru ", "Ivan@Mail.ru"),
+    ("+7 900 123-45-67", "79001234567"),
+    ("8 (900) 123-45-67", "79001234567"),
+    ("9001234567", "79001234567"),
+    ("+44 20 7946 0958", "442079460958"),
+])
+def test_a_contact_is_an_email_as_typed_or_a_phone_as_e164_digits(typed: str, stored: str) -> None:
+    assert contact_parse(typed, phone_allowed=True) == stored
+
+
+@pytest.mark.parametrize(("typed", "phone_allowed", "message"), [
+    ("", True, "Enter an e-mail address or a phone number for your receipt."),
+    ("   ", False, "Enter an e-mail address for your receipt."),
+    ("ivan@", True, "This is not an e-mail address. Please check it."),
+    ("ivan@" + "x" * 250 + ".ru", True, "This is not an e-mail address. Please check it."),
+    ("+7 900 123-45-67", False, "This is not an e-mail address. Please check it."),
+    ("+7 000 000 00 00", True, "This is not a phone number."),
+    ("8900123456x", True, "This is not a phone number."),
+    ("12345", True, "This is not a phone number."),
+])
+def test_a_bad_contact_is_refused_without_repeating_it(typed: str, phone_allowed: bool, message: str) -> None:
+    with pytest.raises(ContactInvalid) as refused:
+        contact_parse(typed, phone_allowed=phone_allowed)
+    assert refused.value.message.startswith(message) and refused.value.status == 400
+    assert not typed.strip() or typed.strip() not in refused.value.message
+
+
+def test_a_contact_refusal_is_in_the_customers_language() -> None:
+    with translation.override("ru"):
+        with pytest.raises(ContactInvalid) as refused:
+            contact_parse("12345", phone_allowed=True)
+    assert refused.value.message.startswith("Это не номер телефона")
+
+
+@hypothesis_settings(max_examples=200, deadline=None)
+@given(typed=st.text(max_size=300))
+def test_any_typed_contact_is_stored_clean_or_refused(typed: str) -> None:
+    try:
+        contact = contact_parse(typed, phone_allowed=True)
+    except ContactInvalid:
+        return
+    assert 0 < len(contact) <= 254 and contact == contact.strip()
+    assert "@" in contact or (contact.isascii() and contact.isdigit())
