@@ -229,3 +229,35 @@ async def test_an_sbp_payment_is_recorded_and_its_refund_completes_when_the_bank
     notification = Notification(event="refund.succeeded", payment_id=payment_id, order_id_hint=None, refund_id=refund.id)
     assert await services.payment_notification_apply(notification=notification) == "refunded"
     assert (await order_row()).refunded_kopecks == 15900
+
+
+async def test_an_error_report_of_the_payment_request_hides_the_contact(fake: FakeProvider, receipts_on: Merchant) -> None:
+    from django.test import AsyncRequestFactory
+    from django.views.debug import SafeExceptionReporterFilter
+
+    from payments import views
+
+    await scan()
+    request = AsyncRequestFactory().post(PAY, {"contact": EMAIL})
+    assert (await views.payment_start(request, ORDER_ID)).status_code == 303
+    reported = SafeExceptionReporterFilter().get_post_parameters(request)
+    assert reported["contact"] != EMAIL and set(reported["contact"]) == {"*"}
+
+
+def test_the_merchant_admin_shows_every_field_and_refuses_receipts_without_a_vat_rate(merchant: Merchant) -> None:
+    from payments.admin import MerchantAdmin
+
+    shown = {name for _, options in MerchantAdmin.fieldsets for name in options["fields"]}
+    assert shown == {field.name for field in Merchant._meta.fields if field.editable and not field.auto_created}
+    client = Client()
+    client.force_login(User.objects.create_superuser("staff", "staff@example.com", "pw"))
+    page = client.get(f"/admin/payments/merchant/{merchant.pk}/change/").content.decode()
+    assert "Receipts (54-FZ)" in page and 'name="vat_code"' in page
+    form = {"name": merchant.name, "contact_email": merchant.contact_email, "active_until": merchant.active_until,
+            "shop_id": merchant.shop_id, "payment_methods": "sbp", "receipts_enabled": "on",
+            "payment_subject": "commodity", "payment_mode": "full_payment", "receipt_by_phone": "on"}
+    refused = client.post(f"/admin/payments/merchant/{merchant.pk}/change/", form)
+    assert refused.status_code == 200 and "Receipts need a VAT rate" in refused.content.decode()
+    saved = client.post(f"/admin/payments/merchant/{merchant.pk}/change/", {**form, "vat_code": "11"})
+    assert saved.status_code == 302
+    assert Merchant.objects.values_list("receipts_enabled", "vat_code", "payment_methods").get() == (True, 11, "sbp")
