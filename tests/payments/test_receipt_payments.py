@@ -261,3 +261,25 @@ def test_the_merchant_admin_shows_every_field_and_refuses_receipts_without_a_vat
     saved = client.post(f"/admin/payments/merchant/{merchant.pk}/change/", {**form, "vat_code": "11"})
     assert saved.status_code == 302
     assert Merchant.objects.values_list("receipts_enabled", "vat_code", "payment_methods").get() == (True, 11, "sbp")
+
+
+async def test_a_refunds_receipt_is_recorded_and_reconciled_too(fake: FakeProvider, receipts_on: Merchant,
+                                                               settings: Any) -> None:
+    await scan()
+    fake.receipt_seconds = 0
+    await AsyncClient().post(PAY, {"contact": EMAIL})
+    payment_id = next(iter(fake.payments))
+    fake.settle(payment_id, "succeeded")
+    await services.payment_notification_apply(
+        notification=Notification(event="payment.succeeded", payment_id=payment_id, order_id_hint=ORDER_ID))
+    fake.receipt_seconds = 3600
+    refunded = await services.aorder_mark_make_failed(order_id=ORDER_ID)
+    assert (refunded.status, refunded.receipt_registration, refunded.refund_receipt_registration) == (
+        "refunded", "succeeded", "pending")
+    fake.receipt_seconds = 0
+    later = timezone.now() + datetime.timedelta(minutes=settings.ORDER_RECONCILE_AFTER_MINUTES + 1)
+    assert await reconciliation.orders_reconcile(now=later) == {"receipt succeeded": 1}
+    assert (await order_row()).refund_receipt_registration == "succeeded"
+    # Three days on, a receipt still pending is the provider support's, not a re-read every run.
+    await Order.objects.aupdate(refund_receipt_registration="pending", reconciled_at=None)
+    assert await reconciliation.orders_reconcile(now=later + datetime.timedelta(days=3)) == {}
