@@ -115,7 +115,9 @@ class MenuEntry:
 
 _MENU_REQUIRED = ("drink_number", "size", "drink_name", "price_kopecks", "available")
 # The optional fields of a receipt line, each with its allowed values.
-MENU_RECEIPT_FIELDS = {"vat_code": VatCode.values, "payment_subject": PaymentSubject.values, "payment_mode": PaymentMode.values}
+MENU_RECEIPT_FIELDS = {
+    "vat_code": VatCode.values, "payment_subject": PaymentSubject.values, "payment_mode": PaymentMode.values,
+}
 _MENU_FIELDS = (*_MENU_REQUIRED, *MENU_RECEIPT_FIELDS)
 
 

@@ -322,7 +322,8 @@ class Order(models.Model):
             # Reconciliation's scans: orders in a status, oldest change first.
             models.Index(fields=("status", "updated_at"), name="order_status_updated"),
             # Reconciliation erases contacts past their retention: only orders that still have one.
-            models.Index(fields=("created_at",), condition=~models.Q(customer_contact=""), name="order_contact_created"),
+            models.Index(fields=("created_at",), condition=~models.Q(customer_contact=""),
+                         name="order_contact_created"),
             # ... and re-reads receipts still being registered: a few orders, never every paid one.
             models.Index(fields=("updated_at",), name="order_receipt_pending", condition=models.Q(
                 receipt_registration="pending") | models.Q(refund_receipt_registration="pending")),

@@ -121,7 +121,8 @@ async def orders_reconcile(*, now: datetime.datetime | None = None, limit: int =
         outcomes["purged"] = purged
     erased = await sync_to_async(orders_contact_erase)(now=now)
     if erased:
-        log.info("erased the receipt contact of %d orders older than %d days", erased, settings.ORDER_CONTACT_RETENTION_DAYS)
+        log.info("erased the receipt contact of %d orders older than %d days", erased,
+                 settings.ORDER_CONTACT_RETENTION_DAYS)
         outcomes["contacts erased"] = erased
     handled = 0
     while handled < limit:

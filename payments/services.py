@@ -115,7 +115,8 @@ def _payment_terms(merchant: Merchant, item: MenuItem) -> dict[str, Any]:
         receipt = receipts.receipt_template(merchant=merchant, item=item)
     except ValueError as missing:
         log.error("merchant %r sends receipts but %s: set its VAT rate in the admin", merchant.name, missing)
-        raise ShopNotConfigured(_("Payments for this coffee machine are not set up yet. Please tell the staff.")) from None
+        raise ShopNotConfigured(
+            _("Payments for this coffee machine are not set up yet. Please tell the staff.")) from None
     # No holds for SBP: an SBP payment is single-stage whatever the merchant's switch.
     two_stage = merchant.two_stage_payments and method != provider.SBP
     return {"two_stage": two_stage, "requested_method": method, "receipt": receipt}
@@ -159,7 +160,8 @@ def order_create(
                             % {"order": order_id})
     order.device = device  # already loaded: pages use it without another query
     # The order's merchant too (the receipt's form reads it); a machine's new merchant is not the order's.
-    order.merchant = device.merchant if order.merchant_id == device.merchant_id else Merchant.objects.get(pk=order.merchant_id)
+    same = order.merchant_id == device.merchant_id
+    order.merchant = device.merchant if same else Merchant.objects.get(pk=order.merchant_id)
     _ensure_not_expired(order, now=now)
     return order
 
@@ -403,7 +405,8 @@ def order_apply_refund(*, order_id: str, refund: ProviderRefund) -> str:
             log.warning("refund %s (payment %s) does not belong to order %r", refund.id, refund.payment_id, order.id)
             return "ignored: refund belongs to another payment"
         if refund.receipt_registration and refund.receipt_registration != order.refund_receipt_registration:
-            _receipt_registration_log(order=order, field="refund_receipt_registration", status=refund.receipt_registration)
+            _receipt_registration_log(order=order, field="refund_receipt_registration",
+                                      status=refund.receipt_registration)
             Order.objects.filter(pk=order.pk).update(refund_receipt_registration=refund.receipt_registration)
         if order.status != S.REFUND_PENDING:
             return f"unchanged: order is {order.status}, refund is {refund.status}"

@@ -54,7 +54,8 @@ def _error_page(request: HttpRequest, error: PaymentsError, *, order_id: str | N
     return render(request, "payments/error.html", context, status=error.status)
 
 
-def _order_page(request: HttpRequest, template: str, order: Order, *, status: int = 200, **extra: object) -> HttpResponse:
+def _order_page(request: HttpRequest, template: str, order: Order, *, http_status: int = 200, **extra: object
+                ) -> HttpResponse:
     # As the status poll says it (selectors.OrderState.as_json), so that its answers agree with the page.
     expired = order.status == S.CREATED and timezone.now() >= order.expires_at
     context = {
@@ -69,7 +70,7 @@ def _order_page(request: HttpRequest, template: str, order: Order, *, status: in
         "status_url": reverse("order-status", args=[order.pk]),
         **extra,
     }
-    return render(request, template, context, status=status)
+    return render(request, template, context, status=http_status)
 
 
 @require_GET
@@ -105,7 +106,8 @@ async def payment_start(request: HttpRequest, order_id: str) -> HttpResponse:
             order = await selectors.order_get(order_id=order_id)
         except PaymentsError as gone:
             return _error_page(request, gone)
-        return _order_page(request, "payments/order.html", order, status=error.status, contact_error=error.message)
+        return _order_page(request, "payments/order.html", order, http_status=error.status,
+                           contact_error=error.message)
     except PaymentsError as error:
         return _error_page(request, error, order_id=order_id)
     # 303: the browser follows with a GET, and a reload does not post the form again.

@@ -150,6 +150,7 @@ expiry_minutes = 15
 reconcile_after_minutes = 10
 hold_max_minutes = 60
 retention_days = 30
+contact_retention_days = 30
 [default.security]
 ssl_redirect = false
 hsts_seconds = 0

@@ -100,7 +100,7 @@ MERCHANTS = st.fixed_dictionaries({
     "tax_system_code": st.one_of(st.none(), st.sampled_from(TaxSystem.values)),
 })
 CONTACTS = st.one_of(
-    st.from_regex(r"\A[a-z0-9][a-z0-9._+-]{0,20}@[a-z0-9]{1,20}\.(ru|com|org)\Z"),
+    st.from_regex(r"\A[a-z0-9]([a-z0-9_+-]|\.(?!\.)){0,19}[a-z0-9]@[a-z0-9]{1,20}\.(ru|com|org)\Z"),
     st.sampled_from(["+7 900 123-45-67", "8 (912) 345-67-89", "9161234567", "+44 20 7946 0958", "+1 202 555 0143"]),
 )
 
