@@ -126,7 +126,7 @@ image:
 	bash deploy/container/build.sh
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) build *.egg-info .pytest_cache .hypothesis db.sqlite3
+	rm -rf $(VENV) $(CHECKOV_VENV) $(LOCK_VENV) build *.egg-info .pytest_cache .hypothesis db.sqlite3
 
 # Benchmarks, not part of `make test` (ARGS="--help" lists their options): bench/run.py needs
 # wrk, bench/recycling.py only Python.
@@ -158,9 +158,18 @@ $(VENV)/.installed-bench: $(VENV)/.installed-test requirements/bench.lock
 # Each extra's lock is constrained by the one before, so a package has one version in all of them.
 # ARGS="--upgrade-package django" moves one dependency to the newest its range allows, ARGS=--upgrade
 # all of them; without ARGS a lock changes only where setup.cfg no longer allows its pin.
-LOCK = $(BIN)/uv pip compile --quiet --generate-hashes --universal --python-version 3.11 \
+# uv lives in a venv of its own (requirements/uv.lock): the project's venvs cannot install while a
+# lock lacks a dependency that setup.cfg gained, and that is when the locks are rewritten.
+LOCK_VENV := .venv-lock
+$(LOCK_VENV)/.installed: requirements/uv.lock
+	test -x $(LOCK_VENV)/bin/python || $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --quiet --require-hashes --no-deps -r requirements/uv.lock
+	touch $@
+
+LOCK = $(LOCK_VENV)/bin/uv pip compile --quiet --generate-hashes --universal --python-version 3.11 \
 	--custom-compile-command "make lock" $(ARGS)
-lock: install-test
+lock: $(LOCK_VENV)/.installed
+	$(LOCK) requirements/uv.in -o requirements/uv.lock
 	$(LOCK) setup.cfg requirements/build.in -o requirements/app.lock
 	$(LOCK) setup.cfg requirements/build.in --extra test -c requirements/app.lock -o requirements/test.lock
 	$(LOCK) setup.cfg requirements/build.in --extra test --extra bench -c requirements/test.lock -o requirements/bench.lock

@@ -73,6 +73,7 @@ OTHER_NUMBER_SETTINGS = (
     IntSetting("orders.make_window_seconds", "ORDER_MAKE_WINDOW_SECONDS", 5, 3600),
     IntSetting("orders.make_timeout_seconds", "ORDER_MAKE_TIMEOUT_SECONDS", 60, 86400),
     IntSetting("devices.offline_after_seconds", "DEVICE_OFFLINE_AFTER_SECONDS", 10, 86400),
+    IntSetting("orders.contact_retention_days", "ORDER_CONTACT_RETENTION_DAYS", 1, 3650),
     IntSetting("security.hsts_seconds", "DJANGO_SECURE_HSTS_SECONDS", 0, 63_072_000),
     IntSetting("security.admin_login_failure_limit", "DJANGO_ADMIN_LOGIN_FAILURE_LIMIT", 1, 100),
     IntSetting("security.admin_lockout_minutes", "DJANGO_ADMIN_LOCKOUT_MINUTES", 1, 10080),

@@ -187,6 +187,7 @@ class Settings:
     order_make_timeout_seconds: int
     # A machine with an API token that has called nothing for this long takes no orders.
     device_offline_after_seconds: int
+    order_contact_retention_days: int
     security: SecuritySettings
     sources: Mapping[str, str]  # dotted key -> "[default]", "[production]", "env DJANGO_DEBUG", ...
     warnings: tuple[str, ...]
@@ -235,6 +236,7 @@ def settings_from(values: Mapping[str, Any], **fields_without_key: Any) -> Setti
         order_make_window_seconds=values["orders.make_window_seconds"],
         order_make_timeout_seconds=values["orders.make_timeout_seconds"],
         device_offline_after_seconds=values["devices.offline_after_seconds"],
+        order_contact_retention_days=values["orders.contact_retention_days"],
         **fields_without_key,
     )
 

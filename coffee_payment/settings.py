@@ -207,6 +207,7 @@ ORDER_MAKE_WINDOW_CHECK_SECONDS = conf.order_make_window_check_seconds
 DEVICE_OFFLINE_AFTER_SECONDS = conf.device_offline_after_seconds
 # Derived: a machine's last call is written at most once per this.
 DEVICE_SEEN_INTERVAL_SECONDS = conf.device_seen_interval_seconds
+ORDER_CONTACT_RETENTION_DAYS = conf.order_contact_retention_days
 # The X-Request-ID of the request being served (or None), sent on every provider call.
 REQUEST_ID_CALLABLE = "coffee_payment.request_id.request_id_current"
 

@@ -2,9 +2,9 @@
 
     python -m devtools.fake_provider --port 8001 --webhook-url http://127.0.0.1:8000/v1/payments/webhook
 
-Its calls, idempotence, errors, confirmation page and notifications: docs/payments.md, "The fake
-provider"; its options: docs/development.md, "Make targets". Plain ASGI, no Django: tests also run
-it in-process and reach into `FakeProvider` to change a payment's status or stop notifications.
+Its calls, idempotence, errors, receipts, SBP, confirmation page and notifications: docs/payments.md,
+"The fake provider"; its options: docs/development.md, "Make targets". Plain ASGI, no Django: tests
+also run it in-process and reach into `FakeProvider` to change a payment's status or stop notifications.
 """
 
 from __future__ import annotations
@@ -53,16 +53,39 @@ KOPECK = Decimal("0.01")
 COMMISSION = Decimal("0.035")
 # A bank-card hold lasts 7 days at the real provider; --hold-seconds shortens it for tests.
 HOLD_SECONDS = 7 * 24 * 3600
+# A paid payment's receipt is registered, and an SBP refund arrives, this long after (on the next read).
+RECEIPT_SECONDS = 2.0
+SBP_REFUND_SECONDS = 2.0
 # API v3 limits: metadata has at most 16 keys of up to 32 characters, values up to 512.
 METADATA_KEYS, METADATA_KEY_LENGTH, METADATA_VALUE_LENGTH = 16, 32, 512
 # Lists: `limit` 1..100, 10 when absent.
 LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX = 10, 100
 PAYMENT_STATUSES = ("pending", "waiting_for_capture", "succeeded", "canceled")
 REFUND_STATUSES = ("pending", "succeeded", "canceled")
-# The one payment method the fake offers; the page pays with this test card.
-METHOD = "bank_card"
+# The payment methods the fake offers: a test card, and SBP (no holds: single-stage only).
+METHOD, SBP = "bank_card", "sbp"
+METHODS = (METHOD, SBP)
 CARD = {"first6": "555555", "last4": "4444", "expiry_year": "2030", "expiry_month": "12",
         "card_type": "MasterCard", "issuer_country": "RU"}
+SBP_PAYER_BANK = {"bank_id": "100000000111", "bic": "044525225"}
+METHOD_TITLES = {METHOD: "Pay", SBP: "Pay with SBP"}
+# Receipts (54-FZ), as the API v3 reference allows them.
+RECEIPT_ITEMS_MAX = 100
+RECEIPT_DESCRIPTION_MAX = 128
+VAT_CODES = range(1, 13)
+TAX_SYSTEM_CODES = range(1, 7)
+PAYMENT_SUBJECTS = frozenset({"commodity", "excise", "job", "service", "gambling_bet", "gambling_prize", "lottery",
+                              "lottery_prize", "intellectual_activity", "payment", "agent_commission", "composite",
+                              "another"})
+PAYMENT_MODES = frozenset({"full_prepayment", "partial_prepayment", "advance", "full_payment", "partial_payment",
+                           "credit", "credit_payment"})
+MEASURES = frozenset({"piece", "gram", "kilogram", "ton", "centimeter", "decimeter", "meter", "square_centimeter",
+                      "square_decimeter", "square_meter", "milliliter", "liter", "cubic_meter", "kilowatt_hour",
+                      "gigacalorie", "day", "hour", "minute", "second", "kilobyte", "megabyte", "gigabyte",
+                      "terabyte", "another"})
+_EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]+\.[^@\s]+")
+_PHONE = re.compile(r"[0-9]{7,15}")  # E.164 digits, no "+"
+_QUANTITY = re.compile(r"[0-9]{1,6}(\.[0-9]{1,3})?")
 
 
 
@@ -105,9 +128,11 @@ class FakePayment:
     return_url: str
     confirmation_url: str
     capture: bool = False
-    # The method named at creation (payment_method_data); the card, once the customer paid with it.
-    method_chosen: bool = False
-    card_used: bool = False
+    # The method named at creation (payment_method_data); the one the customer paid with.
+    method: str | None = None
+    method_used: str | None = None
+    # receipt_registration of a payment created with a receipt: pending, then succeeded once paid.
+    receipt_status: str | None = None
     status: str = "pending"
     created_at: datetime.datetime = field(default_factory=_now)
     captured_at: datetime.datetime | None = None
@@ -144,11 +169,15 @@ class FakePayment:
         if self.paid:
             fee = (self.amount * COMMISSION).quantize(KOPECK, rounding=ROUND_HALF_UP)
             data["income_amount"] = _money(self.amount - fee, self.currency)
-        if self.method_chosen or self.card_used:
-            method: dict[str, Any] = {"type": METHOD, "id": self.id, "saved": False}
-            if self.card_used:
+        if self.method or self.method_used:
+            method: dict[str, Any] = {"type": self.method_used or self.method, "id": self.id, "saved": False}
+            if self.method_used == METHOD:
                 method.update(title=f"Bank card *{CARD['last4']}", card=CARD)
+            elif self.method_used == SBP:
+                method.update(sbp_operation_id=f"A{self.seq:031d}", payer_bank_details=SBP_PAYER_BANK)
             data["payment_method"] = method
+        if self.receipt_status:
+            data["receipt_registration"] = self.receipt_status
         if self.status == "pending":
             data["confirmation"] = {"type": "redirect", "confirmation_url": self.confirmation_url,
                                     "return_url": self.return_url}
@@ -175,6 +204,9 @@ class FakeRefund:
     metadata: dict[str, Any] | None
     status: str = "succeeded"
     created_at: datetime.datetime = field(default_factory=_now)
+    # An SBP payment's refund goes back through SBP: pending at first, succeeded later.
+    method: str | None = None
+    receipt_status: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -188,6 +220,10 @@ class FakeRefund:
             data["description"] = self.description
         if self.metadata is not None:
             data["metadata"] = self.metadata
+        if self.method == SBP:
+            data["refund_method"] = {"type": SBP, "sbp_operation_id": f"R{self.seq:031d}"}
+        if self.receipt_status:
+            data["receipt_registration"] = self.receipt_status
         return data
 
 
@@ -206,6 +242,8 @@ class FakeProvider:
         fail: str = "none",
         hang_seconds: float = 30.0,
         hold_seconds: float = HOLD_SECONDS,
+        receipt_seconds: float = RECEIPT_SECONDS,
+        sbp_refund_seconds: float = SBP_REFUND_SECONDS,
         webhook_url: str | None = None,
         notify: bool = True,
         lost_notifications: float = 0.0,
@@ -214,6 +252,7 @@ class FakeProvider:
         self.credentials = dict(credentials or {})
         self.latency, self.fail, self.hang_seconds = latency, fail, hang_seconds
         self.hold_seconds = hold_seconds
+        self.receipt_seconds, self.sbp_refund_seconds = receipt_seconds, sbp_refund_seconds
         self.webhook_url = webhook_url
         # notify False: no notification at all; else each new payment's are lost with this chance.
         self.notify, self.lost_notifications = notify, lost_notifications
@@ -261,8 +300,8 @@ class FakeProvider:
 
     # State changes: each one synchronous, so no other request sees half of it. -----------------
 
-    def _pay(self, payment: FakePayment, *, capture: bool) -> None:
-        payment.card_used = True
+    def _pay(self, payment: FakePayment, *, capture: bool, method: str = METHOD) -> None:
+        payment.method_used = payment.method or method
         if capture:
             payment.status, payment.captured_at = "succeeded", _now()
         else:
@@ -272,13 +311,29 @@ class FakeProvider:
     def _cancel(self, payment: FakePayment, *, party: str, reason: str) -> None:
         payment.status, payment.expires_at = "canceled", None
         payment.cancellation = {"party": party, "reason": reason}
+        if payment.receipt_status == "pending":  # nothing was paid: no receipt
+            payment.receipt_status = "canceled"
 
     def _current(self, payment: FakePayment) -> FakePayment:
-        """The payment now: a hold past its expires_at is canceled, as the real provider does."""
+        """The payment now: a hold past its expires_at is canceled, as the real provider does, and a
+        paid payment's receipt registered after receipt_seconds."""
         if payment.status == "waiting_for_capture" and payment.expires_at and _now() >= payment.expires_at:
             self._cancel(payment, party="yoo_money", reason="expired_on_capture")
             self._notify_later("payment.canceled", payment)
+        if payment.receipt_status == "pending" and payment.captured_at and _now() >= payment.captured_at + \
+                datetime.timedelta(seconds=self.receipt_seconds):
+            payment.receipt_status = "succeeded"
         return payment
+
+    def _refund_current(self, refund: FakeRefund) -> FakeRefund:
+        """The refund now: an SBP refund succeeds after sbp_refund_seconds, its receipt after receipt_seconds."""
+        age = (_now() - refund.created_at).total_seconds()
+        if refund.status == "pending" and age >= self.sbp_refund_seconds:
+            refund.status = "succeeded"
+            self._notify_later("refund.succeeded", refund)
+        if refund.receipt_status == "pending" and refund.status == "succeeded" and age >= self.receipt_seconds:
+            refund.receipt_status = "succeeded"
+        return refund
 
     def _expire_later(self, payment: FakePayment) -> None:
         """Cancel the hold when it expires, whether or not anyone reads it, and notify then."""
@@ -359,12 +414,13 @@ class FakeProvider:
             refund = self.refunds.get(match.group(1))
             if refund is None or refund.shop_id != shop_id:
                 raise ApiError(404, "not_found", "refund not found", "refund_id")
-            return refund.as_json()
+            return self._refund_current(refund).as_json()
         raise ApiError(404, "not_found", f"no API route GET {path}")
 
     def _owned(self, objects: Iterable[FakePayment | FakeRefund], shop_id: str) -> list[tuple[int, dict[str, Any]]]:
         """The shop's objects, newest first: (sequence number, JSON)."""
-        mine = [self._current(o) if isinstance(o, FakePayment) else o for o in objects if o.shop_id == shop_id]
+        mine = [self._current(o) if isinstance(o, FakePayment) else self._refund_current(o)
+                for o in objects if o.shop_id == shop_id]
         return [(o.seq, o.as_json()) for o in sorted(mine, key=lambda o: o.seq, reverse=True)]
 
     def _payment(self, shop_id: str, payment_id: str) -> FakePayment:
@@ -406,7 +462,7 @@ class FakeProvider:
             if seen[0] != text or self.key_routes[(shop_id, key)] != call:
                 raise _invalid("Idempotence-Key reused with another request", "Idempotence-Key")
             if call == "POST /refunds":
-                return self.refunds[seen[1]].as_json()
+                return self._refund_current(self.refunds[seen[1]]).as_json()
             return self._current(self.payments[seen[1]]).as_json()
         done = act()
         self.keys[(shop_id, key)] = (text, done.id)
@@ -428,9 +484,10 @@ class FakeProvider:
             return_url=data["confirmation"]["return_url"],
             confirmation_url=f"{base_url}/confirm/{payment_id}",
             capture=data.get("capture", False),
-            method_chosen="payment_method_data" in data,
             notifies=self._losing.random() >= self.lost_notifications,
             test=shop_id not in self.live_shops,
+            method=(data.get("payment_method_data") or {}).get("type"),
+            receipt_status="pending" if "receipt" in data else None,
         )
         self.payments[payment_id] = payment
         return payment
@@ -439,13 +496,16 @@ class FakeProvider:
         data = _json_object(body, empty_ok=True)
         if payment.status != "waiting_for_capture":
             raise _invalid(f"payment is {payment.status}: only a waiting_for_capture payment can be captured")
+        amount = payment.amount
         if "amount" in data:
             amount, currency = _amount(data["amount"], "amount")
             if currency != payment.currency:
                 raise _invalid(f"amount.currency must be the payment's {payment.currency}", "amount.currency")
             if amount > payment.amount:
                 raise _invalid(f"amount.value is more than the {payment.amount} held", "amount.value")
-            payment.amount = amount
+        # Capturing less than the receipt says needs the receipt of what is taken.
+        _receipt_for_part(data, amount=amount, whole=payment.amount, with_receipt=payment.receipt_status is not None)
+        payment.amount = amount
         payment.status, payment.captured_at, payment.expires_at = "succeeded", _now(), None
         self._notify_later("payment.succeeded", payment)
         return payment
@@ -476,12 +536,24 @@ class FakeProvider:
             raise _invalid(f"amount.currency must be the payment's {payment.currency}", "amount.currency")
         if amount > payment.refundable_left:
             raise _invalid(f"amount.value is more than the {payment.refundable_left} left to refund", "amount.value")
+        with_receipt = payment.receipt_status is not None or "receipt" in data
+        _receipt_for_part(data, amount=amount, whole=payment.amount, with_receipt=payment.receipt_status is not None)
+        sbp = payment.method_used == SBP
         refund = FakeRefund(id=str(uuid.uuid4()), seq=next(self._seq), shop_id=shop_id, payment_id=payment.id,
-                            amount=amount, currency=currency, description=description, metadata=metadata)
+                            amount=amount, currency=currency, description=description, metadata=metadata,
+                            status="pending" if sbp else "succeeded", method=SBP if sbp else None,
+                            receipt_status="pending" if with_receipt else None)
         payment.refunded += amount
         self.refunds[refund.id] = refund
-        self._notify_later("refund.succeeded", refund)
+        if sbp:  # the bank confirms it later: notified then, read or not
+            asyncio.get_running_loop().call_later(self.sbp_refund_seconds + 0.01, self._refund_settle_later, refund)
+        else:
+            self._notify_later("refund.succeeded", refund)
         return refund
+
+    def _refund_settle_later(self, refund: FakeRefund) -> None:
+        if self.refunds.get(refund.id) is refund:  # not forgotten by reset()
+            self._refund_current(refund)
 
     async def _confirm(self, send: Send, method: str, payment_id: str, body: bytes) -> None:
         payment = self.payments.get(payment_id)
@@ -491,12 +563,17 @@ class FakeProvider:
         if method == "GET":
             await _respond(send, 200, _confirmation_page(payment).encode(), "text/html; charset=utf-8")
             return
-        action = urllib.parse.parse_qs(body.decode(errors="replace")).get("action", [""])[0]
+        form = urllib.parse.parse_qs(body.decode(errors="replace"))
+        action = form.get("action", [""])[0]
         if method != "POST" or action not in ("succeed", "cancel"):
             raise _invalid("POST action=succeed or action=cancel", "action")
+        offered = _methods_offered(payment)
+        paid_with = form.get("method", [offered[0]])[0]
+        if paid_with not in offered:
+            raise _invalid(f"method must be one of {', '.join(offered)}", "method")
         if payment.status == "pending":  # a settled payment stays settled
             if action == "succeed":
-                self._pay(payment, capture=payment.capture)
+                self._pay(payment, capture=payment.capture, method=paid_with)
                 if payment.status == "waiting_for_capture":
                     self._expire_later(payment)
             else:
@@ -593,11 +670,85 @@ def _payment_request(body: bytes) -> dict[str, Any]:
         raise _invalid("capture must be true or false", "capture")
     if "metadata" in data and data["metadata"] is not None:
         _metadata(data["metadata"])
-    method = data.get("payment_method_data")
-    if method is not None and (not isinstance(method, dict) or method.get("type") != METHOD):
-        raise _invalid(f"payment_method_data.type must be {METHOD} (the only method the fake offers)",
-                       "payment_method_data.type")
+    _payment_method_check(data)
+    if "receipt" in data:
+        _receipt_check(data["receipt"], amount=_amount(data["amount"], "amount")[0])
     return data
+
+
+def _payment_method_check(data: dict[str, Any]) -> None:
+    """payment_method_data: one of the fake's methods; SBP has no holds, so it needs capture: true."""
+    method = data.get("payment_method_data")
+    if method is None:
+        return
+    if not isinstance(method, dict) or method.get("type") not in METHODS:
+        raise _invalid(f"payment_method_data.type must be one of {', '.join(METHODS)} (the methods the fake offers)",
+                       "payment_method_data.type")
+    if method["type"] == SBP and data.get("capture") is not True:
+        raise _invalid("sbp payments cannot be held: capture must be true", "capture")
+
+
+def _methods_offered(payment: FakePayment) -> tuple[str, ...]:
+    """What the confirmation page lets the customer pay with: the method the payment named, else
+    every method that can do what it asks (a hold: not SBP)."""
+    if payment.method:
+        return (payment.method,)
+    return METHODS if payment.capture else (METHOD,)
+
+
+def _receipt_check(receipt: Any, *, amount: Decimal, parameter: str = "receipt") -> None:
+    """A receipt as the API takes it (54-FZ): a customer to send it to, lines with allowed values,
+    lines that add up to `amount` exactly. A refusal names the parameter, never a customer's contact."""
+    if not isinstance(receipt, dict):
+        raise _invalid("receipt must be an object", parameter)
+    customer = receipt.get("customer")
+    if not isinstance(customer, dict) or not (customer.get("email") or customer.get("phone")):
+        raise _invalid("receipt.customer needs an email or a phone to send the receipt to", f"{parameter}.customer")
+    if "email" in customer and not (isinstance(customer["email"], str) and _EMAIL.fullmatch(customer["email"])):
+        raise _invalid("receipt.customer.email is not an e-mail address", f"{parameter}.customer.email")
+    if "phone" in customer and not (isinstance(customer["phone"], str) and _PHONE.fullmatch(customer["phone"])):
+        raise _invalid("receipt.customer.phone is not a phone number in ITU-T E.164 (digits only)",
+                       f"{parameter}.customer.phone")
+    if "tax_system_code" in receipt and (type(receipt["tax_system_code"]) is not int
+                                         or receipt["tax_system_code"] not in TAX_SYSTEM_CODES):
+        raise _invalid("receipt.tax_system_code must be 1..6", f"{parameter}.tax_system_code")
+    items = receipt.get("items")
+    if not isinstance(items, list) or not 1 <= len(items) <= RECEIPT_ITEMS_MAX:
+        raise _invalid(f"receipt.items must list 1..{RECEIPT_ITEMS_MAX} items", f"{parameter}.items")
+    total = Decimal("0")
+    for index, item in enumerate(items):
+        total += _receipt_item_check(item, f"{parameter}.items[{index}]")
+    if total != amount:
+        raise _invalid(f"the receipt's items add up to {total:.2f}, not the amount {amount:.2f}", f"{parameter}.items")
+
+
+def _receipt_item_check(item: Any, where: str) -> Decimal:
+    """One receipt line; what it costs (amount × quantity)."""
+    if not isinstance(item, dict):
+        raise _invalid(f"{where} must be an object", where)
+    description = item.get("description")
+    if not isinstance(description, str) or not 1 <= len(description) <= RECEIPT_DESCRIPTION_MAX:
+        raise _invalid(f"{where}.description must be 1..{RECEIPT_DESCRIPTION_MAX} characters", f"{where}.description")
+    quantity = item.get("quantity")
+    if isinstance(quantity, bool) or not _QUANTITY.fullmatch(str(quantity)) or Decimal(str(quantity)) <= 0:
+        raise _invalid(f"{where}.quantity must be a number above 0 with up to 3 decimals", f"{where}.quantity")
+    price, _ = _amount(item.get("amount"), f"{where}.amount")
+    vat_code = item.get("vat_code")
+    if type(vat_code) is not int or vat_code not in VAT_CODES:
+        raise _invalid(f"{where}.vat_code must be 1..12", f"{where}.vat_code")
+    for name, allowed in (("payment_subject", PAYMENT_SUBJECTS), ("payment_mode", PAYMENT_MODES), ("measure", MEASURES)):
+        if name in item and item[name] not in allowed:
+            raise _invalid(f"{where}.{name} is not one of the API's values", f"{where}.{name}")
+    return price * Decimal(str(quantity))
+
+
+def _receipt_for_part(data: dict[str, Any], *, amount: Decimal, whole: Decimal, with_receipt: bool) -> None:
+    """A capture or refund of part of a payment with a receipt carries the receipt of that part; of
+    the whole, none is needed (the payment's receipt stands, or is returned whole)."""
+    if "receipt" in data:
+        _receipt_check(data["receipt"], amount=amount)
+    elif with_receipt and amount != whole:
+        raise _invalid("a part of a payment with a receipt needs the receipt of that part", "receipt")
 
 
 # Lists ------------------------------------------------------------------------------------------
@@ -678,10 +829,13 @@ def _confirmation_page(payment: FakePayment) -> str:
     if payment.status != "pending":
         buttons = f"<p>This payment is {html.escape(payment.status)}.</p>"
     else:
-        buttons = (
-            '<form method="post"><button name="action" value="succeed">Pay</button> '
-            '<button name="action" value="cancel">Cancel</button></form>'
-        )
+        # A Pay button per method the customer may choose (the card's first).
+        buttons = "".join(
+            f'<form method="post"><input type="hidden" name="method" value="{method}">'
+            f'<button name="action" value="succeed">{METHOD_TITLES[method]}</button></form>'
+            for method in _methods_offered(payment)
+        ) + '<form method="post"><button name="action" value="cancel">Cancel</button></form>'
+
     hold = "" if payment.capture else "<p>Two-stage: paying puts a hold on the card until the shop captures it.</p>"
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
@@ -752,6 +906,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hang-seconds", type=_seconds, default=30.0, help="how long --fail hang waits (default 30)")
     parser.add_argument("--hold-seconds", type=_seconds_up_to(HOLD_SECONDS, 1), default=float(HOLD_SECONDS),
                         help="how long a capture: false payment stays waiting_for_capture (default 7 days)")
+    parser.add_argument("--receipt-seconds", type=_seconds, default=RECEIPT_SECONDS,
+                        help="how long after the payment (or refund) its receipt is registered")
+    parser.add_argument("--sbp-refund-seconds", type=_seconds, default=SBP_REFUND_SECONDS,
+                        help="how long an SBP refund stays pending")
     parser.add_argument("--webhook-url", help="where to POST notifications, e.g. http://127.0.0.1:8000/v1/payments/webhook")
     parser.add_argument("--no-notify", action="store_true", help="send no notification at all")
     parser.add_argument("--lost-notifications", type=_share, default=0.0,
@@ -764,7 +922,8 @@ def main(argv: list[str] | None = None) -> None:
     app = FakeProvider(credentials=args.credentials, latency=args.latency, fail=args.fail,
                        hang_seconds=args.hang_seconds, hold_seconds=args.hold_seconds, webhook_url=args.webhook_url,
                        notify=not args.no_notify, lost_notifications=args.lost_notifications,
-                       create_delay=args.create_delay)
+                       create_delay=args.create_delay, receipt_seconds=args.receipt_seconds,
+                       sbp_refund_seconds=args.sbp_refund_seconds)
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s fake-provider %(levelname)s %(message)s")

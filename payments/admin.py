@@ -57,14 +57,23 @@ class MakeOverdueFilter(admin.SimpleListFilter):
 
 @admin.register(Merchant)
 class MerchantAdmin(admin.ModelAdmin):
-    list_display = ("name", "shop_id", "contact_email", "active_until", "two_stage_payments")
+    list_display = ("name", "shop_id", "contact_email", "active_until", "two_stage_payments", "payment_methods",
+                    "receipts_enabled")
     search_fields = ("name", "shop_id", "contact_email")
+    fieldsets = [
+        (None, {"fields": ("name", "contact_email", "active_until", "shop_id", "two_stage_payments",
+                           "payment_methods")}),
+        # docs/payments.md, "Receipts": what else the merchant arranges with the provider.
+        ("Receipts (54-FZ)", {"fields": ("receipts_enabled", "tax_system_code", "vat_code", "payment_subject",
+                                         "payment_mode", "receipt_by_phone")}),
+    ]
 
 
 class MenuItemInline(admin.TabularInline):
     model = MenuItem
     extra = 1
-    fields = ("drink_number", "size", "drink_name", "price_kopecks", "available")
+    fields = ("drink_number", "size", "drink_name", "price_kopecks", "available", "vat_code", "payment_subject",
+              "payment_mode")
 
 
 class DeviceTextInline(admin.TabularInline):
@@ -169,8 +178,8 @@ def _transition_action(name: str, service: Callable[..., Order], description: st
 @admin.register(Order)
 class OrderAdmin(admin.ModelAdmin):
     list_display = ("id", "device", "drink_name", "size", "price_rubles", "status", "two_stage", "test", "paid_at",
-                    "created_at")
-    list_filter = ("status", MakeOverdueFilter, "merchant", "test")
+                    "created_at", "payment_method", "receipt_registration", "receipt_contact")
+    list_filter = ("status", MakeOverdueFilter, "merchant", "test", "payment_method", "receipt_registration")
     search_fields = ("id", "provider_payment_id", "device__device_uuid")
     list_select_related = ("device", "merchant")
     date_hierarchy = "created_at"
@@ -190,6 +199,11 @@ class OrderAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    @admin.display(description="receipt to")
+    def receipt_contact(self, order: Order) -> str:
+        # Personal data: masked in the list, in full only on the order's own page.
+        return order.contact_masked
 
 
 @admin.register(OrphanPayment)

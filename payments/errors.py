@@ -51,6 +51,12 @@ class ServerError(PaymentsError):
 
     status = 500
     title = _("Something went wrong on our side")
+class ContactInvalid(PaymentsError):
+    """The customer's contact for the receipt is missing or is not an e-mail address or a phone
+    number; the message never repeats it (personal data)."""
+
+    status = 400
+    title = _("Where should we send your receipt?")
 
 
 class DeviceNotFound(PaymentsError):

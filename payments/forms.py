@@ -1,5 +1,6 @@
-"""What machines and customers send, validated strictly: the QR code's query parameters and a
-machine's menu. A refusal names the parameter (or field) and its value."""
+"""What machines and customers send, validated strictly: the QR code's query parameters, a
+machine's menu and the customer's contact for a receipt. A refusal names the parameter (or field)
+and its value; the contact, personal data, it never repeats."""
 
 from __future__ import annotations
 
@@ -7,13 +8,16 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import phonenumbers
 from django import forms
+from django.core.validators import EmailValidator
 from django.http import QueryDict
 from django.utils.translation import gettext as _, gettext_lazy
 
-from payments.errors import InvalidParameter
+from payments.errors import ContactInvalid, InvalidParameter
 from payments.json_input import json_input_parse
 from payments.models import DRINK_NAME_MAX, DRINK_NUMBER_MAX, IDENTIFIER, PRICE_MAX, Size
+from payments.receipts import PaymentMode, PaymentSubject, VatCode
 
 # 9999 drinks in three sizes is not a menu; a few hundred entries is a large one.
 MENU_ITEMS_MAX = 300
@@ -118,9 +122,18 @@ class MenuEntry:
     drink_name: str
     price_kopecks: int
     available: bool
+    # The receipt line's, where the drink's differ from the merchant's (None, "": the merchant's).
+    vat_code: int | None = None
+    payment_subject: str = ""
+    payment_mode: str = ""
 
 
-_MENU_FIELDS = ("drink_number", "size", "drink_name", "price_kopecks", "available")
+_MENU_REQUIRED = ("drink_number", "size", "drink_name", "price_kopecks", "available")
+# The optional fields of a receipt line, each with its allowed values.
+MENU_RECEIPT_FIELDS = {
+    "vat_code": VatCode.values, "payment_subject": PaymentSubject.values, "payment_mode": PaymentMode.values,
+}
+_MENU_FIELDS = (*_MENU_REQUIRED, *MENU_RECEIPT_FIELDS)
 
 
 def _menu_number(item: dict[str, Any], key: str, where: str, *, low: int, high: int) -> int:
@@ -137,7 +150,7 @@ def _menu_item(item: Any, where: str) -> MenuEntry:
     unknown = sorted(set(item) - set(_MENU_FIELDS))
     if unknown:
         raise InvalidParameter(f"{where} has unknown field {unknown[0]!r} (allowed: {', '.join(_MENU_FIELDS)})")
-    missing = [key for key in _MENU_FIELDS if key not in item]
+    missing = [key for key in _MENU_REQUIRED if key not in item]
     if missing:
         raise InvalidParameter(f"{where}.{missing[0]} is missing")
     name, available = item["drink_name"], item["available"]
@@ -151,12 +164,29 @@ def _menu_item(item: Any, where: str) -> MenuEntry:
         drink_name=name.strip(),
         price_kopecks=_menu_number(item, "price_kopecks", where, low=1, high=PRICE_MAX),
         available=available,
+        **_menu_receipt_fields(item, where),
     )
 
 
+def _menu_receipt_fields(item: dict[str, Any], where: str) -> dict[str, Any]:
+    """The optional receipt fields, each one of the provider's values or null (the merchant's)."""
+    fields: dict[str, Any] = {}
+    for key, allowed in MENU_RECEIPT_FIELDS.items():
+        value = item.get(key)
+        if value is None:
+            continue
+        # JSON true is a Python int and 11.0 equals 11: named, not taken.
+        if type(value) is not type(allowed[0]) or value not in allowed:
+            shown = ", ".join(map(str, allowed)) if key != "vat_code" else f"{min(allowed)}..{max(allowed)}"
+            raise InvalidParameter(f"{where}.{key}={value!r:.40} is not one of {shown} (or null: the merchant's)")
+        fields[key] = value
+    return fields
+
+
 def menu_parse(body: bytes) -> list[MenuEntry]:
-    """A machine's whole menu, `{"items": [{drink_number, size, drink_name, price_kopecks, available}]}`,
-    or InvalidParameter naming the first bad field (`items[3].size=4 is not ...`)."""
+    """A machine's whole menu, `{"items": [{drink_number, size, drink_name, price_kopecks, available,
+    optional vat_code, payment_subject, payment_mode}]}`, or InvalidParameter naming the first bad
+    field (`items[3].size=4 is not ...`)."""
     data = json_input_parse(body, what="the body")
     if not isinstance(data, dict) or set(data) != {"items"} or not isinstance(data["items"], list):
         raise InvalidParameter('the body is not {"items": [...]}')
@@ -171,3 +201,43 @@ def menu_parse(body: bytes) -> list[MenuEntry]:
                 f"items[{index}] repeats drink {entry.drink_number} size {entry.size} of items[{first}]"
             )
     return entries
+
+
+# The longest e-mail address a mail server takes (RFC 5321 path); a phone number as people type it.
+CONTACT_MAX = 254
+_PHONE_TYPED = re.compile(r"\+?[0-9 ()./-]{5,32}")
+E164_DIGITS_MAX = 15
+# No "user@localhost": a receipt goes to a mailbox on the internet.
+_EMAIL = EmailValidator(allowlist=())
+
+
+def contact_parse(text: str | None, *, phone_allowed: bool) -> str:
+    """Where the customer wants the receipt: an e-mail address as typed, or a phone number as the
+    E.164 digits the provider takes ("79001234567"; a number without a country code is Russian).
+    ContactInvalid, in the customer's language, never repeats what was typed."""
+    text = (text or "").strip()
+    if not text and phone_allowed:
+        raise ContactInvalid(_("Enter an e-mail address or a phone number for your receipt."))
+    if not text:
+        raise ContactInvalid(_("Enter an e-mail address for your receipt."))
+    if "@" in text or not phone_allowed:
+        try:
+            if len(text) > CONTACT_MAX:
+                raise forms.ValidationError("too long")
+            _EMAIL(text)
+        except forms.ValidationError:
+            raise ContactInvalid(_("This is not an e-mail address. Please check it.")) from None
+        return text
+    number = None
+    if _PHONE_TYPED.fullmatch(text):
+        try:
+            number = phonenumbers.parse(text, "RU")
+        except phonenumbers.NumberParseException:
+            number = None
+    digits = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164).removeprefix("+") if (
+        number is not None and phonenumbers.is_valid_number(number)) else ""
+    # E.164 allows 15 digits at most; the library calls some longer German numbers valid.
+    if not digits or len(digits) > E164_DIGITS_MAX:
+        raise ContactInvalid(_("This is not a phone number. Please enter it with its country code, "
+                               "e.g. +7 900 123-45-67."))
+    return digits

@@ -17,9 +17,20 @@ from django.db import models
 from django.utils import formats
 from django.utils.translation import gettext_lazy as _
 
+from payments.personal_data import contact_mask
+from payments.receipts import PaymentMode, PaymentSubject, TaxSystem, VatCode
+
 # Ids that appear in QR codes and provider credentials: letters, digits, "-" and "_".
 IDENTIFIER = r"[A-Za-z0-9_-]{1,64}"
 identifier_validator = RegexValidator(rf"\A{IDENTIFIER}\Z", "Use 1-64 letters, digits, '-' or '_'.")
+
+
+class PaymentMethods(models.TextChoices):
+    """What a merchant's payments ask the provider for (payment_method_data)."""
+
+    ANY = "any", "Any method of the shop: the customer chooses on the provider's page"
+    BANK_CARD = "bank_card", "Bank cards only"
+    SBP = "sbp", "SBP (Faster Payments System) only: always single-stage"
 
 
 class Merchant(models.Model):
@@ -35,10 +46,44 @@ class Merchant(models.Model):
     two_stage_payments = models.BooleanField(
         default=False, help_text="Hold the amount and charge it only when the machine reports the drink made."
     )
+    # The provider has no holds for SBP: an SBP-only merchant's payments are single-stage. With
+    # `any`, a two-stage payment's page offers only the methods that can hold.
+    payment_methods = models.CharField(max_length=16, choices=PaymentMethods.choices, default=PaymentMethods.ANY,
+                                       db_default=PaymentMethods.ANY)
+    # Fiscal receipts (54-FZ, docs/payments.md "Receipts"): every payment carries its receipt, which
+    # the provider registers or passes to the merchant's online cash register. Read at the order's
+    # creation, like two_stage_payments.
+    receipts_enabled = models.BooleanField(
+        default=False, db_default=False, verbose_name="send receipts (54-FZ)",
+        help_text="Payments carry a fiscal receipt; the order page asks the customer where to send it.",
+    )
+    tax_system_code = models.PositiveSmallIntegerField(
+        choices=TaxSystem.choices, null=True, blank=True,
+        help_text="Sent when set: cash registers on FFD 1.2 and shops with several tax systems need it "
+                  "(Чеки от ЮKassa ignore it).",
+    )
+    # A menu item's receipt line takes these where it has none of its own.
+    vat_code = models.PositiveSmallIntegerField(
+        choices=VatCode.choices, null=True, blank=True, verbose_name="VAT rate",
+        help_text="Of menu items without their own.",
+    )
+    payment_subject = models.CharField(max_length=32, choices=PaymentSubject.choices,
+                                       default=PaymentSubject.COMMODITY, db_default=PaymentSubject.COMMODITY,
+                                       help_text="Of menu items without their own.")
+    payment_mode = models.CharField(max_length=32, choices=PaymentMode.choices, default=PaymentMode.FULL_PAYMENT,
+                                    db_default=PaymentMode.FULL_PAYMENT, help_text="Of menu items without their own.")
+    receipt_by_phone = models.BooleanField(
+        default=True, db_default=True, help_text="Customers may give a phone number instead of an e-mail address (off for "
+                                "Чеки от ЮKassa, which send receipts by e-mail only).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        if self.receipts_enabled and self.vat_code is None:
+            raise ValidationError({"vat_code": "Receipts need a VAT rate for the menu items that have none."})
 
     def is_active_on(self, day: datetime.date) -> bool:
         return day <= self.active_until
@@ -234,6 +279,10 @@ class MenuItem(models.Model):
     price_kopecks = models.PositiveIntegerField(validators=[MinValueValidator(1), MaxValueValidator(PRICE_MAX)])
     # Off: scans of this drink are refused (out of milk), the price stays on record.
     available = models.BooleanField(default=True)
+    # The drink's receipt line, where it differs from the merchant's (empty: the merchant's).
+    vat_code = models.PositiveSmallIntegerField(choices=VatCode.choices, null=True, blank=True)
+    payment_subject = models.CharField(max_length=32, choices=PaymentSubject.choices, blank=True, db_default="")
+    payment_mode = models.CharField(max_length=32, choices=PaymentMode.choices, blank=True, db_default="")
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -303,6 +352,18 @@ class Order(models.Model):
     make_window_closed_at = models.DateTimeField(null=True, blank=True)
     # When the order, started, was found unreported past ORDER_MAKE_TIMEOUT_SECONDS: handed to the staff.
     make_overdue_at = models.DateTimeField(null=True, blank=True)
+    # The payment's method as asked (payment_method_data.type; empty: the provider's page offers the
+    # shop's) from the merchant's at creation, and as the customer paid (payment_method.type).
+    requested_method = models.CharField(max_length=16, blank=True, db_default="")
+    payment_method = models.CharField(max_length=32, blank=True, db_default="")
+    # The receipt's lines as at the first scan (payments.receipts.receipt_template); None: no receipt.
+    receipt = models.JSONField(null=True, blank=True)
+    # Where the receipt goes: an e-mail address or E.164 phone digits. Personal data: never logged,
+    # masked in the admin's list, erased ORDER_CONTACT_RETENTION_DAYS after the order's creation.
+    customer_contact = models.CharField(max_length=254, blank=True, db_default="")
+    # The provider's registration of the payment's and the refund's receipts: pending, succeeded, canceled.
+    receipt_registration = models.CharField(max_length=16, blank=True, db_default="")
+    refund_receipt_registration = models.CharField(max_length=16, blank=True, db_default="")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -312,6 +373,12 @@ class Order(models.Model):
             models.Index(fields=("device", "-created_at"), name="order_device_created"),
             # Reconciliation's scans: orders in a status, oldest change first.
             models.Index(fields=("status", "updated_at"), name="order_status_updated"),
+            # Reconciliation erases contacts past their retention: only orders that still have one.
+            models.Index(fields=("created_at",), condition=~models.Q(customer_contact=""),
+                         name="order_contact_created"),
+            # ... and re-reads receipts still being registered: a few orders, never every paid one.
+            models.Index(fields=("updated_at",), name="order_receipt_pending", condition=models.Q(
+                receipt_registration="pending") | models.Q(refund_receipt_registration="pending")),
         ]
 
     def __str__(self) -> str:
@@ -326,6 +393,10 @@ class Order(models.Model):
     def price_rubles(self) -> str:
         """"123.45": kopecks as the provider and the customer read them."""
         return f"{self.price_kopecks // 100}.{self.price_kopecks % 100:02d}"
+
+    @property
+    def contact_masked(self) -> str:
+        return contact_mask(self.customer_contact)
 
     def is_expired(self, now: datetime.datetime) -> bool:
         """Past its payment window while still unpaid: it can no longer be paid."""

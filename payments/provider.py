@@ -33,12 +33,17 @@ from payments.errors import InvalidParameter, ProviderRejected, ProviderUnavaila
 from payments.json_input import json_input_parse
 from payments.metrics import PROVIDER_DURATION, PROVIDER_ERRORS
 from payments.models import IDENTIFIER
+from payments.personal_data import personal_data_scrub
 
 log = logging.getLogger(__name__)
 
 # Payment statuses of API v3; notifications name the same ones as `payment.<status>`.
 PAYMENT_STATUSES = frozenset({"pending", "waiting_for_capture", "succeeded", "canceled"})
 REFUND_STATUSES = frozenset({"pending", "succeeded", "canceled"})
+# receipt_registration: the receipt's delivery to the cash register (54-FZ).
+RECEIPT_STATUSES = frozenset({"pending", "succeeded", "canceled"})
+# The provider has no holds for SBP: an SBP payment is created with capture: true.
+SBP = "sbp"
 CURRENCY = "RUB"
 # Provider limit on the payment description.
 DESCRIPTION_MAX = 128
@@ -67,6 +72,9 @@ class ProviderPayment:
     created_at: datetime.datetime | None = None
     # The API's `test`: a test shop's payment, no real money. Absent counts as real.
     test: bool = False
+    # payment_method.type once known ("bank_card", "sbp"); receipt_registration of a payment with a receipt.
+    method_type: str | None = None
+    receipt_registration: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,7 @@ class ProviderRefund:
     status: str
     amount_kopecks: int
     currency: str
+    receipt_registration: str | None = None
 
 
 @dataclass(frozen=True)
@@ -298,6 +307,16 @@ def _kopecks(amount: Any) -> tuple[int, str]:
     return int(value * 100), str(amount["currency"])
 
 
+def _receipt_registration(data: dict[str, Any]) -> str | None:
+    """The receipt's registration status; an unknown one is logged, not a reason to refuse the object."""
+    status = data.get("receipt_registration")
+    if status is not None and status not in RECEIPT_STATUSES:
+        log.warning("provider %s %s has receipt_registration %r", data.get("type", "object"), data.get("id"),
+                    str(status)[:32])
+        return None
+    return status
+
+
 def _payment(response: Answer, data: Any = None) -> ProviderPayment:
     """The payment of an answer, or `data` (one item of a list answer)."""
     try:
@@ -306,6 +325,7 @@ def _payment(response: Answer, data: Any = None) -> ProviderPayment:
         metadata = data.get("metadata") or {}
         confirmation = data.get("confirmation") or {}
         refunded = data.get("refunded_amount")
+        method = (data.get("payment_method") or {}).get("type")
         payment = ProviderPayment(
             id=str(data["id"]),
             status=str(data["status"]),
@@ -317,6 +337,8 @@ def _payment(response: Answer, data: Any = None) -> ProviderPayment:
             refunded_kopecks=_kopecks(refunded)[0] if refunded else 0,
             created_at=_timestamp(data.get("created_at")),
             test=data.get("test") is True,
+            method_type=str(method)[:32] if method else None,
+            receipt_registration=_receipt_registration(data),
         )
     except _PARSE_ERRORS as exc:
         log.error("provider answered HTTP %d with an unreadable payment: %r", response.status_code, exc)
@@ -333,7 +355,7 @@ def _refund(response: Answer) -> ProviderRefund:
         amount_kopecks, currency = _kopecks(data["amount"])
         refund = ProviderRefund(
             id=str(data["id"]), payment_id=str(data["payment_id"]), status=str(data["status"]),
-            amount_kopecks=amount_kopecks, currency=currency,
+            amount_kopecks=amount_kopecks, currency=currency, receipt_registration=_receipt_registration(data),
         )
     except _PARSE_ERRORS as exc:
         log.error("provider answered HTTP %d with an unreadable refund: %r", response.status_code, exc)
@@ -346,7 +368,9 @@ def _refund(response: Answer) -> ProviderRefund:
 
 def _rejected(response: Answer, what: str) -> ProviderRejected:
     # The provider's error object: {"type": "error", "code": ..., "description": ..., "parameter": ...}
-    log.error("provider refused %s: HTTP %d %s", what, response.status_code, response.text[:500])
+    # Scrubbed: a refusal of a receipt may quote the customer's contact.
+    log.error("provider refused %s: HTTP %d %s", what, response.status_code,
+              personal_data_scrub(response.text[:500]))
     return ProviderRejected(
         _("The payment service refused this payment. Please ask the staff for help."),
         provider_status=response.status_code,
@@ -354,20 +378,29 @@ def _rejected(response: Answer, what: str) -> ProviderRejected:
 
 
 async def payment_create(
-    *, shop_id: str, order_id: str, amount_kopecks: int, description: str, return_url: str, capture: bool = True
+    *, shop_id: str, order_id: str, amount_kopecks: int, description: str, return_url: str, capture: bool = True,
+    receipt: dict[str, Any] | None = None, method_type: str | None = None,
 ) -> ProviderPayment:
     """Create (or, for the same order, find again) the order's payment; redirect confirmation.
 
     capture=True: single-stage, the money is taken as soon as the customer confirms. False:
     two-stage, the provider holds it (waiting_for_capture) until payment_capture or payment_cancel.
+    `receipt`: the fiscal receipt (payments.receipts); `method_type`: the only method the provider's
+    page offers (payment_method_data), else the shop's.
     """
-    body = {
+    if method_type == SBP and not capture:
+        raise ValueError("an SBP payment cannot be held: it needs capture=True")
+    body: dict[str, Any] = {
         "amount": {"value": rubles(amount_kopecks), "currency": CURRENCY},
         "capture": capture,
         "confirmation": {"type": "redirect", "return_url": return_url},
         "description": description[:DESCRIPTION_MAX],
         "metadata": {"order_id": order_id},
     }
+    if receipt is not None:
+        body["receipt"] = receipt
+    if method_type is not None:
+        body["payment_method_data"] = {"type": method_type}
     response = await _request(
         "POST", "/payments", operation="payment_create", shop_id=shop_id, retries=settings.PAYMENT_PROVIDER_RETRIES,
         body=body, key=idempotence_key(order_id),
@@ -394,9 +427,14 @@ async def _payment_write(*, shop_id: str, order_id: str, payment_id: str, operat
     return _payment(response)
 
 
-async def payment_capture(*, shop_id: str, order_id: str, payment_id: str, amount_kopecks: int) -> ProviderPayment:
-    """Take the held amount (the whole of it): waiting_for_capture -> succeeded."""
-    body = {"amount": {"value": rubles(amount_kopecks), "currency": CURRENCY}}
+async def payment_capture(
+    *, shop_id: str, order_id: str, payment_id: str, amount_kopecks: int, receipt: dict[str, Any] | None = None
+) -> ProviderPayment:
+    """Take the held amount: waiting_for_capture -> succeeded. Capturing less than was held needs
+    the `receipt` of what is taken; the whole amount needs none (the payment's stands)."""
+    body: dict[str, Any] = {"amount": {"value": rubles(amount_kopecks), "currency": CURRENCY}}
+    if receipt is not None:
+        body["receipt"] = receipt
     return await _payment_write(shop_id=shop_id, order_id=order_id, payment_id=payment_id, operation="capture", body=body)
 
 
@@ -408,15 +446,20 @@ async def payment_cancel(*, shop_id: str, order_id: str, payment_id: str, key: s
 
 
 async def refund_create(
-    *, shop_id: str, order_id: str, payment_id: str, amount_kopecks: int, description: str, key: str | None = None
+    *, shop_id: str, order_id: str, payment_id: str, amount_kopecks: int, description: str,
+    receipt: dict[str, Any] | None = None, key: str | None = None,
 ) -> ProviderRefund:
     """Return a succeeded payment's money; the same order gets the same refund on every attempt
-    (`key`: another refund's Idempotence-Key, as for payment_cancel)."""
-    body = {
+    (`key`: another refund's Idempotence-Key, as for payment_cancel). A partial refund of a payment
+    with a receipt needs the `receipt` of what is returned; a full one needs none (the provider
+    builds the refund receipt from the payment's)."""
+    body: dict[str, Any] = {
         "payment_id": payment_id,
         "amount": {"value": rubles(amount_kopecks), "currency": CURRENCY},
         "description": description[:DESCRIPTION_MAX],
     }
+    if receipt is not None:
+        body["receipt"] = receipt
     response = await _request(
         "POST", "/refunds", operation="refund_create", shop_id=shop_id, retries=settings.PAYMENT_PROVIDER_RETRIES,
         body=body, key=key or idempotence_key(order_id, "refund"),

@@ -1,9 +1,10 @@
 """Reconciliation: bring every order whose money is unsettled in line with the provider.
 
-`manage.py reconcile_payments` runs `orders_reconcile`: it deletes unpaid orders past retention, then
-claims the due orders (a compare-and-set of `reconciled_at`; on PostgreSQL skipping rows another run
-has locked) and re-reads, releases, refunds or repeats each one's interrupted provider call under its
-Idempotence-Key; last, the payments their orders never recorded (payments.orphans). What is due and
+`manage.py reconcile_payments` runs `orders_reconcile`: it deletes unpaid orders past retention and
+erases receipt contacts past theirs, then claims the due orders (a compare-and-set of `reconciled_at`;
+on PostgreSQL skipping rows another run has locked) and re-reads, releases, refunds or repeats each
+one's interrupted provider call under its Idempotence-Key, or re-reads a receipt still being
+registered; last, the payments their orders never recorded (payments.orphans). What is due and
 why: docs/payments.md, "Reconciliation".
 """
 
@@ -29,6 +30,12 @@ S = OrderStatus
 # Orders claimed per query (claimed orders wait for this run: small batches share the work with a
 # concurrent run); a run goes on until nothing due is left or it has handled `limit`.
 BATCH = 100
+# A receipt the provider has not registered within three days is one for its support (YooKassa's
+# rule): re-read until then.
+RECEIPT_PENDING_DAYS = 3
+# Settled orders whose payment's or refund's receipt may still be being registered (the other
+# statuses that took money are re-read anyway).
+_RECEIPT_ONLY_STATUSES = frozenset({S.PAID, S.MAKE_PENDING, S.SUCCESSFUL, S.MANUAL_MAKE, S.REFUNDED, S.REFUND_FAILED})
 
 
 def _due(*, now: datetime.datetime) -> Q:
@@ -36,8 +43,11 @@ def _due(*, now: datetime.datetime) -> Q:
     settled_for = now - datetime.timedelta(minutes=settings.ORDER_RECONCILE_AFTER_MINUTES)
     waited = Q(status__in={S.PENDING, S.HELD, S.MAKE_FAILED, *MONEY_PENDING_STATUSES}, updated_at__lte=settled_for)
     hold_aged = Q(status__in={S.HELD, S.MAKE_PENDING}, two_stage=True, hold_expires_at__lte=now)
+    receipt_pending = (Q(receipt_registration="pending") | Q(refund_receipt_registration="pending")) & Q(
+        status__in=_RECEIPT_ONLY_STATUSES, updated_at__lte=settled_for,
+        created_at__gte=now - datetime.timedelta(days=RECEIPT_PENDING_DAYS))
     not_claimed = Q(reconciled_at__isnull=True) | Q(reconciled_at__lte=settled_for)
-    return (waited | hold_aged) & not_claimed
+    return (waited | hold_aged | receipt_pending) & not_claimed
 
 
 def orders_claim(*, now: datetime.datetime, limit: int) -> tuple[int, list[str]]:
@@ -61,6 +71,28 @@ def orders_purge(*, now: datetime.datetime) -> int:
     return deleted
 
 
+def orders_contact_erase(*, now: datetime.datetime) -> int:
+    """Blank the receipt contact (personal data) of orders made more than ORDER_CONTACT_RETENTION_DAYS
+    ago; the order and its money records stay. Not a status change: updated_at stays."""
+    cutoff = now - datetime.timedelta(days=settings.ORDER_CONTACT_RETENTION_DAYS)
+    return Order.objects.filter(created_at__lte=cutoff).exclude(customer_contact="").update(customer_contact="")
+
+
+async def _receipt_reread(order: Order) -> str:
+    """Re-read a settled order's payment or refund for its receipt's registration; record it."""
+    shop_id = order.merchant.shop_id
+    if order.receipt_registration == "pending" and order.provider_payment_id:
+        payment = await provider.payment_get(shop_id=shop_id, payment_id=order.provider_payment_id)
+        if payment is not None:
+            await sync_to_async(services.order_apply_payment)(order_id=order.id, payment=payment)
+    if order.refund_receipt_registration == "pending" and order.refund_id:
+        refund = await provider.refund_get(shop_id=shop_id, refund_id=order.refund_id)
+        if refund is not None:
+            await sync_to_async(services.order_apply_refund)(order_id=order.id, refund=refund)
+    order = await Order.objects.aget(pk=order.pk)
+    return f"receipt {order.refund_receipt_registration or order.receipt_registration}"
+
+
 async def order_reconcile(*, order_id: str, now: datetime.datetime) -> str:
     """Handle one claimed order; say what happened."""
     order = await Order.objects.select_related("merchant").aget(pk=order_id)
@@ -70,6 +102,8 @@ async def order_reconcile(*, order_id: str, now: datetime.datetime) -> str:
         await sync_to_async(services.order_mark_hold_release)(order_id=order.id, now=now)
     elif order.status == S.MAKE_FAILED:
         await sync_to_async(services.order_mark_money_return)(order_id=order.id)
+    elif order.status in _RECEIPT_ONLY_STATUSES:
+        return await _receipt_reread(order)
     elif order.status in (S.PENDING, S.HELD) and order.provider_payment_id:
         payment = await provider.payment_get(shop_id=order.merchant.shop_id, payment_id=order.provider_payment_id)
         if payment is None:
@@ -86,6 +120,11 @@ async def orders_reconcile(*, now: datetime.datetime | None = None, limit: int =
     purged = await sync_to_async(orders_purge)(now=now)
     if purged:
         outcomes["purged"] = purged
+    erased = await sync_to_async(orders_contact_erase)(now=now)
+    if erased:
+        log.info("erased the receipt contact of %d orders older than %d days", erased,
+                 settings.ORDER_CONTACT_RETENTION_DAYS)
+        outcomes["contacts erased"] = erased
     handled = 0
     while handled < limit:
         seen, claimed = await sync_to_async(orders_claim)(now=now, limit=min(batch, limit - handled))

@@ -13,6 +13,7 @@ from django.utils.translation import gettext as _
 
 from payments.compiled_read import CompiledRead
 from payments.errors import OrderNotFound
+from payments.forms import MENU_RECEIPT_FIELDS
 from payments.models import (
     FINAL_STATUSES, MAKEABLE_STATUSES, Device, DeviceCredential, DeviceText, MenuItem, Order, OrderStatus, Size,
 )
@@ -118,9 +119,10 @@ async def machine_order_find(*, key_id: str, order_id: str
 
 
 async def device_menu(*, device_id: int) -> list[dict[str, Any]]:
-    fields = ("drink_number", "size", "drink_name", "price_kopecks", "available")
+    fields = ("drink_number", "size", "drink_name", "price_kopecks", "available", *MENU_RECEIPT_FIELDS)
     items = MenuItem.objects.filter(device_id=device_id).order_by("drink_number", "size").values(*fields)
-    return [item async for item in items]
+    # The receipt fields as an upload takes them: null where the merchant's apply.
+    return [{**item, **{key: item[key] or None for key in MENU_RECEIPT_FIELDS}} async for item in items]
 
 
 async def order_get(*, order_id: str) -> Order:

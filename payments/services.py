@@ -26,7 +26,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from payments import credentials, liveness, provider, selectors
+from payments import credentials, liveness, provider, receipts, selectors
 from payments.errors import (
     DeviceNotFound,
     DeviceOffline,
@@ -44,6 +44,7 @@ from payments.errors import (
     PriceMismatch,
     ProviderRejected,
     ProviderUnavailable,
+    ShopNotConfigured,
 )
 from payments.models import (
     MAKEABLE_STATUSES,
@@ -59,11 +60,12 @@ from payments.models import (
     OrderStatus,
     OrphanPayment,
     OrphanPaymentStatus,
+    PaymentMethods,
     Size,
     price_text,
     sources_of,
 )
-from payments.forms import MenuEntry
+from payments.forms import MenuEntry, contact_parse
 from payments.metrics import MAKE_WINDOWS_CLOSED, ORPHAN_PAYMENTS, PAYMENT_RECHECKS, PAYMENTS, REFUNDS
 from payments.provider import Notification, ProviderPayment, ProviderRefund
 
@@ -128,6 +130,21 @@ def _menu_item_for(device: Device, *, drink_number: int, size: int, quoted_price
     return item
 
 
+def _payment_terms(merchant: Merchant, item: MenuItem) -> dict[str, Any]:
+    """What the order's payment body is made of, from the merchant's settings at the first scan:
+    one stage or two, the method asked for, the receipt's lines."""
+    method = "" if merchant.payment_methods == PaymentMethods.ANY else merchant.payment_methods
+    try:
+        receipt = receipts.receipt_template(merchant=merchant, item=item)
+    except ValueError as missing:
+        log.error("merchant %r sends receipts but %s: set its VAT rate in the admin", merchant.name, missing)
+        raise ShopNotConfigured(
+            _("Payments for this coffee machine are not set up yet. Please tell the staff.")) from None
+    # No holds for SBP: an SBP payment is single-stage whatever the merchant's switch.
+    two_stage = merchant.two_stage_payments and method != provider.SBP
+    return {"two_stage": two_stage, "requested_method": method, "receipt": receipt}
+
+
 def order_create(
     *,
     order_id: str,
@@ -160,13 +177,16 @@ def order_create(
         defaults={
             **wanted, "drink_name": item.drink_name, "price_kopecks": item.price_kopecks,
             "merchant_id": device.merchant_id, "expires_at": expires_at,
-            "two_stage": device.merchant.two_stage_payments, "test": device.status == DeviceStatus.TEST,
+            **_payment_terms(device.merchant, item), "test": device.status == DeviceStatus.TEST,
         },
     )
     if not created and any(getattr(order, field) != value for field, value in wanted.items()):
         raise OrderConflict(_("Order %(order)r already exists for another drink. Please choose your drink again.")
                             % {"order": order_id})
     order.device = device  # already loaded: pages use it without another query
+    # The order's merchant too (the receipt's form reads it); a machine's new merchant is not the order's.
+    same = order.merchant_id == device.merchant_id
+    order.merchant = device.merchant if same else Merchant.objects.get(pk=order.merchant_id)
     _ensure_not_expired(order, now=now)
     return order
 
@@ -415,6 +435,7 @@ def order_apply_payment(*, order_id: str, payment: ProviderPayment, now: datetim
         if order.provider_payment_id is None and _orphan_returned(payment.id):
             log.warning("payment %s of order %r is being returned as one its order could not take", payment.id, order.id)
             return "ignored: payment is being returned"
+        _payment_details_record(order=order, payment=payment)
         taken = payment.status in ("succeeded", "waiting_for_capture")
         if taken and (payment.amount_kopecks, payment.currency) != (order.price_kopecks, provider.CURRENCY):
             log.error("payment %s for order %r is %d %s, the order costs %d", payment.id, order.id,
@@ -457,6 +478,24 @@ def order_apply_payment(*, order_id: str, payment: ProviderPayment, now: datetim
         return str(target)
 
 
+def _payment_details_record(*, order: Order, payment: ProviderPayment) -> None:
+    """The method the customer paid with and the receipt's registration, as the provider says now.
+    Not a status change: updated_at (reconciliation's clock) stays."""
+    details = {"payment_method": payment.method_type or order.payment_method,
+               "receipt_registration": payment.receipt_registration or order.receipt_registration}
+    if payment.status == "succeeded":  # a canceled payment's receipt is never registered: no loss
+        _receipt_registration_log(order=order, field="receipt_registration", status=details["receipt_registration"])
+    if any(getattr(order, name) != value for name, value in details.items()):
+        Order.objects.filter(pk=order.pk).update(**details)
+
+
+def _receipt_registration_log(*, order: Order, field: str, status: str) -> None:
+    if status == "canceled" and getattr(order, field) != "canceled":
+        what = "payment" if field == "receipt_registration" else "refund"
+        log.error("order %r: the provider could not register the %s's receipt: issue it by hand or ask the provider",
+                  order.id, what)
+
+
 def order_apply_refund(*, order_id: str, refund: ProviderRefund) -> str:
     """Record the provider's view of the order's refund; refund_pending -> refunded | refund_failed."""
     with transaction.atomic():
@@ -464,6 +503,10 @@ def order_apply_refund(*, order_id: str, refund: ProviderRefund) -> str:
         if refund.payment_id != order.provider_payment_id or order.refund_id not in (None, refund.id):
             log.warning("refund %s (payment %s) does not belong to order %r", refund.id, refund.payment_id, order.id)
             return "ignored: refund belongs to another payment"
+        if refund.receipt_registration and refund.receipt_registration != order.refund_receipt_registration:
+            _receipt_registration_log(order=order, field="refund_receipt_registration",
+                                      status=refund.receipt_registration)
+            Order.objects.filter(pk=order.pk).update(refund_receipt_registration=refund.receipt_registration)
         if order.status != S.REFUND_PENDING:
             return f"unchanged: order is {order.status}, refund is {refund.status}"
         if (refund.amount_kopecks, refund.currency) != (order.price_kopecks, provider.CURRENCY):
@@ -569,10 +612,30 @@ async def aorder_mark_make_failed(*, order_id: str) -> Order:
     return await Order.objects.aget(pk=order_id)
 
 
-async def order_payment_start(*, order_id: str, return_url: str, now: datetime.datetime | None = None) -> str | None:
+def order_contact_remember(*, order_id: str, contact: str) -> str:
+    """The receipt's contact of an order not yet paid; the first one stays (the payment body sent
+    under the order's Idempotence-Key carries it). Returns the order's contact: empty if the order
+    is paid or gone meanwhile."""
+    Order.objects.filter(pk=order_id, status__in=PAYABLE_STATUSES, customer_contact="").update(customer_contact=contact)
+    return Order.objects.filter(pk=order_id).values_list("customer_contact", flat=True).first() or ""
+
+
+async def _order_contact(order: Order, typed: str | None) -> str:
+    """The order's contact for its receipt: the one remembered, or the one the customer typed now
+    (empty: the order moved on meanwhile)."""
+    if order.customer_contact:
+        return order.customer_contact
+    contact = contact_parse(typed, phone_allowed=order.merchant.receipt_by_phone)
+    return await sync_to_async(order_contact_remember)(order_id=order.id, contact=contact)
+
+
+async def order_payment_start(
+    *, order_id: str, return_url: str, contact: str | None = None, now: datetime.datetime | None = None
+) -> str | None:
     """The provider's confirmation URL for the order's payment; None when there is nothing to pay.
 
-    Provider failures raise and leave the order as it was (still payable).
+    An order with a receipt needs the customer's `contact` (ContactInvalid), as typed, once: it is
+    remembered for the order. Provider failures raise and leave the order as it was (still payable).
     """
     now = now or timezone.now()
     order = await selectors.order_get(order_id=order_id)
@@ -582,6 +645,11 @@ async def order_payment_start(*, order_id: str, return_url: str, now: datetime.d
     _ensure_can_order(order.merchant, order.device, now=now)
     # The machine may have gone silent since the scan: no money for a drink it would never see.
     _ensure_machine_seen(order.device, now=now)
+    receipt = None
+    if order.receipt is not None:
+        if not (remembered := await _order_contact(order, contact)):
+            return None
+        receipt = receipts.payment_receipt(template=order.receipt, contact=remembered)
     payment = await provider.payment_create(
         shop_id=order.merchant.shop_id,
         order_id=order.id,
@@ -589,6 +657,8 @@ async def order_payment_start(*, order_id: str, return_url: str, now: datetime.d
         description=f"{order.drink_name}, order {order.id}",
         return_url=return_url,
         capture=not order.two_stage,
+        receipt=receipt,
+        method_type=order.requested_method or None,
     )
     if payment.status != "pending":
         # Paid or canceled already (a notification went astray): record it, show the status.

@@ -10,11 +10,12 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.utils.translation import gettext as _
+from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_GET, require_POST
 
 from payments import provider, selectors, services
 from payments.errors import (
-    BadRequest, FormExpired, InvalidParameter, OrderNotFound, PageNotFound, PaymentsError, ServerError,
+    BadRequest, ContactInvalid, FormExpired, InvalidParameter, OrderNotFound, PageNotFound, PaymentsError, ServerError,
 )
 from payments.forms import scan_parse
 from payments.models import PAYABLE_STATUSES, Order, OrderStatus
@@ -92,7 +93,8 @@ STATUS_PAGE_PAYABLE = frozenset({S.CREATED})
 
 
 async def _order_page(request: HttpRequest, template: str, order: Order, *,
-                      payable_statuses: frozenset[str] = PAYABLE_STATUSES) -> HttpResponse:
+                      payable_statuses: frozenset[str] = PAYABLE_STATUSES, http_status: int = 200,
+                      **extra: object) -> HttpResponse:
     # As the status poll says it (selectors.OrderState.as_json), so that its answers agree with the page.
     expired = order.status == S.CREATED and timezone.now() >= order.expires_at
     context = {
@@ -106,8 +108,9 @@ async def _order_page(request: HttpRequest, template: str, order: Order, *,
         "next_steps": {name: [str(status) for status in statuses] for name, statuses in NEXT_STEPS.items()},
         "payable_statuses": sorted(str(status) for status in payable_statuses),
         "status_url": reverse("order-status", args=[order.pk]),
+        **extra,
     }
-    return render(request, template, context)
+    return render(request, template, context, status=http_status)
 
 
 @require_GET
@@ -127,14 +130,24 @@ async def scan(request: HttpRequest) -> HttpResponse:
     return await _order_page(request, "payments/order.html", order)
 
 
+@sensitive_post_parameters("contact")  # personal data: never in an error report
 @require_POST
 async def payment_start(request: HttpRequest, order_id: str) -> HttpResponse:
-    """POST /v1/orders/<id>/payment: create the provider payment, 303 to its confirmation page."""
+    """POST /v1/orders/<id>/payment: create the provider payment, 303 to its confirmation page.
+    With a receipt, the form carries the customer's `contact`; a bad one gets the order page again."""
     # Sent to the provider under the order's fixed Idempotence-Key: it must not depend on the
     # request (Host, X-Forwarded-Proto), or a second attempt would be "the same key, another body".
     status_page = settings.PUBLIC_BASE_URL + reverse("order-page", args=[order_id])
     try:
-        confirmation_url = await services.order_payment_start(order_id=order_id, return_url=status_page)
+        confirmation_url = await services.order_payment_start(
+            order_id=order_id, return_url=status_page, contact=request.POST.get("contact"))
+    except ContactInvalid as error:
+        try:
+            order = await selectors.order_get(order_id=order_id)
+        except PaymentsError as gone:
+            return _error_page(request, gone)
+        return await _order_page(request, "payments/order.html", order, http_status=error.status,
+                                 contact_error=error.message)
     except PaymentsError as error:
         return _error_page(request, error, order_id=order_id)
     # 303: the browser follows with a GET, and a reload does not post the form again.

@@ -23,6 +23,7 @@ LOCKS = {
     "bench.lock": ("install_requires", "test", "bench", "build.in"),
     "checkov.lock": ("checkov.in",),
     "kubectl.lock": ("kubectl.in",),
+    "uv.lock": ("uv.in",),
 }
 # The environments a lock is for: Python 3.11 on the machines and in the image.
 ENVIRONMENTS = [{"python_version": "3.11", "python_full_version": "3.11.7", "sys_platform": "linux",

@@ -158,6 +158,7 @@ status_provider_budget_seconds = 1.0
 reconcile_list_hours = 24
 make_window_seconds = 120
 make_timeout_seconds = 600
+contact_retention_days = 30
 [default.devices]
 offline_after_seconds = 120
 [default.security]
@@ -319,6 +320,7 @@ PAYMENT_NUMBERS = {
     "ORDER_MAKE_WINDOW_SECONDS": "(allowed: 5..3600)",
     "ORDER_MAKE_TIMEOUT_SECONDS": "(allowed: 60..86400)",
     "DEVICE_OFFLINE_AFTER_SECONDS": "(allowed: 10..86400)",
+    "ORDER_CONTACT_RETENTION_DAYS": "(allowed: 1..3650)",
 }
 # Valid alone, refused together: the vend window (default 120 s) must close while a hold is held.
 WINDOW_NOT_SHORTER = "is not shorter than ORDER_HOLD_MAX_MINUTES"
@@ -479,6 +481,7 @@ def test_payment_numbers_are_exact_or_refused_naming_the_variable(variable: str,
         "ORDER_MAKE_WINDOW_SECONDS": loaded.order_make_window_seconds,
         "ORDER_MAKE_TIMEOUT_SECONDS": loaded.order_make_timeout_seconds,
         "DEVICE_OFFLINE_AFTER_SECONDS": loaded.device_offline_after_seconds,
+        "ORDER_CONTACT_RETENTION_DAYS": loaded.order_contact_retention_days,
     }
     assert values[variable] == (float(raw) if "SECONDS" in variable or "TIMEOUT" in variable else int(raw))
 

@@ -1,4 +1,5 @@
-"""The official `yookassa` SDK judges the fake provider: every operation the server uses, through the SDK.
+"""The official `yookassa` SDK judges the fake provider: every operation the server uses, through the
+SDK, receipts (54-FZ) and SBP payments and refunds among them.
 
 The fake runs in a thread on a loopback port; the synchronous SDK (requests) calls it from the test
 thread. Each answer must parse into the SDK's models and serialise back to exactly what the fake
@@ -23,14 +24,14 @@ import httpx
 import pytest
 from yookassa import Configuration, Payment, Refund
 from yookassa.client import ApiClient
-from yookassa.domain.common import BaseObject
+from yookassa.domain.common import BaseObject, HttpVerb
 from yookassa.domain.errors.error import InvalidCredentialsError, InvalidRequestError, NotFoundError
 from yookassa.domain.exceptions import BadRequestError, UnauthorizedError
 from yookassa.domain.exceptions import NotFoundError as NotFoundException
 from yookassa.domain.notification import WebhookNotificationFactory
 from yookassa.domain.response import PaymentResponse, RefundResponse
 
-from devtools.fake_provider import COMMISSION, HOLD_SECONDS
+from devtools.fake_provider import COMMISSION, HOLD_SECONDS, RECEIPT_SECONDS, SBP_REFUND_SECONDS
 from tests.support.fake_provider import RunningFake, fake_provider_thread
 
 SHOP, SECRET = "conformance-shop", "conformance-secret"
@@ -94,6 +95,7 @@ def sent(running: RunningFake, webhook: Webhook, monkeypatch: pytest.MonkeyPatch
     """The SDK configured for the fake; yields every raw answer the SDK parsed, in order."""
     running.app.reset()
     running.app.hold_seconds = HOLD_SECONDS
+    running.app.receipt_seconds, running.app.sbp_refund_seconds = RECEIPT_SECONDS, SBP_REFUND_SECONDS
     webhook.received.clear()
     # The SDK's own setting for its base URL (Configuration.api_url, default https://api.yookassa.ru/v3).
     Configuration.configure(SHOP, SECRET, api_url=running.api_url, timeout=1000, max_attempts=1)
@@ -332,3 +334,119 @@ def test_every_notification_parses(sent: list[Any], webhook: Webhook) -> None:
         kinds.add(notification.event)
     assert kinds == {"payment.succeeded", "payment.waiting_for_capture", "payment.canceled", "refund.succeeded"}
 
+
+
+# Receipts (54-FZ) and SBP ---------------------------------------------------------------------
+
+LINE = {"description": "Капучино, средний", "quantity": "1.000", "amount": {"value": "120.00", "currency": "RUB"},
+        "vat_code": 11, "payment_subject": "commodity", "payment_mode": "full_payment", "measure": "piece"}
+RECEIPT = {"customer": {"email": "ivan@example.ru"}, "items": [LINE], "tax_system_code": 2}
+
+
+def receipt_for(value: str) -> dict[str, Any]:
+    return {**RECEIPT, "items": [{**LINE, "amount": {"value": value, "currency": "RUB"}}]}
+
+
+def raw_post(path: str, body: dict[str, Any]) -> Any:
+    """POST through the SDK's HTTP client without its request models' own checks: what the API
+    itself answers to a body the SDK would not send."""
+    return ApiClient().request(HttpVerb.POST, path, None, {"Idempotence-Key": str(uuid.uuid4())}, body)
+
+
+def test_a_receipt_is_registered_with_its_payment_and_refunds_follow_the_receipt_rules(
+    sent: list[Any], running: RunningFake, webhook: Webhook
+) -> None:
+    running.app.receipt_seconds = 0
+    created = create(receipt=RECEIPT)
+    same_as_sent(created, sent)
+    assert created.receipt_registration == "pending"
+    confirm(created)
+    paid = Payment.find_one(created.id)
+    same_as_sent(paid, sent)
+    assert (paid.status, paid.receipt_registration) == ("succeeded", "succeeded")
+
+    # A part needs the receipt of that part; the whole, none (the provider returns the payment's).
+    with pytest.raises(BadRequestError) as partial:
+        Refund.create({"payment_id": paid.id, "amount": {"value": "20.00", "currency": "RUB"}}, str(uuid.uuid4()))
+    assert partial.value.error.parameter == "receipt"
+    part = Refund.create({"payment_id": paid.id, "amount": {"value": "20.00", "currency": "RUB"},
+                          "receipt": receipt_for("20.00")}, str(uuid.uuid4()))
+    same_as_sent(part, sent)
+    assert (part.status, part.receipt_registration) == ("succeeded", "pending")
+    assert Refund.find_one(part.id).receipt_registration == "succeeded"
+    with pytest.raises(BadRequestError):
+        Refund.create({"payment_id": paid.id, "amount": {"value": "100.00", "currency": "RUB"}}, str(uuid.uuid4()))
+
+    whole = create(receipt=RECEIPT)
+    confirm(whole)
+    full = Refund.create({"payment_id": whole.id, "amount": {"value": "120.00", "currency": "RUB"}}, str(uuid.uuid4()))
+    same_as_sent(full, sent)
+    assert full.receipt_registration == "pending"
+
+
+def test_a_held_receipts_payment_is_captured_whole_without_a_receipt_or_in_part_with_one(sent: list[Any]) -> None:
+    whole, part = create(capture=False, receipt=RECEIPT), create(capture=False, receipt=RECEIPT)
+    confirm(whole)
+    confirm(part)
+    assert Payment.find_one(whole.id).receipt_registration == "pending"
+    captured = Payment.capture(whole.id, {"amount": {"value": "120.00", "currency": "RUB"}}, str(uuid.uuid4()))
+    same_as_sent(captured, sent)
+    with pytest.raises(BadRequestError) as without:
+        Payment.capture(part.id, {"amount": {"value": "100.00", "currency": "RUB"}}, str(uuid.uuid4()))
+    assert without.value.error.parameter == "receipt"
+    less = Payment.capture(part.id, {"amount": {"value": "100.00", "currency": "RUB"}, "receipt": receipt_for("100.00")},
+                           str(uuid.uuid4()))
+    assert (less.status, less.amount.value) == ("succeeded", money("100"))
+
+
+@pytest.mark.parametrize(("receipt", "parameter"), [
+    ({**RECEIPT, "customer": {}}, "receipt.customer"),
+    (receipt_for("119.99"), "receipt.items"),
+    ({**RECEIPT, "items": [{**LINE, "vat_code": 13}]}, "receipt.items[0].vat_code"),
+])
+def test_a_receipt_is_checked_as_the_api_does(sent: list[Any], receipt: dict[str, Any], parameter: str) -> None:
+    body = {"amount": {"value": "120.00", "currency": "RUB"}, "capture": True, "receipt": receipt,
+            "confirmation": {"type": "redirect", "return_url": RETURN_URL}}
+    with pytest.raises(BadRequestError) as refused:
+        raw_post("/payments", body)
+    assert isinstance(refused.value.error, InvalidRequestError) and refused.value.error.parameter == parameter
+    if not receipt["customer"]:  # the SDK's own models refuse it before sending
+        with pytest.raises(ValueError, match="email and phone values are empty"):
+            Payment.create(body, str(uuid.uuid4()))
+
+
+def test_sbp_pays_in_one_stage_and_refunds_through_sbp(sent: list[Any], running: RunningFake, webhook: Webhook) -> None:
+    running.app.sbp_refund_seconds = 0.2
+    with pytest.raises(BadRequestError) as held:
+        create(capture=False, payment_method_data={"type": "sbp"})
+    assert held.value.error.parameter == "capture"
+    created = create(payment_method_data={"type": "sbp"})
+    same_as_sent(created, sent)
+    assert (created.payment_method.type, created.status) == ("sbp", "pending")
+    confirm(created)
+    paid = Payment.find_one(created.id)
+    same_as_sent(paid, sent)
+    assert (paid.status, paid.payment_method.type, paid.payment_method.payer_bank_details.bic) == (
+        "succeeded", "sbp", "044525225")
+    assert paid.payment_method.sbp_operation_id
+
+    refund = Refund.create({"payment_id": paid.id, "amount": {"value": "120.00", "currency": "RUB"}}, str(uuid.uuid4()))
+    same_as_sent(refund, sent)
+    assert (refund.status, refund.refund_method.type) == ("pending", "sbp")
+    [paid_event, refunded] = webhook.wait_for(2)
+    assert (paid_event["event"], refunded["event"]) == ("payment.succeeded", "refund.succeeded")
+    notification = WebhookNotificationFactory().create(json.loads(json.dumps(refunded)))
+    assert isinstance(notification.object, RefundResponse) and dict(notification.object) == refunded["object"]
+    assert Refund.find_one(refund.id).status == "succeeded"
+
+
+def test_the_customer_chooses_sbp_on_the_page_of_a_payment_that_names_no_method(sent: list[Any]) -> None:
+    created = create()
+    page = httpx.get(created.confirmation.confirmation_url).text
+    assert 'value="sbp"' in page and 'value="bank_card"' in page
+    answer = httpx.post(created.confirmation.confirmation_url, data={"action": "succeed", "method": "sbp"})
+    assert answer.status_code == 303
+    paid = Payment.find_one(created.id)
+    same_as_sent(paid, sent)
+    assert paid.payment_method.type == "sbp"
+    assert {p.id for p in Payment.list({"payment_method": "sbp"}).items} == {created.id}

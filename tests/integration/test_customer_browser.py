@@ -2,8 +2,10 @@
 its chromedriver by Selenium (nothing is downloaded), against a real Gunicorn and the fake provider.
 
 QR link -> order page (Russian, roubles) -> Pay -> the provider's page -> Pay there -> the status
-page says paid; and a second drink cancelled on the provider's page shows the next step. On every
-page nothing is wider than the 390 x 844 screen and every button and link stays inside its card.
+page says paid; and a second drink cancelled on the provider's page shows the next step. With
+receipts, the order page asks for the customer's contact (a bad one is refused in Russian) and the
+customer pays with SBP. On every page nothing is wider than the 390 x 844 screen and every button,
+link and field stays inside its card.
 
 Skipped when chromium or chromedriver is missing, unless REQUIRE_BROWSER_TESTS=1 (CI, .ci/run); runs in
 the SQLite pass of `make test` only.
@@ -11,6 +13,7 @@ the SQLite pass of `make test` only.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -30,6 +33,8 @@ SECRETS = "demo-shop:demo-secret"
 # migrate and seed_demo in one process: one Django start less.
 SEED = ("import django; django.setup(); from django.core.management import call_command; "
         "call_command('migrate', interactive=False, verbosity=0); call_command('seed_demo')")
+# The demo merchant sending receipts (VAT 22 %), its customers choosing the method on the provider's page.
+WITH_RECEIPTS = "; from payments.models import Merchant; Merchant.objects.update(receipts_enabled=True, vat_code=11)"
 PHONE = {"width": 390, "height": 844, "deviceScaleFactor": 3, "mobile": True}
 
 # What the page must look like at PHONE's size: no sideways scrolling, and every visible button,
@@ -38,7 +43,7 @@ LAYOUT = """
 const problems = [];
 const root = document.documentElement;
 if (root.scrollWidth > window.innerWidth) problems.push(`page is ${root.scrollWidth} px wide`);
-for (const element of document.querySelectorAll("button, a, .button, p, h1, h2, form")) {
+for (const element of document.querySelectorAll("button, a, .button, p, h1, h2, form, input, label")) {
   const box = element.getBoundingClientRect();
   if (box.width === 0 && box.height === 0) continue;  // hidden
   const frame = element.closest(".card")?.getBoundingClientRect() ?? {left: 0, right: window.innerWidth};
@@ -99,55 +104,86 @@ def wait_for(browser: Any, script: str, *, timeout: float = 10.0) -> Any:
     return WebDriverWait(browser, timeout, poll_frequency=0.2).until(lambda driver: driver.execute_script(script))
 
 
-# Once per suite run: the database plays no part in what this test checks, and it is one of the slow ones.
-@pytest.mark.skipif(postgres.is_postgres(os.environ.get("DATABASE_URL", "")),
-                    reason="the browser walk runs in the SQLite pass only")
-def test_a_phone_pays_in_russian_and_every_page_fits(tmp_path: Path, phone: Any) -> None:
-    from selenium.webdriver.common.by import By
-
+@contextlib.contextmanager
+def demo_served(tmp_path: Path, seed: str = SEED) -> Iterator[tuple[Any, Any, list[str]]]:
+    """(the fake provider, the server, the lobby machine's espresso (99 roubles) and cappuccino links)."""
     env = base_environ(tmp_path)
     webhook = f"http://127.0.0.1:{env['GUNICORN_PORT']}/v1/payments/webhook"
     with postgres.server_database(tmp_path) as database_url:
         env = base_environ(tmp_path, DATABASE_URL=database_url, GUNICORN_PORT=env["GUNICORN_PORT"],
                            GUNICORN_WORKERS="1", PAYMENT_PROVIDER_SECRETS=SECRETS)
-        result = run([str(BIN / "python"), "-c", SEED], env={**env, "DJANGO_SETTINGS_MODULE": "coffee_payment.settings"})
+        result = run([str(BIN / "python"), "-c", seed], env={**env, "DJANGO_SETTINGS_MODULE": "coffee_payment.settings"})
         assert result.returncode == 0, result.stderr
-        # The lobby machine's espresso (99 roubles) and cappuccino.
         links = [urlsplit(line.split()[-1]) for line in result.stdout.splitlines() if "/v1/pay?" in line][:2]
         with fake_provider(tmp_path, "--credentials", SECRETS, "--webhook-url", webhook) as provider, gunicorn(
             tmp_path, env={**env, "PAYMENT_PROVIDER_URL": f"{provider.url}/v3"}
         ) as server:
-            espresso, cappuccino = (f"{server.url}{link.path}?{link.query}" for link in links)
+            yield provider, server, [f"{server.url}{link.path}?{link.query}" for link in links]
 
-            phone.get(espresso)
-            assert phone.execute_script("return document.documentElement.lang") == "ru"
-            text = phone.find_element(By.TAG_NAME, "body").text
-            assert "Espresso" in text and "Маленький" in text and "Оплатите до" in text, text
-            assert re.search(r"\b99,00\s₽", text), text
-            assert_fits_the_phone(phone, "order page")
-            phone.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
 
-            wait_for(phone, f"return location.href.startsWith({provider.url!r})")
-            assert_fits_the_phone(phone, "provider's page")
-            phone.find_element(By.CSS_SELECTOR, "button[value=succeed]").click()
+# Once per suite run: the database plays no part in what these tests check, and they are slow ones.
+SQLITE_PASS_ONLY = pytest.mark.skipif(postgres.is_postgres(os.environ.get("DATABASE_URL", "")),
+                                      reason="the browser walks run in the SQLite pass only")
 
-            wait_for(phone, "return location.pathname.startsWith('/v1/orders/')")
-            wait_for(phone, "return document.getElementById('status')?.dataset.status === 'paid'")
-            assert phone.find_element(By.ID, "status").text == "Оплачено"
-            assert not phone.find_element(By.ID, "pay").is_displayed()
-            assert_fits_the_phone(phone, "status page, paid")
 
-            phone.get(espresso)  # scanned again: the paid order, with a link to follow it
-            assert phone.find_element(By.CSS_SELECTOR, "a.button").text == "Следить за заказом"
-            assert_fits_the_phone(phone, "order page, paid")
+@SQLITE_PASS_ONLY
+def test_a_phone_pays_in_russian_and_every_page_fits(tmp_path: Path, phone: Any) -> None:
+    from selenium.webdriver.common.by import By
 
-            phone.get(cappuccino)
-            phone.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
-            wait_for(phone, f"return location.href.startsWith({provider.url!r})")
-            phone.find_element(By.CSS_SELECTOR, "button[value=cancel]").click()
-            wait_for(phone, "return document.getElementById('status')?.dataset.status === 'not_paid'")
-            steps = [step.text for step in phone.find_elements(By.CSS_SELECTOR, "#next-step p") if step.is_displayed()]
-            assert steps[0] == "Оплата не прошла: деньги не списаны." and "новый QR-код" in steps[1], steps
-            assert not phone.find_element(By.ID, "pay").is_displayed()
-            assert_fits_the_phone(phone, "status page, cancelled")
-            assert "Traceback" not in server.logs()
+    with demo_served(tmp_path) as (provider, server, (espresso, cappuccino)):
+        phone.get(espresso)
+        assert phone.execute_script("return document.documentElement.lang") == "ru"
+        text = phone.find_element(By.TAG_NAME, "body").text
+        assert "Espresso" in text and "Маленький" in text and "Оплатите до" in text, text
+        assert re.search(r"\b99,00\s₽", text), text
+        assert_fits_the_phone(phone, "order page")
+        phone.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+
+        wait_for(phone, f"return location.href.startsWith({provider.url!r})")
+        assert_fits_the_phone(phone, "provider's page")
+        phone.find_element(By.CSS_SELECTOR, "button[value=succeed]").click()
+
+        wait_for(phone, "return location.pathname.startsWith('/v1/orders/')")
+        wait_for(phone, "return document.getElementById('status')?.dataset.status === 'paid'")
+        assert phone.find_element(By.ID, "status").text == "Оплачено"
+        assert not phone.find_element(By.ID, "pay").is_displayed()
+        assert_fits_the_phone(phone, "status page, paid")
+
+        phone.get(espresso)  # scanned again: the paid order, with a link to follow it
+        assert phone.find_element(By.CSS_SELECTOR, "a.button").text == "Следить за заказом"
+        assert_fits_the_phone(phone, "order page, paid")
+
+        phone.get(cappuccino)
+        phone.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+        wait_for(phone, f"return location.href.startsWith({provider.url!r})")
+        phone.find_element(By.CSS_SELECTOR, "button[value=cancel]").click()
+        wait_for(phone, "return document.getElementById('status')?.dataset.status === 'not_paid'")
+        steps = [step.text for step in phone.find_elements(By.CSS_SELECTOR, "#next-step p") if step.is_displayed()]
+        assert steps[0] == "Оплата не прошла: деньги не списаны." and "новый QR-код" in steps[1], steps
+        assert not phone.find_element(By.ID, "pay").is_displayed()
+        assert_fits_the_phone(phone, "status page, cancelled")
+        assert "Traceback" not in server.logs()
+
+
+@SQLITE_PASS_ONLY
+def test_a_phone_gives_its_contact_for_the_receipt_and_pays_with_sbp(tmp_path: Path, phone: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    with demo_served(tmp_path, SEED + WITH_RECEIPTS) as (provider, server, (espresso, _)):
+        phone.get(espresso)
+        assert phone.find_element(By.CSS_SELECTOR, "label.contact").text == "Электронная почта или номер телефона для чека"
+        assert_fits_the_phone(phone, "order page with the receipt's contact")
+        phone.find_element(By.ID, "contact").send_keys("12345")
+        phone.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+        wait_for(phone, "return document.getElementById('contact-error') !== null")
+        assert phone.find_element(By.ID, "contact-error").text.startswith("Это не номер телефона")
+        assert "12345" not in phone.page_source
+        assert_fits_the_phone(phone, "order page, contact refused")
+
+        phone.find_element(By.ID, "contact").send_keys("ivan.petrov@example.ru")
+        phone.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+        wait_for(phone, f"return location.href.startsWith({provider.url!r})")
+        phone.find_element(By.CSS_SELECTOR, "form:has(input[value=sbp]) button[value=succeed]").click()
+        wait_for(phone, "return document.getElementById('status')?.dataset.status === 'paid'")
+        assert phone.find_element(By.ID, "status").text == "Оплачено"
+        assert "Traceback" not in server.logs() and "ivan.petrov" not in server.logs()

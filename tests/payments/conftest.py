@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from devtools.fake_provider import FakeProvider
+from devtools.fake_provider import RECEIPT_SECONDS, SBP_REFUND_SECONDS, FakeProvider
 from payments import provider, services
 from payments.forms import MenuEntry
 from payments.models import Device, DeviceStatus, Merchant, Order
@@ -30,6 +30,7 @@ async def fake(fake_server: RunningFake, settings: Any) -> AsyncIterator[FakePro
     app = fake_server.app
     app.reset()
     app.fail, app.latency, app.hang_seconds = "none", 0.0, 1.0
+    app.receipt_seconds, app.sbp_refund_seconds = RECEIPT_SECONDS, SBP_REFUND_SECONDS
     settings.PAYMENT_PROVIDER_URL = fake_server.api_url
     settings.PAYMENT_PROVIDER_SECRETS = {SHOP_ID: SECRET}
     settings.PAYMENT_PROVIDER_RETRIES = 1

@@ -45,7 +45,7 @@ PLACEHOLDER = re.compile(r"%\((\w+)\)([sdr])")
 NOT_FOR_CUSTOMERS = {
     "payments.json_input": None,  # the whole module
     "payments.machine_api": None,
-    "payments.forms": {"menu_parse", "_menu_item", "_menu_number"},
+    "payments.forms": {"menu_parse", "_menu_item", "_menu_number", "_menu_receipt_fields"},
     "payments.provider": {"notification_parse", "_provider_id"},
 }
 # Raised with the order's statuses for machines, staff and reconciliation; a customer's payment

@@ -215,6 +215,8 @@ async def test_wrong_methods_are_405_in_json(order: Order, token: str) -> None:
 # Menu -----------------------------------------------------------------------------------------
 
 ITEM = {"drink_number": 4, "size": 1, "drink_name": "Mocha", "price_kopecks": 17900, "available": True}
+# As stored: the receipt line's fields the upload left out are the merchant's (null).
+MERCHANTS_RECEIPT_LINE = {"vat_code": None, "payment_subject": None, "payment_mode": None}
 
 
 async def put_menu(token: str, body: Any) -> HttpResponse:
@@ -225,7 +227,8 @@ async def put_menu(token: str, body: Any) -> HttpResponse:
 async def test_the_machine_uploads_its_whole_menu_and_scans_follow_it(device: Device, token: str) -> None:
     response = await put_menu(token, {"items": [ITEM, {**ITEM, "size": 2, "price_kopecks": 19900}]})
     assert response.status_code == 200
-    assert response.json() == {"items": [ITEM, {**ITEM, "size": 2, "price_kopecks": 19900}]}
+    assert response.json() == {"items": [{**ITEM, **MERCHANTS_RECEIPT_LINE},
+                                         {**ITEM, **MERCHANTS_RECEIPT_LINE, "size": 2, "price_kopecks": 19900}]}
     assert (await machine(token).get("/v1/machine/menu")).json() == response.json()
     page = await AsyncClient().get("/v1/pay?deviceUuid=machine-1&orderId=o-mocha&drinkNo=4&size=2")
     assert page.status_code == 200 and "199.00" in page.content.decode()
@@ -258,6 +261,11 @@ async def test_one_machines_menu_upload_leaves_the_others_alone(device: Device, 
         ({"items": [{**ITEM, "drink_name": "Mocha\ud800"}]}, "items[0].drink_name is not 1-100 characters"),
         ({"items": [{**ITEM, "available": "yes"}]}, "items[0].available='yes' is not true or false"),
         ({"items": [ITEM, ITEM]}, "items[1] repeats drink 4 size 1 of items[0]"),
+        ({"items": [{**ITEM, "vat_code": 13}]}, "items[0].vat_code=13 is not one of 1..12 (or null: the merchant's)"),
+        ({"items": [{**ITEM, "vat_code": "11"}]}, "items[0].vat_code='11' is not one of 1..12"),
+        ({"items": [{**ITEM, "vat_code": True}]}, "items[0].vat_code=True is not one of 1..12"),
+        ({"items": [{**ITEM, "payment_subject": "coffee"}]}, "items[0].payment_subject='coffee' is not one of commodity,"),
+        ({"items": [{**ITEM, "payment_mode": 4}]}, "items[0].payment_mode=4 is not one of full_payment,"),
         ({"items": [ITEM] * 301}, "items has 301 entries (allowed: up to 300)"),
     ],
 )
@@ -366,3 +374,13 @@ def test_a_machine_poll_is_one_read_and_writes_only_a_stale_last_call(
     assert first.captured_queries[1]["sql"].startswith('UPDATE "payments_device" SET "last_seen_at"')
     with django_assert_num_queries(1):
         assert poll(f"/v1/machine/orders/{order.pk}").status_code == 200
+async def test_a_menu_carries_each_drinks_receipt_line_and_reads_back_as_it_uploads(device: Device, token: str) -> None:
+    """Optional, each one of the provider's values; what GET answers, PUT takes unchanged."""
+    taxed = {**ITEM, "vat_code": 11, "payment_subject": "service", "payment_mode": "full_payment"}
+    plain = {**ITEM, "size": 2, "vat_code": None}
+    stored = (await put_menu(token, {"items": [taxed, plain]})).json()
+    assert stored == {"items": [taxed, {**plain, **MERCHANTS_RECEIPT_LINE}]}
+    row = await MenuItem.objects.aget(device=device, drink_number=4, size=1)
+    assert (row.vat_code, row.payment_subject, row.payment_mode) == (11, "service", "full_payment")
+    again = await put_menu(token, (await machine(token).get("/v1/machine/menu")).json())
+    assert again.json() == stored
