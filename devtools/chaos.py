@@ -39,12 +39,12 @@ from typing import Any
 from coffee_payment.conf import load_settings
 from coffee_payment.conf_values import DATABASE_CONNECT_TIMEOUT, Settings, provider_wait_longest
 from devtools import postgres
-from devtools.chaos_actors import Fleet, OrderRecord, Timing
+from devtools.chaos_actors import Fleet, Timing
 from devtools.chaos_faults import API_KINDS, KINDS, Injector, Kill, ReconcileRun, Window, command_run, schedule_build
 from devtools.chaos_http import Client, Exchange
 from devtools.chaos_ledger import Ledger, ledger_check, provider_objects
 from devtools.chaos_world import shop_secrets
-from devtools.processes import BIN, base_environ, fake_provider, gunicorn, run
+from devtools.processes import BIN, Server, base_environ, fake_provider, gunicorn, run
 
 # What the server under chaos is given: money flows that end within seconds or a minute.
 SERVER_SETTINGS = {
@@ -223,9 +223,8 @@ def _tracebacks(logs: str) -> list[str]:
     return [line[:300] for line in logs.splitlines() if "Traceback" in line][:10]
 
 
-async def _exercise(options: Options, *, server: Any, database_url: str, env: Mapping[str, str],
-                    provider_url: str, world: dict[str, Any], settings: Settings,
-                    report: Report) -> dict[str, OrderRecord]:
+async def _exercise(options: Options, *, server: Server, database_url: str, env: Mapping[str, str],
+                    provider_url: str, world: dict[str, Any], settings: Settings, report: Report) -> None:
     """The faults and the fleet, then the settling and the ledger; fills `report`."""
     control_url = f"{provider_url}/control"
     # A machine shows an unpaid order for two vend windows; a late customer pays after that.
@@ -234,9 +233,9 @@ async def _exercise(options: Options, *, server: Any, database_url: str, env: Ma
     fleet_client = Client(timeout=settings.server.timeout + 5)
     start = time.monotonic()
     machines = world["machines"]
-    fleet = Fleet(url=server.url, machines=machines, drinks=[tuple(d) for d in world["drinks"]], client=fleet_client,
-                  timing=timing, seed=options.seed,
-                  deadline=start + options.seconds, budget=options.orders)
+    fleet = Fleet(url=server.url, machines=machines, drinks=[tuple(drink) for drink in world["drinks"]],
+                  client=fleet_client, timing=timing, seed=options.seed, deadline=start + options.seconds,
+                  budget=options.orders)
     schedule = schedule_build(random.Random(options.seed), seconds=options.seconds, machines=len(machines),
                               read_timeout=settings.provider.read_timeout,
                               silence=settings.device_offline_after_seconds + settings.device_seen_interval_seconds
@@ -273,7 +272,6 @@ async def _exercise(options: Options, *, server: Any, database_url: str, env: Ma
     refunds = await provider_objects(control, api_url=api_url, shops=shops, what="refunds")
     report.ledger = ledger_check(payments=payments, refunds=refunds, database=database, records=fleet.orders)
     report.violations += report.ledger.violations
-    return fleet.orders
 
 
 def chaos_run(options: Options, *, logs: Path) -> Report:
