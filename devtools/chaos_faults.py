@@ -118,6 +118,8 @@ class ReconcileRun:
     stdout: str
     stderr: str
     during_faults: bool
+    started: float = 0.0  # time.monotonic()
+    ended: float = 0.0
 
 
 def _socket_inodes(pid: int) -> set[str]:
@@ -173,17 +175,19 @@ def worker_kill(server: Server, *, target: int) -> Kill | None:
 async def command_run(args: list[str], *, env: Mapping[str, str], during_faults: bool,
                       timeout: float = RECONCILE_TIMEOUT) -> ReconcileRun:
     """`python <args>` in the repository with the server's environment, killed after `timeout`."""
+    started = time.monotonic()
     process = await asyncio.create_subprocess_exec(str(BIN / "python"), *args, cwd=REPO, env=dict(env),
                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    returncode: int | None
     try:
         out, err = await asyncio.wait_for(process.communicate(), timeout)
+        returncode = process.returncode
     except TimeoutError:
         process.kill()
         out, err = await process.communicate()
-        return ReconcileRun(" ".join(args), None, out.decode(errors="replace"), err.decode(errors="replace"),
-                            during_faults)
-    return ReconcileRun(" ".join(args), process.returncode, out.decode(errors="replace"),
-                        err.decode(errors="replace"), during_faults)
+        returncode = None
+    return ReconcileRun(" ".join(args), returncode, out.decode(errors="replace"), err.decode(errors="replace"),
+                        during_faults, started, time.monotonic())
 
 
 @dataclass

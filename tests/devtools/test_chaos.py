@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from devtools.chaos import exchanges_judge, main
+from devtools.chaos import exchanges_judge, main, runs_judge
 from devtools.chaos_actors import OrderRecord
-from devtools.chaos_faults import API_KINDS, EVERY, KINDS, NOTIFICATION_KINDS, Kill, Window, client_ports, schedule_build
+from devtools.chaos_faults import (API_KINDS, EVERY, KINDS, NOTIFICATION_KINDS, Kill, ReconcileRun, Window, client_ports,
+                                   schedule_build)
 from devtools.chaos_http import Exchange
 from devtools.chaos_ledger import ledger_check
 
@@ -136,3 +137,19 @@ def test_a_bad_command_line_is_refused(argv: list[str], capsys: pytest.CaptureFi
     with pytest.raises(SystemExit) as exited:
         main(argv)
     assert exited.value.code == 2 and "error: argument" in capsys.readouterr().err
+
+
+def test_a_reconciliation_run_may_fail_during_the_faults_and_die_only_of_a_restart_under_it() -> None:
+    def ran(returncode: int | None, stderr: str = "", *, during: bool = True, at: float = 10.0) -> ReconcileRun:
+        return ReconcileRun("manage.py reconcile_payments", returncode, "", stderr, during, at, at + 2)
+
+    died = "Traceback (most recent call last):\n  ...\ndjango.db.utils.OperationalError: the connection is closed"
+    cut, violations = runs_judge(
+        [ran(0), ran(1, "1 order(s) or payment lists could not be reconciled"), ran(1, died),
+         ran(1, died, at=30.0), ran(1, during=False), ran(None), ran(1, "Traceback ...\nKeyError: 'x'")],
+        restarts=[Window("postgres_restart", 11.0, 11.5)], tail=5.0)
+    assert cut == 1
+    assert [line.split(":")[0] for line in violations] == [
+        "`manage.py reconcile_payments` exited 1 (during the faults)", "`manage.py reconcile_payments` exited 1",
+        "`manage.py reconcile_payments` exited None (during the faults)",
+        "`manage.py reconcile_payments` exited 1 (during the faults)"]
