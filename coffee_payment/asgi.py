@@ -6,7 +6,7 @@ from django.conf import settings
 
 from coffee_payment.asgi_handler import get_lean_asgi_application
 from coffee_payment.body_limit import BodyLimitMiddleware
-from coffee_payment.metrics import GaugeSampler, RequestMetricsMiddleware
+from coffee_payment.metrics import GaugeSampler, MetricsPort, RequestMetricsMiddleware
 from coffee_payment.request_id import RequestIdMiddleware
 from coffee_payment.request_timeout import RequestTimeoutMiddleware
 
@@ -24,16 +24,20 @@ from payments import provider  # noqa: E402
 # the lifespan handler: the provider client is per worker event loop, closed when the worker stops.
 # Outside the timeout, the body limit (GUNICORN_MAX_BODY_BYTES): a body over it gets 413 before
 # it is read (coffee_payment/body_limit.py).
-# Outside those, the request metrics (coffee_payment/metrics.py), which count the 413s and 504s
+# Outside those, the metrics port's split: its requests get /metrics and never the application.
+# Outside that, the request metrics (coffee_payment/metrics.py), which count the 413s and 504s
 # too, and outermost the request's X-Request-ID (coffee_payment/request_id.py), so every log line
 # of the request carries it.
 gauge_sampler = GaugeSampler()
 application = Lifespan(
     RequestIdMiddleware(
         RequestMetricsMiddleware(
-            BodyLimitMiddleware(
-                RequestTimeoutMiddleware(django_application, timeout=settings.REQUEST_TIMEOUT),
-                limit=settings.REQUEST_BODY_LIMIT,
+            MetricsPort(
+                BodyLimitMiddleware(
+                    RequestTimeoutMiddleware(django_application, timeout=settings.REQUEST_TIMEOUT),
+                    limit=settings.REQUEST_BODY_LIMIT,
+                ),
+                port=settings.METRICS_PORT,
             ),
         ),
     ),

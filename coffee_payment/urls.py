@@ -1,11 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from coffee_payment.metrics import metrics_view
-
 urlpatterns = [
     path("", include("payments.urls")),
-    # Prometheus scrapes the pod directly (any Host, like the probes); a proxied request gets 404.
-    path("metrics", metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
 ]

@@ -304,6 +304,9 @@ class DrainingUvicornWorker(UvicornWorker):  # type: ignore[misc]
     Its HTTP protocol is uvicorn's httptools one with limits on the request header section
     (GUNICORN_MAX_HEADER_BYTES, GUNICORN_HEADER_TIMEOUT; coffee_payment/http_protocol.py), and its
     responses carry no `server` header: nothing tells a client which server and version to attack.
+    Gunicorn's `worker_connections` is uvicorn's `limit_concurrency` (503 beyond it); Gunicorn's
+    `forwarded_allow_ips`, which uvicorn-worker hands to uvicorn's proxy headers handling, is the
+    one rule for whose X-Forwarded-For and X-Forwarded-Proto count.
     """
 
     CONFIG_KWARGS = {**UvicornWorker.CONFIG_KWARGS, "server_header": False}
@@ -311,6 +314,10 @@ class DrainingUvicornWorker(UvicornWorker):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         limits = process_settings().server  # validated in the master by config/gunicorn.py
+        # Gunicorn's own async workers read worker_connections; uvicorn-worker does not.
+        self.config.limit_concurrency = self.cfg.worker_connections
+        # With no trusted proxy uvicorn's ProxyHeadersMiddleware would only look and change nothing.
+        self.config.proxy_headers = bool(self.cfg.forwarded_allow_ips)
         # uvicorn's Config takes a protocol class for `http`; its server builds each connection's
         # protocol with (config, server_state, app_state, _loop), so the limits are bound here.
         self.config.http = functools.partial(

@@ -140,6 +140,8 @@ keepalive = 5
 max_header_bytes = 32768
 header_timeout = 10
 max_body_bytes = 1048576
+metrics_port = 9464
+worker_connections = 1000
 [default.provider]
 url = "https://provider.example/v3"
 connect_timeout = 3.0
@@ -539,3 +541,37 @@ def test_the_metrics_directory_defaults_to_memory_and_must_be_absolute() -> None
         assert str(refused.value) == (
             f"GUNICORN_METRICS_DIR={value!r} is not an absolute directory path (allowed: /path/to/dir, not / itself)"
         )
+
+
+# Proxy trust and the metrics port ------------------------------------------------------------------
+
+
+def test_no_proxy_is_trusted_unless_addresses_and_networks_are_given() -> None:
+    assert load_settings(environ=TESTING).server.forwarded_allow_ips == ()
+    given = load_settings(environ={**TESTING, "GUNICORN_FORWARDED_ALLOW_IPS": " 10.244.0.0/16, 127.0.0.1,::1 ,"})
+    assert given.server.forwarded_allow_ips == ("10.244.0.0/16", "127.0.0.1", "::1")
+    assert dict((key, value) for key, value, _ in given.report())["gunicorn.forwarded_allow_ips"] == (
+        "10.244.0.0/16,127.0.0.1,::1")
+
+
+@pytest.mark.parametrize(("raw", "entry", "reason"), [
+    ("10.244.0.0/33", "10.244.0.0/33", "does not appear to be an IPv4 or IPv6 network"),
+    ("127.0.0.1,10.244.0.1/16", "10.244.0.1/16", "has host bits set"),
+    ("*", "*", "does not appear"),  # trusting every peer is what the setting exists to prevent
+    ("ingress.example.com", "ingress.example.com", "does not appear"),
+])
+def test_a_bad_trusted_proxy_entry_is_refused_naming_it(raw: str, entry: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(environ={**TESTING, "GUNICORN_FORWARDED_ALLOW_IPS": raw})
+    message = str(refused.value)
+    assert message.startswith(f"GUNICORN_FORWARDED_ALLOW_IPS={raw!r} entry {entry!r} is not an IP address or CIDR network")
+    assert reason in message and message.endswith("(allowed: comma-separated addresses and networks, "
+                                                  "e.g. 10.244.0.0/16,127.0.0.1)")
+
+
+def test_the_metrics_port_is_its_own_or_none() -> None:
+    assert load_settings(environ=TESTING).server.metrics_port == 9464
+    assert load_settings(environ={**TESTING, "GUNICORN_METRICS_PORT": "0"}).server.metrics_port == 0
+    with pytest.raises(ConfigError) as refused:
+        load_settings(environ={**TESTING, "GUNICORN_PORT": "9000", "GUNICORN_METRICS_PORT": "9000"})
+    assert str(refused.value) == "GUNICORN_METRICS_PORT='9000' is also GUNICORN_PORT (allowed: another port, or 0 for none)"
