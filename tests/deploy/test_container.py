@@ -205,12 +205,12 @@ print(json.dumps({name: m.version(name) for name in names}))
 
 
 def test_r4_image_installs_the_server_stack_and_exposes_the_port(image: str, production: Container) -> None:
-    """R4.1, R4.2, R4.5: Gunicorn, uvicorn with its standard extras and uvicorn-worker; EXPOSE 8000."""
+    """R4.1, R4.2, R4.5: Gunicorn, uvicorn with its standard extras and uvicorn-worker; EXPOSE 8000 (and the metrics port)."""
     versions = json.loads(podman("exec", production.name, "python3", "-c", IMAGE_PACKAGES).stdout)
     # uvloop, httptools and websockets are what uvicorn[standard] adds to plain uvicorn.
     assert {"gunicorn", "uvicorn", "uvicorn-worker", "uvloop", "httptools", "websockets"} <= set(versions)
     exposed = podman("image", "inspect", "--format", "{{json .Config.ExposedPorts}}", image).stdout
-    assert set(json.loads(exposed)) == {"8000/tcp"}
+    assert set(json.loads(exposed)) == {"8000/tcp", "9464/tcp"}
 
 
 # What of the development tools (devtools/: the fake provider, seed_demo, the test processes) the
