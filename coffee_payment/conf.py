@@ -58,6 +58,10 @@ OTHER_NUMBER_SETTINGS = (
     SecondsSetting("provider.connect_timeout", "PAYMENT_PROVIDER_CONNECT_TIMEOUT", 0.1, 30),
     SecondsSetting("provider.read_timeout", "PAYMENT_PROVIDER_READ_TIMEOUT", 0.1, 60),
     IntSetting("provider.retries", "PAYMENT_PROVIDER_RETRIES", 0, 5),
+    # Forged notifications: a payment read for a notification is not read again for the same
+    # claim within this many seconds; reads of ids no order holds, per minute and worker.
+    IntSetting("provider.reread_seconds", "PAYMENT_PROVIDER_REREAD_SECONDS", 1, 300),
+    IntSetting("provider.unknown_reads_per_minute", "PAYMENT_PROVIDER_UNKNOWN_READS_PER_MINUTE", 1, 10_000),
     IntSetting("orders.expiry_minutes", "ORDER_EXPIRY_MINUTES", 1, 1440),
     IntSetting("database_pool_max_size", "DATABASE_POOL_MAX_SIZE", 1, 100),
     IntSetting("orders.reconcile_after_minutes", "ORDER_RECONCILE_AFTER_MINUTES", 1, 1440),
@@ -77,6 +81,7 @@ VARIABLES: dict[str, str] = {
     "GUNICORN_HOST": "gunicorn.host", "GUNICORN_METRICS_DIR": "gunicorn.metrics_dir",
     "GUNICORN_FORWARDED_ALLOW_IPS": "gunicorn.forwarded_allow_ips",
     "PAYMENT_PROVIDER_URL": "provider.url", "PAYMENT_PROVIDER_SECRETS": "provider.secrets",
+    "PAYMENT_PROVIDER_NOTIFICATION_ADDRESSES": "provider.notification_addresses",
     "DJANGO_SECURE_SSL_REDIRECT": "security.ssl_redirect",
     "DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS": "security.hsts_include_subdomains",
     "DJANGO_SECURE_HSTS_PRELOAD": "security.hsts_preload",
@@ -124,6 +129,9 @@ def _validators(layer: str, *, required: str, lookup: Callable[[str], Any]) -> l
         check("provider.url", parse_base_url, is_base_url, "is not a base URL "
               "(allowed: http(s)://host[:port]/path, no user, query or fragment)", must_exist=True),
         check("provider.secrets", parse_provider_secrets, lambda v: not isinstance(v, Refusal), "{value}", default={}),
+        # Empty: notifications from any address (their bodies are never trusted anyway).
+        check("provider.notification_addresses", parse_networks, lambda v: not isinstance(v, Refusal), "{value}",
+              default=()),
         *(v for s in (*SERVER_INT_SETTINGS, *OTHER_NUMBER_SETTINGS) for v in s.validators(required=required)),
         # After both ports' own checks: one listener cannot serve both.
         Validator("gunicorn.metrics_port", condition=lambda v: v == 0 or v != parse_whole_number(lookup("gunicorn.port")),

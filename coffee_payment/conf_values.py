@@ -137,6 +137,10 @@ class ProviderSettings:
     connect_timeout: float
     read_timeout: float
     retries: int
+    # Notifications: the senders accepted (empty: any), and what forged ones may cost in reads.
+    notification_addresses: tuple[str, ...]
+    reread_seconds: int
+    unknown_reads_per_minute: int
 
 
 @dataclass(frozen=True)
@@ -195,7 +199,9 @@ def settings_from(values: Mapping[str, Any], **fields_without_key: Any) -> Setti
         log_level=values["log_level"], log_format=values["log_format"], time_zone=values["time_zone"],
         server=ServerSettings(**section("gunicorn") | {
             "forwarded_allow_ips": tuple(values["gunicorn.forwarded_allow_ips"])}),
-        provider=ProviderSettings(**section("provider") | {"secrets": dict(values["provider.secrets"])}),
+        provider=ProviderSettings(**section("provider") | {
+            "secrets": dict(values["provider.secrets"]),
+            "notification_addresses": tuple(values["provider.notification_addresses"])}),
         security=SecuritySettings(**section("security")), public_base_url=values["public_base_url"],
         database_allow_sqlite=values["database_allow_sqlite"], order_expiry_minutes=values["orders.expiry_minutes"],
         order_reconcile_after_minutes=values["orders.reconcile_after_minutes"],

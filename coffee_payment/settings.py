@@ -184,6 +184,11 @@ PAYMENT_PROVIDER_SECRETS = dict(conf.provider.secrets)
 PAYMENT_PROVIDER_CONNECT_TIMEOUT = conf.provider.connect_timeout
 PAYMENT_PROVIDER_READ_TIMEOUT = conf.provider.read_timeout
 PAYMENT_PROVIDER_RETRIES = conf.provider.retries
+# Notifications: the addresses they may come from (empty: any; REMOTE_ADDR, the one client address
+# of docs/architecture.md "Security"), and what forged ones may cost (payments/notification_limits.py).
+PAYMENT_PROVIDER_NOTIFICATION_ADDRESSES = conf.provider.notification_addresses
+PAYMENT_PROVIDER_REREAD_SECONDS = conf.provider.reread_seconds
+PAYMENT_PROVIDER_UNKNOWN_READS_PER_MINUTE = conf.provider.unknown_reads_per_minute
 ORDER_EXPIRY_MINUTES = conf.order_expiry_minutes
 ORDER_RECONCILE_AFTER_MINUTES = conf.order_reconcile_after_minutes
 ORDER_HOLD_MAX_MINUTES = conf.order_hold_max_minutes

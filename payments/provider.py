@@ -300,7 +300,7 @@ def _refund(response: Answer) -> ProviderRefund:
 
 def _rejected(response: Answer, what: str) -> ProviderRejected:
     # The provider's error object: {"type": "error", "code": ..., "description": ..., "parameter": ...}
-    log.error("provider refused %s: HTTP %d %s", what, response.status_code, response.text[:500])
+    log.error("provider refused %s: HTTP %d %s", what, response.status_code, response.text)
     return ProviderRejected(
         _("The payment service refused this payment. Please ask the staff for help."),
         provider_status=response.status_code,

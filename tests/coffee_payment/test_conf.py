@@ -147,6 +147,8 @@ url = "https://provider.example/v3"
 connect_timeout = 3.0
 read_timeout = 10.0
 retries = 2
+reread_seconds = 5
+unknown_reads_per_minute = 60
 [default.orders]
 expiry_minutes = 15
 reconcile_after_minutes = 10
@@ -304,6 +306,8 @@ PAYMENT_NUMBERS = {
     "ORDER_RECONCILE_AFTER_MINUTES": "(allowed: 1..1440)",
     "ORDER_HOLD_MAX_MINUTES": "(allowed: 1..8640)",
     "ORDER_RETENTION_DAYS": "(allowed: 1..3650)",
+    "PAYMENT_PROVIDER_REREAD_SECONDS": "(allowed: 1..300)",
+    "PAYMENT_PROVIDER_UNKNOWN_READS_PER_MINUTE": "(allowed: 1..10000)",
 }
 
 
@@ -395,6 +399,8 @@ def test_payment_numbers_are_exact_or_refused_naming_the_variable(variable: str,
         "ORDER_RECONCILE_AFTER_MINUTES": loaded.order_reconcile_after_minutes,
         "ORDER_HOLD_MAX_MINUTES": loaded.order_hold_max_minutes,
         "ORDER_RETENTION_DAYS": loaded.order_retention_days,
+        "PAYMENT_PROVIDER_REREAD_SECONDS": loaded.provider.reread_seconds,
+        "PAYMENT_PROVIDER_UNKNOWN_READS_PER_MINUTE": loaded.provider.unknown_reads_per_minute,
     }
     assert values[variable] == (float(raw) if "TIMEOUT" in variable else int(raw))
 
@@ -567,6 +573,14 @@ def test_a_bad_trusted_proxy_entry_is_refused_naming_it(raw: str, entry: str, re
     assert message.startswith(f"GUNICORN_FORWARDED_ALLOW_IPS={raw!r} entry {entry!r} is not an IP address or CIDR network")
     assert reason in message and message.endswith("(allowed: comma-separated addresses and networks, "
                                                   "e.g. 10.244.0.0/16,127.0.0.1)")
+
+
+def test_notification_senders_are_any_unless_listed() -> None:
+    assert load_settings(environ=TESTING).provider.notification_addresses == ()
+    listed = load_settings(environ={**TESTING, "PAYMENT_PROVIDER_NOTIFICATION_ADDRESSES": "185.71.76.0/27,2a02:5180::/32"})
+    assert listed.provider.notification_addresses == ("185.71.76.0/27", "2a02:5180::/32")
+    with pytest.raises(ConfigError, match=r"^PAYMENT_PROVIDER_NOTIFICATION_ADDRESSES='yookassa' entry 'yookassa' is not"):
+        load_settings(environ={**TESTING, "PAYMENT_PROVIDER_NOTIFICATION_ADDRESSES": "yookassa"})
 
 
 def test_the_metrics_port_is_its_own_or_none() -> None:

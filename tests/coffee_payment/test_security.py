@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 from pathlib import Path
-from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
@@ -14,6 +13,7 @@ from django.test import AsyncClient, override_settings
 
 from coffee_payment.asgi_types import ASGIApp
 from devtools.processes import BIN, base_environ, run
+from tests.support.asgi_client import ClientAt
 from tests.support.fuzz import call, fuzzed
 
 def test_check_deploy_is_clean_in_the_production_layer(tmp_path: Path) -> None:
@@ -36,17 +36,6 @@ def test_plain_http_is_redirected_except_the_probes(application: ASGIApp) -> Non
     status, headers, _ = asyncio.run(call(application, fuzzed("GET", "/v1/order-status/x")))
     assert status == 404
     assert headers["strict-transport-security"] == "max-age=31536000; includeSubDomains"
-
-
-class ClientAt(AsyncClient):
-    """Django's async test client, connecting from `address` (the ASGI scope's client)."""
-
-    def __init__(self, address: str) -> None:
-        super().__init__()
-        self.address = address
-
-    def _base_scope(self, **request: Any) -> dict[str, Any]:
-        return {**super()._base_scope(**request), "client": [self.address, 40000]}
 
 
 @pytest.mark.django_db(transaction=True)
