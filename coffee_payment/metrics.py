@@ -33,10 +33,12 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from coffee_payment.asgi_types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
+    "ACCEPT_ERRORS",
     "DRAIN_CANCELLED",
     "DRAINS",
     "GaugeSampler",
     "MetricsPort",
+    "OVERLOAD_REFUSALS",
     "REQUEST_TIMEOUTS",
     "RequestMetricsMiddleware",
     "RouteLabelled",
@@ -75,6 +77,17 @@ DRAINS = Counter(
     "coffee_worker_drains_total",
     "Worker drains, by reason: signal (a stop), max_requests (a recycle) or exit.",
     ["reason"],
+)
+OVERLOAD_REFUSALS = Counter(
+    "coffee_http_overload_refusals_total",
+    "Requests answered 503 because the worker had GUNICORN_WORKER_CONNECTIONS connections open or requests in "
+    "flight (uvicorn's limit_concurrency).",
+)
+ACCEPT_ERRORS = Counter(
+    "coffee_worker_accept_errors_total",
+    "Connections a worker could not accept, by error: EMFILE (out of file descriptors), ENFILE, ENOBUFS, ENOMEM. "
+    "Accepting then pauses for a second; the connections wait in the listen backlog.",
+    ["error"],
 )
 DRAIN_CANCELLED = Counter(
     "coffee_worker_drain_cancelled_requests_total",

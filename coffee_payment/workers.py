@@ -39,6 +39,7 @@ from uvicorn_worker import UvicornWorker  # type: ignore[import-untyped]
 from coffee_payment.asgi_types import ASGIApp, Message, Receive, Scope, Send
 from coffee_payment.conf import process_settings
 from coffee_payment.http_protocol import LimitedHttpToolsProtocol
+from coffee_payment.listeners import Listener, file_limit_raise
 from coffee_payment.metrics import DRAIN_CANCELLED, DRAINS
 
 __all__ = ["KILL_MARGIN", "DrainingServer", "DrainingUvicornWorker"]
@@ -83,6 +84,7 @@ class DrainingServer(Server):
         self.draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listen_sockets: list[socket.socket] = []
+        self._listeners: list[Listener] = []
         self._drain_started = 0.0
         self._drain_reason = ""
         # The drains counter's label: signal, max_requests (a recycle) or exit.
@@ -132,7 +134,22 @@ class DrainingServer(Server):
         # Wrap before the listeners exist, so no connection can get a protocol
         # built with the unwrapped app (protocols read config.loaded_app).
         self.config.loaded_app = self._close_when_draining(self.config.loaded_app)
-        await super().startup(sockets=sockets)
+        if sockets is None:  # uvicorn binding its own socket (not under Gunicorn)
+            await super().startup(sockets=sockets)
+            return
+        # Gunicorn's sockets are accepted by Listeners, not by uvloop's servers: running out of
+        # file descriptors is then logged and counted (coffee_payment/listeners.py). uvicorn's
+        # startup runs its lifespan and marks the server started, with no server of its own.
+        await super().startup(sockets=[])
+        if self.started and not self.should_exit:
+            config = self.config
+
+            def create_protocol() -> asyncio.Protocol:
+                return config.http_protocol_class(  # type: ignore[call-arg]
+                    config=config, server_state=self.server_state, app_state=self.lifespan.state,
+                )
+
+            self._listeners = [Listener(sock, protocol_factory=create_protocol, ssl=config.ssl) for sock in sockets]
 
     def _close_when_draining(self, app: ASGIApp) -> ASGIApp:
         """Add `Connection: close` to responses that start during the drain.
@@ -183,6 +200,8 @@ class DrainingServer(Server):
         # it and new connections queue for the siblings / the replacement.
         for server in getattr(self, "servers", []):
             server.close()
+        for listener in self._listeners:
+            listener.close()
         for sock in self._listen_sockets:
             sock.close()
         logger.info(
@@ -221,6 +240,9 @@ class DrainingServer(Server):
                     proto.timeout_keep_alive, proto.timeout_keep_alive_handler
                 )
 
+    def _accepting(self) -> int:
+        return sum(listener.pending for listener in self._listeners)
+
     async def _heartbeat(self) -> None:
         # main_loop's on_tick is what normally calls callback_notify; it has
         # returned, and without this the master "WORKER TIMEOUT"s a recycle
@@ -247,7 +269,8 @@ class DrainingServer(Server):
         state = self.server_state
         deadline = self._drain_started + self.drain_timeout
         next_report = time.monotonic() + 1.0
-        while (state.connections or state.tasks) and not self.force_exit:
+        # Connections accepted whose protocol is still to be made count as open ones.
+        while (state.connections or state.tasks or self._accepting()) and not self.force_exit:
             now = time.monotonic()
             if now >= deadline:
                 break
@@ -331,6 +354,11 @@ class DrainingUvicornWorker(UvicornWorker):  # type: ignore[misc]
         # the same bound stops a stuck request from holding a worker slot
         # forever. The floor only matters for a tiny --graceful-timeout.
         self.drain_timeout = max(graceful - KILL_MARGIN, graceful / 2)
+
+    def init_process(self) -> None:
+        # In the worker, after the fork: the descriptors its connections need (docs/operations.md).
+        file_limit_raise(connections=self.cfg.worker_connections)
+        super().init_process()
 
     async def _serve(self) -> None:
         self.config.app = self.wsgi
