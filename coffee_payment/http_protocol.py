@@ -167,7 +167,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse_too_large()
             return
         limit = self.limit_concurrency
-        overloaded = limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit)
+        overloaded = (limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit)
+                      and not (self.parser.should_upgrade() and self._should_upgrade()))  # uvicorn's own test
         if overloaded:
             # uvicorn's own check, just below, answers 503; counted and logged here instead of its
             # line per request.

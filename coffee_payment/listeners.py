@@ -116,6 +116,9 @@ class Listener:
         except OSError as error:  # the client left before its transport was made, or its TLS failed
             logger.debug("accepted connection lost before it was served: %s", error)
             conn.close()
+        except Exception:
+            logger.exception("accepted connection could not be served")
+            conn.close()
         finally:
             self.pending -= 1
 
