@@ -9,7 +9,8 @@ refusal (431, 408, or uvicorn's 400 for a request it cannot parse) waits for the
 before it on the connection: they are answered, in order, then it. Any answer that closes a
 connection with unread bytes lingers: it half-closes and discards what the client still sends for
 up to LINGER_SECONDS, so the kernel does not reset the answer away. A request uvicorn answers 503
-for its concurrency limit is counted, and logged once every OVERLOAD_LOG_SECONDS. Relies on
+for its concurrency limit is counted, and logged once every OVERLOAD_LOG_SECONDS; the liveness
+probe's path is never refused so. Relies on
 uvicorn's `HttpToolsProtocol` internals; the tests fail when an upgrade changes them.
 """
 
@@ -68,10 +69,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout=10)` as uvicorn's `Config(http=...)`.
     """
 
-    def __init__(self, *args: Any, max_header_bytes: int, header_timeout: float, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, max_header_bytes: int, header_timeout: float,
+                 unlimited_paths: frozenset[bytes] = frozenset(), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.max_header_bytes = max_header_bytes
         self.header_timeout = header_timeout
+        # Request targets answered whatever the concurrency limit (the liveness probe's).
+        self.unlimited_paths = unlimited_paths
         # True from the connection's start, or a request's first byte, until its headers are parsed.
         self._awaiting_headers = True
         # Counting one request's header section: its bytes before the read being parsed, the
@@ -169,7 +173,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         limit = self.limit_concurrency
         overloaded = (limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit)
                       and not (self.parser.should_upgrade() and self._should_upgrade()))  # uvicorn's own test
-        if overloaded:
+        if overloaded and self.url in self.unlimited_paths:
+            # Liveness says the event loop answers, not that it has room: no 503, no restart.
+            self.limit_concurrency = None
+        elif overloaded:
             # uvicorn's own check, just below, answers 503; counted and logged here instead of its
             # line per request.
             OVERLOAD_REFUSALS.inc()
@@ -180,7 +187,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             super().on_headers_complete()
         finally:
             if overloaded:
-                self.logger = logger
+                self.logger, self.limit_concurrency = logger, limit
         if self.cycle is not previous:  # not a websocket upgrade: a request cycle was made
             self.cycle.transport = self._cycle_transport  # type: ignore[assignment]
 

@@ -56,6 +56,8 @@ _MISSING = object()
 # Seconds between a worker's own drain deadline and the master's SIGKILL: time
 # for the cancelled requests' answers (_CANCEL_GRACE), closing and exiting.
 KILL_MARGIN = 2
+# The liveness probe's request target (deploy/kubernetes/base/deployment.yaml).
+LIVENESS_PATHS = frozenset({b"/health"})
 
 
 class DrainingServer(Server):
@@ -347,6 +349,9 @@ class DrainingUvicornWorker(UvicornWorker):  # type: ignore[misc]
             LimitedHttpToolsProtocol,
             max_header_bytes=limits.max_header_bytes,
             header_timeout=limits.header_timeout,
+            # An overloaded worker still answers liveness: the kubelet would restart it, dropping
+            # every connection, for being busy.
+            unlimited_paths=LIVENESS_PATHS,
         )
         graceful = float(self.cfg.graceful_timeout)
         # The master SIGKILLs `graceful_timeout` s after *its* signal; finish

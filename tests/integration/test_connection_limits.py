@@ -57,11 +57,13 @@ def test_requests_beyond_the_connection_limit_get_503_logged_once_and_counted(li
     # uvicorn counts the requester's own connection: LIMIT - 1 others leave no room.
     with idle_connections(limited.port, LIMIT - 1):
         time.sleep(0.2)  # every one accepted
-        answers = [get(limited.port, "/health") for _ in range(20)]
+        answers = [get(limited.port, "/v1/order-status/x") for _ in range(20)]
         assert [(a.status, a.body, a.headers["connection"]) for a in answers] == [
             (503, b"Service Unavailable", "close")] * 20
-    # Room again once they are gone.
-    assert get(limited.port, "/health").status == 200
+        # Liveness still answers: a busy worker is alive, and a restart would drop every connection.
+        assert get(limited.port, "/health").status == 200
+    # Room again once they are gone: the request reaches Django (which refuses rawhttp's Host "t").
+    assert get(limited.port, "/v1/order-status/x").status == 400
     elapsed = time.monotonic() - started
     # One line per OVERLOAD_LOG_SECONDS at most, saying how many.
     assert 1 <= log_count(limited, "answered 503: ") <= 1 + elapsed // OVERLOAD_LOG_SECONDS
