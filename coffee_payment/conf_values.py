@@ -281,6 +281,8 @@ def parse_networks(value: Any) -> Any:
         return value
     for entry in value:
         try:
+            if not isinstance(entry, str):  # a TOML number would pass for an address (5: 0.0.0.5)
+                raise ValueError(f"{entry!r} is not text")
             # strict: 10.244.0.1/16 (host bits set) is a mistake for 10.244.0.0/16, as Gunicorn says.
             ipaddress.ip_network(entry, strict=True)
         except (TypeError, ValueError) as error:

@@ -589,3 +589,12 @@ def test_the_metrics_port_is_its_own_or_none() -> None:
     with pytest.raises(ConfigError) as refused:
         load_settings(environ={**TESTING, "GUNICORN_PORT": "9000", "GUNICORN_METRICS_PORT": "9000"})
     assert str(refused.value) == "GUNICORN_METRICS_PORT='9000' is also GUNICORN_PORT (allowed: another port, or 0 for none)"
+
+
+def test_trusted_proxies_in_settings_toml_are_text_entries(tmp_path: Path) -> None:
+    toml = tmp_path / "settings.toml"
+    toml.write_text(LAYERED_TOML.replace("[default.gunicorn]\n", "[default.gunicorn]\nforwarded_allow_ips = [5]\n"))
+    with pytest.raises(ConfigError, match=r"entry '5' is not an IP address or CIDR network: 5 is not text"):
+        load_settings(environ=TESTING, settings_file=toml)
+    toml.write_text(LAYERED_TOML.replace("[default.gunicorn]\n", '[default.gunicorn]\nforwarded_allow_ips = ["10.244.0.0/16"]\n'))
+    assert load_settings(environ=TESTING, settings_file=toml).server.forwarded_allow_ips == ("10.244.0.0/16",)
