@@ -15,10 +15,12 @@ from django.views.decorators.http import require_GET, require_POST
 
 from payments import provider, selectors, services
 from payments.errors import (
-    BadRequest, ContactInvalid, FormExpired, InvalidParameter, OrderNotFound, PageNotFound, PaymentsError, ServerError,
+    BadRequest, ContactInvalid, FormExpired, InvalidParameter, NotificationDeferred, OrderNotFound, PageNotFound,
+    PaymentsError, ServerError,
 )
 from payments.forms import scan_parse
 from payments.models import PAYABLE_STATUSES, Order, OrderStatus
+from payments.notification_limits import notification_sender_allowed
 from payments.readiness import database_check, migrations_check
 
 S = OrderStatus
@@ -161,14 +163,19 @@ async def payment_start(request: HttpRequest, order_id: str) -> HttpResponse:
 async def payment_webhook(request: HttpRequest) -> JsonResponse:
     """POST /v1/payments/webhook: re-read the notified payment from the provider and apply it.
 
-    400 for a body that is not a notification; 503 when the provider cannot be asked right now,
-    so that it sends the notification again later.
+    400 for a body that is not a notification; 403 from a sender not in
+    PAYMENT_PROVIDER_NOTIFICATION_ADDRESSES; 429 (with Retry-After) or 503 when the provider cannot
+    be asked right now, so that it sends the notification again later.
     """
+    if not notification_sender_allowed(request.META.get("REMOTE_ADDR")):
+        return JsonResponse({"error": "notifications are not accepted from this address"}, status=403)
     try:
         notification = provider.notification_parse(request.body)
         outcome = await services.payment_notification_apply(notification=notification)
     except InvalidParameter as error:
         return JsonResponse({"error": error.message}, status=400)
+    except NotificationDeferred as deferred:
+        return JsonResponse({"error": deferred.message}, status=429, headers={"Retry-After": str(deferred.retry_after)})
     except PaymentsError as error:
         return JsonResponse({"error": error.message}, status=503)
     return JsonResponse({"status": outcome})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import itertools
 import json
@@ -35,6 +36,7 @@ from payments.errors import (
     IllegalTransition,
     MakeWindowClosed,
     MerchantInactive,
+    NotificationDeferred,
     OrderConflict,
     OrderExpired,
     OrderNotFound,
@@ -705,12 +707,18 @@ async def test_a_test_order_is_never_sent_to_pay_a_shop_that_takes_real_money(
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_notification_is_applied_from_the_provider_not_from_its_body(fake: FakeProvider, order: Order) -> None:
+async def test_notification_is_applied_from_the_provider_not_from_its_body(fake: FakeProvider, order: Order,
+                                                                          settings: Any) -> None:
+    settings.PAYMENT_PROVIDER_REREAD_SECONDS = 1
     await services.order_payment_start(order_id=order.pk, return_url="http://testserver/back")
     payment_id = next(iter(fake.payments))
     forged = Notification(event="payment.succeeded", payment_id=payment_id, order_id_hint=order.pk)
     assert await services.payment_notification_apply(notification=forged) == "unchanged: order is pending, payment is pending"
     fake.settle(payment_id, "succeeded")
+    # The same claim, read a moment ago and found untrue, is not read again yet: the provider re-sends.
+    with pytest.raises(NotificationDeferred):
+        await services.payment_notification_apply(notification=forged)
+    await asyncio.sleep(settings.PAYMENT_PROVIDER_REREAD_SECONDS)
     assert await services.payment_notification_apply(notification=forged) == "paid"
     assert fake.calls[f"GET /payments/{payment_id}"] == 2
 
