@@ -1,4 +1,4 @@
-"""HTTP in, a service or selector call, HTTP out. Every view is async (see payments.checks)."""
+"""HTTP in, a service or selector call, HTTP out. Every view is async (coffee_payment.E002)."""
 
 from __future__ import annotations
 
