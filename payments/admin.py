@@ -333,7 +333,7 @@ class OrderAdmin(MoneyRecordsAdmin):
         change_page = reverse("admin:payments_order_change", args=[quote(order.pk)])
         left = services.staff_refund_left(order=order)
         form = StaffRefundForm(request.POST if request.method == "POST" else None,
-                               initial={"key": uuid.uuid4(), "amount": Decimal(max(left, 0)) / 100})
+                               initial={"key": uuid.uuid4(), "amount": Decimal(max(left, 0)).scaleb(-2)})
         if request.method == "POST" and form.is_valid():
             try:
                 with _staff(request):

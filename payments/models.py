@@ -62,13 +62,15 @@ def money_records_refuse(rows: models.QuerySet[Any]) -> None:
     the delete. Call it inside that transaction."""
     column = {Order: "pk", Device: "device", Merchant: "merchant"}[rows.model]
     orders = Order.objects.using(rows.db).filter(**{f"{column}__in": rows.order_by().values("pk")})
-    kept = list(orders.filter(money_records()).values_list("pk", "device__device_uuid", "merchant__name")
-                [:NAMED_MAX + 1])
+    def kept_orders() -> list[tuple[str, str, str]]:
+        named = orders.filter(money_records()).order_by("pk")
+        return list(named.values_list("pk", "device__device_uuid", "merchant__name")[:NAMED_MAX + 1])
+
+    kept = kept_orders()
     if not kept and connections[rows.db].features.has_select_for_update:
         # Checked again once locked: an order may have been paid since the first look.
         list(orders.select_for_update(of=("self",)).values_list("pk", flat=True))
-        kept = list(orders.filter(money_records()).values_list("pk", "device__device_uuid", "merchant__name")
-                    [:NAMED_MAX + 1])
+        kept = kept_orders()
     if not kept:
         return
     order_names = _names([order for order, _device, _merchant in kept])
