@@ -118,6 +118,7 @@ def race(*contenders: Callable[[], Any]) -> list[bool]:
 # locks fail at once instead of waiting; SQLite serialises its writers anyway.
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="threads race on PostgreSQL only")
 @pytest.mark.parametrize("two_stage", [False, True])
+@pytest.mark.forged_status
 def test_a_late_start_and_the_windows_closing_race_and_exactly_one_wins(order: Order, settings: Any,
                                                                          two_stage: bool) -> None:
     """At the window's last moment, the machine's start (still in time) and the closing (already due)
