@@ -7,6 +7,8 @@ the request's language (the messages are translated where they are raised).
 
 from __future__ import annotations
 
+import math
+
 from django.db.models import ProtectedError
 from django.utils.translation import gettext_lazy as _
 
@@ -205,3 +207,16 @@ class ProviderRejected(PaymentsError):
     def credentials_refused(self) -> bool:
         """401/403: our shop credentials are wrong, an operator's problem, worth retrying later."""
         return self.provider_status in (401, 403)
+
+
+class NotificationDeferred(PaymentsError):
+    """A notification that cannot be read from the provider now (payments/notification_limits.py):
+    429, and the provider sends it again, to be read then."""
+
+    status = 429
+    title = _("Payments are not available right now")
+
+    def __init__(self, *, retry_after: float) -> None:
+        super().__init__("notification not read now: send it again later")
+        # Whole seconds for the Retry-After header, at least 1.
+        self.retry_after = max(1, math.ceil(retry_after))

@@ -42,13 +42,18 @@ def _counts() -> Counts:
 
 
 def _database_counts() -> Counts:
-    # SQLite: no transaction, whose BEGIN IMMEDIATE would take the write lock for a read.
-    if database.vendor != "postgresql":
-        return _counts()
-    with transaction.atomic():
-        with database.cursor() as cursor:
-            cursor.execute(f"SET LOCAL statement_timeout = {QUERY_TIMEOUT_MS}")
-        return _counts()
+    try:
+        # SQLite: no transaction, whose BEGIN IMMEDIATE would take the write lock for a read.
+        if database.vendor != "postgresql":
+            return _counts()
+        with transaction.atomic():
+            with database.cursor() as cursor:
+                cursor.execute(f"SET LOCAL statement_timeout = {QUERY_TIMEOUT_MS}")
+            return _counts()
+    finally:
+        # The scrape is no request (no request signals close its connection) and runs in a thread of
+        # its own: leave no connection behind in it, as the readiness checks do.
+        database.close()
 
 
 class _Families:
@@ -74,7 +79,8 @@ async def database_metrics() -> bytes:
     """The gauges counted in the database, in Prometheus text format; nothing (and a warning) when the
     database cannot answer, so that /metrics still reports everything else."""
     try:
-        counts = await sync_to_async(_database_counts)()
+        # Not thread_sensitive: a slow database must not hold the worker's one sync thread.
+        counts = await sync_to_async(_database_counts, thread_sensitive=False)()
     except (DatabaseError, InterfaceError) as error:
         log.warning("/metrics without the database's gauges: %s", str(error).strip()[:200] or type(error).__name__)
         return b""

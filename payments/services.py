@@ -74,6 +74,7 @@ from payments.models import (
 )
 from payments.forms import MenuEntry, contact_parse
 from payments.metrics import MAKE_WINDOWS_CLOSED, ORPHAN_PAYMENTS, PAYMENT_RECHECKS, PAYMENTS, REFUNDS
+from payments.notification_limits import NOTIFICATION_READS
 from payments.provider import Notification, ProviderPayment, ProviderRefund
 
 log = logging.getLogger(__name__)
@@ -741,8 +742,13 @@ async def payment_notification_apply(*, notification: Notification) -> str:
     if order is None:
         log.warning("notification %s for payment %s matches no order", notification.event, notification.payment_id)
         return "ignored: no order for this payment"
-    # No retries of our own: an unanswered notification is sent again by the provider.
-    payment = await provider.payment_get(shop_id=order.merchant.shop_id, payment_id=notification.payment_id, retries=0)
+    # No retries of our own: an unanswered notification is sent again by the provider. The read is
+    # bounded (payments/notification_limits.py): an id the order does not hold counts as unknown.
+    payment = await NOTIFICATION_READS.read(
+        key=f"payment:{notification.payment_id}", event=notification.event, statuses=provider.PAYMENT_STATUSES,
+        known=order.provider_payment_id == notification.payment_id,
+        read=lambda: provider.payment_get(shop_id=order.merchant.shop_id, payment_id=notification.payment_id, retries=0),
+    )
     if payment is None:
         log.warning("notification for payment %s that the provider does not know", notification.payment_id)
         return "ignored: the provider does not know this payment"
@@ -754,7 +760,11 @@ async def _refund_notification_apply(*, notification: Notification, refund_id: s
     if order is None:
         log.warning("notification %s for refund %s matches no order", notification.event, refund_id)
         return "ignored: no order for this payment"
-    refund = await provider.refund_get(shop_id=order.merchant.shop_id, refund_id=refund_id, retries=0)
+    refund = await NOTIFICATION_READS.read(
+        key=f"refund:{refund_id}", event=notification.event, statuses=provider.REFUND_STATUSES,
+        known=order.refund_id == refund_id,
+        read=lambda: provider.refund_get(shop_id=order.merchant.shop_id, refund_id=refund_id, retries=0),
+    )
     if refund is None:
         log.warning("notification for refund %s that the provider does not know", refund_id)
         return "ignored: the provider does not know this refund"
@@ -827,7 +837,7 @@ def _orphan_refusal(order: Order, payment: ProviderPayment, *, now: datetime.dat
         return f"order {order.id!r} has its own payment {order.provider_payment_id}"
     if order.status != S.CREATED:
         return f"order {order.id!r} is {order.status}"
-    if now >= order.expires_at:
+    if order.is_expired(now):
         return f"order {order.id!r} expired at {order.expires_at.isoformat(timespec='seconds')}"
     if (payment.amount_kopecks, payment.currency) != (order.price_kopecks, provider.CURRENCY):
         return f"order {order.id!r} costs {order.price_kopecks} kopecks"

@@ -1,4 +1,4 @@
-"""HTTP in, a service or selector call, HTTP out. Every view is async (see payments.checks)."""
+"""HTTP in, a service or selector call, HTTP out. Every view is async (coffee_payment.E002)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,12 @@ from django.views.decorators.http import require_GET, require_POST
 
 from payments import events, provider, selectors, services
 from payments.errors import (
-    BadRequest, ContactInvalid, FormExpired, InvalidParameter, OrderNotFound, PageNotFound, PaymentsError, ServerError,
+    BadRequest, ContactInvalid, FormExpired, InvalidParameter, NotificationDeferred, OrderNotFound, PageNotFound,
+    PaymentsError, ServerError,
 )
 from payments.forms import scan_parse
 from payments.models import PAYABLE_STATUSES, EventCause, Order, OrderStatus
+from payments.notification_limits import notification_sender_allowed
 from payments.readiness import database_check, migrations_check
 
 S = OrderStatus
@@ -95,8 +97,7 @@ STATUS_PAGE_PAYABLE = frozenset({S.CREATED})
 async def _order_page(request: HttpRequest, template: str, order: Order, *,
                       payable_statuses: frozenset[str] = PAYABLE_STATUSES, http_status: int = 200,
                       **extra: object) -> HttpResponse:
-    # As the status poll says it (selectors.OrderState.as_json), so that its answers agree with the page.
-    expired = order.status == S.CREATED and timezone.now() >= order.expires_at
+    expired = order.is_expired(timezone.now())
     context = {
         "order": order,
         "device": order.device,
@@ -163,9 +164,12 @@ async def payment_start(request: HttpRequest, order_id: str) -> HttpResponse:
 async def payment_webhook(request: HttpRequest) -> JsonResponse:
     """POST /v1/payments/webhook: re-read the notified payment from the provider and apply it.
 
-    400 for a body that is not a notification; 503 when the provider cannot be asked right now,
-    so that it sends the notification again later.
+    400 for a body that is not a notification; 403 from a sender not in
+    PAYMENT_PROVIDER_NOTIFICATION_ADDRESSES; 429 (with Retry-After) or 503 when the provider cannot
+    be asked right now, so that it sends the notification again later.
     """
+    if not notification_sender_allowed(request.META.get("REMOTE_ADDR")):
+        return JsonResponse({"error": "notifications are not accepted from this address"}, status=403)
     try:
         notification = provider.notification_parse(request.body)
         refund = f" refund {notification.refund_id}" if notification.refund_id else ""
@@ -173,6 +177,8 @@ async def payment_webhook(request: HttpRequest) -> JsonResponse:
             outcome = await services.payment_notification_apply(notification=notification)
     except InvalidParameter as error:
         return JsonResponse({"error": error.message}, status=400)
+    except NotificationDeferred as deferred:
+        return JsonResponse({"error": deferred.message}, status=429, headers={"Retry-After": str(deferred.retry_after)})
     except PaymentsError as error:
         return JsonResponse({"error": error.message}, status=503)
     return JsonResponse({"status": outcome})

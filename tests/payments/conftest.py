@@ -11,6 +11,7 @@ from devtools.fake_provider import RECEIPT_SECONDS, SBP_REFUND_SECONDS, FakeProv
 from payments import provider, services
 from payments.forms import MenuEntry
 from payments.models import Device, DeviceStatus, Merchant, Order
+from payments.notification_limits import NOTIFICATION_READS
 from payments.provider import Notification
 from tests.conftest import DATABASE_FIXTURES
 from tests.support.fake_provider import RunningFake, fake_provider_thread
@@ -50,6 +51,8 @@ async def fake(fake_server: RunningFake, settings: Any) -> AsyncIterator[FakePro
     settings.PAYMENT_PROVIDER_URL = fake_server.api_url
     settings.PAYMENT_PROVIDER_SECRETS = {SHOP_ID: SECRET}
     settings.PAYMENT_PROVIDER_RETRIES = 1
+    # Each test a fresh worker: no notification reads of an earlier one.
+    NOTIFICATION_READS.clear()
     yield app
     # The shared client belongs to this test's event loop, which ends with the test.
     await provider.aclose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import itertools
 import json
@@ -35,6 +36,7 @@ from payments.errors import (
     IllegalTransition,
     MakeWindowClosed,
     MerchantInactive,
+    NotificationDeferred,
     OrderConflict,
     OrderExpired,
     OrderNotFound,
@@ -669,6 +671,25 @@ def test_late_notification_does_not_undo_making_the_drink(order: Order) -> None:
 
 
 @pytest.mark.django_db(transaction=True)
+async def test_expiry_is_one_rule_a_payment_started_in_time_is_followed_to_its_end(fake: FakeProvider, order: Order
+                                                                                   ) -> None:
+    """Past the window, an order with no payment started is expired everywhere (Pay, the page, the
+    poll, the machine); one whose payment was started in time is not: the same payment goes on."""
+    late = order.expires_at + datetime.timedelta(seconds=1)
+    started = await services.order_payment_start(order_id=order.pk, return_url="http://testserver/back")
+    assert await services.order_payment_start(order_id=order.pk, return_url="http://testserver/back", now=late) == started
+    assert len(fake.payments) == 1
+    state = await selectors.order_get_status(order_id=order.pk)
+    assert state is not None and state.as_json(now=late)["expired"] is False
+    await Order.objects.filter(pk=order.pk).aupdate(status="created", provider_payment_id=None)
+    with pytest.raises(OrderExpired):
+        await services.order_payment_start(order_id=order.pk, return_url="http://testserver/back", now=late)
+    state = await selectors.order_get_status(order_id=order.pk)
+    assert state is not None and state.as_json(now=late)["expired"] is True
+    assert (await Order.objects.aget(pk=order.pk)).is_expired(late)
+
+
+@pytest.mark.django_db(transaction=True)
 async def test_payment_start_is_idempotent(fake: FakeProvider, order: Order) -> None:
     """Idempotent payment creation: a second start returns the same provider payment."""
     first = await services.order_payment_start(order_id=order.pk, return_url="http://testserver/back")
@@ -754,12 +775,18 @@ async def test_a_test_order_is_never_sent_to_pay_a_shop_that_takes_real_money(
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_notification_is_applied_from_the_provider_not_from_its_body(fake: FakeProvider, order: Order) -> None:
+async def test_notification_is_applied_from_the_provider_not_from_its_body(fake: FakeProvider, order: Order,
+                                                                          settings: Any) -> None:
+    settings.PAYMENT_PROVIDER_REREAD_SECONDS = 1
     await services.order_payment_start(order_id=order.pk, return_url="http://testserver/back")
     payment_id = next(iter(fake.payments))
     forged = Notification(event="payment.succeeded", payment_id=payment_id, order_id_hint=order.pk)
     assert await services.payment_notification_apply(notification=forged) == "unchanged: order is pending, payment is pending"
     fake.settle(payment_id, "succeeded")
+    # The same claim, read a moment ago and found untrue, is not read again yet: the provider re-sends.
+    with pytest.raises(NotificationDeferred):
+        await services.payment_notification_apply(notification=forged)
+    await asyncio.sleep(settings.PAYMENT_PROVIDER_REREAD_SECONDS)
     assert await services.payment_notification_apply(notification=forged) == "paid"
     assert fake.calls[f"GET /payments/{payment_id}"] == 2
 
