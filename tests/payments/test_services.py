@@ -671,6 +671,7 @@ def test_late_notification_does_not_undo_making_the_drink(order: Order) -> None:
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.forged_status  # the order is put back behind the services to test the rule
 async def test_expiry_is_one_rule_a_payment_started_in_time_is_followed_to_its_end(fake: FakeProvider, order: Order
                                                                                    ) -> None:
     """Past the window, an order with no payment started is expired everywhere (Pay, the page, the
