@@ -3,22 +3,33 @@
 from __future__ import annotations
 
 import datetime
-from collections.abc import Awaitable, Callable
-from typing import Any
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from decimal import Decimal
+from typing import Any, TypeVar
 
 from asgiref.sync import async_to_sync
 from django.contrib import admin, messages
-from django.db import models
+from django.contrib.admin.utils import quote, unquote
+from django.core.exceptions import PermissionDenied
+from django.db import models, transaction
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.translation import gettext as _, gettext_lazy, ngettext
 
-from payments import liveness, provider, services
-from payments.errors import IllegalTransition, PaymentsError
-from payments.models import Device, DeviceText, MenuItem, Merchant, Order, OrderStatus, OrphanPayment, sources_of
+from payments import events, liveness, provider, services
+from payments.errors import IllegalTransition, PaymentsError, ProviderUnavailable, RecordsPermanent, RefundNotAllowed
+from payments.forms import StaffRefundForm
+from payments.models import (
+    STAFF_REFUND_SOURCES, Device, DeviceText, EventCause, MenuItem, Merchant, Order, OrderEvent, OrderStatus,
+    OrphanPayment, StaffRefund, StaffRefundStatus, money_records_refuse, price_text, sources_of,
+)
 from payments.vend_window import make_overdue
+
+T = TypeVar("T")
 
 CONNECTIONS = {
     liveness.Connection.ONLINE: gettext_lazy("Online (in touch)"),
@@ -55,8 +66,51 @@ class MakeOverdueFilter(admin.SimpleListFilter):
         return queryset.filter(make_overdue(now=timezone.now())) if self.value() == "yes" else queryset
 
 
+class MoneyRecordsAdmin(admin.ModelAdmin):
+    """Merchants, machines and orders: a delete that would lose an order that had a payment shows why,
+    in words, instead of listing every protected order (models.money_records_refuse)."""
+
+    def get_deleted_objects(self, objs: Iterable[Any], request: HttpRequest) -> tuple[Any, ...]:
+        try:
+            with transaction.atomic():
+                money_records_refuse(self.model._default_manager.filter(pk__in=[obj.pk for obj in objs]))
+        except RecordsPermanent as refused:
+            return [], {}, set(), [refused.message]
+        return super().get_deleted_objects(objs, request)
+
+
+def _staff(request: HttpRequest) -> Any:
+    """What the staff user's actions change names them (the order's event log)."""
+    return events.caused_by(EventCause.STAFF, request.user.get_username(), user_id=request.user.pk)
+
+
+def _deactivate_action(service: Callable[[list[int]], int], done: Callable[[int], str]) -> Callable[..., None]:
+    """An admin action that deactivates the selected machines or merchants (never deleted once they
+    have money records) and says how many it changed."""
+
+    @admin.action(description=gettext_lazy("Deactivate: take no more orders, keep the records"))
+    def deactivate(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        changed = service(list(queryset.values_list("pk", flat=True)))
+        modeladmin.message_user(request, done(changed) % {"count": changed},
+                                messages.SUCCESS if changed else messages.WARNING)
+
+    return deactivate
+
+
+merchants_deactivate = _deactivate_action(
+    lambda ids: services.merchants_deactivate(merchant_ids=ids),
+    lambda changed: ngettext("%(count)d merchant deactivated: its machines take no more orders, its records stay.",
+                             "%(count)d merchants deactivated: their machines take no more orders, their records "
+                             "stay.", changed))
+devices_deactivate = _deactivate_action(
+    lambda ids: services.devices_deactivate(device_ids=ids),
+    lambda changed: ngettext("%(count)d machine deactivated: it takes no more orders, its records stay.",
+                             "%(count)d machines deactivated: they take no more orders, their records stay.",
+                             changed))
+
+
 @admin.register(Merchant)
-class MerchantAdmin(admin.ModelAdmin):
+class MerchantAdmin(MoneyRecordsAdmin):
     list_display = ("name", "shop_id", "contact_email", "active_until", "two_stage_payments", "payment_methods",
                     "receipts_enabled")
     search_fields = ("name", "shop_id", "contact_email")
@@ -67,6 +121,7 @@ class MerchantAdmin(admin.ModelAdmin):
         ("Receipts (54-FZ)", {"fields": ("receipts_enabled", "tax_system_code", "vat_code", "payment_subject",
                                          "payment_mode", "receipt_by_phone")}),
     ]
+    actions = [merchants_deactivate]
 
 
 class MenuItemInline(admin.TabularInline):
@@ -86,7 +141,7 @@ class DeviceTextInline(admin.TabularInline):
 
 
 @admin.register(Device)
-class DeviceAdmin(admin.ModelAdmin):
+class DeviceAdmin(MoneyRecordsAdmin):
     list_display = ("device_uuid", "merchant", "location", "status", "connection", "last_seen_at", "time_zone",
                     "credential_issued_at")
     list_filter = ("status", ConnectionFilter, "merchant")
@@ -95,7 +150,7 @@ class DeviceAdmin(admin.ModelAdmin):
     # A logo address typed without a scheme is https (Django 6's default; silences 5.x's warning).
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     inlines = [DeviceTextInline, MenuItemInline]
-    actions = ["issue_credential"]
+    actions = ["issue_credential", devices_deactivate]
 
     @admin.display(description=gettext_lazy("Connection"))
     def connection(self, device: Device) -> str:
@@ -120,14 +175,14 @@ class DeviceAdmin(admin.ModelAdmin):
         return response
 
 
-def _synchronous(service: Callable[..., Awaitable[Order]]) -> Callable[..., Order]:
+def _synchronous(service: Callable[..., Awaitable[T]]) -> Callable[..., T]:
     """An async service (one that calls the provider) for the admin's sync actions.
 
     On an event loop of its own, with a provider client of its own closed after the call: the
     action never depends on whether it runs under the ASGI server's loop, a test or a shell.
     """
 
-    async def call(**kwargs: Any) -> Order:
+    async def call(**kwargs: Any) -> T:
         try:
             return await service(**kwargs)
         finally:
@@ -152,7 +207,8 @@ def _transition_action(name: str, service: Callable[..., Order], description: st
         changed = failed = 0
         for order_id in queryset.values_list("pk", flat=True):
             try:
-                service(order_id=order_id)
+                with _staff(request):
+                    service(order_id=order_id)
                 changed += 1
             except IllegalTransition as refused:
                 modeladmin.message_user(request, _refusal(refused), messages.WARNING)
@@ -175,8 +231,58 @@ def _transition_action(name: str, service: Callable[..., Order], description: st
     return admin.action(description=description)(action)
 
 
+class OrderEventInline(admin.TabularInline):
+    """The order's event log, oldest first; read-only, like the log itself (models.OrderEvent)."""
+
+    model = OrderEvent
+    fields = readonly_fields = ("at", "operation", "status_change", "cause", "reference", "payment_id", "refund_id",
+                                "amount", "refunded", "detail")
+    extra = max_num = 0
+    can_delete = False
+    verbose_name_plural = gettext_lazy("Event log")
+
+    @admin.display(description=gettext_lazy("status"))
+    def status_change(self, event: OrderEvent) -> str:
+        labels = [str(OrderStatus(status).label) for status in (event.status_from, event.status_to) if status]
+        return " → ".join(labels) if event.status_from != event.status_to else labels[-1]
+
+    @admin.display(description=gettext_lazy("amount"))
+    def amount(self, event: OrderEvent) -> str:
+        return price_text(event.amount_kopecks) if event.amount_kopecks is not None else ""
+
+    @admin.display(description=gettext_lazy("refunded"))
+    def refunded(self, event: OrderEvent) -> str:
+        return price_text(event.refunded_kopecks) if event.refunded_kopecks else ""
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Whoever may see the order sees its history.
+        return request.user.has_perm("payments.view_order") or request.user.has_perm("payments.change_order")
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class StaffRefundInline(OrderEventInline):
+    """The order's refunds by staff and what the provider answered."""
+
+    model = StaffRefund  # type: ignore[assignment]
+    fields = readonly_fields = ("created_at", "amount", "reason", "username", "status", "refund_id",
+                                "receipt_registration")
+    verbose_name_plural = gettext_lazy("Refunds by staff")
+
+    @admin.display(description=gettext_lazy("amount"))
+    def amount(self, refund: StaffRefund) -> str:  # type: ignore[override]
+        return price_text(refund.amount_kopecks)
+
+
 @admin.register(Order)
-class OrderAdmin(admin.ModelAdmin):
+class OrderAdmin(MoneyRecordsAdmin):
     list_display = ("id", "device", "drink_name", "size", "price_rubles", "status", "two_stage", "test", "paid_at",
                     "created_at", "payment_method", "receipt_registration", "receipt_contact")
     list_filter = ("status", MakeOverdueFilter, "merchant", "test", "payment_method", "receipt_registration")
@@ -197,8 +303,76 @@ class OrderAdmin(admin.ModelAdmin):
                            target=OrderStatus.FAILED),
     ]
 
+    inlines = [StaffRefundInline, OrderEventInline]
+
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    def get_urls(self) -> list[URLPattern]:
+        refund = path("<path:object_id>/refund/", self.admin_site.admin_view(self.refund_view),
+                      name="payments_order_refund")
+        return [refund, *super().get_urls()]
+
+    def _may_refund(self, request: HttpRequest, order: Order) -> bool:
+        return self.has_view_or_change_permission(request, order) and request.user.has_perm("payments.refund_order")
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "",
+                    extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        order = self.get_object(request, unquote(object_id))
+        refundable = order is not None and order.status in STAFF_REFUND_SOURCES and self._may_refund(request, order)
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), "refundable": refundable})
+
+    def refund_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """A refund by staff, in full or in part (services.order_staff_refund), for staff with the
+        payments.refund_order permission."""
+        order = self.get_object(request, unquote(object_id))
+        if order is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        if not self._may_refund(request, order):
+            raise PermissionDenied
+        change_page = reverse("admin:payments_order_change", args=[quote(order.pk)])
+        left = services.staff_refund_left(order=order)
+        form = StaffRefundForm(request.POST if request.method == "POST" else None,
+                               initial={"key": uuid.uuid4(), "amount": Decimal(max(left, 0)).scaleb(-2)})
+        if request.method == "POST" and form.is_valid():
+            try:
+                with _staff(request):
+                    refund = _synchronous(services.order_staff_refund)(
+                        order_id=order.pk, key=form.cleaned_data["key"], amount_kopecks=form.amount_kopecks,
+                        reason=form.cleaned_data["reason"], user_id=request.user.pk,
+                        username=request.user.get_username())
+            except RefundNotAllowed as refused:
+                form.add_error(None, refused.message)
+            except ProviderUnavailable:
+                self.message_user(request, _("The payment service did not answer. The refund is recorded and is sent "
+                                             "again, under the same key, by the next reconciliation run."),
+                                  messages.WARNING)
+                return HttpResponseRedirect(change_page)
+            except PaymentsError as error:
+                self.message_user(request, _("Order %(order)s: %(reason)s") % {"order": order.pk,
+                                                                                 "reason": error.message},
+                                  messages.ERROR)
+                return HttpResponseRedirect(change_page)
+            else:
+                self._refund_message(request, refund)
+                return HttpResponseRedirect(change_page)
+        context = {
+            **self.admin_site.each_context(request), "opts": self.opts, "order": order, "form": form,
+            "title": _("Refund order %(order)s") % {"order": order.pk}, "change_page": change_page,
+            "left": price_text(max(left, 0)), "price": price_text(order.price_kopecks),
+        }
+        return TemplateResponse(request, "admin/payments/order/refund.html", context)
+
+    def _refund_message(self, request: HttpRequest, refund: StaffRefund) -> None:
+        amount = {"amount": price_text(refund.amount_kopecks), "order": refund.order_id}
+        if refund.status == StaffRefundStatus.SUCCEEDED:
+            self.message_user(request, _("%(amount)s of order %(order)s refunded.") % amount, messages.SUCCESS)
+        elif refund.status == StaffRefundStatus.PENDING:
+            self.message_user(request, _("The refund of %(amount)s of order %(order)s is with the payment service: "
+                                         "its answer is recorded when it comes.") % amount, messages.SUCCESS)
+        else:
+            self.message_user(request, _("The payment service did not refund %(amount)s of order %(order)s: %(status)s.")
+                              % {**amount, "status": refund.get_status_display()}, messages.ERROR)
 
     @admin.display(description="receipt to")
     def receipt_contact(self, order: Order) -> str:

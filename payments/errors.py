@@ -9,7 +9,18 @@ from __future__ import annotations
 
 import math
 
+from django.db.models import ProtectedError
 from django.utils.translation import gettext_lazy as _
+
+
+class RecordsPermanent(ProtectedError):
+    """A delete (or a change of the event log) that would lose a money record: an order that had a
+    payment, its machine or merchant, an event, a staff refund. `message` names them, in the active
+    language; `protected_objects` holds (some of) them, as Django's ProtectedError does."""
+
+    def __init__(self, message: str, records: list[object]) -> None:
+        super().__init__(str(message), records)
+        self.message = str(message)
 
 
 class PaymentsError(Exception):
@@ -134,6 +145,13 @@ class MakeWindowClosed(IllegalTransition):
         self.message = (f"order {order_id!r} was not started within ORDER_MAKE_WINDOW_SECONDS={window_seconds} "
                         f"of its payment and is {current}: its money is returned, do not make the drink")
         self.args = (self.message,)
+
+
+class RefundNotAllowed(PaymentsError):
+    """A staff refund the order does not allow: its status, more than is left, no receipt possible."""
+
+    status = 409
+    title = _("This refund cannot be made")
 
 
 class OrderExpired(PaymentsError):

@@ -34,7 +34,8 @@ Counts = tuple[dict[tuple[str, str], int], int]
 def _counts() -> Counts:
     """((device status, connection) -> machines, started orders overdue): two grouped counts."""
     now = timezone.now()
-    devices = Device.objects.annotate(connection=liveness.connection_case(now=now)).values("status", "connection")
+    # A deactivated machine is out of the fleet: never "offline", never an alert.
+    devices = Device.objects.exclude(status=DeviceStatus.DEACTIVATED).annotate(connection=liveness.connection_case(now=now)).values("status", "connection")
     machines = {(row["status"], row["connection"]): row["machines"]
                 for row in devices.annotate(machines=Count("pk")).order_by()}
     return machines, Order.objects.filter(make_overdue(now=now)).count()
@@ -64,7 +65,8 @@ class _Families:
             "coffee_machines", "Machines by staff's status and connection: online (called within "
             "DEVICE_OFFLINE_AFTER_SECONDS), offline (silent longer), none (no API token).",
             labels=["status", "connection"])
-        for status in DeviceStatus.values:  # every series, zeros included: an alert can compare them
+        # Every series, zeros included: an alert can compare them.
+        for status in (status for status in DeviceStatus.values if status != DeviceStatus.DEACTIVATED):
             for state in liveness.Connection:
                 gauge.add_metric([status, str(state)], self.machines.get((status, str(state)), 0))
         yield gauge

@@ -13,10 +13,26 @@ from payments.forms import MenuEntry
 from payments.models import Device, DeviceStatus, Merchant, Order
 from payments.notification_limits import NOTIFICATION_READS
 from payments.provider import Notification
+from tests.conftest import DATABASE_FIXTURES
 from tests.support.fake_provider import RunningFake, fake_provider_thread
+from tests.support.order_events import order_replay_mismatches
 
 SHOP_ID = "demo-shop"
 SECRET = "demo-secret"
+
+
+@pytest.fixture(autouse=True)
+def _orders_arrive_where_their_event_logs_say(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After every test here that used the database, each order's event log, replayed, arrives at
+    its status, provider payment and refunded amount: every write of every flow left its row. Tests
+    that set a status behind the services' back (to start from it) are marked `forged_status`."""
+    uses_database = request.node.get_closest_marker("django_db") or DATABASE_FIXTURES & set(request.fixturenames)
+    if not uses_database or request.node.get_closest_marker("forged_status"):
+        yield
+        return
+    request.getfixturevalue("_django_db_helper")  # set up before, so torn down after, this check
+    yield
+    assert order_replay_mismatches() == {}
 
 
 @pytest.fixture(scope="session")

@@ -49,6 +49,8 @@ def _not_expanding(app_label: str, name: str, loader: MigrationLoader) -> list[s
             new = operation.field.clone()
             new.set_attributes_from_name(operation.name)
             new.model = old.model
+            if new.is_relation and isinstance(new.remote_field.model, str):  # "payments.device"
+                new.remote_field.model = before.apps.get_model(new.remote_field.model)
             # Django's own test of whether the column changes (not for help text, choices, validators).
             if not connection.SchemaEditorClass(connection, collect_sql=True)._field_should_be_altered(old, new):
                 continue
