@@ -441,3 +441,14 @@ class OrphanPayment(models.Model):
 
     def __str__(self) -> str:
         return f"payment {self.provider_payment_id} of order {self.order_id} ({self.status})"
+
+
+class JobSuccess(models.Model):
+    """When a scheduled command last finished without an error (`reconcile_payments`): /metrics reports
+    it (payments/scrape_metrics.py), so an alert sees a job that stopped succeeding, or running."""
+
+    name = models.CharField(primary_key=True, max_length=64)
+    succeeded_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.name} succeeded at {self.succeeded_at}"

@@ -3,7 +3,9 @@
 What it does and why it is safe to run anywhere, any time, twice at once: payments.reconciliation;
 it also runs the vend window check that every server worker runs (payments.vend_window).
 It prints one line per outcome (`paid 3`, `released 1`, `purged 12`, `orphan refunded 1`) and exits 0
-when every due order was handled, 1 when some provider call failed (the next run retries them).
+when every due order was handled, 1 when some provider call failed (the next run retries them). A run
+that exits 0 records its time (JobSuccess): /metrics reports it for the alert on a reconciliation that
+stopped succeeding (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
 from payments import provider
-from payments.reconciliation import BATCH, orders_reconcile
+from payments.reconciliation import BATCH, orders_reconcile, reconciliation_success_record
 from payments.vend_window import make_windows_check
 
 # A run handles at most this many orders by default: bounded, so it ends within the CronJob's
@@ -48,6 +50,7 @@ class Command(BaseCommand):
         errors = sum(count for outcome, count in outcomes.items() if outcome.startswith("error"))
         if errors:
             raise CommandError(f"{errors} order(s) or payment lists could not be reconciled; the next run retries")
+        reconciliation_success_record()
 
     async def _run(self, *, limit: int, batch: int) -> Counter[str]:
         try:
