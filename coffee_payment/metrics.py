@@ -43,6 +43,7 @@ __all__ = [
     "REQUEST_TIMEOUTS",
     "RequestMetricsMiddleware",
     "RouteLabelled",
+    "WORKER_STARTS",
 ]
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,9 @@ ACCEPT_ERRORS = Counter(
     "Accepting then pauses for a second; the connections wait in the listen backlog.",
     ["error"],
 )
+# Every worker start: the pod's first ones, then each replacement (a crash, a timeout's kill, an
+# out-of-memory kill, a recycle), which no drain may count.
+WORKER_STARTS = Counter("coffee_worker_starts_total", "Worker processes started by the Gunicorn master.")
 DRAIN_CANCELLED = Counter(
     "coffee_worker_drain_cancelled_requests_total",
     "Requests cancelled because a worker's drain reached GUNICORN_GRACEFUL_TIMEOUT.",

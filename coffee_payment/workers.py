@@ -43,7 +43,7 @@ from coffee_payment.conf import process_settings
 from coffee_payment.conf_values import KILL_MARGIN
 from coffee_payment.http_protocol import LimitedHttpToolsProtocol
 from coffee_payment.listeners import Listener, file_limit_raise
-from coffee_payment.metrics import DRAIN_CANCELLED, DRAINS
+from coffee_payment.metrics import DRAIN_CANCELLED, DRAINS, WORKER_STARTS
 
 __all__ = ["KILL_MARGIN", "DrainingServer", "DrainingUvicornWorker", "master_signals_record"]
 
@@ -389,6 +389,7 @@ class DrainingUvicornWorker(UvicornWorker):  # type: ignore[misc]
     def init_process(self) -> None:
         # In the worker, after the fork: the descriptors its connections need (docs/operations.md).
         file_limit_raise(connections=self.cfg.worker_connections)
+        WORKER_STARTS.inc()
         super().init_process()
 
     async def _serve(self) -> None:

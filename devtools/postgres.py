@@ -124,6 +124,12 @@ def restart(url: str) -> None:
           "-t", str(START_TIMEOUT), "restart"], as_user=user, timeout=START_TIMEOUT + 10)
 
 
+def stop(url: str) -> None:
+    """`pg_ctl stop -m fast` a cluster this process started: the database is gone until the cluster's
+    end (which then finds nothing to stop)."""
+    _stop(*_running[url])
+
+
 def _stop(binaries: Path, data: Path, user: str | None) -> None:
     for mode in ("fast", "immediate"):
         try:

@@ -733,3 +733,12 @@ class StaffRefund(models.Model):
 
     def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
         raise RecordsPermanent(_staff_refunds_kept(), [self])
+class JobSuccess(models.Model):
+    """When a scheduled command last finished without an error (`reconcile_payments`): /metrics reports
+    it (payments/scrape_metrics.py), so an alert sees a job that stopped succeeding, or running."""
+
+    name = models.CharField(primary_key=True, max_length=64)
+    succeeded_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.name} succeeded at {self.succeeded_at}"

@@ -25,7 +25,8 @@ from django.utils import timezone
 from payments import orphans, provider, services
 from payments.errors import IllegalTransition, PaymentsError
 from payments.models import (
-    MONEY_PENDING_STATUSES, STAFF_REFUND_OPEN, UNPAID_STATUSES, Order, OrderStatus, StaffRefund, money_records,
+    MONEY_PENDING_STATUSES, STAFF_REFUND_OPEN, UNPAID_STATUSES, JobSuccess, Order, OrderStatus, StaffRefund,
+    money_records,
 )
 
 log = logging.getLogger(__name__)
@@ -183,3 +184,12 @@ async def orders_reconcile(*, now: datetime.datetime | None = None, limit: int =
     outcomes.update(await staff_refunds_reconcile(now=now))
     outcomes.update(await orphans.orphans_reconcile(now=now))
     return outcomes
+
+
+# The JobSuccess row of `manage.py reconcile_payments` (/metrics: coffee_reconciliation_last_success_timestamp_seconds).
+RECONCILIATION_JOB = "reconcile_payments"
+
+
+def reconciliation_success_record() -> None:
+    """Note that a reconciliation run has just finished without an error (one row, overwritten)."""
+    JobSuccess.objects.update_or_create(name=RECONCILIATION_JOB, defaults={"succeeded_at": timezone.now()})

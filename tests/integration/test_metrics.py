@@ -145,3 +145,24 @@ def test_the_request_id_is_echoed_and_in_the_requests_log_lines(two_workers: Ser
     # Lines written outside a request (start-up, the master) carry none.
     assert not any("request_id" in json.loads(line) for line in two_workers.stderr.read_text().splitlines()
                    if '"Booting worker' in line)
+
+
+def test_a_worker_killed_and_replaced_counts_one_start_and_no_drain(two_workers: Server) -> None:
+    """SIGKILL (what the out-of-memory killer and the master's timeout end with) leaves no drain to
+    count; the replacement's start is counted (CoffeeWorkersRestarting, deploy/prometheus)."""
+    workers = two_workers.wait_for_workers(2)
+    before = scrape(two_workers)
+    assert before["coffee_worker_starts_total"] >= 2
+    os.kill(min(workers), signal.SIGKILL)
+    deadline = time.monotonic() + 10  # the master forks the replacement at once
+    while (two_workers.worker_pids() - workers) == set() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    two_workers.wait_for_workers(2)
+    deadline = time.monotonic() + 10  # the replacement counts its start before it serves
+    while scrape(two_workers)["coffee_worker_starts_total"] == before["coffee_worker_starts_total"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    after = scrape(two_workers)
+    assert after["coffee_worker_starts_total"] == before["coffee_worker_starts_total"] + 1
+    drains = {name: value for name, value in after.items() if name.startswith("coffee_worker_drains_total")}
+    assert drains == {name: value for name, value in before.items() if name.startswith("coffee_worker_drains_total")}

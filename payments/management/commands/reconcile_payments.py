@@ -3,7 +3,9 @@
 What it does and why it is safe to run anywhere, any time, twice at once: payments.reconciliation;
 it also runs the vend window check that every server worker runs (payments.vend_window).
 It prints one line per outcome (`paid 3`, `released 1`, `purged 12`, `orphan refunded 1`) and exits 0
-when every due order was handled, 1 when some provider call failed (the next run retries them).
+when every due order was handled, 1 when some provider call failed (the next run retries them). A run
+that exits 0 records its time (JobSuccess): /metrics reports it for the alert on a reconciliation that
+stopped succeeding (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from django.db import connections
 
 from payments import events, provider
 from payments.models import EventCause
-from payments.reconciliation import BATCH, orders_reconcile
+from payments.reconciliation import BATCH, orders_reconcile, reconciliation_success_record
 from payments.vend_window import make_windows_check
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,7 @@ class Command(BaseCommand):
         errors = sum(count for outcome, count in outcomes.items() if outcome.startswith("error"))
         if errors:
             raise CommandError(f"{errors} order(s) or payment lists could not be reconciled; the next run retries")
+        reconciliation_success_record()
 
     async def _run(self, *, limit: int, batch: int) -> Counter[str]:
         # Every order event the run writes names it (the admin's event log); its log lines too.
