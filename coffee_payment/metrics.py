@@ -31,7 +31,7 @@ from django.http import HttpRequest
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from coffee_payment.asgi_types import ASGIApp, Message, Receive, Scope, Send
+from coffee_payment.asgi_types import ASGIApp, Message, Receive, Scope, Send, plain_answer
 
 __all__ = [
     "ACCEPT_ERRORS",
@@ -212,21 +212,16 @@ async def metrics_answer(scope: Scope, receive: Receive, send: Send, *, scrape_r
     worker answers for the pod, and every pod counts the same rows); 404 for another path, 405 for
     another method."""
     scope[ROUTE_KEY] = "metrics"
-    headers = [(b"content-type", b"text/plain; charset=utf-8")]
     if scope["path"] != METRICS_PATH:
-        status, body = 404, b"Not Found"
+        await plain_answer(send, 404, b"Not Found")
     elif scope["method"] not in ("GET", "HEAD"):
-        status, body = 405, b"Method Not Allowed"
-        headers.append((b"allow", b"GET, HEAD"))
+        await plain_answer(send, 405, b"Method Not Allowed", headers=[(b"allow", b"GET, HEAD")])
     else:
         # Reading every worker's files is file I/O: off the event loop.
-        status, body = 200, await asyncio.to_thread(generate_latest, _REGISTRY)
+        body = await asyncio.to_thread(generate_latest, _REGISTRY)
         for read in scrape_reads:
             body += await read()
-        headers = [(b"content-type", CONTENT_TYPE_LATEST.encode())]
-    headers.append((b"content-length", str(len(body)).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+        await plain_answer(send, 200, body, head=scope["method"] == "HEAD", content_type=CONTENT_TYPE_LATEST.encode())
 
 
 def _db_pool_sample() -> None:

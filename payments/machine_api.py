@@ -3,7 +3,7 @@
 A machine reads its orders (paid? for what?), reports what became of the drink, and uploads its
 menu. Token auth, not cookies, so no CSRF; another machine's order answers 404, as if it did not
 exist. Every authenticated call marks the machine seen (payments.liveness). Every view is async
-(payments.checks).
+(coffee_payment.E002).
 """
 
 from __future__ import annotations

@@ -245,6 +245,13 @@ REPORTED_STATUSES: dict[str, frozenset[str]] = {
 UNPAID_STATUSES = frozenset({S.CREATED, S.NOT_PAID})
 
 
+def order_expired(*, status: str, expires_at: datetime.datetime, now: datetime.datetime) -> bool:
+    """The one expiry rule: no payment was started within the order's window (ORDER_EXPIRY_MINUTES
+    from its first scan), so none can be now, and its pages and polls say "expired". A payment
+    started in time (pending) is followed to its end, as the provider decides it."""
+    return status == OrderStatus.CREATED and now >= expires_at
+
+
 def sources_of(status: str) -> frozenset[str]:
     """The statuses from which `status` may be reached."""
     return frozenset(source for source, targets in TRANSITIONS.items() if status in targets)
@@ -399,8 +406,7 @@ class Order(models.Model):
         return contact_mask(self.customer_contact)
 
     def is_expired(self, now: datetime.datetime) -> bool:
-        """Past its payment window while still unpaid: it can no longer be paid."""
-        return self.status in PAYABLE_STATUSES and now >= self.expires_at
+        return order_expired(status=self.status, expires_at=self.expires_at, now=now)
 
 
 class OrphanPaymentStatus(models.TextChoices):

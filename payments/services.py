@@ -782,7 +782,7 @@ def _orphan_refusal(order: Order, payment: ProviderPayment, *, now: datetime.dat
         return f"order {order.id!r} has its own payment {order.provider_payment_id}"
     if order.status != S.CREATED:
         return f"order {order.id!r} is {order.status}"
-    if now >= order.expires_at:
+    if order.is_expired(now):
         return f"order {order.id!r} expired at {order.expires_at.isoformat(timespec='seconds')}"
     if (payment.amount_kopecks, payment.currency) != (order.price_kopecks, provider.CURRENCY):
         return f"order {order.id!r} costs {order.price_kopecks} kopecks"

@@ -1,4 +1,4 @@
-"""HTTP in, a service or selector call, HTTP out. Every view is async (see payments.checks)."""
+"""HTTP in, a service or selector call, HTTP out. Every view is async (coffee_payment.E002)."""
 
 from __future__ import annotations
 
@@ -97,8 +97,7 @@ STATUS_PAGE_PAYABLE = frozenset({S.CREATED})
 async def _order_page(request: HttpRequest, template: str, order: Order, *,
                       payable_statuses: frozenset[str] = PAYABLE_STATUSES, http_status: int = 200,
                       **extra: object) -> HttpResponse:
-    # As the status poll says it (selectors.OrderState.as_json), so that its answers agree with the page.
-    expired = order.status == S.CREATED and timezone.now() >= order.expires_at
+    expired = order.is_expired(timezone.now())
     context = {
         "order": order,
         "device": order.device,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings as hypothesis_settings, strategies as st
+from hypothesis import example, given, settings as hypothesis_settings, strategies as st
 
 from coffee_payment.conf import (
     SERVER_INT_SETTINGS,
@@ -614,6 +614,7 @@ LEAKY_FORMS = [
 # Each example loads the settings (about 0.15 s): enough to vary every form a few times.
 @hypothesis_settings(max_examples=60, deadline=None)
 @given(form=st.sampled_from(LEAKY_FORMS), secret=SECRET_TEXT, at=st.booleans())
+@example(form=("DATABASE_URL", "mysql://coffee:{s}@db:3306/coffee"), secret="000000SE_URL", at=True)
 def test_no_configuration_error_shows_a_secret(form: tuple[str, str], secret: str, at: bool) -> None:
     """Whatever the typo, the message names the variable and never shows the secret (nor a part of
     it on either side of an "@" inside it)."""
@@ -629,7 +630,13 @@ def test_no_configuration_error_shows_a_secret(form: tuple[str, str], secret: st
         return  # accepted (a weak-looking key that passes W009, a URL that happens to be valid)
     assert message.startswith(variable), message
     for part in parts:
-        assert part not in message, message
+        if part in message:
+            # A short part may be a word of the message itself ("SE_URL" of DATABASE_URL): it is a
+            # leak only if the same typo with another secret of that length shows it less often.
+            other = template.format(s="@".join("~" * len(each) for each in parts))
+            with pytest.raises(ConfigError) as reference:
+                load_settings(environ={**PRODUCTION_OK, variable: other})
+            assert message.count(part) <= str(reference.value).count(part), message
 
 
 @pytest.mark.parametrize("key", [

@@ -624,6 +624,25 @@ def test_late_notification_does_not_undo_making_the_drink(order: Order) -> None:
 
 
 @pytest.mark.django_db(transaction=True)
+async def test_expiry_is_one_rule_a_payment_started_in_time_is_followed_to_its_end(fake: FakeProvider, order: Order
+                                                                                   ) -> None:
+    """Past the window, an order with no payment started is expired everywhere (Pay, the page, the
+    poll, the machine); one whose payment was started in time is not: the same payment goes on."""
+    late = order.expires_at + datetime.timedelta(seconds=1)
+    started = await services.order_payment_start(order_id=order.pk, return_url="http://testserver/back")
+    assert await services.order_payment_start(order_id=order.pk, return_url="http://testserver/back", now=late) == started
+    assert len(fake.payments) == 1
+    state = await selectors.order_get_status(order_id=order.pk)
+    assert state is not None and state.as_json(now=late)["expired"] is False
+    await Order.objects.filter(pk=order.pk).aupdate(status="created", provider_payment_id=None)
+    with pytest.raises(OrderExpired):
+        await services.order_payment_start(order_id=order.pk, return_url="http://testserver/back", now=late)
+    state = await selectors.order_get_status(order_id=order.pk)
+    assert state is not None and state.as_json(now=late)["expired"] is True
+    assert (await Order.objects.aget(pk=order.pk)).is_expired(late)
+
+
+@pytest.mark.django_db(transaction=True)
 async def test_payment_start_is_idempotent(fake: FakeProvider, order: Order) -> None:
     """Idempotent payment creation: a second start returns the same provider payment."""
     first = await services.order_payment_start(order_id=order.pk, return_url="http://testserver/back")
