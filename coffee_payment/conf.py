@@ -15,9 +15,8 @@ from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-from dynaconf import Dynaconf, ValidationError, Validator
+from dynaconf import Dynaconf, ValidationError, Validator, get_history
 from dynaconf.loaders.base import SourceMetadata
-from dynaconf.utils.inspect import get_history
 
 from coffee_payment.conf_values import (
     DATABASE_URL_FORMS, DATABASE_WAIT_TIMEOUT, DEFAULT_METRICS_DIR, DERIVED_WHEN_UNSET, DEVELOPMENT_BASE_URL,
