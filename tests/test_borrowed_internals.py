@@ -36,11 +36,13 @@ DOCUMENTED_MODULES = frozenset({
     "aiohttp", "asgiref.sync", "dj_database_url", "dynaconf", "httpx", "phonenumbers", "prometheus_client",
     "prometheus_client.core", "prometheus_client.multiprocess", "psycopg", "psycopg_pool", "uvicorn",
     "uvicorn_worker", "django", "django.apps", "django.conf", "django.contrib", "django.contrib.admin",
-    "django.contrib.admin.apps", "django.contrib.messages", "django.core", "django.core.cache", "django.core.checks", "django.core.exceptions", "django.core.management",
-    "django.core.management.base", "django.core.signals", "django.core.validators", "django.core.wsgi", "django.db",
-    "django.db.backends.postgresql", "django.db.migrations", "django.db.models", "django.db.models.deletion", "django.db.models.functions",
-    "django.dispatch", "django.forms", "django.http", "django.shortcuts", "django.template.response", "django.db.transaction",
-    "django.utils", "django.utils.deprecation", "django.utils.formats", "django.utils.timezone", "django.utils.module_loading", "django.utils.translation",
+    "django.contrib.admin.apps", "django.contrib.messages", "django.core", "django.core.cache",
+    "django.core.checks", "django.core.exceptions", "django.core.management", "django.core.management.base",
+    "django.core.signals", "django.core.validators", "django.core.wsgi", "django.db",
+    "django.db.backends.postgresql", "django.db.migrations", "django.db.models", "django.db.models.deletion",
+    "django.db.models.functions", "django.db.transaction", "django.dispatch", "django.forms", "django.http",
+    "django.shortcuts", "django.template.response", "django.utils", "django.utils.deprecation",
+    "django.utils.formats", "django.utils.module_loading", "django.utils.timezone", "django.utils.translation",
     "django.views.decorators.csrf", "django.views.decorators.debug", "django.views.decorators.http",
 })
 DOCUMENTED_NAMES = frozenset({

@@ -1,16 +1,9 @@
 """What the project's code borrows from other packages, read from its source with `ast`.
 
-Three kinds of use (`Use.kind`):
-
-- "private": a `_name` (not a dunder) of another package's: imported, read or set on an object that
-  is not our own (`signal._live_receivers`, `getattr(x, "_name")`), or inherited by a subclass
-  (`self._middleware_chain`, `super()._name`, an override of a parent's `_name`);
-- "inherited": any name a subclass of another package's class (other than a documented extension
-  base) reads, sets or overrides of its parent's: `self.transport` of uvicorn's protocol;
-- "import": every name imported from another package, or read off one of its modules.
-
-A name is "module:Qualname.attr" where its owner is known (the class of the MRO that defines it),
-".attr" where it is not (an attribute of an object of unknown type).
+A use (`Use.kind`) is "private": another package's `_name` (not a dunder), imported, read off an
+object not ours, or a parent's used by a subclass; "inherited": any parent's name a subclass of
+another package's class (not a documented extension base) uses or overrides; "import": a name
+imported from another package. Named "module:Qualname.attr" where the owner is known, else ".attr".
 """
 
 from __future__ import annotations
@@ -52,6 +45,14 @@ def is_foreign(module: str) -> bool:
     """Another package's module, not the standard library's."""
     top = module.split(".")[0]
     return top not in OWN_PACKAGES and top not in sys.stdlib_module_names
+
+
+def attribute_named(node: ast.AST) -> str | None:
+    """The attribute a `getattr(x, "name")` (hasattr, setattr, delattr) call names, if it is one."""
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ATTRIBUTE_FUNCTIONS
+            and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str)):
+        return node.args[1].value
+    return None
 
 
 def own_names(trees: Iterable[ast.AST]) -> frozenset[str]:
@@ -101,29 +102,24 @@ def qualified(cls: type, attr: str) -> str:
 class FileScan:
     """The uses of one module's source."""
 
-    def __init__(self, path: str, tree: ast.Module, *, own: frozenset[str], project: dict[str, tuple[str, ast.ClassDef]],
-                 extension_bases: tuple[type, ...]) -> None:
+    def __init__(self, path: str, tree: ast.Module, *, own: frozenset[str],
+                 project: dict[str, tuple[str, ast.ClassDef]], extension_bases: tuple[type, ...]) -> None:
         self.path, self.tree, self.own, self.project = path, tree, own, project
         self.extension_bases = extension_bases
         # Local name -> (foreign module, imported name or None for the module itself).
         self.imported: dict[str, tuple[str, str | None]] = {}
 
     def uses(self) -> Iterator[Use]:
-        yield from self._imports()
-        subclass_nodes: set[int] = set()
+        yield from self.imports()
         for node in ast.walk(self.tree):
             if isinstance(node, ast.ClassDef):
-                found = list(self._subclass_uses(node))
-                if found:
-                    subclass_nodes.update(id(n) for n in ast.walk(node))
-                    yield from found
-        for node in ast.walk(self.tree):
-            yield from self._expression_uses(node, in_subclass=id(node) in subclass_nodes)
+                yield from self.subclass_uses(node)
+            yield from self._expression_uses(node)
 
     def _use(self, node: ast.AST, kind: str, name: str, path: str | None = None, subclass: str = "") -> Use:
         return Use(path or self.path, getattr(node, "lineno", 0), kind, name, subclass)
 
-    def _imports(self) -> Iterator[Use]:
+    def imports(self) -> Iterator[Use]:
         for node in ast.walk(self.tree):
             if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and is_foreign(node.module):
                 for alias in node.names:
@@ -180,7 +176,7 @@ class FileScan:
                 foreign += more_foreign
         return ours, foreign
 
-    def _subclass_uses(self, node: ast.ClassDef) -> Iterator[Use]:
+    def subclass_uses(self, node: ast.ClassDef) -> Iterator[Use]:
         ours, foreign = self._class_chain(node, self.path)
         foreign = [cls for cls in foreign if is_foreign(cls.__module__)]
         if not foreign:
@@ -200,11 +196,9 @@ class FileScan:
                             yield self._use(item, "private" if is_private(target.id) else "inherited",
                                             qualified(owner, target.id), path, ours_name)
                     continue
-                elif (isinstance(item, ast.Call) and isinstance(item.func, ast.Name)
-                      and item.func.id in ATTRIBUTE_FUNCTIONS and len(item.args) >= 2
-                      and isinstance(item.args[0], ast.Name) and item.args[0].id == "self"
-                      and isinstance(item.args[1], ast.Constant) and isinstance(item.args[1].value, str)):
-                    attr = item.args[1].value
+                elif ((name := attribute_named(item)) is not None and isinstance(item.args[0], ast.Name)
+                      and item.args[0].id == "self"):
+                    attr = name
                 elif isinstance(item, ast.Attribute) and isinstance(item.value, ast.Name) and item.value.id == "self":
                     attr = item.attr
                 elif (isinstance(item, ast.Attribute) and isinstance(item.value, ast.Call)
@@ -220,13 +214,12 @@ class FileScan:
                 elif internal:
                     yield self._use(item, "inherited", qualified(owner, attr), path, ours_name)
 
-    def _expression_uses(self, node: ast.AST, *, in_subclass: bool) -> Iterator[Use]:
+    def _expression_uses(self, node: ast.AST) -> Iterator[Use]:
         attr, target = None, None
         if isinstance(node, ast.Attribute):
             attr, target = node.attr, node.value
-        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ATTRIBUTE_FUNCTIONS
-              and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str)):
-            attr, target = node.args[1].value, node.args[0]
+        elif (name := attribute_named(node)) is not None:
+            attr, target = name, node.args[0]  # type: ignore[attr-defined]
         if attr is None or target is None:
             return
         resolved = self._resolve(target)
@@ -246,7 +239,7 @@ class FileScan:
         on_self = isinstance(target, ast.Name) and target.id in {"self", "cls"}
         on_super = isinstance(target, ast.Call) and isinstance(target.func, ast.Name) and target.func.id == "super"
         if on_self or on_super:
-            return  # our own class's, or named with its owner by _subclass_uses
+            return  # our own class's, or named with its owner by subclass_uses
         if isinstance(resolved, type) and (owner := owner_of([resolved], attr)) is not None:
             yield self._use(node, "private", qualified(owner, attr))
         else:
@@ -273,9 +266,9 @@ def borrowed_uses(sources: dict[str, str], *, extension_bases: tuple[type, ...] 
     inherited = set()
     for path, tree in trees.items():
         scan = FileScan(path, tree, own=frozenset(), project=projects[path], extension_bases=extension_bases)
-        list(scan._imports())
+        list(scan.imports())
         inherited |= {use.name.rpartition(".")[2] for node in ast.walk(tree) if isinstance(node, ast.ClassDef)
-                      for use in scan._subclass_uses(node)}
+                      for use in scan.subclass_uses(node)}
     own = own_names(trees.values()) - inherited
     found = []
     for path, tree in trees.items():
