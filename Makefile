@@ -78,7 +78,7 @@ manage: install
 # PYTEST_ARGS go to both passes, e.g. `make test PYTEST_ARGS="-k webhook -x"`.
 test: install-test
 	@$(BIN)/python -m devtools.postgres --check
-	$(MAKE) --no-print-directory test-django-asgi test-sqlite test-postgres
+	$(MAKE) --no-print-directory test-django-asgi test-uvicorn test-sqlite test-postgres
 
 test-sqlite: install-test
 	@echo "== test suite on SQLite =="
@@ -91,6 +91,14 @@ test-sqlite: install-test
 test-django-asgi: install-test
 	$(BIN)/python -m tests.support.django_suite --handler django
 	$(BIN)/python -m tests.support.django_suite --handler project
+
+# uvicorn-worker's own tests/test_workers.py against the project's worker, and uvicorn's own
+# tests/protocols/test_http.py against its HTTP protocol, from the sdists of the installed versions
+# (tests/support/uvicorn_suites.py says what is substituted and which tests are left out, and why).
+.PHONY: test-uvicorn
+test-uvicorn: install-test
+	$(BIN)/python -m tests.support.uvicorn_suites protocol
+	$(BIN)/python -m tests.support.uvicorn_suites worker
 
 # The PostgreSQL pass reruns only the tests that use the database (--database-only: a django_db
 # marker, a database fixture or the `database` marker); tests/deploy never does (the container

@@ -15,17 +15,16 @@ from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-from django.core.checks.security.base import _check_secret_key as django_secret_key_is_strong
-from dynaconf import Dynaconf, ValidationError, Validator
+from dynaconf import Dynaconf, ValidationError, Validator, get_history
 from dynaconf.loaders.base import SourceMetadata
-from dynaconf.utils.inspect import get_history
 
 from coffee_payment.conf_values import (
     DATABASE_URL_FORMS, DATABASE_WAIT_TIMEOUT, DEFAULT_METRICS_DIR, DERIVED_WHEN_UNSET, DEVELOPMENT_BASE_URL,
     KILL_MARGIN, NOT_A_DIRECTORY, PROVIDER_WAIT_KEYS, SHOWN, SQLITE, WEAK_KEY, ConfigError, IntSetting, Refusal,
     SecondsSetting, Settings, database_engine, hosts_with_base_url, is_base_url, is_directory, is_text, parse_base_url,
     parse_boolean, parse_directory, parse_hosts, parse_networks, parse_provider_secrets, parse_text,
-    parse_whole_number, provider_wait_refusal, settings_from, shown_value, unknown_variable_warnings,
+    parse_whole_number, provider_wait_refusal, secret_key_is_strong, settings_from, shown_value,
+    unknown_variable_warnings,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -157,7 +156,7 @@ def _validators(layer: str, *, required: str, lookup: Callable[[str], Any]) -> l
                   messages={"condition": "is also GUNICORN_PORT (allowed: another port, or 0 for none)"}),
     ]
     if production:
-        checks[1:1] = [Validator("secret_key", condition=django_secret_key_is_strong, messages={"condition": WEAK_KEY})]
+        checks[1:1] = [Validator("secret_key", condition=secret_key_is_strong, messages={"condition": WEAK_KEY})]
         checks += [
             check("allowed_hosts", parse_hosts, bool, "is required in the production layer and lists no host"),
             check("debug", parse_boolean, lambda v: v is not True,

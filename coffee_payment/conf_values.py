@@ -59,6 +59,13 @@ _DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
 _SHOP_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
+
+def secret_key_is_strong(key: Any) -> bool:
+    """Django's security.W009 rule (`check --deploy`), whose own function is private."""
+    return (isinstance(key, str) and len(key) >= SECRET_KEY_MIN_LENGTH
+            and len(set(key)) >= SECRET_KEY_MIN_UNIQUE_CHARACTERS and not key.startswith(SECRET_KEY_INSECURE_PREFIX))
+
+
 WEAK_KEY = (f"is too weak (value not shown; allowed: at least {SECRET_KEY_MIN_LENGTH} characters, "
             f"{SECRET_KEY_MIN_UNIQUE_CHARACTERS} of them different, not starting with {SECRET_KEY_INSECURE_PREFIX!r}; "
             "e.g. python -c 'import secrets; print(secrets.token_urlsafe(50))')")

@@ -13,6 +13,7 @@ from coffee_payment.conf import (
     IntSetting,
     load_settings,
 )
+from coffee_payment.conf_values import secret_key_is_strong
 
 FIVE = {
     "GUNICORN_WORKERS": ("workers", 4),
@@ -650,6 +651,26 @@ def test_production_refuses_a_weak_secret_key_without_showing_it(key: str) -> No
     assert key not in str(refused.value)
     # Outside production a short key is the developer's business.
     assert load_settings(environ={**TESTING, "DJANGO_SECRET_KEY": key}).secret_key == key
+
+
+# Keys about Django's bounds: 50 characters, 5 different ones, its development prefix.
+SECRET_KEYS = st.one_of(
+    st.text(alphabet="abcdef", min_size=44, max_size=56),
+    st.text(max_size=60),
+    st.text(min_size=30, max_size=50).map(lambda tail: "django-insecure-" + tail),
+)
+
+
+@given(key=SECRET_KEYS)
+def test_the_production_secret_key_rule_is_djangos_w009(key: str) -> None:
+    """The loader's own check (Django's function for it is private) refuses what `check --deploy`
+    warns about (security.W009), and only that."""
+    from django.core.checks.security.base import check_secret_key
+    from django.test import override_settings
+
+    with override_settings(SECRET_KEY=key):
+        django_weak = bool(check_secret_key(None))
+    assert secret_key_is_strong(key) is not django_weak
 
 
 def test_every_bad_value_is_named_in_one_message() -> None:

@@ -3,9 +3,8 @@
     python -m tests.support.django_suite                   # coffee_payment.asgi_handler.LeanASGIHandler
     python -m tests.support.django_suite --handler django  # Django's ASGIHandler: proves the harness
 
-Runs `tests/asgi` and `tests/handlers` from the sdist of the installed Django version. The sdist
-(`pip download --no-binary :all: --no-deps django==<version>`) is cached in build/django-sdist and
-its tests/ extracted to build/django-tests/<version>. A child process swaps the handler in before
+Runs `tests/asgi` and `tests/handlers` from the sdist of the installed Django version
+(tests/support/sdists.py: downloaded once into build/). A child process swaps the handler in before
 Django's test modules import it (`django.core.handlers.asgi.ASGIHandler`, which they subclass, and
 `django.core.asgi.get_asgi_application`), with every test path a lean path
 (tests/support/django_suite_settings.py), and runs Django's runtests.py. Exit status: non-zero when
@@ -19,42 +18,22 @@ import os
 import runpy
 import subprocess
 import sys
-import tarfile
-import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-CACHE = REPO / "build"
+from tests.support.sdists import REPO, sdist_tree
+
 LABELS = ("asgi", "handlers")
 HANDLERS = {
     "project": "coffee_payment.asgi_handler.LeanASGIHandler",
     "django": "django.core.handlers.asgi.ASGIHandler",
 }
 SETTINGS = "tests.support.django_suite_settings"
-DOWNLOAD_TIMEOUT = 300
 
 
 def django_tests_dir(django_version: str) -> Path:
     """tests/ of Django's sdist for `django_version`, downloaded and extracted on first use."""
-    target = CACHE / "django-tests" / django_version
-    if (target / "runtests.py").is_file():
-        return target
-    sdist = CACHE / "django-sdist" / f"django-{django_version}.tar.gz"
-    if not sdist.is_file():
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-binary", ":all:", "--no-deps",
-             f"django=={django_version}", "--dest", str(sdist.parent)],
-            check=True, timeout=DOWNLOAD_TIMEOUT,
-        )
-    prefix = f"django-{django_version}/tests/"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Extracted beside the target and renamed into place: an interrupted run leaves no half tree.
-    with tempfile.TemporaryDirectory(dir=target.parent) as scratch, tarfile.open(sdist) as archive:
-        members = [member for member in archive.getmembers() if member.name.startswith(prefix)]
-        archive.extractall(scratch, members=members, filter="data")
-        (Path(scratch) / prefix).rename(target)
-    return target
+    return sdist_tree("django", django_version, ("tests/",)) / "tests"
 
 
 def run_child(handler_path: str, tests_dir: Path, runtests_args: list[str]) -> int:
