@@ -14,7 +14,7 @@ from django.contrib.admin.utils import quote, unquote
 from django.core.exceptions import PermissionDenied
 from django.db import models, transaction
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
@@ -326,8 +326,8 @@ class OrderAdmin(MoneyRecordsAdmin):
         """A refund by staff, in full or in part (services.order_staff_refund), for staff with the
         payments.refund_order permission."""
         order = self.get_object(request, unquote(object_id))
-        if order is None:
-            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        if order is None:  # none such, or another merchant's
+            raise Http404(_("No order %(order)s.") % {"order": unquote(object_id)})
         if not self._may_refund(request, order):
             raise PermissionDenied
         change_page = reverse("admin:payments_order_change", args=[quote(order.pk)])

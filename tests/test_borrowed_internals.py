@@ -27,10 +27,10 @@ ARCHITECTURE = REPO / "docs" / "architecture.md"
 # Django's documented extension points: what a subclass of these sets or overrides is their API.
 EXTENSION_BASES = (AppConfig, BaseCommand, admin.AdminSite, admin.SimpleListFilter, admin.ModelAdmin,
                    InlineModelAdmin, models.Model, models.Choices, migrations.Migration, forms.Field, forms.Form,
-                   MiddlewareMixin)
-# Underscored names that are documented API: Django's Model _meta API and default manager,
-# namedtuple's _replace.
-DOCUMENTED_PRIVATE = frozenset({"_meta", "_default_manager", "_replace"})
+                   MiddlewareMixin, models.QuerySet)
+# Underscored names that are documented API: Django's Model _meta API, default manager and
+# _state (Model.from_db's documentation), namedtuple's _replace.
+DOCUMENTED_PRIVATE = frozenset({"_meta", "_default_manager", "_state", "_replace"})
 # Modules whose every name is documented API, and documented names of other modules.
 DOCUMENTED_MODULES = frozenset({
     "aiohttp", "asgiref.sync", "dj_database_url", "dynaconf", "httpx", "phonenumbers", "prometheus_client",
@@ -40,7 +40,7 @@ DOCUMENTED_MODULES = frozenset({
     "django.core.checks", "django.core.exceptions", "django.core.management", "django.core.management.base",
     "django.core.signals", "django.core.validators", "django.core.wsgi", "django.db",
     "django.db.backends.postgresql", "django.db.migrations", "django.db.models", "django.db.models.deletion",
-    "django.db.models.functions", "django.db.transaction", "django.dispatch", "django.forms", "django.http",
+    "django.db.models.functions", "django.db.models.signals", "django.db.transaction", "django.dispatch", "django.forms", "django.http",
     "django.shortcuts", "django.template.response", "django.utils", "django.utils.deprecation",
     "django.utils.formats", "django.utils.module_loading", "django.utils.timezone", "django.utils.translation",
     "django.views.decorators.csrf", "django.views.decorators.debug", "django.views.decorators.http",
