@@ -26,12 +26,13 @@ def loader_view() -> tuple[set[str], dict[str, tuple[object, str | None]]]:
     """What the settings loader knows: every variable it reads, and for each GUNICORN_ variable its
     production default and allowed range (None where it is not a whole number). The only place the
     docs tests use the loader's API."""
-    from coffee_payment.conf import SERVER_INT_SETTINGS, VARIABLES, load_settings
+    from coffee_payment.conf import VARIABLES, load_settings
+    from coffee_payment.conf_declarations import DECLARED
 
     production = load_settings(environ={"DJANGO_ENV": "production", "DJANGO_SECRET_KEY": "k" * 40 + "0123456789",
                                         "DJANGO_ALLOWED_HOSTS": "h", "DATABASE_URL": "sqlite://",
                                         "DATABASE_ALLOW_SQLITE": "true", "DJANGO_PUBLIC_BASE_URL": "https://h"})
-    allowed = {setting.variable: setting.allowed for setting in SERVER_INT_SETTINGS}
+    allowed = {setting.variable: setting.kind.allowed for setting in DECLARED}
     gunicorn = {
         variable: (getattr(production.server, key.removeprefix("gunicorn.")), allowed.get(variable))
         for variable, key in VARIABLES.items()

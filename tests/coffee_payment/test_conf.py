@@ -7,12 +7,8 @@ from pathlib import Path
 import pytest
 from hypothesis import example, given, settings as hypothesis_settings, strategies as st
 
-from coffee_payment.conf import (
-    SERVER_INT_SETTINGS,
-    ConfigError,
-    IntSetting,
-    load_settings,
-)
+from coffee_payment.conf import ConfigError, load_settings
+from coffee_payment.conf_declarations import DECLARED
 from coffee_payment.conf_values import secret_key_is_strong
 
 FIVE = {
@@ -22,7 +18,7 @@ FIVE = {
     "GUNICORN_MAX_REQUESTS": ("max_requests", 0),
     "GUNICORN_MAX_REQUESTS_JITTER": ("max_requests_jitter", 0),
 }
-RULES: dict[str, IntSetting] = {s.variable: s for s in SERVER_INT_SETTINGS}
+RULES = {s.variable: s.kind for s in DECLARED if s.key.startswith("gunicorn.") and s.kind.allowed}
 TESTING = {"DJANGO_ENV": "testing"}
 # Provider waits that fit in the shortest GUNICORN_TIMEOUT (1 s, less the request's 0.5 s margin).
 QUICK_PROVIDER = {"PAYMENT_PROVIDER_CONNECT_TIMEOUT": "0.1", "PAYMENT_PROVIDER_READ_TIMEOUT": "0.1",
