@@ -90,6 +90,7 @@ class Kind:
     low: float | None = None
     high: float | None = None
     unit: str = ""
+    choices: tuple[str, ...] = ()
 
     @property
     def allowed(self) -> str | None:
@@ -119,7 +120,7 @@ def seconds(low: float, high: float) -> Kind:
 
 def one_of(*allowed: str, normal: Callable[[str], str]) -> Kind:
     return Kind(str, lambda v: normal(v.strip()) if isinstance(v, str) else v, lambda v: v in allowed,
-                f"is not one of {', '.join(allowed)}")
+                f"is not one of {', '.join(allowed)}", choices=allowed)
 
 
 def not_refused(value: Any) -> bool:

@@ -263,7 +263,7 @@ def test_report_masks_secrets_and_names_sources() -> None:
     rows = {key: (value, source) for key, value, source in load_settings(environ=PRODUCTION_OK).report()}
     assert rows["secret_key"] == ("********", "env DJANGO_SECRET_KEY")
     assert rows["database_url"] == ("postgres://coffee:********@db:5432/coffee", "env DATABASE_URL")
-    assert rows["gunicorn.workers"] == ("4", "[default]")
+    assert rows["gunicorn.workers"] == ("4", "built-in")
     text = repr(rows)
     assert "s3cret-value" not in text and "hunter2" not in text
 
@@ -332,7 +332,7 @@ WINDOW_NOT_SHORTER = "is not shorter than ORDER_HOLD_MAX_MINUTES"
 @pytest.mark.parametrize(("raw", "message"), [
     ("0.2", "DATABASE_WAIT_TIMEOUT='0.2' is out of range (allowed: 0.5..60 seconds)"),
     ("3s", "DATABASE_WAIT_TIMEOUT='3s' is not a number of seconds (allowed: 0.5..60 seconds)"),
-    ("30", "DATABASE_WAIT_TIMEOUT='30' is not below settings.toml [default] gunicorn.timeout=30 (a request "
+    ("30", "DATABASE_WAIT_TIMEOUT='30' is not below GUNICORN_TIMEOUT=30 (built-in) (a request "
            "waiting for the database must get its 503 page first)"),
 ])
 def test_a_pool_wait_the_request_timeout_cannot_cover_is_refused(raw: str, message: str) -> None:
@@ -365,8 +365,8 @@ def test_a_hold_is_always_released_before_the_providers_seven_day_limit() -> Non
     ("environ", "message"),
     [
         ({"ORDER_MAKE_WINDOW_SECONDS": "3600"}, "ORDER_MAKE_WINDOW_SECONDS='3600' is not shorter than "
-         "settings.toml [default] orders.hold_max_minutes=60 (3600 seconds) (allowed: less, "),
-        ({"ORDER_HOLD_MAX_MINUTES": "2"}, "settings.toml [default] orders.make_window_seconds=120 is not shorter "
+         "ORDER_HOLD_MAX_MINUTES=60 (built-in) (3600 seconds) (allowed: less, "),
+        ({"ORDER_HOLD_MAX_MINUTES": "2"}, "ORDER_MAKE_WINDOW_SECONDS=120 (built-in) is not shorter "
          "than ORDER_HOLD_MAX_MINUTES='2' (120 seconds)"),
     ],
 )
