@@ -152,8 +152,8 @@ def _layers(settings_file: Path, layer: str, version: int) -> Dynaconf:
 
 def load_settings(*, environ: Mapping[str, str], settings_file: Path = SETTINGS_FILE) -> Settings:
     """Resolve and validate every setting; raise ConfigError naming every bad or missing one."""
-    # Not Dynaconf's env_switcher: it reads os.environ, not `environ`, and an unknown layer there is
-    # silently [default] alone, where this refuses it by name.
+    # Not Dynaconf's env_switcher: it reads os.environ, not `environ`; an unknown layer there is
+    # [default] alone and an empty one no layer (not production), both silently.
     layer = environ.get(LAYER_VARIABLE, "").strip() or LAYER.default
     if layer not in LAYERS:
         raise ConfigError(f"{LAYER_VARIABLE}={layer!r} is not a settings layer (allowed: {', '.join(LAYERS)})")

@@ -430,7 +430,8 @@ def unknown_variable_warnings(
     return tuple(warnings)
 
 
-BOOLEAN = Kind(bool, parse_boolean, lambda v: type(v) is bool, "is not a boolean (allowed: true/false, 1/0, yes/no, on/off)")
+BOOLEAN = Kind(bool, parse_boolean, lambda v: type(v) is bool,
+               "is not a boolean (allowed: true/false, 1/0, yes/no, on/off)")
 TEXT = Kind(str, parse_text, is_text, "is not a non-empty string")
 HOSTS = Kind(tuple[str, ...], parse_hosts, lambda v: isinstance(v, tuple),
              "is not a list of host names (allowed: comma-separated names)")

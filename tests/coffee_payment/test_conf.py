@@ -268,6 +268,11 @@ def test_report_masks_secrets_and_names_sources() -> None:
     assert "s3cret-value" not in text and "hunter2" not in text
 
 
+def test_the_report_has_a_row_per_declared_setting_in_declaration_order() -> None:
+    keys = [key for key, _, _ in load_settings(environ=PRODUCTION_OK).report()]
+    assert keys == ["layer", *(setting.key for setting in DECLARED)]
+
+
 def test_development_and_testing_generate_a_secret_key_when_unset() -> None:
     first, second = (load_settings(environ=TESTING).secret_key for _ in range(2))
     assert len(first) >= 50 and first != second
