@@ -12,7 +12,6 @@ import re
 import signal
 import threading
 import time
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import httpx
 import pytest
 
 from coffee_payment.conf import load_settings
+from coffee_payment.conf_declarations import BY_KEY
 from coffee_payment.conf_values import PROVIDER_RETRY_BACKOFF, provider_wait_longest
 from devtools import postgres
 from devtools.processes import BIN, REPO, Server, base_environ, fake_provider, gunicorn, run
@@ -296,8 +296,8 @@ def test_a_provider_that_hangs_or_fails_gives_the_503_page_in_time_and_the_order
     attempt times out (hang) or is answered 500 at once (error), back-off between them; then the
     customer's 503 page, in Russian here, well before GUNICORN_TIMEOUT's plain 504."""
     database_url, _, token = seeded
-    defaults = tomllib.loads((REPO / "config" / "settings.toml").read_text())["default"]["provider"]
-    connect, read, retries = defaults["connect_timeout"], defaults["read_timeout"], defaults["retries"]
+    connect, read, retries = (BY_KEY[f"provider.{name}"].default
+                              for name in ("connect_timeout", "read_timeout", "retries"))
     backoff = sum(PROVIDER_RETRY_BACKOFF * attempt for attempt in range(1, retries + 1))
     expected = backoff + ((1 + retries) * read if mode == "hang" else 0)
     order_id = f"provider-{mode}"
