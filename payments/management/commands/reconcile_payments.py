@@ -60,11 +60,12 @@ class Command(BaseCommand):
     async def _run(self, *, limit: int, batch: int) -> Counter[Outcome]:
         # Every order event the run writes names it (the admin's event log); its log lines too.
         run_id = uuid.uuid4().hex
-        log.info("reconciliation run %s", run_id)
         try:
             with events.caused_by(EventCause.RECONCILIATION, run_id):
                 outcomes = await make_windows_check()
                 outcomes.update(await orders_reconcile(limit=limit, batch=batch))
+            # Once it ran: a database it cannot reach is the command's one line, nothing before it.
+            log.info("reconciliation run %s", run_id)
             return outcomes
         finally:
             await provider.aclose()
