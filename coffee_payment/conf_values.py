@@ -9,7 +9,7 @@ import ipaddress
 import re
 import urllib.parse
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,6 @@ from django.core.checks.security.base import (
 from dynaconf import Validator
 
 
-# Where `make run` answers: the public base URL of a non-production layer that sets none.
-DEVELOPMENT_BASE_URL = "http://localhost:8000"
 SQLITE, POSTGRESQL = "django.db.backends.sqlite3", "django.db.backends.postgresql"
 DATABASE_URL_FORMS = "sqlite:///path, postgres://user:password@host:port/name"
 # SQLite: WAL (readers never wait for the writer), synchronous=NORMAL (WAL needs no fsync per commit)
@@ -40,9 +38,6 @@ DATABASE_CONNECT_TIMEOUT, DATABASE_RECONNECT_TIMEOUT = 2, 0.25
 # longer than any of this server's write transactions, and half the request's time when that is
 # shorter, so that a request waiting for the database still gets its 503 page.
 DATABASE_WAIT_TIMEOUT = 3.0
-# Settings that follow another when no layer or variable sets them: key -> how, for show_config.
-DERIVED_WHEN_UNSET = {"gunicorn.graceful_timeout": "= gunicorn.timeout",
-                      "database_wait_timeout": f"= min({DATABASE_WAIT_TIMEOUT:g}, gunicorn.timeout / 2)"}
 # The pool of coffee_payment/postgresql: Django's PostgreSQL backend with bounded pool waits.
 POSTGRESQL_POOLED = "coffee_payment.postgresql"
 SECRET_MASK = "********"
@@ -84,64 +79,57 @@ class Refusal(str):
 
 
 @dataclass(frozen=True)
-class IntSetting:
-    """A whole number under `key`, from `variable`, in low..high."""
+class Kind:
+    """A setting's type: the cast its Validator applies, what a cast value must be, the refusal otherwise,
+    and for numbers the range (low..high)."""
 
-    key: str
-    variable: str
-    low: float
-    high: float
-    kind = "a whole number"
-    unit = ""
+    type: Any
+    parse: Callable[[Any], Any]
+    accepts: Callable[[Any], bool]
+    refusal: str  # "{value}": the cast's Refusal is the message
+    low: float | None = None
+    high: float | None = None
+    unit: str = ""
+    choices: tuple[str, ...] = ()
 
     @property
-    def allowed(self) -> str:
-        return f"{self.low}..{self.high}{self.unit}"
+    def allowed(self) -> str | None:
+        return None if self.low is None else f"{self.low}..{self.high}{self.unit}"
 
-    def is_exact(self, value: Any) -> bool:
-        # bool is an int to Python, and a TOML `true` would pass isinstance: refuse it.
-        return type(value) is (float if self.unit else int)
-
-    def validators(self, *, required: str) -> list[Validator]:
-        """The value's type, then its range; every number must be set but those derived when unset."""
-        must_exist = None if self.key in DERIVED_WHEN_UNSET else True
-        messages = {"must_exist_true": required, "condition": f"is not {self.kind} (allowed: {self.allowed})"}
-        parse = parse_seconds if self.unit else parse_whole_number
-        return [
-            Validator(self.key, must_exist=must_exist, cast=parse, condition=self.is_exact, messages=messages),
-            Validator(self.key, gte=self.low, lte=self.high, when=Validator(self.key, condition=self.is_exact),
-                      messages={"operations": f"is out of range (allowed: {self.allowed})"}),
-        ]
+    def validators(self, key: str, *, required: str, **existence: Any) -> list[Validator]:
+        """The value's type, then its range: a range is checked only on a value of the type."""
+        checks = [Validator(key, cast=self.parse, condition=self.accepts,
+                            messages={"condition": self.refusal, "must_exist_true": required}, **existence)]
+        if self.low is not None:
+            checks.append(Validator(key, gte=self.low, lte=self.high, when=Validator(key, condition=self.accepts),
+                                    messages={"operations": f"is out of range (allowed: {self.allowed})"}))
+        return checks
 
 
-class SecondsSetting(IntSetting):
+def whole_number(low: int, high: int) -> Kind:
+    # bool is an int to Python, and a TOML `true` would pass isinstance: refuse it.
+    return Kind(int, parse_whole_number, lambda v: type(v) is int, f"is not a whole number (allowed: {low}..{high})",
+                low, high)
+
+
+def seconds(low: float, high: float) -> Kind:
     """A plain decimal number of seconds: "1e3", "inf" and "nan" are not."""
+    return Kind(float, parse_seconds, lambda v: type(v) is float,
+                f"is not a number of seconds (allowed: {low}..{high} seconds)", low, high, " seconds")
 
-    kind = "a number of seconds"
-    unit = " seconds"
+
+def one_of(*allowed: str, normal: Callable[[str], str]) -> Kind:
+    return Kind(str, lambda v: normal(v.strip()) if isinstance(v, str) else v, lambda v: v in allowed,
+                f"is not one of {', '.join(allowed)}", choices=allowed)
 
 
-@dataclass(frozen=True)
-class ServerSettings:
+def not_refused(value: Any) -> bool:
+    return not isinstance(value, Refusal)
+
+
+class ServerMethods:
     host: str
     port: int
-    workers: int
-    timeout: int
-    graceful_timeout: int
-    max_requests: int
-    max_requests_jitter: int
-    keepalive: int
-    max_header_bytes: int
-    header_timeout: int
-    max_body_bytes: int
-    # prometheus_client's multiprocess directory: every worker's metric files (config/gunicorn.py).
-    metrics_dir: str
-    # /metrics is served on this port alone (0: nowhere), which no Service routes.
-    metrics_port: int
-    # Peers whose X-Forwarded-For and X-Forwarded-Proto count (Gunicorn's forwarded_allow_ips).
-    forwarded_allow_ips: tuple[str, ...]
-    # uvicorn's limit_concurrency: a request beyond this many connections or requests is answered 503.
-    worker_connections: int
 
     @property
     def bind(self) -> str:
@@ -151,68 +139,10 @@ class ServerSettings:
         return f"[{self.host}]:{port}" if ":" in self.host else f"{self.host}:{port}"
 
 
-@dataclass(frozen=True)
-class ProviderSettings:
-    """The payment provider (YooKassa API v3 or the fake one): where, how long to wait, who we are."""
-
-    url: str
-    secrets: Mapping[str, str] = field(repr=False)  # shop id -> secret key: never in a traceback
-    connect_timeout: float
-    read_timeout: float
-    retries: int
-    # Notifications: the senders accepted (empty: any), and what forged ones may cost in reads.
-    notification_addresses: tuple[str, ...]
-    reread_seconds: int
-    unknown_reads_per_minute: int
-
-
-@dataclass(frozen=True)
-class SecuritySettings:
-    """HTTPS enforcement (Django's SecurityMiddleware) and admin login throttling (django-axes)."""
-
-    ssl_redirect: bool
-    hsts_seconds: int
-    hsts_include_subdomains: bool
-    hsts_preload: bool
-    admin_login_failure_limit: int
-    admin_lockout_minutes: int
-
-
-@dataclass(frozen=True)
-class Settings:
-    layer: str
-    debug: bool
-    secret_key: str = field(repr=False)
-    allowed_hosts: tuple[str, ...]
-    database_url: str = field(repr=False)
-    database: dict[str, Any] = field(repr=False)
-    database_pool_max_size: int
-    database_wait_timeout: float
-    log_level: str
-    log_format: str
-    time_zone: str
-    server: ServerSettings
-    provider: ProviderSettings
-    order_expiry_minutes: int
-    public_base_url: str  # where customers reach the site: the provider's return URL is built on it
-    database_allow_sqlite: bool
-    order_reconcile_after_minutes: int
-    order_hold_max_minutes: int
-    order_retention_days: int
-    order_provider_recheck_seconds: float
-    order_status_provider_budget_seconds: float
-    order_reconcile_list_hours: int
-    # The vend window (payments.vend_window): a paid order not started this long after its payment
-    # is closed; a started one not reported this long after its start is handed to the staff.
-    order_make_window_seconds: int
-    order_make_timeout_seconds: int
-    # A machine with an API token that has called nothing for this long takes no orders.
+class SettingsMethods:
     device_offline_after_seconds: int
-    order_contact_retention_days: int
-    security: SecuritySettings
-    sources: Mapping[str, str]  # dotted key -> "[default]", "[production]", "env DJANGO_DEBUG", ...
-    warnings: tuple[str, ...]
-    rows: list[tuple[str, str, str]] = field(repr=False)
+    order_make_window_seconds: int
+    rows: list[tuple[str, str, str]]
 
     @property
     def device_seen_interval_seconds(self) -> int:
@@ -231,38 +161,55 @@ class Settings:
         return self.rows
 
 
-def settings_from(values: Mapping[str, Any], **fields_without_key: Any) -> Settings:
+# A dotted key's section -> the Settings attribute holding it (a typed object of its own), or the
+# prefix of the flat attribute (orders.expiry_minutes: order_expiry_minutes).
+SECTIONS = {"gunicorn": "server", "provider": "provider", "security": "security"}
+FLAT_PREFIXES = {"orders": "order_", "devices": "device_"}
+SECTION_METHODS: dict[str, type] = {"server": ServerMethods}
+# Settings fields no declaration gives: (name, type, shown in repr).
+LOADER_FIELDS = (("layer", str, True), ("database", dict[str, Any], False), ("sources", Mapping[str, str], True),
+                 ("warnings", tuple[str, ...], True), ("rows", list[tuple[str, str, str]], False))
+
+
+def attribute_of(key: str) -> tuple[str | None, str]:
+    """(the section attribute or None, the field) where Settings holds the setting under `key`."""
+    section, dot, name = key.rpartition(".")
+    if section in SECTIONS:
+        return SECTIONS[section], name
+    return None, FLAT_PREFIXES.get(section, "") + name if dot else key
+
+
+def settings_types(declared: Collection[Any]) -> dict[str | None, type]:
+    """The typed, frozen settings objects, one field per declaration (a secret one out of repr):
+    None -> Settings, and each section's own (Settings.server...)."""
+    fields_of: dict[str | None, list[tuple[str, Any, Any]]] = {None: [], **{s: [] for s in SECTIONS.values()}}
+    for setting in declared:
+        section, name = attribute_of(setting.key)
+        fields_of[section].append((name, setting.kind.type, field(repr=not setting.secret)))
+    types: dict[str | None, type] = {
+        section: make_dataclass(f"{section.title()}Settings", fields_of[section], frozen=True,
+                                bases=(SECTION_METHODS.get(section, object),))
+        for section in SECTIONS.values()
+    }
+    top = [*fields_of[None], *((name, types[name], field()) for name in SECTIONS.values()),
+           *((name, kind, field(repr=shown)) for name, kind, shown in LOADER_FIELDS)]
+    return {None: make_dataclass("Settings", top, frozen=True, bases=(SettingsMethods,)), **types}
+
+
+def settings_from(values: Mapping[str, Any], types: Mapping[str | None, type], **fields_without_key: Any) -> Any:
     """A Settings from validated values by dotted key."""
-
-    def section(name: str) -> dict[str, Any]:
-        return {key.partition(".")[2]: value for key, value in values.items() if key.startswith(f"{name}.")}
-
-    return Settings(
-        debug=values["debug"], secret_key=values["secret_key"], allowed_hosts=tuple(values["allowed_hosts"]),
-        database_url=values["database_url"], database_pool_max_size=values["database_pool_max_size"],
-        database_wait_timeout=values["database_wait_timeout"],
-        database=database_config(values["database_url"], pool_max_size=values["database_pool_max_size"],
-                                 wait_timeout=values["database_wait_timeout"],
-                                 base_dir=fields_without_key.pop("base_dir")),
-        log_level=values["log_level"], log_format=values["log_format"], time_zone=values["time_zone"],
-        server=ServerSettings(**section("gunicorn") | {
-            "forwarded_allow_ips": tuple(values["gunicorn.forwarded_allow_ips"])}),
-        provider=ProviderSettings(**section("provider") | {
-            "secrets": dict(values["provider.secrets"]),
-            "notification_addresses": tuple(values["provider.notification_addresses"])}),
-        security=SecuritySettings(**section("security")), public_base_url=values["public_base_url"],
-        database_allow_sqlite=values["database_allow_sqlite"], order_expiry_minutes=values["orders.expiry_minutes"],
-        order_reconcile_after_minutes=values["orders.reconcile_after_minutes"],
-        order_hold_max_minutes=values["orders.hold_max_minutes"], order_retention_days=values["orders.retention_days"],
-        order_provider_recheck_seconds=values["orders.provider_recheck_seconds"],
-        order_status_provider_budget_seconds=values["orders.status_provider_budget_seconds"],
-        order_reconcile_list_hours=values["orders.reconcile_list_hours"],
-        order_make_window_seconds=values["orders.make_window_seconds"],
-        order_make_timeout_seconds=values["orders.make_timeout_seconds"],
-        device_offline_after_seconds=values["devices.offline_after_seconds"],
-        order_contact_retention_days=values["orders.contact_retention_days"],
-        **fields_without_key,
-    )
+    by_section: dict[str | None, dict[str, Any]] = {None: {}, **{s: {} for s in SECTIONS.values()}}
+    for key, value in values.items():
+        section, name = attribute_of(key)
+        # TOML lists and tables arrive as lists and Dynaconf's boxes: frozen, plain types.
+        by_section[section][name] = tuple(value) if isinstance(value, list) else (
+            dict(value) if isinstance(value, Mapping) else value)
+    top = by_section.pop(None)
+    top["database"] = database_config(top["database_url"], pool_max_size=top["database_pool_max_size"],
+                                      wait_timeout=top["database_wait_timeout"],
+                                      base_dir=fields_without_key.pop("base_dir"))
+    return types[None](**top, **{name: types[name](**fields) for name, fields in by_section.items()},
+                       **fields_without_key)
 
 
 # What a customer's request may wait for the provider, against its deadline.
@@ -294,11 +241,6 @@ def provider_wait_refusal(values: Mapping[str, Any]) -> str | None:
         return (f"ORDER_STATUS_PROVIDER_BUDGET_SECONDS={budget:g} does not fit in GUNICORN_TIMEOUT={timeout} "
                 f"(allowed: at most GUNICORN_TIMEOUT - {PROVIDER_DEADLINE_MARGIN:g} s = {usable:g} s)")
     return None
-
-
-# settings.toml's default, for a settings file that has none.
-DEFAULT_METRICS_DIR = "/dev/shm/coffee-payment-metrics"
-NOT_A_DIRECTORY = "is not an absolute directory path (allowed: /path/to/dir, not / itself)"
 
 
 def parse_directory(value: Any) -> Any:
@@ -432,16 +374,12 @@ def mask_url(url: str) -> str:
     return f"{scheme}://{SECRET_MASK}@{tail}" if separator else f"{SECRET_MASK}@{tail}"
 
 
-# What a message or the report shows of a value: secrets nothing (None), URLs masked.
-SHOWN: dict[str, Callable[[str], str] | None] = {"secret_key": None, "provider.secrets": None,
-                                                 "database_url": mask_database_url, "provider.url": mask_url}
-
-
-def shown_value(key: str, value: Any) -> str:
-    if key == "provider.secrets":
+def shown_value(value: Any, *, secret: bool | Callable[[str], str]) -> str:
+    """What a message or the report shows of a value: a secret nothing (masked), a URL its mask."""
+    if isinstance(value, Mapping):  # provider secrets: the shops, never their keys
         return ",".join(f"{shop}:{SECRET_MASK}" for shop in value) or "-"
-    if key in SHOWN:
-        return SECRET_MASK if SHOWN[key] is None else SHOWN[key](str(value))  # type: ignore[misc]
+    if secret:
+        return SECRET_MASK if secret is True else secret(str(value))
     return (",".join(value) or "-") if isinstance(value, (list, tuple)) else str(value)
 
 
@@ -490,3 +428,20 @@ def unknown_variable_warnings(
             hint = f"did you mean {close[0]}?" if close else f"known: {', '.join(ours)}"
             warnings.append(f"{name} is not a setting of this server and is ignored; {hint}")
     return tuple(warnings)
+
+
+BOOLEAN = Kind(bool, parse_boolean, lambda v: type(v) is bool,
+               "is not a boolean (allowed: true/false, 1/0, yes/no, on/off)")
+TEXT = Kind(str, parse_text, is_text, "is not a non-empty string")
+HOSTS = Kind(tuple[str, ...], parse_hosts, lambda v: isinstance(v, tuple),
+             "is not a list of host names (allowed: comma-separated names)")
+DATABASE_URL = Kind(str, parse_text, lambda v: database_engine(v) in (SQLITE, POSTGRESQL),
+                    f"is not a database URL (allowed: {DATABASE_URL_FORMS})")
+SITE_URL = Kind(str, parse_base_url, lambda v: is_base_url(v, path=False),
+                "is not a base URL (allowed: http(s)://host[:port], no path, no user, query or fragment)")
+API_URL = Kind(str, parse_base_url, is_base_url,
+               "is not a base URL (allowed: http(s)://host[:port]/path, no user, query or fragment)")
+DIRECTORY = Kind(str, parse_directory, is_directory,
+                 "is not an absolute directory path (allowed: /path/to/dir, not / itself)")
+NETWORKS = Kind(tuple[str, ...], parse_networks, not_refused, "{value}")
+PROVIDER_SECRETS = Kind(Mapping[str, str], parse_provider_secrets, not_refused, "{value}")

@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from coffee_payment.conf import load_settings
-from coffee_payment.conf_values import DATABASE_CONNECT_TIMEOUT, Settings, provider_wait_longest
+from coffee_payment.conf_declarations import Settings
+from coffee_payment.conf_values import DATABASE_CONNECT_TIMEOUT, provider_wait_longest
 from devtools import postgres
 from devtools.chaos_actors import Fleet, Timing
 from devtools.chaos_faults import API_KINDS, KINDS, Injector, Kill, ReconcileRun, Window, command_run, schedule_build

@@ -18,7 +18,10 @@ import datetime
 import json
 import sys
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # payments is imported once Django is set up
+    from payments.outcomes import Outcome
 
 SINGLE, TWO_STAGE, SBP = "chaos-single", "chaos-hold", "chaos-sbp"
 SHOPS = (SINGLE, TWO_STAGE, SBP)
@@ -56,7 +59,7 @@ def world_seed(*, machines: int) -> dict[str, Any]:
     return {"machines": fleet, "drinks": [(entry.drink_number, entry.size) for entry in MENU_ENTRIES]}
 
 
-async def world_settle(*, ahead: float) -> Counter[str]:
+async def world_settle(*, ahead: float) -> Counter[Outcome]:
     """One reconciliation run, its clock `ahead` seconds on (as reconcile_payments runs it)."""
     from asgiref.sync import sync_to_async
     from django.db import connections
@@ -103,9 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "seed":
         print(json.dumps(world_seed(machines=args.machines)))
     elif args.command == "settle":
+        from payments.outcomes import errors as outcomes_errors
+
         outcomes = asyncio.run(world_settle(ahead=args.ahead))
         print(json.dumps(dict(outcomes)))
-        return 1 if any(outcome.startswith("error") for outcome in outcomes) else 0
+        return 1 if outcomes_errors(outcomes) else 0
     else:
         print(json.dumps(world_dump(), default=str))
     return 0

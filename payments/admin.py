@@ -296,7 +296,7 @@ class OrderAdmin(MoneyRecordsAdmin):
                            target=OrderStatus.MANUAL_MAKE),
         # Then the money goes back at once: a refund, or the hold released.
         _transition_action(
-            "mark_make_failed", _synchronous(services.aorder_mark_make_failed),
+            "mark_make_failed", _synchronous(services.order_mark_make_failed_and_return_money),
             gettext_lazy("Mark as could not be made (returns the money)"), target=OrderStatus.MAKE_FAILED,
         ),
         _transition_action("mark_failed", services.order_mark_failed, gettext_lazy("Mark as failed (unpaid orders)"),

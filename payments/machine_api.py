@@ -30,8 +30,8 @@ from payments.selectors import OrderState
 # once (capture a hold; refund or release), not at the next reconciliation.
 REPORT_SERVICES: dict[str, Callable[..., Awaitable[Any]]] = {
     "make_pending": sync_to_async(services.order_mark_make_pending),
-    "successful": services.aorder_mark_successful,
-    "make_failed": services.aorder_mark_make_failed,
+    "successful": services.order_mark_successful_and_capture,
+    "make_failed": services.order_mark_make_failed_and_return_money,
 }
 OUTCOMES = tuple(REPORT_SERVICES)
 REALM = 'Bearer realm="coffee-machine"'
@@ -159,7 +159,7 @@ async def machine_order_report(
                           "outcome": outcome}, status=409)
     # The order as the report left it: the authentication found it this machine's, and an order
     # never changes machine.
-    state = await selectors.order_get_status(order_id=order_id)
+    state = await selectors.order_state_get(order_id=order_id)
     if state is None:  # deleted in between
         return _no_order(order_id)
     return _json(state.as_machine_json(now=timezone.now()))
@@ -174,4 +174,4 @@ async def machine_menu(request: HttpRequest, *, device_id: int) -> JsonResponse:
         except InvalidParameter as error:
             return _json({"error": error.message}, status=400)
         await sync_to_async(services.device_menu_replace)(device_id=device_id, entries=entries)
-    return _json({"items": await selectors.device_menu(device_id=device_id)})
+    return _json({"items": await selectors.device_menu_get(device_id=device_id)})

@@ -21,6 +21,7 @@ from django.conf import settings
 from payments import provider, services
 from payments.errors import PaymentsError, ProviderRejected
 from payments.models import IDENTIFIER, Merchant, Order, OrphanPayment, OrphanPaymentStatus
+from payments.outcomes import Kind, Outcome, changed, error as failed
 from payments.provider import ProviderPayment
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ async def _listed(*, shop_id: str, now: datetime.datetime) -> AsyncIterator[list
                 shop_id, PAGES_MAX, since.isoformat(timespec="seconds"))
 
 
-async def orphan_payment_return(*, record: OrphanPayment, payment: ProviderPayment | None = None) -> str:
+async def orphan_payment_return(*, record: OrphanPayment, payment: ProviderPayment | None = None) -> Outcome:
     """Give back the money of a payment its order cannot take: refund it (succeeded) or release it
     (waiting_for_capture), under its own Idempotence-Key, and record the answer; say what happened.
 
@@ -94,7 +95,7 @@ async def orphan_payment_return(*, record: OrphanPayment, payment: ProviderPayme
     if payment.status == "canceled":
         return await sync_to_async(services.orphan_payment_returned)(payment_id=payment_id, provider_status="canceled")
     if payment.status != "succeeded":
-        return f"orphan {payment.status}"
+        return changed(f"orphan {payment.status}")
     try:
         refund = await provider.refund_create(
             shop_id=shop_id, order_id=record.order_id, payment_id=payment_id, amount_kopecks=record.amount_kopecks,
@@ -114,25 +115,25 @@ async def orphan_payment_return(*, record: OrphanPayment, payment: ProviderPayme
         refuse = sync_to_async(services.orphan_payment_return_refused)
         return await refuse(payment_id=payment_id, provider_status="succeeded", why=f"refund {refund.id} canceled",
                             refund_id=refund.id)
-    return "orphan refund pending"
+    return changed("orphan refund pending")
 
 
 def _open_records() -> list[OrphanPayment]:
     return list(OrphanPayment.objects.filter(status=OrphanPaymentStatus.RETURN_PENDING).order_by("found_at")[:1000])
 
 
-async def orphans_reconcile(*, now: datetime.datetime) -> Counter[str]:
+async def orphans_reconcile(*, now: datetime.datetime) -> Counter[Outcome]:
     """Returns left unfinished by an earlier run first, then each shop's listing; counts of what
     happened (outcome -> payments). Payments that orders know, or that name no order here, are not
     counted."""
-    outcomes: Counter[str] = Counter()
+    outcomes: Counter[Outcome] = Counter()
     for record in await sync_to_async(_open_records)():
         try:
             outcomes[await orphan_payment_return(record=record)] += 1
         except PaymentsError as error:
             log.warning("orphan payment %s not returned: %s %s", record.provider_payment_id, error.message,
                         getattr(error, "detail", ""))
-            outcomes[f"error: {type(error).__name__}"] += 1
+            outcomes[failed(type(error).__name__)] += 1
     for shop_id in await sync_to_async(_shops)():
         try:
             async for page in _listed(shop_id=shop_id, now=now):
@@ -142,11 +143,11 @@ async def orphans_reconcile(*, now: datetime.datetime) -> Counter[str]:
                         outcomes[outcome] += 1
         except PaymentsError as error:
             log.warning("shop %r: payments not listed: %s %s", shop_id, error.message, getattr(error, "detail", ""))
-            outcomes[f"error: listing {type(error).__name__}"] += 1
+            outcomes[failed(f"listing {type(error).__name__}")] += 1
     return outcomes
 
 
-async def _orphan_settle(*, shop_id: str, payment: ProviderPayment, now: datetime.datetime) -> str | None:
+async def _orphan_settle(*, shop_id: str, payment: ProviderPayment, now: datetime.datetime) -> Outcome | None:
     """Attach a listed payment its order never recorded, or return its money; the outcome to count."""
     taken = await sync_to_async(services.orphan_payment_take)(shop_id=shop_id, payment=payment, now=now)
     if isinstance(taken, OrphanPayment):
@@ -155,8 +156,8 @@ async def _orphan_settle(*, shop_id: str, payment: ProviderPayment, now: datetim
         except PaymentsError as error:
             log.warning("orphan payment %s not returned: %s %s", payment.id, error.message,
                         getattr(error, "detail", ""))
-            return f"error: {type(error).__name__}"
-    if taken.startswith("attached"):
-        return f"orphan {taken}"
+            return failed(type(error).__name__)
+    if taken.kind is Kind.CHANGED:  # attached to its order
+        return changed(f"orphan {taken}")
     log.debug("listed payment %s: %s", payment.id, taken)
     return None

@@ -23,6 +23,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from payments import orphans, provider, services
+from payments.outcomes import Outcome, changed, error as failed, ignored, moved_on
 from payments.errors import IllegalTransition, PaymentsError
 from payments.models import (
     MONEY_PENDING_STATUSES, STAFF_REFUND_OPEN, UNPAID_STATUSES, JobSuccess, Order, OrderStatus, StaffRefund,
@@ -105,10 +106,10 @@ async def _receipt_reread(order: Order) -> str:
         if refund is not None:
             await sync_to_async(services.order_apply_refund)(order_id=order.id, refund=refund)
     order = await Order.objects.aget(pk=order.pk)
-    return f"receipt {order.refund_receipt_registration or order.receipt_registration}"
+    return changed(f"receipt {order.refund_receipt_registration or order.receipt_registration}")
 
 
-async def order_reconcile(*, order_id: str, now: datetime.datetime) -> str:
+async def order_reconcile(*, order_id: str, now: datetime.datetime) -> Outcome:
     """Handle one claimed order; say what happened."""
     order = await Order.objects.select_related("merchant").aget(pk=order_id)
     if order.two_stage and order.status in (S.HELD, S.MAKE_PENDING) and order.hold_expires_at and order.hold_expires_at <= now:
@@ -116,14 +117,14 @@ async def order_reconcile(*, order_id: str, now: datetime.datetime) -> str:
                     order.id, order.hold_expires_at.isoformat())
         await sync_to_async(services.order_mark_hold_release)(order_id=order.id, now=now)
     elif order.status == S.MAKE_FAILED:
-        await sync_to_async(services.order_mark_money_return)(order_id=order.id)
+        await sync_to_async(services.order_mark_money_return_due)(order_id=order.id)
     elif order.status in _RECEIPT_ONLY_STATUSES:
         return await _receipt_reread(order)
     elif order.status in (S.PENDING, S.HELD) and order.provider_payment_id:
         payment = await provider.payment_get(shop_id=order.merchant.shop_id, payment_id=order.provider_payment_id)
         if payment is None:
             log.error("order %r: the provider does not know its payment %s", order.id, order.provider_payment_id)
-            return "ignored: the provider does not know this payment"
+            return ignored("the provider does not know this payment")
         return await sync_to_async(services.order_apply_payment)(order_id=order.id, payment=payment)
     return await services.order_money_settle(order_id=order.id)
 
@@ -135,31 +136,32 @@ def _staff_refunds_due(*, now: datetime.datetime) -> list[Any]:
     return list(due.values_list("pk", flat=True)[:BATCH])
 
 
-async def staff_refunds_reconcile(*, now: datetime.datetime) -> Counter[str]:
+async def staff_refunds_reconcile(*, now: datetime.datetime) -> Counter[Outcome]:
     """Send again, under their own keys, the staff refunds a crash or an unanswered call left
     requested, and re-read those still with the provider; counts of what happened."""
-    outcomes: Counter[str] = Counter()
+    outcomes: Counter[Outcome] = Counter()
     for key in await sync_to_async(_staff_refunds_due)(now=now):
         try:
-            outcomes[f"staff refund {(await services.staff_refund_send(key=key)).status}"] += 1
+            outcomes[changed(f"staff refund {(await services.staff_refund_send(key=key)).status}")] += 1
         except PaymentsError as error:
             log.warning("staff refund %s not settled: %s %s", key, error.message, getattr(error, "detail", ""))
-            outcomes[f"error: {type(error).__name__}"] += 1
+            outcomes[failed(type(error).__name__)] += 1
     return outcomes
 
 
-async def orders_reconcile(*, now: datetime.datetime | None = None, limit: int = 1000, batch: int = BATCH) -> Counter[str]:
+async def orders_reconcile(*, now: datetime.datetime | None = None, limit: int = 1000, batch: int = BATCH
+                           ) -> Counter[Outcome]:
     """One reconciliation run; counts of what happened (outcome -> orders), for the command's report."""
     now = now or timezone.now()
-    outcomes: Counter[str] = Counter()
+    outcomes: Counter[Outcome] = Counter()
     purged = await sync_to_async(orders_purge)(now=now)
     if purged:
-        outcomes["purged"] = purged
+        outcomes[changed("purged")] = purged
     erased = await sync_to_async(orders_contact_erase)(now=now)
     if erased:
         log.info("erased the receipt contact of %d orders older than %d days", erased,
                  settings.ORDER_CONTACT_RETENTION_DAYS)
-        outcomes["contacts erased"] = erased
+        outcomes[changed("contacts erased")] = erased
     handled = 0
     while handled < limit:
         seen, claimed = await sync_to_async(orders_claim)(now=now, limit=min(batch, limit - handled))
@@ -174,13 +176,13 @@ async def orders_reconcile(*, now: datetime.datetime | None = None, limit: int =
                 # A machine's report or a notification moved the order between the claim and this
                 # write: theirs stands, and the next run looks at the order again if it is still due.
                 log.info("order %r moved on while being reconciled: %s", order_id, raced.message)
-                outcome = f"moved on: now {raced.current}"
+                outcome = moved_on(f"now {raced.current}")
             except PaymentsError as error:
                 # The next run retries (after ORDER_RECONCILE_AFTER_MINUTES); the others go on.
                 log.warning("order %r not reconciled: %s %s", order_id, error.message, getattr(error, "detail", ""))
-                outcome = f"error: {type(error).__name__}"
+                outcome = failed(type(error).__name__)
             log.info("reconciled order %r: %s", order_id, outcome)
-            outcomes[outcome.split(":")[0] if outcome.startswith(("unchanged", "ignored", "moved on")) else outcome] += 1
+            outcomes[outcome.counted()] += 1
     outcomes.update(await staff_refunds_reconcile(now=now))
     outcomes.update(await orphans.orphans_reconcile(now=now))
     return outcomes

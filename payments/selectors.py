@@ -96,7 +96,7 @@ def _state_of(order: Order) -> OrderState:
     return OrderState(order.pk, *(getattr(order, column) for column in _STATE_COLUMNS))
 
 
-async def order_get_status(*, order_id: str) -> OrderState | None:
+async def order_state_get(*, order_id: str) -> OrderState | None:
     """The hot path (every status page polls it): one primary-key read of a few columns."""
     order = await _STATUS_READ.one(order_id=order_id)
     return None if order is None else _state_of(order)
@@ -119,7 +119,7 @@ async def machine_order_find(*, key_id: str, order_id: str
     return order.device_id, order.token_sha256, _state_of(order), order.device_last_seen_at
 
 
-async def device_menu(*, device_id: int) -> list[dict[str, Any]]:
+async def device_menu_get(*, device_id: int) -> list[dict[str, Any]]:
     fields = ("drink_number", "size", "drink_name", "price_kopecks", "available", *MENU_RECEIPT_FIELDS)
     items = MenuItem.objects.filter(device_id=device_id).order_by("drink_number", "size").values(*fields)
     # The receipt fields as an upload takes them: null where the merchant's apply.

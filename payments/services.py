@@ -5,7 +5,7 @@ illegal transition changes no row and raises IllegalTransition, and two concurre
 both win. The writes are sync functions (Django has no async transactions); async callers run
 them with `sync_to_async`, which gives them the request's own thread and database connection.
 Flows that call the provider are async (`order_payment_start`, `order_payment_recheck`,
-`order_money_settle`, `aorder_mark_successful`, `aorder_mark_make_failed`) and never hold a
+`order_money_settle`, `order_mark_successful_and_capture`, `order_mark_make_failed_and_return_money`) and never hold a
 transaction across a call: they record the intent, call, then record the answer (docs/payments.md,
 Money flows).
 """
@@ -76,6 +76,7 @@ from payments.forms import MenuEntry, contact_parse
 from payments.metrics import MAKE_WINDOWS_CLOSED, ORPHAN_PAYMENTS, PAYMENT_RECHECKS, PAYMENTS, REFUNDS
 from payments.notification_limits import NOTIFICATION_READS
 from payments.provider import Notification, ProviderPayment, ProviderRefund
+from payments.outcomes import Kind, Outcome, changed, ignored, unchanged
 
 log = logging.getLogger(__name__)
 
@@ -393,7 +394,7 @@ def order_mark_successful(*, order_id: str) -> Order:
     """make_pending -> successful; two-stage: -> capture_pending, the capture being due.
 
     The held amount is captured only once the machine reports the drink made, never before: a
-    customer is charged for drinks made. aorder_mark_successful captures at once; whatever a
+    customer is charged for drinks made. order_mark_successful_and_capture captures at once; whatever a
     crash or an unreachable provider leaves in capture_pending, reconciliation captures.
     """
     two_stage = Order.objects.filter(pk=order_id).values_list("two_stage", flat=True).first()
@@ -408,7 +409,7 @@ def order_mark_successful(*, order_id: str) -> Order:
 
 def order_mark_make_failed(*, order_id: str) -> Order:
     """paid | held | make_pending -> make_failed (a machine may fail before it reports starting): the
-    customer's money is due back (aorder_mark_make_failed, or
+    customer's money is due back (order_mark_make_failed_and_return_money, or
     reconciliation after ORDER_RECONCILE_AFTER_MINUTES, during which staff may still hand the drink over)."""
     return _order_transition(order_id=order_id, target=OrderStatus.MAKE_FAILED)
 
@@ -418,7 +419,7 @@ def order_mark_manual_make(*, order_id: str) -> Order:
     return _order_transition(order_id=order_id, target=S.MANUAL_MAKE, when=SINGLE_STAGE)
 
 
-def order_mark_money_return(*, order_id: str) -> Order:
+def order_mark_money_return_due(*, order_id: str) -> Order:
     """make_failed -> refund_pending (single-stage) | cancel_pending (two-stage): the intent, recorded
     before the provider is called."""
     two_stage = Order.objects.filter(pk=order_id).values_list("two_stage", flat=True).first()
@@ -460,7 +461,7 @@ _PAYMENT_OUTCOMES: dict[tuple[str, str], OrderStatus] = {
 }
 
 
-def order_apply_payment(*, order_id: str, payment: ProviderPayment, now: datetime.datetime | None = None) -> str:
+def order_apply_payment(*, order_id: str, payment: ProviderPayment, now: datetime.datetime | None = None) -> Outcome:
     """Bring the order in line with the provider's current view of its payment; say what changed.
 
     Idempotent and order-insensitive: the provider's state is applied, not the notification's
@@ -475,10 +476,10 @@ def order_apply_payment(*, order_id: str, payment: ProviderPayment, now: datetim
         order = Order.objects.select_for_update().get(pk=order_id)
         if payment.order_id != order.id or order.provider_payment_id not in (None, payment.id):
             log.warning("payment %s (metadata order %r) does not belong to order %r", payment.id, payment.order_id, order.id)
-            return "ignored: payment belongs to another order"
+            return ignored("payment belongs to another order")
         if order.provider_payment_id is None and _orphan_returned(payment.id):
             log.warning("payment %s of order %r is being returned as one its order could not take", payment.id, order.id)
-            return "ignored: payment is being returned"
+            return ignored("payment is being returned")
         _payment_details_record(order=order, payment=payment)
         taken = payment.status in ("succeeded", "waiting_for_capture")
         if taken and (payment.amount_kopecks, payment.currency) != (order.price_kopecks, provider.CURRENCY):
@@ -487,8 +488,8 @@ def order_apply_payment(*, order_id: str, payment: ProviderPayment, now: datetim
             if order.status in PAYABLE_STATUSES:
                 order_mark_failed(order_id=order.id)
                 _outcome_count(PAYMENTS, str(S.FAILED))
-                return "failed: amount does not match"
-            return f"ignored: order is {order.status}"
+                return changed("failed: amount does not match")
+            return ignored(f"order is {order.status}")
         if order.status == OrderStatus.CREATED:
             # The notification overtook the request that stores the payment id: record it first.
             order = order_mark_pending(order_id=order.id, provider_payment_id=payment.id)
@@ -502,7 +503,7 @@ def order_apply_payment(*, order_id: str, payment: ProviderPayment, now: datetim
                           payment.id, order.id, order.status)
             if payment.status == "canceled" and order.status == S.MAKE_PENDING and order.two_stage:
                 log.error("the hold of payment %s was released while order %r is being made", payment.id, order.id)
-            return f"unchanged: order is {order.status}, payment is {payment.status}"
+            return unchanged(f"order is {order.status}, payment is {payment.status}")
         if target == S.HELD:
             order_mark_held(order_id=order.id, hold_expires_at=_hold_expiry(payment, now=now), now=now)
         elif target == S.PAID:
@@ -519,7 +520,7 @@ def order_apply_payment(*, order_id: str, payment: ProviderPayment, now: datetim
         else:
             _order_transition(order_id=order.id, target=target, sources=frozenset({order.status}))
         _outcome_count(PAYMENTS, str(target))
-        return str(target)
+        return changed(str(target))
 
 
 def _payment_details_record(*, order: Order, payment: ProviderPayment) -> None:
@@ -540,7 +541,7 @@ def _receipt_registration_log(*, order: Order, field: str, status: str) -> None:
                   order.id, what)
 
 
-def order_apply_refund(*, order_id: str, refund: ProviderRefund) -> str:
+def order_apply_refund(*, order_id: str, refund: ProviderRefund) -> Outcome:
     """Record the provider's view of the order's refund; refund_pending -> refunded | refund_failed."""
     answered = events.operation(events.operation_current() or EventOperation.REFUND_READ, refund_id=refund.id,
                                 amount_kopecks=refund.amount_kopecks, detail=f"refund {refund.status}")
@@ -548,37 +549,37 @@ def order_apply_refund(*, order_id: str, refund: ProviderRefund) -> str:
         order = Order.objects.select_for_update().get(pk=order_id)
         if refund.payment_id != order.provider_payment_id or order.refund_id not in (None, refund.id):
             log.warning("refund %s (payment %s) does not belong to order %r", refund.id, refund.payment_id, order.id)
-            return "ignored: refund belongs to another payment"
+            return ignored("refund belongs to another payment")
         if refund.receipt_registration and refund.receipt_registration != order.refund_receipt_registration:
             _receipt_registration_log(order=order, field="refund_receipt_registration",
                                       status=refund.receipt_registration)
             Order.objects.filter(pk=order.pk).update(refund_receipt_registration=refund.receipt_registration)
         if order.status != S.REFUND_PENDING:
-            return f"unchanged: order is {order.status}, refund is {refund.status}"
+            return unchanged(f"order is {order.status}, refund is {refund.status}")
         if (refund.amount_kopecks, refund.currency) != (order.price_kopecks, provider.CURRENCY):
             # Ours is always the whole price: another refund of the payment (staff, from the provider's
             # dashboard) does not give the customer all the money back.
             log.error("refund %s of %d %s for order %r is not its price %d: the order's own refund is still due",
                       refund.id, refund.amount_kopecks, refund.currency, order.id, order.price_kopecks)
-            return f"ignored: refund of {refund.amount_kopecks} kopecks, the order's price is {order.price_kopecks}"
+            return ignored(f"refund of {refund.amount_kopecks} kopecks, the order's price is {order.price_kopecks}")
         recorded = {"refund_id": refund.id, "refund_status": refund.status}
         if refund.status == "succeeded":
             _order_transition(order_id=order.id, target=S.REFUNDED, sources=frozenset({S.REFUND_PENDING}),
                               refunded_kopecks=refund.amount_kopecks, **recorded)
             _outcome_count(REFUNDS, str(S.REFUNDED))
-            return str(S.REFUNDED)
+            return changed(str(S.REFUNDED))
         if refund.status == "canceled":
             log.error("refund %s of order %r was canceled by the provider: the staff must return the money",
                       refund.id, order.id)
             _order_transition(order_id=order.id, target=S.REFUND_FAILED, sources=frozenset({S.REFUND_PENDING}),
                               **recorded)
             _outcome_count(REFUNDS, str(S.REFUND_FAILED))
-            return str(S.REFUND_FAILED)
+            return changed(str(S.REFUND_FAILED))
         Order.objects.filter(pk=order.id, status=S.REFUND_PENDING).update(**recorded)
-        return f"unchanged: order is {order.status}, refund is {refund.status}"
+        return unchanged(f"order is {order.status}, refund is {refund.status}")
 
 
-def order_refund_refused(*, order_id: str, provider_status: int) -> str:
+def order_refund_refused(*, order_id: str, provider_status: int) -> Outcome:
     """refund_pending -> refund_failed: the provider refused the refund request itself (4xx), e.g.
     less is left to refund than the price after a refund from its dashboard. The same request,
     under the same Idempotence-Key, would be refused on every run: the staff must return the money."""
@@ -588,10 +589,10 @@ def order_refund_refused(*, order_id: str, provider_status: int) -> str:
                       refund_status="refused", happening=events.Happening(
                           EventOperation.REFUND, detail=f"refund refused (HTTP {provider_status})"))
     _outcome_count(REFUNDS, str(S.REFUND_FAILED))
-    return str(S.REFUND_FAILED)
+    return changed(str(S.REFUND_FAILED))
 
 
-async def order_money_settle(*, order_id: str) -> str:
+async def order_money_settle(*, order_id: str) -> Outcome:
     """Make the provider call that the order's money status records as due, then record its outcome.
 
     capture_pending: capture; cancel_pending: release the hold; refund_pending: refund the whole
@@ -599,12 +600,12 @@ async def order_money_settle(*, order_id: str) -> str:
     reconciliation run, a restart after a crash) repeats the same operation, never a second one.
     A refused call (e.g. capturing a hold that is gone) is settled by re-reading the payment.
     """
-    outcome = "unchanged"
+    outcome: Outcome | None = None
     # cancel_pending may turn into refund_pending (the hold was captured): then one more round.
     for _round in range(2):
         order = await selectors.order_get(order_id=order_id)
         if order.status not in MONEY_PENDING_STATUSES or order.provider_payment_id is None:
-            return outcome if outcome != "unchanged" else f"unchanged: order is {order.status}"
+            return outcome if outcome is not None else unchanged(f"order is {order.status}")
         shop_id, payment_id = order.merchant.shop_id, order.provider_payment_id
         if order.status == S.REFUND_PENDING:
             try:
@@ -631,7 +632,7 @@ async def order_money_settle(*, order_id: str) -> str:
         except ProviderRejected:
             found = await provider.payment_get(shop_id=shop_id, payment_id=payment_id)
             if found is None:
-                return "ignored: the provider does not know this payment"
+                return ignored("the provider does not know this payment")
             payment, calling = found, EventOperation.PAYMENT_READ
         with events.operation(calling):
             outcome = await sync_to_async(order_apply_payment)(order_id=order.id, payment=payment)
@@ -647,7 +648,7 @@ async def _order_money_settle_now(*, order_id: str) -> None:
                     getattr(error, "detail", ""))
 
 
-async def aorder_mark_successful(*, order_id: str) -> Order:
+async def order_mark_successful_and_capture(*, order_id: str) -> Order:
     """order_mark_successful, then the capture of a held amount, at once."""
     order = await sync_to_async(order_mark_successful)(order_id=order_id)
     if order.status == S.CAPTURE_PENDING:
@@ -656,10 +657,10 @@ async def aorder_mark_successful(*, order_id: str) -> Order:
     return order
 
 
-async def aorder_mark_make_failed(*, order_id: str) -> Order:
+async def order_mark_make_failed_and_return_money(*, order_id: str) -> Order:
     """order_mark_make_failed, then the customer's money back at once: refund or release the hold."""
     await sync_to_async(order_mark_make_failed)(order_id=order_id)
-    await sync_to_async(order_mark_money_return)(order_id=order_id)
+    await sync_to_async(order_mark_money_return_due)(order_id=order_id)
     await _order_money_settle_now(order_id=order_id)
     return await Order.objects.aget(pk=order_id)
 
@@ -732,7 +733,7 @@ async def order_payment_start(
     return payment.confirmation_url
 
 
-async def payment_notification_apply(*, notification: Notification) -> str:
+async def payment_notification_apply(*, notification: Notification) -> Outcome:
     """Re-read the notified payment (or refund) from the provider and apply it; say what happened."""
     if notification.refund_id is not None:
         return await _refund_notification_apply(notification=notification, refund_id=notification.refund_id)
@@ -741,7 +742,7 @@ async def payment_notification_apply(*, notification: Notification) -> str:
     )
     if order is None:
         log.warning("notification %s for payment %s matches no order", notification.event, notification.payment_id)
-        return "ignored: no order for this payment"
+        return ignored("no order for this payment")
     # No retries of our own: an unanswered notification is sent again by the provider. The read is
     # bounded (payments/notification_limits.py): an id the order does not hold counts as unknown.
     payment = await NOTIFICATION_READS.read(
@@ -751,15 +752,15 @@ async def payment_notification_apply(*, notification: Notification) -> str:
     )
     if payment is None:
         log.warning("notification for payment %s that the provider does not know", notification.payment_id)
-        return "ignored: the provider does not know this payment"
+        return ignored("the provider does not know this payment")
     return await sync_to_async(order_apply_payment)(order_id=order.id, payment=payment)
 
 
-async def _refund_notification_apply(*, notification: Notification, refund_id: str) -> str:
+async def _refund_notification_apply(*, notification: Notification, refund_id: str) -> Outcome:
     order = await selectors.order_find_for_payment(payment_id=notification.payment_id, order_id_hint=None)
     if order is None:
         log.warning("notification %s for refund %s matches no order", notification.event, refund_id)
-        return "ignored: no order for this payment"
+        return ignored("no order for this payment")
     refund = await NOTIFICATION_READS.read(
         key=f"refund:{refund_id}", event=notification.event, statuses=provider.REFUND_STATUSES,
         known=order.refund_id == refund_id,
@@ -767,10 +768,10 @@ async def _refund_notification_apply(*, notification: Notification, refund_id: s
     )
     if refund is None:
         log.warning("notification for refund %s that the provider does not know", refund_id)
-        return "ignored: the provider does not know this refund"
+        return ignored("the provider does not know this refund")
     staff = await StaffRefund.objects.filter(refund_id=refund.id, order_id=order.id).values_list("pk", flat=True).afirst()
     if staff is not None:
-        return f"staff refund {(await sync_to_async(staff_refund_apply)(key=staff, refund=refund)).status}"
+        return changed(f"staff refund {(await sync_to_async(staff_refund_apply)(key=staff, refund=refund)).status}")
     return await sync_to_async(order_apply_refund)(order_id=order.id, refund=refund)
 
 
@@ -818,9 +819,9 @@ async def order_payment_recheck(*, order_id: str, now: datetime.datetime | None 
         log.warning("order %r: re-reading payment %s failed: %s", order_id, payment_id, error.message)
         PAYMENT_RECHECKS.labels("refused").inc()
         return False
-    changed = not outcome.startswith(("unchanged", "ignored"))
-    PAYMENT_RECHECKS.labels("applied" if changed else "unchanged").inc()
-    return changed
+    applied = outcome.kind is Kind.CHANGED
+    PAYMENT_RECHECKS.labels("applied" if applied else "unchanged").inc()
+    return applied
 
 
 # Orphan payments: the provider's payments whose order never recorded them ------------------------
@@ -845,7 +846,7 @@ def _orphan_refusal(order: Order, payment: ProviderPayment, *, now: datetime.dat
 
 
 def orphan_payment_take(*, shop_id: str, payment: ProviderPayment, now: datetime.datetime | None = None
-                        ) -> str | OrphanPayment:
+                        ) -> Outcome | OrphanPayment:
     """A payment of the shop whose order (metadata.order_id) never recorded it: attached and applied
     when the order can still take it (what happened, as order_apply_payment says it, after
     "attached: "), else recorded as an OrphanPayment to return (the row), in one transaction with
@@ -858,11 +859,11 @@ def orphan_payment_take(*, shop_id: str, payment: ProviderPayment, now: datetime
         order = Order.objects.select_for_update(of=("self",)).select_related("merchant").filter(
             pk=payment.order_id).first()
         if order is None or order.provider_payment_id == payment.id:
-            return "known" if order else "ignored: no such order"
+            return unchanged("known") if order else ignored("no such order")
         if order.merchant.shop_id != shop_id:
             log.warning("payment %s of shop %r names order %r of shop %r: ignored", payment.id, shop_id, order.id,
                         order.merchant.shop_id)
-            return "ignored: the order is another shop's"
+            return ignored("the order is another shop's")
         recorded = OrphanPayment.objects.filter(provider_payment_id=payment.id).first()
         if recorded is not None:
             return recorded
@@ -872,10 +873,10 @@ def orphan_payment_take(*, shop_id: str, payment: ProviderPayment, now: datetime
             with events.operation(EventOperation.ORPHAN_FOUND):
                 order_apply_payment(order_id=order.id, payment=payment, now=now)
             _outcome_count(ORPHAN_PAYMENTS, "attached")
-            return f"attached: {Order.objects.values_list('status', flat=True).get(pk=order.id)}"
+            return changed(f"attached: {Order.objects.values_list('status', flat=True).get(pk=order.id)}")
         left = payment.amount_kopecks - payment.refunded_kopecks
         if payment.status not in ("succeeded", "waiting_for_capture") or left <= 0:
-            return f"left: payment is {payment.status}, {reason}"
+            return Outcome(f"left: payment is {payment.status}, {reason}", kind=Kind.UNCHANGED)
         log.error("payment %s (%d kopecks, %s) names %s: its money goes back", payment.id, left, payment.status,
                   reason)
         events.event_record(order_id=order.id, status_from=order.status, status_to=order.status,
@@ -904,24 +905,24 @@ def _orphan_return_record(*, payment_id: str, status: str, detail: str, **change
                                                            amount_kopecks=record.amount_kopecks, detail=detail))
 
 
-def orphan_payment_returned(*, payment_id: str, provider_status: str, refund_id: str = "") -> str:
+def orphan_payment_returned(*, payment_id: str, provider_status: str, refund_id: str = "") -> Outcome:
     """return_pending -> returned: refunded (refund_id) or its hold released."""
     _orphan_return_record(payment_id=payment_id, status=OrphanPaymentStatus.RETURNED, provider_status=provider_status,
                           refund_id=refund_id, detail=f"refunded by refund {refund_id}" if refund_id else "released")
     outcome = "refunded" if refund_id else "released"
     log.warning("orphan payment %s: %s", payment_id, f"refunded by refund {refund_id}" if refund_id else "released")
     _outcome_count(ORPHAN_PAYMENTS, outcome)
-    return f"orphan {outcome}"
+    return changed(f"orphan {outcome}")
 
 
-def orphan_payment_return_refused(*, payment_id: str, provider_status: str, why: str, refund_id: str = "") -> str:
+def orphan_payment_return_refused(*, payment_id: str, provider_status: str, why: str, refund_id: str = "") -> Outcome:
     """return_pending -> return_failed: the provider refused to give the money back; the staff must."""
     log.error("orphan payment %s: the provider refused to return its money (%s): the staff must return it",
               payment_id, why)
     _orphan_return_record(payment_id=payment_id, status=OrphanPaymentStatus.RETURN_FAILED,
                           provider_status=provider_status, refund_id=refund_id, detail=f"return refused: {why}")
     _outcome_count(ORPHAN_PAYMENTS, "return_failed")
-    return "orphan return_failed"
+    return changed("orphan return_failed")
 
 
 # Refunds by staff: of an order whose money was taken and kept, in full or in part ---------------

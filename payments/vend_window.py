@@ -26,6 +26,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from payments import events, services
+from payments.outcomes import Kind, Outcome, changed, error as failed
 from payments.errors import IllegalTransition, PaymentsError
 from payments.models import MAKEABLE_STATUSES, EventCause, Order, OrderStatus
 
@@ -54,28 +55,28 @@ def _overdue(*, now: datetime.datetime) -> list[str]:
     return list(overdue.values_list("pk", flat=True)[:BATCH])
 
 
-async def make_windows_check(*, now: datetime.datetime | None = None) -> Counter[str]:
+async def make_windows_check(*, now: datetime.datetime | None = None) -> Counter[Outcome]:
     """Close the due vend windows, returning the money at once (a refund or a release; what the
     provider does not answer, reconciliation repeats under the same key), and hand overdue started
     orders to the staff. Counts of what happened, for reconcile_payments' report."""
     now = now or timezone.now()
-    outcomes: Counter[str] = Counter()
+    outcomes: Counter[Outcome] = Counter()
     for order_id in await sync_to_async(_windows_due)(now=now):
         try:
             await sync_to_async(services.order_close_make_window)(order_id=order_id, now=now)
         except IllegalTransition:
             # The machine started it first (or another check closed it): theirs stands.
-            outcomes["window moved on"] += 1
+            outcomes[Outcome("window moved on", kind=Kind.MOVED_ON)] += 1
             continue
         try:
-            outcomes[f"window closed: {await services.order_money_settle(order_id=order_id)}"] += 1
+            outcomes[changed(f"window closed: {await services.order_money_settle(order_id=order_id)}")] += 1
         except PaymentsError as error:
             log.warning("order %r: money return left to reconciliation: %s %s", order_id, error.message,
                         getattr(error, "detail", ""))
-            outcomes[f"error: {type(error).__name__}"] += 1
+            outcomes[failed(type(error).__name__)] += 1
     for order_id in await sync_to_async(_overdue)(now=now):
         if await sync_to_async(services.order_flag_make_overdue)(order_id=order_id, now=now):
-            outcomes["make overdue: handed to staff"] += 1
+            outcomes[changed("make overdue: handed to staff")] += 1
     return outcomes
 
 

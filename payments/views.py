@@ -188,7 +188,7 @@ async def payment_webhook(request: HttpRequest) -> JsonResponse:
 async def order_status(request: HttpRequest, order_id: str) -> JsonResponse:
     """GET /v1/order-status/<id>: the hot path, polled by every open status page. A pending order's
     poll may re-read its payment from the provider first (services.order_payment_recheck)."""
-    state = await selectors.order_get_status(order_id=order_id)
+    state = await selectors.order_state_get(order_id=order_id)
     now = timezone.now()
     if state is not None and selectors.payment_recheck_due(status=state.status, checked_at=state.provider_checked_at,
                                                            now=now):
@@ -196,7 +196,7 @@ async def order_status(request: HttpRequest, order_id: str) -> JsonResponse:
         with events.caused_by(EventCause.STATUS_POLL, events.request_id()):
             rechecked = await services.order_payment_recheck(order_id=order_id, now=now)
         if rechecked:
-            state = await selectors.order_get_status(order_id=order_id)
+            state = await selectors.order_state_get(order_id=order_id)
     if state is None:
         response = JsonResponse({"error": f"no order {order_id[:64]!r}"}, status=404)
     else:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ast
 import re
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,12 +28,13 @@ def loader_view() -> tuple[set[str], dict[str, tuple[object, str | None]]]:
     """What the settings loader knows: every variable it reads, and for each GUNICORN_ variable its
     production default and allowed range (None where it is not a whole number). The only place the
     docs tests use the loader's API."""
-    from coffee_payment.conf import SERVER_INT_SETTINGS, VARIABLES, load_settings
+    from coffee_payment.conf import VARIABLES, load_settings
+    from coffee_payment.conf_declarations import DECLARED
 
     production = load_settings(environ={"DJANGO_ENV": "production", "DJANGO_SECRET_KEY": "k" * 40 + "0123456789",
                                         "DJANGO_ALLOWED_HOSTS": "h", "DATABASE_URL": "sqlite://",
                                         "DATABASE_ALLOW_SQLITE": "true", "DJANGO_PUBLIC_BASE_URL": "https://h"})
-    allowed = {setting.variable: setting.allowed for setting in SERVER_INT_SETTINGS}
+    allowed = {setting.variable: setting.kind.allowed for setting in DECLARED}
     gunicorn = {
         variable: (getattr(production.server, key.removeprefix("gunicorn.")), allowed.get(variable))
         for variable, key in VARIABLES.items()
@@ -117,6 +120,65 @@ def test_configuration_doc_gives_every_gunicorn_variable_its_real_default_and_ra
             variable, default, real_default)
         # A range may add a condition after a comma (`0..65535, not GUNICORN_PORT`).
         assert real_allowed is None or allowed.split(", ")[0] == real_allowed, (variable, allowed, real_allowed)
+
+
+def documented_rows() -> dict[str, list[str]]:
+    """Every variable row of every table in docs/configuration.md: name -> its other cells."""
+    text = (DOCS / "configuration.md").read_text()
+    headings = re.findall(r"^## .+$", text, flags=re.MULTILINE)
+    return {name: cells for heading in headings
+            for name, cells in table_rows(DOCS / "configuration.md", heading).items()}
+
+
+def declared_defaults(setting: Any) -> list[str]:
+    """What the row's Default cell must say: the declared default and each operator layer's own value."""
+    from coffee_payment.conf_declarations import BY_KEY, DERIVED, REQUIRED
+
+    def shown(value: Any) -> str:
+        if isinstance(value, (list, tuple)):
+            return "empty" if not value else f"`{','.join(value)}`"
+        return f"`{str(value).lower()}`" if isinstance(value, bool) else f"`{value:g}`" if isinstance(
+            value, float) else f"`{value}`"
+
+    if setting.default is REQUIRED or setting.production_required:
+        says = ["required in production"]
+    elif setting.default is DERIVED:  # names the setting it follows
+        says = [f"`{BY_KEY[key].variable}`" for key in re.findall(r"[a-z_]+\.[a-z_]+", setting.unset_source)]
+    else:
+        says = ["none" if setting.default == {} else shown(setting.default)]
+    layers = tomllib.loads((REPO / "config" / "settings.toml").read_text())
+    for layer in ("development", "production"):
+        value = layers.get(layer, {})
+        for part in setting.key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is not None and not isinstance(value, list):  # a list: its own wording
+            says.append(shown(value))
+    return says
+
+
+def test_configuration_doc_gives_every_declared_variable_its_default_layer_values_and_range() -> None:
+    """The tables follow the declarations (coffee_payment/conf_declarations.py): a row per variable,
+    its Default cell naming the declared default and the development and production layers' values,
+    the row giving its range or its choices."""
+    from coffee_payment.conf_declarations import DECLARED, LAYER
+
+    rows = documented_rows()
+    declared = {setting.variable for setting in (LAYER, *DECLARED)}
+    container = table_rows(DOCS / "configuration.md", "## Container variables")  # the entrypoint's, not the loader's
+    assert sorted(set(rows) - declared - set(container)) == [], "documented but not declared"
+    for setting in (LAYER, *DECLARED):
+        if setting.variable is None:
+            continue
+        assert setting.variable in rows, f"{setting.variable} has no row in docs/configuration.md"
+        row = " | ".join(rows[setting.variable])
+        default = rows[setting.variable][-2 if len(rows[setting.variable]) == 3 else -1]
+        missing = [said for said in declared_defaults(setting) if said not in default]
+        assert not missing, (setting.variable, default, missing)
+        kind = setting.kind
+        if kind.allowed:
+            shown = re.escape(kind.allowed.removesuffix(kind.unit))
+            assert re.search(rf"(?<![\d.]){shown}(?![\d.])", row), (setting.variable, row, kind.allowed)
+        assert [choice for choice in kind.choices if f"`{choice}`" not in row] == [], (setting.variable, row)
 
 
 @pytest.mark.parametrize(

@@ -7,12 +7,8 @@ from pathlib import Path
 import pytest
 from hypothesis import example, given, settings as hypothesis_settings, strategies as st
 
-from coffee_payment.conf import (
-    SERVER_INT_SETTINGS,
-    ConfigError,
-    IntSetting,
-    load_settings,
-)
+from coffee_payment.conf import ConfigError, load_settings
+from coffee_payment.conf_declarations import DECLARED
 from coffee_payment.conf_values import secret_key_is_strong
 
 FIVE = {
@@ -22,7 +18,7 @@ FIVE = {
     "GUNICORN_MAX_REQUESTS": ("max_requests", 0),
     "GUNICORN_MAX_REQUESTS_JITTER": ("max_requests_jitter", 0),
 }
-RULES: dict[str, IntSetting] = {s.variable: s for s in SERVER_INT_SETTINGS}
+RULES = {s.variable: s.kind for s in DECLARED if s.key.startswith("gunicorn.") and s.kind.allowed}
 TESTING = {"DJANGO_ENV": "testing"}
 # Provider waits that fit in the shortest GUNICORN_TIMEOUT (1 s, less the request's 0.5 s margin).
 QUICK_PROVIDER = {"PAYMENT_PROVIDER_CONNECT_TIMEOUT": "0.1", "PAYMENT_PROVIDER_READ_TIMEOUT": "0.1",
@@ -267,9 +263,14 @@ def test_report_masks_secrets_and_names_sources() -> None:
     rows = {key: (value, source) for key, value, source in load_settings(environ=PRODUCTION_OK).report()}
     assert rows["secret_key"] == ("********", "env DJANGO_SECRET_KEY")
     assert rows["database_url"] == ("postgres://coffee:********@db:5432/coffee", "env DATABASE_URL")
-    assert rows["gunicorn.workers"] == ("4", "[default]")
+    assert rows["gunicorn.workers"] == ("4", "built-in")
     text = repr(rows)
     assert "s3cret-value" not in text and "hunter2" not in text
+
+
+def test_the_report_has_a_row_per_declared_setting_in_declaration_order() -> None:
+    keys = [key for key, _, _ in load_settings(environ=PRODUCTION_OK).report()]
+    assert keys == ["layer", *(setting.key for setting in DECLARED)]
 
 
 def test_development_and_testing_generate_a_secret_key_when_unset() -> None:
@@ -336,7 +337,7 @@ WINDOW_NOT_SHORTER = "is not shorter than ORDER_HOLD_MAX_MINUTES"
 @pytest.mark.parametrize(("raw", "message"), [
     ("0.2", "DATABASE_WAIT_TIMEOUT='0.2' is out of range (allowed: 0.5..60 seconds)"),
     ("3s", "DATABASE_WAIT_TIMEOUT='3s' is not a number of seconds (allowed: 0.5..60 seconds)"),
-    ("30", "DATABASE_WAIT_TIMEOUT='30' is not below settings.toml [default] gunicorn.timeout=30 (a request "
+    ("30", "DATABASE_WAIT_TIMEOUT='30' is not below GUNICORN_TIMEOUT=30 (built-in) (a request "
            "waiting for the database must get its 503 page first)"),
 ])
 def test_a_pool_wait_the_request_timeout_cannot_cover_is_refused(raw: str, message: str) -> None:
@@ -369,8 +370,8 @@ def test_a_hold_is_always_released_before_the_providers_seven_day_limit() -> Non
     ("environ", "message"),
     [
         ({"ORDER_MAKE_WINDOW_SECONDS": "3600"}, "ORDER_MAKE_WINDOW_SECONDS='3600' is not shorter than "
-         "settings.toml [default] orders.hold_max_minutes=60 (3600 seconds) (allowed: less, "),
-        ({"ORDER_HOLD_MAX_MINUTES": "2"}, "settings.toml [default] orders.make_window_seconds=120 is not shorter "
+         "ORDER_HOLD_MAX_MINUTES=60 (built-in) (3600 seconds) (allowed: less, "),
+        ({"ORDER_HOLD_MAX_MINUTES": "2"}, "ORDER_MAKE_WINDOW_SECONDS=120 (built-in) is not shorter "
          "than ORDER_HOLD_MAX_MINUTES='2' (120 seconds)"),
     ],
 )

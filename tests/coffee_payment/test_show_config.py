@@ -19,7 +19,7 @@ def test_show_config_names_the_source_of_each_value(tmp_path: Path) -> None:
     rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()[1:]}
     assert rows["gunicorn.workers"] == ["2", "env", "GUNICORN_WORKERS"]
     assert rows["gunicorn.port"][1:] == ["env", "GUNICORN_PORT"]
-    assert rows["gunicorn.timeout"] == ["30", "[default]"]
+    assert rows["gunicorn.timeout"] == ["30", "built-in"]
     assert rows["layer"] == ["testing", "env", "DJANGO_ENV"]
     assert rows["log_format"] == ["text", "[testing]"]
     assert rows["secret_key"] == ["********", "env", "DJANGO_SECRET_KEY"]

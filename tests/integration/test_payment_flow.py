@@ -12,7 +12,6 @@ import re
 import signal
 import threading
 import time
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import httpx
 import pytest
 
 from coffee_payment.conf import load_settings
+from coffee_payment.conf_declarations import BY_KEY
 from coffee_payment.conf_values import PROVIDER_RETRY_BACKOFF, provider_wait_longest
 from devtools import postgres
 from devtools.processes import BIN, REPO, Server, base_environ, fake_provider, gunicorn, run
@@ -244,7 +244,7 @@ def test_with_notifications_off_the_status_page_shows_paid_within_seconds(
     The worst case: a poll claimed the order's read just before the customer confirmed; the next
     read is allowed ORDER_PROVIDER_RECHECK_SECONDS later, a poll comes within one interval of the
     page's script, and it waits ORDER_STATUS_PROVIDER_BUDGET_SECONDS at most for the provider."""
-    database_url, _, _ = seeded
+    database_url, _, token = seeded
     env = server_environ(tmp_path, database_url, "http://placeholder", GUNICORN_WORKERS="2")
     settings = load_settings(environ=env)
     recheck, budget = settings.order_provider_recheck_seconds, settings.order_status_provider_budget_seconds
@@ -252,6 +252,7 @@ def test_with_notifications_off_the_status_page_shows_paid_within_seconds(
     with fake_provider(tmp_path, "--credentials", SECRETS, "--no-notify") as provider, gunicorn(
         tmp_path, env={**env, "PAYMENT_PROVIDER_URL": f"{provider.url}/v3"}
     ) as server, httpx.Client(timeout=10) as browser:
+        machine_shows(server, token, order_id)
         page = browser.get(scan_url(server, order_id))
         pay = browser.post(f"{server.url}/v1/orders/{order_id}/payment", **csrf(page))  # type: ignore[arg-type]
         assert pay.status_code == 303, pay.text
@@ -276,6 +277,7 @@ def test_with_notifications_off_the_status_page_shows_paid_within_seconds(
         assert bound <= 5  # the defaults: paid on the page within 5 s of paying
         assert "notified" not in provider.logs() and "not sent (lost)" in provider.logs()
         # Without a poll just before it, the return page itself says paid.
+        machine_shows(server, token, f"{order_id}-2")
         page = browser.get(scan_url(server, f"{order_id}-2"))
         pay = browser.post(f"{server.url}/v1/orders/{order_id}-2/payment", **csrf(page))  # type: ignore[arg-type]
         back = browser.post(pay.headers["location"], data={"action": "succeed"})
@@ -293,9 +295,9 @@ def test_a_provider_that_hangs_or_fails_gives_the_503_page_in_time_and_the_order
     """The default layer's provider timeouts and retries (the testing layer shortens them): every
     attempt times out (hang) or is answered 500 at once (error), back-off between them; then the
     customer's 503 page, in Russian here, well before GUNICORN_TIMEOUT's plain 504."""
-    database_url, _, _ = seeded
-    defaults = tomllib.loads((REPO / "config" / "settings.toml").read_text())["default"]["provider"]
-    connect, read, retries = defaults["connect_timeout"], defaults["read_timeout"], defaults["retries"]
+    database_url, _, token = seeded
+    connect, read, retries = (BY_KEY[f"provider.{name}"].default
+                              for name in ("connect_timeout", "read_timeout", "retries"))
     backoff = sum(PROVIDER_RETRY_BACKOFF * attempt for attempt in range(1, retries + 1))
     expected = backoff + ((1 + retries) * read if mode == "hang" else 0)
     order_id = f"provider-{mode}"
@@ -305,6 +307,7 @@ def test_a_provider_that_hangs_or_fails_gives_the_503_page_in_time_and_the_order
     with fake_provider(tmp_path, "--credentials", SECRETS, "--fail", mode, "--hang-seconds", str(read + 1)) as provider, \
             gunicorn(tmp_path, env=server_environ(tmp_path, database_url, provider.url, **env)) as server, \
             httpx.Client(timeout=60, headers={"Accept-Language": "ru"}) as browser:
+        machine_shows(server, token, order_id)
         page = browser.get(scan_url(server, order_id))
         started = time.monotonic()
         answer = browser.post(f"{server.url}/v1/orders/{order_id}/payment", **csrf(page))  # type: ignore[arg-type]
@@ -325,7 +328,7 @@ def test_a_payment_whose_worker_died_before_storing_it_is_attached_or_returned_b
     worker serving Pay is killed: the order never hears of its payment, and no notification comes.
     The customer pays it anyway; staff mark the second order failed. A reconciliation run attaches
     the first payment (the order is paid) and refunds the second (its order cannot take it)."""
-    database_url, _, _ = seeded
+    database_url, _, token = seeded
     env = server_environ(tmp_path, database_url, "http://placeholder", GUNICORN_WORKERS="1", GUNICORN_TIMEOUT="8")
     settings = load_settings(environ=env)
     with fake_provider(tmp_path, "--credentials", SECRETS, "--no-notify", "--create-delay", "1.5") as provider, \
@@ -335,6 +338,7 @@ def test_a_payment_whose_worker_died_before_storing_it_is_attached_or_returned_b
         env["PAYMENT_PROVIDER_URL"] = f"{provider.url}/v3"
         created_at: float = 0.0
         for order_id in ("orphan-to-attach", "orphan-to-return"):
+            machine_shows(server, token, order_id)
             page = browser.get(scan_url(server, order_id))
             [worker] = server.wait_for_workers(1)
             paying = BackgroundPost(browser, f"{server.url}/v1/orders/{order_id}/payment", **csrf(page))

@@ -112,8 +112,8 @@ def test_reconciliation_names_its_run_on_the_events_it_writes(fake_server: Any, 
     Order.objects.update(updated_at=timezone.now() - datetime.timedelta(hours=1))
     with caplog.at_level(logging.INFO, logger="payments.management.commands.reconcile_payments"):
         call_command("reconcile_payments", stdout=StringIO())
-    run_id = re.fullmatch(r"reconciliation run ([0-9a-f]{32})", caplog.records[0].getMessage())
-    assert run_id is not None
+    [run_id] = [found for record in caplog.records
+                if (found := re.fullmatch(r"reconciliation run ([0-9a-f]{32})", record.getMessage()))]
     for order_id in ("run-1", "run-2"):
         assert log_of(order_id)[-1] == ("payment_read", "pending", "paid", "reconciliation", run_id.group(1))
 

@@ -149,7 +149,7 @@ async def test_the_contact_is_in_no_log_line(fake: FakeProvider, receipts_on: Me
         fake.settle(payment_id, "succeeded")
         told = Notification(event="payment.succeeded", payment_id=payment_id, order_id_hint=ORDER_ID)
         await services.payment_notification_apply(notification=told)
-        failed = await services.aorder_mark_make_failed(order_id=ORDER_ID)
+        failed = await services.order_mark_make_failed_and_return_money(order_id=ORDER_ID)
         later = timezone.now() + datetime.timedelta(minutes=settings.ORDER_RECONCILE_AFTER_MINUTES + 1)
         await reconciliation.orders_reconcile(now=later)
     assert failed.status == "refunded" and "receipt" not in sent_bodies(fake)[-1]
@@ -222,7 +222,7 @@ async def test_an_sbp_payment_is_recorded_and_its_refund_completes_when_the_bank
     assert await services.payment_notification_apply(notification=told) == "paid"
     assert (await order_row()).payment_method == "sbp"
 
-    waiting = await services.aorder_mark_make_failed(order_id=ORDER_ID)
+    waiting = await services.order_mark_make_failed_and_return_money(order_id=ORDER_ID)
     [refund] = fake.refunds.values()
     assert (waiting.status, waiting.refund_status, refund.status) == ("refund_pending", "pending", "pending")
     fake.sbp_refund_seconds = 0
@@ -273,7 +273,7 @@ async def test_a_refunds_receipt_is_recorded_and_reconciled_too(fake: FakeProvid
     await services.payment_notification_apply(
         notification=Notification(event="payment.succeeded", payment_id=payment_id, order_id_hint=ORDER_ID))
     fake.receipt_seconds = 3600
-    refunded = await services.aorder_mark_make_failed(order_id=ORDER_ID)
+    refunded = await services.order_mark_make_failed_and_return_money(order_id=ORDER_ID)
     assert (refunded.status, refunded.receipt_registration, refunded.refund_receipt_registration) == (
         "refunded", "succeeded", "pending")
     fake.receipt_seconds = 0

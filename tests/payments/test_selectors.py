@@ -21,7 +21,7 @@ pytestmark = pytest.mark.django_db
 def test_order_status_is_one_query(order: Order, django_assert_num_queries: Any) -> None:
     """The hot path: one primary-key read, nothing else."""
     with django_assert_num_queries(1) as captured:
-        state = async_to_sync(selectors.order_get_status)(order_id=order.pk)
+        state = async_to_sync(selectors.order_state_get)(order_id=order.pk)
     assert state is not None and state.status == "created"
     sql = captured.captured_queries[0]["sql"]
     assert '"payments_order"."id" = ' in sql and "JOIN" not in sql
@@ -45,7 +45,7 @@ def test_the_polls_compile_their_queries_once(order: Order, monkeypatch: pytest.
     the ORM's largest share of a poll's CPU); the values still pass the ORM's converters."""
     token = services.device_credential_issue(device_id=order.device_id)
     key_id = credentials.token_key_id(token)
-    read, find = async_to_sync(selectors.order_get_status), async_to_sync(selectors.machine_order_find)
+    read, find = async_to_sync(selectors.order_state_get), async_to_sync(selectors.machine_order_find)
     read(order_id="nope")
     find(key_id="nope", order_id="nope")
     compiled: list[SQLCompiler] = []
@@ -78,7 +78,7 @@ def test_a_machine_poll_reads_its_order_and_credential_in_one_query(order: Order
     assert found is not None
     device_id, token_hash, state, last_seen_at = found
     assert device_id == order.device_id and credentials.token_matches(token, token_hash) and last_seen_at is None
-    assert state == async_to_sync(selectors.order_get_status)(order_id=order.pk)
+    assert state == async_to_sync(selectors.order_state_get)(order_id=order.pk)
     other = Device.objects.create(device_uuid="machine-2", merchant_id=order.merchant_id, location="Hall")
     other_key = credentials.token_key_id(services.device_credential_issue(device_id=other.pk))
     assert other_key is not None
@@ -95,14 +95,14 @@ def test_a_machine_poll_reads_its_order_and_credential_in_one_query(order: Order
 @pytest.mark.forged_status
 def test_the_machine_sees_whether_the_money_is_taken(order: Order, status: str, paid: bool) -> None:
     Order.objects.filter(pk=order.pk).update(status=status)
-    state = async_to_sync(selectors.order_get_status)(order_id=order.pk)
+    state = async_to_sync(selectors.order_state_get)(order_id=order.pk)
     assert state is not None
     shown = state.as_machine_json(now=timezone.now())
     assert (shown["paid"], shown["amount_paid_kopecks"]) == (paid, 15900 if paid else 0)
 
 
 def test_order_status_json(order: Order) -> None:
-    state = async_to_sync(selectors.order_get_status)(order_id=order.pk)
+    state = async_to_sync(selectors.order_state_get)(order_id=order.pk)
     assert state is not None
     assert state.as_json(now=timezone.now()) == {
         "order_id": order.pk, "status": "created", "label": "Waiting for payment", "final": False, "expired": False,
@@ -121,12 +121,12 @@ def test_order_status_json(order: Order) -> None:
 @pytest.mark.forged_status
 def test_final_statuses_stop_the_polling(order: Order, status: str, final: bool) -> None:
     Order.objects.filter(pk=order.pk).update(status=status)
-    state = async_to_sync(selectors.order_get_status)(order_id=order.pk)
+    state = async_to_sync(selectors.order_state_get)(order_id=order.pk)
     assert state is not None and state.as_json(now=timezone.now())["final"] is final
 
 
 def test_unknown_order_has_no_status() -> None:
-    assert async_to_sync(selectors.order_get_status)(order_id="nope") is None
+    assert async_to_sync(selectors.order_state_get)(order_id="nope") is None
     with pytest.raises(OrderNotFound):
         async_to_sync(selectors.order_get)(order_id="nope")
 

@@ -118,7 +118,7 @@ MARK: dict[str, Callable[[str, datetime.datetime], Any]] = {
     "successful": lambda order_id, now: services.order_mark_successful(order_id=order_id),
     "make_failed": lambda order_id, now: services.order_mark_make_failed(order_id=order_id),
     "manual_make": lambda order_id, now: services.order_mark_manual_make(order_id=order_id),
-    "money_return": lambda order_id, now: services.order_mark_money_return(order_id=order_id),
+    "money_return": lambda order_id, now: services.order_mark_money_return_due(order_id=order_id),
     "hold_release": lambda order_id, now: services.order_mark_hold_release(order_id=order_id, now=now),
     "window_close": lambda order_id, now: services.order_close_make_window(order_id=order_id, now=now),
 }
@@ -506,7 +506,7 @@ class OrderLifecycle(RuleBasedStateMachine):
     @invariant()
     def the_machine_may_start_exactly_when_the_window_allows(self) -> None:
         if hasattr(self, "order_id"):
-            state = async_to_sync(selectors.order_get_status)(order_id=self.order_id)
+            state = async_to_sync(selectors.order_state_get)(order_id=self.order_id)
             assert state is not None
             startable = self.status in ("paid", "held") and self.conditions()["in_window"]
             assert state.can_make(now=self.now) == state.as_machine_json(now=self.now)["can_make"] == startable
@@ -680,12 +680,12 @@ async def test_expiry_is_one_rule_a_payment_started_in_time_is_followed_to_its_e
     started = await services.order_payment_start(order_id=order.pk, return_url="http://testserver/back")
     assert await services.order_payment_start(order_id=order.pk, return_url="http://testserver/back", now=late) == started
     assert len(fake.payments) == 1
-    state = await selectors.order_get_status(order_id=order.pk)
+    state = await selectors.order_state_get(order_id=order.pk)
     assert state is not None and state.as_json(now=late)["expired"] is False
     await Order.objects.filter(pk=order.pk).aupdate(status="created", provider_payment_id=None)
     with pytest.raises(OrderExpired):
         await services.order_payment_start(order_id=order.pk, return_url="http://testserver/back", now=late)
-    state = await selectors.order_get_status(order_id=order.pk)
+    state = await selectors.order_state_get(order_id=order.pk)
     assert state is not None and state.as_json(now=late)["expired"] is True
     assert (await Order.objects.aget(pk=order.pk)).is_expired(late)
 
@@ -813,7 +813,7 @@ async def test_a_two_stage_order_is_charged_only_when_the_drink_is_made(fake: Fa
     assert held.hold_expires_at is not None and held.hold_expires_at <= fake.payments[payment_id].expires_at
     await sync_to_async(services.order_mark_make_pending)(order_id=order.pk)
     assert fake.payments[payment_id].status == "waiting_for_capture"  # nothing taken while it is made
-    made = await services.aorder_mark_successful(order_id=order.pk)
+    made = await services.order_mark_successful_and_capture(order_id=order.pk)
     assert made.status == "successful"
     assert fake.payments[payment_id].status == "succeeded"
     assert fake.calls[f"POST /payments/{payment_id}/capture"] == 1
@@ -824,7 +824,7 @@ async def test_a_two_stage_order_is_charged_only_when_the_drink_is_made(fake: Fa
 async def test_a_two_stage_drink_that_fails_releases_the_hold(fake: FakeProvider, order: Order) -> None:
     payment_id = await paid_order(fake, order, two_stage=True)
     await sync_to_async(services.order_mark_make_pending)(order_id=order.pk)
-    assert (await services.aorder_mark_make_failed(order_id=order.pk)).status == "released"
+    assert (await services.order_mark_make_failed_and_return_money(order_id=order.pk)).status == "released"
     assert fake.payments[payment_id].status == "canceled"
     assert fake.payments[payment_id].cancellation["party"] == "merchant"
     assert fake.calls[f"POST /payments/{payment_id}/capture"] == 0
@@ -834,7 +834,7 @@ async def test_a_two_stage_drink_that_fails_releases_the_hold(fake: FakeProvider
 async def test_a_paid_drink_that_fails_is_refunded_in_full_and_recorded(fake: FakeProvider, order: Order) -> None:
     payment_id = await paid_order(fake, order, two_stage=False)
     await sync_to_async(services.order_mark_make_pending)(order_id=order.pk)
-    refunded = await services.aorder_mark_make_failed(order_id=order.pk)
+    refunded = await services.order_mark_make_failed_and_return_money(order_id=order.pk)
     (refund,) = fake.refunds.values()
     assert (refunded.status, refunded.refund_id, refunded.refund_status) == ("refunded", refund.id, "succeeded")
     assert refunded.refunded_kopecks == order.price_kopecks and refund.payment_id == payment_id
@@ -848,7 +848,8 @@ async def test_a_paid_drink_that_fails_is_refunded_in_full_and_recorded(fake: Fa
 @pytest.mark.django_db(transaction=True)
 async def test_a_refund_whose_answer_was_lost_is_recorded_from_its_notification(fake: FakeProvider, order: Order) -> None:
     payment_id = await paid_order(fake, order, two_stage=False)
-    for mark in (services.order_mark_make_pending, services.order_mark_make_failed, services.order_mark_money_return):
+    for mark in (services.order_mark_make_pending, services.order_mark_make_failed,
+                 services.order_mark_money_return_due):
         await sync_to_async(mark)(order_id=order.pk)
     # The refund went through but its answer never came back (a crash after the call).
     refund = await provider.refund_create(shop_id="demo-shop", order_id=order.pk, payment_id=payment_id,
@@ -864,7 +865,8 @@ async def test_a_partial_refund_of_the_payment_does_not_count_as_the_customers_m
     fake: FakeProvider, order: Order
 ) -> None:
     payment_id = await paid_order(fake, order, two_stage=False)
-    for mark in (services.order_mark_make_pending, services.order_mark_make_failed, services.order_mark_money_return):
+    for mark in (services.order_mark_make_pending, services.order_mark_make_failed,
+                 services.order_mark_money_return_due):
         await sync_to_async(mark)(order_id=order.pk)
     # Staff refunded part of the payment from the provider's dashboard; its notification arrives
     # while the order's own refund (the whole price) is still due.
@@ -883,7 +885,7 @@ async def test_a_capture_interrupted_by_the_provider_is_finished_under_the_same_
     await sync_to_async(services.order_mark_make_pending)(order_id=order.pk)
     fake.fail = "error"
     # The machine's report is recorded (the intent), the capture is left for later.
-    assert (await services.aorder_mark_successful(order_id=order.pk)).status == "capture_pending"
+    assert (await services.order_mark_successful_and_capture(order_id=order.pk)).status == "capture_pending"
     assert fake.payments[payment_id].status == "waiting_for_capture"
     fake.fail = "none"
     assert await services.order_money_settle(order_id=order.pk) == "successful"
@@ -897,7 +899,7 @@ async def test_capturing_a_hold_the_provider_already_dropped_fails_the_order(fak
     payment_id = await paid_order(fake, order, two_stage=True)
     await sync_to_async(services.order_mark_make_pending)(order_id=order.pk)
     fake.payments[payment_id].expires_at = datetime.datetime.now(datetime.UTC)  # the provider's hold ran out
-    assert (await services.aorder_mark_successful(order_id=order.pk)).status == "failed"
+    assert (await services.order_mark_successful_and_capture(order_id=order.pk)).status == "failed"
     assert fake.payments[payment_id].status == "canceled"
 
 

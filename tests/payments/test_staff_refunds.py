@@ -33,7 +33,7 @@ async def made(fake: FakeProvider, order: Order, *, two_stage: bool = False) -> 
     """The order paid, made and (two-stage) captured: successful; its payment's id."""
     payment_id = await paid_order(fake, order, two_stage=two_stage)
     await sync_to_async(services.order_mark_make_pending)(order_id=order.pk)
-    assert (await services.aorder_mark_successful(order_id=order.pk)).status == "successful"
+    assert (await services.order_mark_successful_and_capture(order_id=order.pk)).status == "successful"
     return payment_id
 
 
@@ -102,7 +102,7 @@ async def test_money_on_its_way_back_or_into_a_drink_is_not_staffs_to_refund(
     if status in ("make_failed", "refund_pending"):
         await sync_to_async(services.order_mark_make_failed)(order_id=order.pk)
     if status == "refund_pending":
-        await sync_to_async(services.order_mark_money_return)(order_id=order.pk)
+        await sync_to_async(services.order_mark_money_return_due)(order_id=order.pk)
     with pytest.raises(RefundNotAllowed, match="staff refund only an order whose money was taken and kept"):
         await refund(order, 100)
     assert not fake.refunds and not await StaffRefund.objects.aexists()
@@ -111,7 +111,7 @@ async def test_money_on_its_way_back_or_into_a_drink_is_not_staffs_to_refund(
 async def test_a_refused_automatic_refund_is_returned_by_staff(fake: FakeProvider, order: Order) -> None:
     payment_id = await paid_order(fake, order, two_stage=False)
     fake.payments[payment_id].refunded = fake.payments[payment_id].amount  # refunded from the dashboard meanwhile
-    assert (await services.aorder_mark_make_failed(order_id=order.pk)).status == "refund_failed"
+    assert (await services.order_mark_make_failed_and_return_money(order_id=order.pk)).status == "refund_failed"
     fake.payments[payment_id].refunded = 0
     await refund(order, PRICE)
     assert await stored(order) == ("refunded", PRICE)

@@ -23,6 +23,7 @@ from django.db import connections
 
 from payments import events, provider
 from payments.models import EventCause
+from payments.outcomes import Outcome, errors as outcomes_errors
 from payments.reconciliation import BATCH, orders_reconcile, reconciliation_success_record
 from payments.vend_window import make_windows_check
 
@@ -52,19 +53,19 @@ class Command(BaseCommand):
             self.stdout.write(f"{outcome} {count}")
         if not outcomes:
             self.stdout.write("nothing due")
-        errors = sum(count for outcome, count in outcomes.items() if outcome.startswith("error"))
-        if errors:
+        if errors := outcomes_errors(outcomes):
             raise CommandError(f"{errors} order(s) or payment lists could not be reconciled; the next run retries")
         reconciliation_success_record()
 
-    async def _run(self, *, limit: int, batch: int) -> Counter[str]:
+    async def _run(self, *, limit: int, batch: int) -> Counter[Outcome]:
         # Every order event the run writes names it (the admin's event log); its log lines too.
         run_id = uuid.uuid4().hex
-        log.info("reconciliation run %s", run_id)
         try:
             with events.caused_by(EventCause.RECONCILIATION, run_id):
                 outcomes = await make_windows_check()
                 outcomes.update(await orders_reconcile(limit=limit, batch=batch))
+            # Once it ran: a database it cannot reach is the command's one line, nothing before it.
+            log.info("reconciliation run %s", run_id)
             return outcomes
         finally:
             await provider.aclose()
