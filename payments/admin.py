@@ -99,6 +99,7 @@ class MerchantAdmin(ScopedAdmin):
     list_display = ("name", "shop_id", "contact_email", "active_until", "two_stage_payments", "payment_methods",
                     "receipts_enabled")
     search_fields = ("name", "shop_id", "contact_email")
+    ordering = ("name",)
     filter_horizontal = ("staff",)
     fieldsets = [
         (None, {"fields": ("name", "contact_email", "active_until", "shop_id", "two_stage_payments",
@@ -150,6 +151,7 @@ class DeviceAdmin(MachineTime, ScopedAdmin):
                     "credential_issued_at")
     list_filter = ("status", ConnectionFilter, "merchant")
     search_fields = ("device_uuid", "location")
+    ordering = ("device_uuid",)
     list_select_related = ("merchant", "credential")
     # Written by the machine's own calls (payments.liveness).
     readonly_fields = ("last_seen_at",)
@@ -313,6 +315,10 @@ class OrphanPaymentAdmin(ScopedAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: OrphanPayment | None = None) -> bool:
         return False
 
+
+# The site's own name, in the staff's language (Django's reads "Django administration").
+admin.site.site_header = admin.site.site_title = gettext_lazy("Coffee Payments Server")
+admin.site.index_title = gettext_lazy("Back office")
 
 # The report's admin (its own view permission): payments/admin_sales.py.
 from payments.admin_sales import SalesAdmin  # noqa: E402

@@ -44,9 +44,10 @@ class SalesFilterForm(forms.Form):
     def __init__(self, *args: Any, user: Any, admin_site: admin.AdminSite, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["merchant"].queryset = merchants_of(user)
-        self.fields["machine"].queryset = devices_of(user)
         # A fleet has too many machines for a list: typed ahead, through the machines' admin search.
-        self.fields["machine"].widget = AutocompleteSelect(Order._meta.get_field("device"), admin_site)
+        self.fields["machine"] = forms.ModelChoiceField(
+            label=self.fields["machine"].label, queryset=devices_of(user), required=False,
+            widget=AutocompleteSelect(Order._meta.get_field("device"), admin_site))
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()

@@ -16,7 +16,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator, RegexVa
 from django.db import models
 from django.utils import formats
 from django.utils.functional import lazy
-from django.utils.translation import gettext, gettext_lazy as _
+from django.utils.translation import gettext, gettext_lazy as _, gettext_noop
 
 from payments.personal_data import contact_mask
 from payments.receipts import PaymentMode, PaymentSubject, TaxSystem, VatCode
@@ -157,8 +157,8 @@ class Device(models.Model):
     # The customer pages show times (e.g. "pay before") in the machine's local time.
     time_zone = models.CharField(
         _("time zone"), max_length=64, default=DEFAULT_DEVICE_TIME_ZONE, validators=[time_zone_validate],
-        help_text=lazy_percent("The machine's IANA time zone, e.g. %(example)s: the customer pages, the admin and "
-                               "the sales show its times in it.", example=DEFAULT_DEVICE_TIME_ZONE),
+        help_text=lazy_percent(gettext_noop("The machine's IANA time zone, e.g. %(example)s: the customer pages, the "
+                                            "admin and the sales show its times in it."), example=DEFAULT_DEVICE_TIME_ZONE),
     )
     # The machine's last call to the machine API, written at most once per DEVICE_SEEN_INTERVAL_SECONDS
     # (payments.liveness); None: never since it has had a token.
@@ -427,7 +427,7 @@ class Order(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.id} {self.drink_name} ({self.status})"
+        return f"{self.id} {self.drink_name} ({self.get_status_display()})"
 
     @property
     def price_text(self) -> str:
@@ -481,7 +481,8 @@ class OrphanPayment(models.Model):
         ordering = ("-found_at",)
 
     def __str__(self) -> str:
-        return f"payment {self.provider_payment_id} of order {self.order_id} ({self.status})"
+        return gettext("payment %(payment)s of order %(order)s (%(status)s)") % {
+            "payment": self.provider_payment_id, "order": self.order_id, "status": self.get_status_display()}
 
 
 class Sales(Order):
