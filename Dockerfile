@@ -65,7 +65,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1
 
 USER 10001:10001
-EXPOSE 8000
+# The application's port and the metrics port (GUNICORN_PORT, GUNICORN_METRICS_PORT).
+EXPOSE 8000 9464
 STOPSIGNAL SIGTERM
 # /health answers while a worker's event loop does; it needs no database and no curl.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \

@@ -176,6 +176,14 @@ lock: $(LOCK_VENV)/.installed
 	$(LOCK) requirements/checkov.in -o requirements/checkov.lock
 	$(LOCK) requirements/kubectl.in -c requirements/test.lock -o requirements/kubectl.lock
 
+# The chaos run (devtools/chaos.py): machines and customers against a real Gunicorn on a throwaway
+# PostgreSQL cluster under a seeded fault schedule, then a money ledger; a few minutes.
+# ARGS="--seed 7 --seconds 300", ARGS=--help.
+.PHONY: chaos
+chaos: install-test
+	@$(BIN)/python -m devtools.postgres --check
+	$(BIN)/python -m devtools.chaos $(ARGS)
+
 bench-fleet: $(VENV)/.installed-bench
 	@$(BIN)/python -m devtools.postgres --check
 	$(BIN)/python -m bench.fleet $(ARGS)

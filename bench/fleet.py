@@ -176,7 +176,7 @@ def measured(server: Server, plan: Plan, *, settings: Settings, idle: float) -> 
     """run_plan's figures plus the server's: /metrics, the load average, and its CPU per answered
     request beyond what it spends idle (`idle` CPU seconds per second); beside it, the CPU per
     answer of the generator (this process) and of everything else (fake provider, PostgreSQL)."""
-    before, cpu, began = metrics_snapshot(server.url), group_cpu_seconds(server.process.pid), time.monotonic()
+    before, cpu, began = metrics_snapshot(server.metrics_url), group_cpu_seconds(server.process.pid), time.monotonic()
     machine, generator = machine_busy_seconds(), time.process_time()
     result = run_plan_sync(server.url, plan, timeout=settings.timeout, max_in_flight=settings.max_in_flight)
     elapsed = time.monotonic() - began
@@ -193,7 +193,7 @@ def measured(server: Server, plan: Plan, *, settings: Settings, idle: float) -> 
             "cpu_ms_per_answer": per_answer(cpu), "generator_cpu_ms_per_answer": per_answer(generator),
             "rest_cpu_ms_per_answer": per_answer(rest), "machine_busy_share": round(
                 (cpu + idle * elapsed + generator + rest) / (elapsed * (os.cpu_count() or 1)), 2),
-            "server_metrics": metrics_delta(before, metrics_snapshot(server.url))}
+            "server_metrics": metrics_delta(before, metrics_snapshot(server.metrics_url))}
 
 
 def sweep(server: Server, levels: list[float], *, make_plan: Callable[[float, int], Plan],

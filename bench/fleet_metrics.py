@@ -29,9 +29,10 @@ def _is_request_duration(name: str) -> bool:
 
 
 def metrics_snapshot(url: str) -> Snapshot | None:
-    """{"name": histogram name, "buckets": {upper bound: cumulative count}} or None."""
+    """{"name": histogram name, "buckets": {upper bound: cumulative count}} or None; `url` is the
+    metrics URL (the stack's own port, GUNICORN_METRICS_PORT)."""
     try:
-        response = httpx.get(url + "/metrics", timeout=5)
+        response = httpx.get(url, timeout=5)
     except httpx.HTTPError:
         return None
     if response.status_code != 200:

@@ -6,7 +6,7 @@ from django.conf import settings
 
 from coffee_payment.asgi_handler import get_lean_asgi_application
 from coffee_payment.body_limit import BodyLimitMiddleware
-from coffee_payment.metrics import GaugeSampler, RequestMetricsMiddleware
+from coffee_payment.metrics import GaugeSampler, MetricsPort, RequestMetricsMiddleware
 from coffee_payment.request_id import RequestIdMiddleware
 from coffee_payment.request_timeout import RequestTimeoutMiddleware
 
@@ -18,6 +18,7 @@ django_application = get_lean_asgi_application()
 # Imported after Django is set up: the app's modules read django.conf.settings.
 from coffee_payment.lifespan import Lifespan  # noqa: E402
 from payments import provider  # noqa: E402
+from payments.scrape_metrics import database_metrics  # noqa: E402
 from payments.vend_window import MakeWindowChecker  # noqa: E402
 
 # A request not answered within GUNICORN_TIMEOUT seconds gets 504 (408 while its body is still
@@ -25,7 +26,8 @@ from payments.vend_window import MakeWindowChecker  # noqa: E402
 # the lifespan handler: the provider client is per worker event loop, closed when the worker stops.
 # Outside the timeout, the body limit (GUNICORN_MAX_BODY_BYTES): a body over it gets 413 before
 # it is read (coffee_payment/body_limit.py).
-# Outside those, the request metrics (coffee_payment/metrics.py), which count the 413s and 504s
+# Outside those, the metrics port's split: its requests get /metrics and never the application.
+# Outside that, the request metrics (coffee_payment/metrics.py), which count the 413s and 504s
 # too, and outermost the request's X-Request-ID (coffee_payment/request_id.py), so every log line
 # of the request carries it.
 # Beside the requests, from lifespan startup to shutdown: the gauges' sampler, and the vend window
@@ -36,9 +38,13 @@ make_window_checker = MakeWindowChecker()
 application = Lifespan(
     RequestIdMiddleware(
         RequestMetricsMiddleware(
-            BodyLimitMiddleware(
-                RequestTimeoutMiddleware(django_application, timeout=settings.REQUEST_TIMEOUT),
-                limit=settings.REQUEST_BODY_LIMIT,
+            MetricsPort(
+                BodyLimitMiddleware(
+                    RequestTimeoutMiddleware(django_application, timeout=settings.REQUEST_TIMEOUT),
+                    limit=settings.REQUEST_BODY_LIMIT,
+                ),
+                # The payments app's counts from the database come with every scrape.
+                port=settings.METRICS_PORT, scrape_reads=(database_metrics,),
             ),
         ),
     ),

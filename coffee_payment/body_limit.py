@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import logging
 
-from coffee_payment.asgi_types import ASGIApp, Message, Receive, Scope, Send
+from coffee_payment.asgi_types import DISCONNECT, ASGIApp, Message, Receive, Scope, Send, plain_answer
 
 __all__ = ["BodyLimitMiddleware"]
 
 logger = logging.getLogger(__name__)
 
-DISCONNECT: Message = {"type": "http.disconnect"}
 REASON = b"Content Too Large"
 
 
@@ -87,13 +86,4 @@ def _content_length(scope: Scope) -> int | None:
 
 
 async def _send_413(send: Send) -> None:
-    await send({
-        "type": "http.response.start",
-        "status": 413,
-        "headers": [
-            (b"content-type", b"text/plain; charset=utf-8"),
-            (b"content-length", str(len(REASON)).encode()),
-            (b"connection", b"close"),
-        ],
-    })
-    await send({"type": "http.response.body", "body": REASON, "more_body": False})
+    await plain_answer(send, 413, REASON, close=True)

@@ -24,8 +24,8 @@ from coffee_payment.conf_values import (
     DATABASE_URL_FORMS, DATABASE_WAIT_TIMEOUT, DEFAULT_METRICS_DIR, DERIVED_WHEN_UNSET, DEVELOPMENT_BASE_URL,
     KILL_MARGIN, NOT_A_DIRECTORY, PROVIDER_WAIT_KEYS, SHOWN, SQLITE, WEAK_KEY, ConfigError, IntSetting, Refusal,
     SecondsSetting, Settings, database_engine, hosts_with_base_url, is_base_url, is_directory, is_text, parse_base_url,
-    parse_boolean, parse_directory, parse_hosts, parse_provider_secrets, parse_text, provider_wait_refusal,
-    settings_from, shown_value, unknown_variable_warnings,
+    parse_boolean, parse_directory, parse_hosts, parse_networks, parse_provider_secrets, parse_text,
+    parse_whole_number, provider_wait_refusal, settings_from, shown_value, unknown_variable_warnings,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -43,11 +43,13 @@ log = logging.getLogger(__name__)
 
 # The server's whole numbers. workers: 64 is far past what one pod should run; timeouts: an hour.
 # Hostile clients (docs/architecture.md, "Request limits"): headers of what browsers send with cookies up to
-# 1 MiB; a body of 1 KiB (a webhook is a few hundred bytes) to 64 MiB (in memory, never spooled).
+# 1 MiB; a body of 1 KiB (a webhook is a few hundred bytes) to 64 MiB (in memory, never spooled). Connections:
+# uvicorn counts the request's own, so 10 serves nine at once; 100000 is past any file limit's sense.
 SERVER_INT_SETTINGS = tuple(IntSetting(f"gunicorn.{key}", f"GUNICORN_{key.upper()}", low, high) for key, low, high in (
     ("workers", 1, 64), ("port", 1, 65535), ("timeout", 1, 3600), ("graceful_timeout", 1, 3600),
     ("max_requests", 0, 10_000_000), ("max_requests_jitter", 0, 10_000_000), ("keepalive", 1, 300),
     ("max_header_bytes", 4096, 1_048_576), ("header_timeout", 1, 300), ("max_body_bytes", 1024, 67_108_864),
+    ("metrics_port", 0, 65535), ("worker_connections", 10, 100_000),
 ))
 # Retries repeat a provider call with the same Idempotence-Key: more only lengthen the customer's
 # wait. Pool: per worker process. Hold: the provider keeps a held amount 7 days at most (YooKassa),
@@ -59,6 +61,10 @@ OTHER_NUMBER_SETTINGS = (
     SecondsSetting("provider.connect_timeout", "PAYMENT_PROVIDER_CONNECT_TIMEOUT", 0.1, 30),
     SecondsSetting("provider.read_timeout", "PAYMENT_PROVIDER_READ_TIMEOUT", 0.1, 60),
     IntSetting("provider.retries", "PAYMENT_PROVIDER_RETRIES", 0, 5),
+    # Forged notifications: a payment read for a notification is not read again for the same
+    # claim within this many seconds; reads of ids no order holds, per minute and worker.
+    IntSetting("provider.reread_seconds", "PAYMENT_PROVIDER_REREAD_SECONDS", 1, 300),
+    IntSetting("provider.unknown_reads_per_minute", "PAYMENT_PROVIDER_UNKNOWN_READS_PER_MINUTE", 1, 10_000),
     IntSetting("orders.expiry_minutes", "ORDER_EXPIRY_MINUTES", 1, 1440),
     IntSetting("database_pool_max_size", "DATABASE_POOL_MAX_SIZE", 1, 100),
     SecondsSetting("database_wait_timeout", "DATABASE_WAIT_TIMEOUT", 0.5, 60),
@@ -91,7 +97,9 @@ VARIABLES: dict[str, str] = {
     "DJANGO_LOG_LEVEL": "log_level", "DJANGO_LOG_FORMAT": "log_format", "DATABASE_URL": "database_url",
     "DATABASE_ALLOW_SQLITE": "database_allow_sqlite", "DJANGO_PUBLIC_BASE_URL": "public_base_url",
     "GUNICORN_HOST": "gunicorn.host", "GUNICORN_METRICS_DIR": "gunicorn.metrics_dir",
+    "GUNICORN_FORWARDED_ALLOW_IPS": "gunicorn.forwarded_allow_ips",
     "PAYMENT_PROVIDER_URL": "provider.url", "PAYMENT_PROVIDER_SECRETS": "provider.secrets",
+    "PAYMENT_PROVIDER_NOTIFICATION_ADDRESSES": "provider.notification_addresses",
     "DJANGO_SECURE_SSL_REDIRECT": "security.ssl_redirect",
     "DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS": "security.hsts_include_subdomains",
     "DJANGO_SECURE_HSTS_PRELOAD": "security.hsts_preload",
@@ -100,8 +108,8 @@ VARIABLES: dict[str, str] = {
 KEY_VARIABLES = {key: variable for variable, key in VARIABLES.items()}
 
 
-def _validators(layer: str, *, required: str) -> list[Validator]:
-    """Every check, in the order their failures are reported."""
+def _validators(layer: str, *, required: str, lookup: Callable[[str], Any]) -> list[Validator]:
+    """Every check, in the order their failures are reported; `lookup` reads another key's value."""
     production = layer == "production"
 
     def check(key: str, cast: Callable[[Any], Any], condition: Callable[[Any], bool], message: str, **more: Any
@@ -133,10 +141,20 @@ def _validators(layer: str, *, required: str) -> list[Validator]:
         check("time_zone", parse_text, is_text, "is not a non-empty string", default="UTC"),
         check("gunicorn.host", parse_text, is_text, "is not a non-empty string", must_exist=True),
         check("gunicorn.metrics_dir", parse_directory, is_directory, NOT_A_DIRECTORY, default=DEFAULT_METRICS_DIR),
+        # Empty: no peer is a trusted proxy, so no client chooses its own address or scheme.
+        check("gunicorn.forwarded_allow_ips", parse_networks, lambda v: not isinstance(v, Refusal), "{value}",
+              default=()),
         check("provider.url", parse_base_url, is_base_url, "is not a base URL "
               "(allowed: http(s)://host[:port]/path, no user, query or fragment)", must_exist=True),
         check("provider.secrets", parse_provider_secrets, lambda v: not isinstance(v, Refusal), "{value}", default={}),
+        # Empty: notifications from any address (their bodies are never trusted anyway).
+        check("provider.notification_addresses", parse_networks, lambda v: not isinstance(v, Refusal), "{value}",
+              default=()),
         *(v for s in (*SERVER_INT_SETTINGS, *OTHER_NUMBER_SETTINGS) for v in s.validators(required=required)),
+        # After both ports' own checks: one listener cannot serve both.
+        Validator("gunicorn.metrics_port", condition=lambda v: v == 0 or v != parse_whole_number(lookup("gunicorn.port")),
+                  when=Validator("gunicorn.metrics_port", condition=lambda v: type(v) is int),
+                  messages={"condition": "is also GUNICORN_PORT (allowed: another port, or 0 for none)"}),
     ]
     if production:
         checks[1:1] = [Validator("secret_key", condition=django_secret_key_is_strong, messages={"condition": WEAK_KEY})]
@@ -249,7 +267,7 @@ def load_settings(*, environ: Mapping[str, str], settings_file: Path = SETTINGS_
     origins = _origins(conf)
     layer_row = ("layer", layer, f"env {LAYER_VARIABLE}" if environ.get(LAYER_VARIABLE, "").strip() else "built-in")
     required = f"is required in the {layer} layer and is not set"
-    conf.validators.register(*_validators(layer, required=required))
+    conf.validators.register(*_validators(layer, required=required, lookup=conf.get))
     try:
         conf.validators.validate_all()
     except ValidationError as failed:

@@ -5,6 +5,7 @@ validated URL. No environment is read here."""
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import re
 import urllib.parse
 from collections.abc import Callable, Collection, Mapping
@@ -128,10 +129,19 @@ class ServerSettings:
     max_body_bytes: int
     # prometheus_client's multiprocess directory: every worker's metric files (config/gunicorn.py).
     metrics_dir: str
+    # /metrics is served on this port alone (0: nowhere), which no Service routes.
+    metrics_port: int
+    # Peers whose X-Forwarded-For and X-Forwarded-Proto count (Gunicorn's forwarded_allow_ips).
+    forwarded_allow_ips: tuple[str, ...]
+    # uvicorn's limit_concurrency: a request beyond this many connections or requests is answered 503.
+    worker_connections: int
 
     @property
     def bind(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return self.bind_port(self.port)
+
+    def bind_port(self, port: int) -> str:
+        return f"[{self.host}]:{port}" if ":" in self.host else f"{self.host}:{port}"
 
 
 @dataclass(frozen=True)
@@ -143,6 +153,10 @@ class ProviderSettings:
     connect_timeout: float
     read_timeout: float
     retries: int
+    # Notifications: the senders accepted (empty: any), and what forged ones may cost in reads.
+    notification_addresses: tuple[str, ...]
+    reread_seconds: int
+    unknown_reads_per_minute: int
 
 
 @dataclass(frozen=True)
@@ -224,8 +238,11 @@ def settings_from(values: Mapping[str, Any], **fields_without_key: Any) -> Setti
                                  wait_timeout=values["database_wait_timeout"],
                                  base_dir=fields_without_key.pop("base_dir")),
         log_level=values["log_level"], log_format=values["log_format"], time_zone=values["time_zone"],
-        server=ServerSettings(**section("gunicorn")),
-        provider=ProviderSettings(**section("provider") | {"secrets": dict(values["provider.secrets"])}),
+        server=ServerSettings(**section("gunicorn") | {
+            "forwarded_allow_ips": tuple(values["gunicorn.forwarded_allow_ips"])}),
+        provider=ProviderSettings(**section("provider") | {
+            "secrets": dict(values["provider.secrets"]),
+            "notification_addresses": tuple(values["provider.notification_addresses"])}),
         security=SecuritySettings(**section("security")), public_base_url=values["public_base_url"],
         database_allow_sqlite=values["database_allow_sqlite"], order_expiry_minutes=values["orders.expiry_minutes"],
         order_reconcile_after_minutes=values["orders.reconcile_after_minutes"],
@@ -334,6 +351,25 @@ def parse_provider_secrets(value: Any) -> Any:
     return secrets_by_shop
 
 
+def parse_networks(value: Any) -> Any:
+    """Comma-separated IP addresses and CIDR networks (Gunicorn's and uvicorn's forms) as a tuple of
+    strings; a Refusal naming the first entry that is neither. `*` (trust anyone) is refused too."""
+    if isinstance(value, str):
+        value = [entry.strip() for entry in value.split(",") if entry.strip()]
+    if not isinstance(value, (list, tuple)):
+        return value
+    for entry in value:
+        try:
+            if not isinstance(entry, str):  # a TOML number would pass for an address (5: 0.0.0.5)
+                raise ValueError(f"{entry!r} is not text")
+            # strict: 10.244.0.1/16 (host bits set) is a mistake for 10.244.0.0/16, as Gunicorn says.
+            ipaddress.ip_network(entry, strict=True)
+        except (TypeError, ValueError) as error:
+            return Refusal(f"entry {str(entry)[:80]!r} is not an IP address or CIDR network: {error} (allowed: "
+                           "comma-separated addresses and networks, e.g. 10.244.0.0/16,127.0.0.1)")
+    return tuple(value)
+
+
 def is_text(value: Any) -> bool:
     return isinstance(value, str) and bool(value)
 
@@ -399,7 +435,7 @@ def shown_value(key: str, value: Any) -> str:
         return ",".join(f"{shop}:{SECRET_MASK}" for shop in value) or "-"
     if key in SHOWN:
         return SECRET_MASK if SHOWN[key] is None else SHOWN[key](str(value))  # type: ignore[misc]
-    return ",".join(value) if isinstance(value, (list, tuple)) else str(value)
+    return (",".join(value) or "-") if isinstance(value, (list, tuple)) else str(value)
 
 
 def database_config(url: str, *, pool_max_size: int, wait_timeout: float, base_dir: Path) -> dict[str, Any]:

@@ -3,11 +3,15 @@
 uvicorn bounds neither with httptools (https://github.com/Kludex/uvicorn/issues/157; the attempts
 https://github.com/Kludex/uvicorn/pull/1684 and https://github.com/Kludex/uvicorn/pull/2019 were
 closed unmerged; https://github.com/MagicStack/httptools/issues/87). As nginx does: a header
-section past `max_header_bytes` (counted per read, after parsing) gets 431; one not complete
-within `header_timeout` of its first byte gets 408 (silence: just closed). Any answer that closes
-a connection with unread bytes lingers: it half-closes and discards what the client still sends
-for up to LINGER_SECONDS, so the kernel does not reset the answer away. Relies on uvicorn's
-`HttpToolsProtocol` internals; the tests fail when an upgrade changes them.
+section past `max_header_bytes` (one request's, however many are pipelined in a read) gets 431;
+one not complete within `header_timeout` of its first byte gets 408 (silence: just closed). A
+refusal (431, 408, or uvicorn's 400 for a request it cannot parse) waits for the requests parsed
+before it on the connection: they are answered, in order, then it. Any answer that closes a
+connection with unread bytes lingers: it half-closes and discards what the client still sends for
+up to LINGER_SECONDS, so the kernel does not reset the answer away. A request uvicorn answers 503
+for its concurrency limit is counted, and logged once every OVERLOAD_LOG_SECONDS; the liveness
+probe's path is never refused so. Relies on
+uvicorn's `HttpToolsProtocol` internals; the tests fail when an upgrade changes them.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from coffee_payment.log_bounds import RateLimitedWarning
+from coffee_payment.metrics import OVERLOAD_REFUSALS
+
 __all__ = ["LimitedHttpToolsProtocol"]
 
 logger = logging.getLogger("uvicorn.error")
@@ -25,6 +32,14 @@ logger = logging.getLogger("uvicorn.error")
 # How long a closing connection keeps discarding what the client still sends (nginx's
 # lingering_timeout): time for a client to read its 4xx before the socket closes.
 LINGER_SECONDS = 5.0
+# uvicorn logs every 503 of its concurrency limit; an overloaded worker logs once this often.
+OVERLOAD_LOG_SECONDS = 10.0
+_overloaded = RateLimitedWarning(
+    logger, "answered 503: %d connections open and %d requests in flight, the limit is GUNICORN_WORKER_CONNECTIONS=%d",
+    seconds=OVERLOAD_LOG_SECONDS)
+# Stands in for uvicorn's logger while it answers such a request: its own warning for each is
+# replaced by the one above. Made apart from logging's registry, so no configuration enables it.
+_SILENT = logging.Logger("coffee_payment.overloaded", logging.CRITICAL + 1)
 
 
 class _LingeringClose:
@@ -54,17 +69,25 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout=10)` as uvicorn's `Config(http=...)`.
     """
 
-    def __init__(self, *args: Any, max_header_bytes: int, header_timeout: float, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, max_header_bytes: int, header_timeout: float,
+                 unlimited_paths: frozenset[bytes] = frozenset(), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.max_header_bytes = max_header_bytes
         self.header_timeout = header_timeout
+        # Request targets answered whatever the concurrency limit (the liveness probe's).
+        self.unlimited_paths = unlimited_paths
         # True from the connection's start, or a request's first byte, until its headers are parsed.
         self._awaiting_headers = True
-        self._message_began = False
+        # Counting one request's header section: its bytes before the read being parsed, the
+        # requests begun in that read, and whether a request was still arriving when it started.
         self._header_bytes = 0
+        self._begun_in_read = 0
+        self._in_message = False
         self._read_bytes = 0
         self._header_timer: asyncio.TimerHandle | None = None
         self._refused = False
+        # A refusal waiting for the answers to the requests parsed before it: (status, reason).
+        self._refusal: tuple[int, bytes] | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
         self._cycle_transport: _LingeringClose | None = None
 
@@ -99,7 +122,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
-        self._message_began = False
+        # At a boundary: no request was arriving when this read started.
+        at_boundary = not self._in_message
+        self._begun_in_read = 0
         self._read_bytes = len(data)
         super().data_received(data)
         if self._refused or not self._awaiting_headers or self.transport.is_closing():
@@ -107,9 +132,18 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         # The clock of a request that did not arrive in one read starts now, with its first read;
         # a request that did (nearly all) never costs a timer.
         self._arm_header_timer()
-        # A request began in this read (a fresh one, or one pipelined after a complete request):
-        # count from this read; otherwise the header section simply grew by it.
-        self._header_bytes = len(data) if self._message_began else self._header_bytes + len(data)
+        if not self._in_message:  # nothing but the empty lines allowed before a request
+            return
+        if self._begun_in_read == 0:
+            # The section began in an earlier read: it grew by all of this one.
+            self._header_bytes += len(data)
+        elif self._begun_in_read == 1 and at_boundary:
+            # It began with this read: all of the read is its own.
+            self._header_bytes = len(data)
+        else:
+            # Pipelined after other requests in this read: only its own part counts, whatever
+            # they took (a whole read counted here once refused requests that were already running).
+            self._header_bytes = self._section_so_far(data)
         if self._header_bytes > self.max_header_bytes:
             self._refuse_too_large()
 
@@ -117,27 +151,43 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._message_began = True
+        self._begun_in_read += 1
+        self._in_message = True
         self._awaiting_headers = True
         self._header_bytes = 0
 
     def on_headers_complete(self) -> None:
         if self._refused:
             return
-        # Reads counted so far plus this one bound the section; only a bound over the limit (a
-        # large read) needs the exact size: a section that arrived complete in one read.
-        too_large = (
-            self._header_bytes + self._read_bytes > self.max_header_bytes
-            and self._header_section_size() > self.max_header_bytes
-        )
+        # A section parsed whole from one read is bounded by the read; only a read over the limit
+        # needs the exact size. One that spanned reads is measured.
+        spanned = self._begun_in_read == 0
+        too_large = (spanned or self._read_bytes > self.max_header_bytes) and (
+            self._header_section_size() > self.max_header_bytes)
         self._awaiting_headers = False
         self._header_bytes = 0
         self._cancel_header_timer()
         if too_large:
             self._refuse_too_large()
             return
+        limit = self.limit_concurrency
+        overloaded = (limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit)
+                      and not (self.parser.should_upgrade() and self._should_upgrade()))  # uvicorn's own test
+        if overloaded and self.url in self.unlimited_paths:
+            # Liveness says the event loop answers, not that it has room: no 503, no restart.
+            self.limit_concurrency = None
+        elif overloaded:
+            # uvicorn's own check, just below, answers 503; counted and logged here instead of its
+            # line per request.
+            OVERLOAD_REFUSALS.inc()
+            _overloaded(len(self.connections), len(self.tasks), limit)
+            self.logger = _SILENT
         previous = self.cycle
-        super().on_headers_complete()
+        try:
+            super().on_headers_complete()
+        finally:
+            if overloaded:
+                self.logger, self.limit_concurrency = logger, limit
         if self.cycle is not previous:  # not a websocket upgrade: a request cycle was made
             self.cycle.transport = self._cycle_transport  # type: ignore[assignment]
 
@@ -146,14 +196,39 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self._in_message = False
         if not self._refused:
             super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # The refused request's turn, once every request parsed before it is answered.
+        if self._refusal is not None and not self._answers_pending() and not self.transport.is_closing():
+            self._unset_keepalive_if_required()
+            self._write_refusal(*self._refusal)
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn's answer to a request it cannot parse, after the requests parsed before it.
+        self._refuse(400, msg.encode("ascii"))
 
     # --- limits ----------------------------------------------------------
 
     def _header_section_size(self) -> int:
         # The request line and header lines as sent, give or take optional whitespace.
         return len(self.url) + 16 + sum(len(name) + len(value) + 4 for name, value in self.headers)
+
+    def _section_so_far(self, data: bytes) -> int:
+        """The size of a section begun in `data` after other requests: what the parser has of it,
+        and the line in progress (after the read's last newline, which is the section's own once it
+        has a header). Never more than it took, so no request is refused for its neighbours."""
+        size = self._header_section_size()
+        if self.headers:
+            size += len(data) - data.rfind(b"\n") - 1
+        return size
+
+    def _answers_pending(self) -> bool:
+        """A request parsed earlier on this connection is still to be answered."""
+        return bool(self.pipeline) or (self.cycle is not None and not self.cycle.response_complete)
 
     def _refuse_too_large(self) -> None:
         logger.warning("%s: request header section over %d bytes; answered 431", self._peer(), self.max_header_bytes)
@@ -183,9 +258,17 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def _refuse(self, status: int, reason: bytes) -> None:
-        """Answer `status` and close; the rest of what the client sends is never parsed."""
+        """Answer `status` and close once the requests parsed before are answered; the rest of what
+        the client sends is never parsed."""
         self._refused = True
         self._cancel_header_timer()
+        if self._answers_pending():
+            self._refusal = (status, reason)
+        else:
+            self._write_refusal(status, reason)
+
+    def _write_refusal(self, status: int, reason: bytes) -> None:
+        self._refusal = None
         content = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
             content.extend([name, b": ", value, b"\r\n"])

@@ -7,6 +7,7 @@ from typing import Any
 
 from pythonjsonlogger.core import RESERVED_ATTRS
 
+from coffee_payment.log_bounds import BOUNDED, BoundedValuesFilter
 from coffee_payment.request_id import RequestIdFilter
 
 # python-json-logger turns these LogRecord attributes into keys of each JSON line.
@@ -51,22 +52,23 @@ def logging_config(*, log_format: str, level: str) -> dict[str, Any]:
             "fmt": JSON_FIELDS,
             "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
             # uvicorn repeats each message with terminal colour codes as `color_message`.
-            "reserved_attrs": [*RESERVED_ATTRS, "color_message"],
+            "reserved_attrs": [*RESERVED_ATTRS, "color_message", BOUNDED],
         }
     else:
         formatter = {"format": TEXT_FORMAT}
 
     def handler(stream: str) -> dict[str, Any]:
         # request_id: the X-Request-ID of the request being served, a key of every JSON line
-        # written while it runs (coffee_payment/request_id.py).
+        # written while it runs (coffee_payment/request_id.py). bounded: what a client sent is
+        # truncated and escaped on every line (coffee_payment/log_bounds.py).
         return {
             "class": "logging.StreamHandler",
             "formatter": "default",
             "stream": f"ext://sys.{stream}",
-            "filters": ["request_id"],
+            "filters": ["request_id", "bounded"],
         }
 
-    client_errors = {**handler("stderr"), "filters": ["request_id", "client_error"]}
+    client_errors = {**handler("stderr"), "filters": ["request_id", "client_error", "bounded"]}
 
     return {
         "version": 1,
@@ -76,6 +78,7 @@ def logging_config(*, log_format: str, level: str) -> dict[str, Any]:
             "client_error": {"()": ClientErrorFilter, "level": level},
             "request_id": {"()": RequestIdFilter},
             "logged_failure": {"()": LoggedFailureFilter},
+            "bounded": {"()": BoundedValuesFilter},
         },
         "handlers": {"stderr": handler("stderr"), "stdout": handler("stdout"), "client_errors": client_errors},
         "root": {"level": level, "handlers": ["stderr"]},

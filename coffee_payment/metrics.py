@@ -1,5 +1,6 @@
 """Prometheus metrics of the server: HTTP requests, the workers' drains, the database pool, and the
-`/metrics` view that reports them (and the payments app's) for every Gunicorn worker.
+`/metrics` answer that reports them (and the payments app's) for every Gunicorn worker, on the
+metrics port alone (GUNICORN_METRICS_PORT: no Service routes it, whatever a request's headers say).
 
 Cost: in multiprocess mode every observation is a locked write to an mmap'd file, so a request
 makes two (its histogram bucket and sum; the histogram's `_count` is the request count). The gauges
@@ -25,22 +26,23 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.db import connections
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from coffee_payment.asgi_types import ASGIApp, Message, Receive, Scope, Send
+from coffee_payment.asgi_types import ASGIApp, Message, Receive, Scope, Send, plain_answer
 
 __all__ = [
+    "ACCEPT_ERRORS",
     "DRAIN_CANCELLED",
     "DRAINS",
     "GaugeSampler",
+    "MetricsPort",
+    "OVERLOAD_REFUSALS",
     "REQUEST_TIMEOUTS",
     "RequestMetricsMiddleware",
     "RouteLabelled",
-    "metrics_view",
 ]
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,17 @@ DRAINS = Counter(
     "coffee_worker_drains_total",
     "Worker drains, by reason: signal (a stop), max_requests (a recycle) or exit.",
     ["reason"],
+)
+OVERLOAD_REFUSALS = Counter(
+    "coffee_http_overload_refusals_total",
+    "Requests answered 503 because the worker had GUNICORN_WORKER_CONNECTIONS connections open or requests in "
+    "flight (uvicorn's limit_concurrency).",
+)
+ACCEPT_ERRORS = Counter(
+    "coffee_worker_accept_errors_total",
+    "Connections a worker could not accept, by error: EMFILE (out of file descriptors), ENFILE, ENOBUFS, ENOMEM. "
+    "Accepting then pauses for a second; the connections wait in the listen backlog.",
+    ["error"],
 )
 DRAIN_CANCELLED = Counter(
     "coffee_worker_drain_cancelled_requests_total",
@@ -167,24 +180,48 @@ def _registry() -> CollectorRegistry:
 
 
 _REGISTRY = _registry()
-# More metrics in text format, read when /metrics is scraped (coffee_payment/urls.py passes them).
+METRICS_PATH = "/metrics"
+# More metrics in text format, read when /metrics is scraped (coffee_payment/asgi.py passes them).
 ScrapeRead = Callable[[], Awaitable[bytes]]
-# A request that came through a proxy (the ingress sets these): /metrics is for the scraper, which
-# reaches the pod directly; it is no public page even if an ingress routes every path.
-FORWARDED_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_HOST", "HTTP_FORWARDED")
 
 
-async def metrics_view(request: HttpRequest, *, scrape_reads: tuple[ScrapeRead, ...] = ()) -> HttpResponse:
-    """Prometheus text format: every worker's metrics (multiprocess mode) or this process's, then
-    what each of `scrape_reads` reads at the scrape (counts from the database: one worker answers for
-    the pod, and every pod counts the same rows)."""
-    if any(header in request.META for header in FORWARDED_HEADERS):
-        return HttpResponse("Not Found", status=404, content_type="text/plain; charset=utf-8")
-    # Reading every worker's files is file I/O: off the event loop.
-    body = await sync_to_async(generate_latest, thread_sensitive=False)(_REGISTRY)
-    for read in scrape_reads:
-        body += await read()
-    return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
+class MetricsPort:
+    """Requests to the metrics port get the metrics (`metrics_answer`), every other port's `app`.
+
+    By the port the connection reached (the socket's, not a header), so /metrics on the public
+    port is just an unknown path, and nothing on the metrics port reaches the application.
+    """
+
+    def __init__(self, app: ASGIApp, *, port: int, scrape_reads: tuple[ScrapeRead, ...] = ()) -> None:
+        self.app = app
+        self.port = port
+        self.scrape_reads = scrape_reads
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = scope.get("server")
+        if server is not None and server[1] == self.port and self.port and scope["type"] == "http":
+            await metrics_answer(scope, receive, send, scrape_reads=self.scrape_reads)
+        else:
+            await self.app(scope, receive, send)
+
+
+async def metrics_answer(scope: Scope, receive: Receive, send: Send, *, scrape_reads: tuple[ScrapeRead, ...] = ()
+                         ) -> None:
+    """GET /metrics: Prometheus text format, every worker's metrics (multiprocess mode) or this
+    process's, then what each of `scrape_reads` reads at the scrape (counts from the database: one
+    worker answers for the pod, and every pod counts the same rows); 404 for another path, 405 for
+    another method."""
+    scope[ROUTE_KEY] = "metrics"
+    if scope["path"] != METRICS_PATH:
+        await plain_answer(send, 404, b"Not Found")
+    elif scope["method"] not in ("GET", "HEAD"):
+        await plain_answer(send, 405, b"Method Not Allowed", headers=[(b"allow", b"GET, HEAD")])
+    else:
+        # Reading every worker's files is file I/O: off the event loop.
+        body = await asyncio.to_thread(generate_latest, _REGISTRY)
+        for read in scrape_reads:
+            body += await read()
+        await plain_answer(send, 200, body, head=scope["method"] == "HEAD", content_type=CONTENT_TYPE_LATEST.encode())
 
 
 def _db_pool_sample() -> None:

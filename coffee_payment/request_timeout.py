@@ -19,7 +19,7 @@ import logging
 import time
 from contextvars import ContextVar
 
-from coffee_payment.asgi_types import ASGIApp, Message, Receive, Scope, Send
+from coffee_payment.asgi_types import DISCONNECT, ASGIApp, Message, Receive, Scope, Send, plain_answer
 from coffee_payment.metrics import REQUEST_TIMEOUTS
 
 __all__ = ["RequestTimeoutError", "RequestTimeoutMiddleware", "request_deadline"]
@@ -29,7 +29,6 @@ logger = logging.getLogger(__name__)
 # After the deadline, how long an application gets to stop on its own (on the disconnect it was
 # shown) before its task is cancelled. The client already has its answer by then.
 DISCONNECT_GRACE = 0.5
-DISCONNECT: Message = {"type": "http.disconnect"}
 # The time.monotonic() at which the request being served is answered 504; seen by its task, the
 # tasks it starts and its sync code (asgiref copies the context into the thread).
 _deadline: ContextVar[float | None] = ContextVar("request_deadline", default=None)
@@ -138,16 +137,7 @@ class RequestTimeoutMiddleware:
         status, reason = (408, b"Request Timeout") if waiting_for_body else (504, b"Gateway Timeout")
         REQUEST_TIMEOUTS.labels(str(status)).inc()
         logger.warning("%s %s exceeded %gs: answered %d", method, path, self.timeout, status)
-        await send({
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"text/plain; charset=utf-8"),
-                (b"content-length", str(len(reason)).encode()),
-                (b"connection", b"close"),
-            ],
-        })
-        await send({"type": "http.response.body", "body": reason, "more_body": False})
+        await plain_answer(send, status, reason, close=True)
 
         done, _ = await asyncio.wait({task}, timeout=DISCONNECT_GRACE)
         if not done:

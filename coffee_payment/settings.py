@@ -84,7 +84,7 @@ MIDDLEWARE = [
 # The customer's pages and the API (coffee_payment/asgi_handler.py): no session, user or messages, so they
 # skip that middleware and the thread switches it costs under ASGI. An entry ending in "/" is a
 # prefix. The admin and static files keep the whole MIDDLEWARE above.
-LEAN_PATHS = ("/health", "/ready", "/v1/", "/metrics")
+LEAN_PATHS = ("/health", "/ready", "/v1/")
 # An ordered subset of MIDDLEWARE (checked): what every lean path still needs. Host validation and
 # APPEND_SLASH (CommonMiddleware), security headers, CSRF for the payment form and X-Frame-Options.
 # Stock middleware listed here has its hooks run on the event loop: only middleware that does no
@@ -149,8 +149,9 @@ CSRF_COOKIE_SECURE = not DEBUG
 CSRF_FAILURE_VIEW = "payments.views.csrf_failure"
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
-# TLS ends at the ingress; trust its X-Forwarded-Proto so request.is_secure() is right.
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# No SECURE_PROXY_SSL_HEADER: TLS ends at the ingress, and uvicorn sets the request's scheme from
+# X-Forwarded-Proto only when the peer is in GUNICORN_FORWARDED_ALLOW_IPS, so request.is_secure()
+# follows that one rule (docs/architecture.md, "Security").
 # HTTPS enforcement (docs/architecture.md, "Security"): on in the production layer.
 SECURE_SSL_REDIRECT = conf.security.ssl_redirect
 SECURE_HSTS_SECONDS = conf.security.hsts_seconds
@@ -169,9 +170,11 @@ AUTHENTICATION_BACKENDS = [
 ]
 AXES_FAILURE_LIMIT = conf.security.admin_login_failure_limit
 AXES_COOLOFF_TIME = datetime.timedelta(minutes=conf.security.admin_lockout_minutes)
-# Locked out: the client address (below), whatever user name it tries.
+# Locked out: the client address, whatever user name it tries. The address is REMOTE_ADDR, which
+# uvicorn takes from X-Forwarded-For only for a peer in GUNICORN_FORWARDED_ALLOW_IPS; axes reads it
+# (its ipware branch, if that package were installed, would look at REMOTE_ADDR alone too).
 AXES_LOCKOUT_PARAMETERS = ["ip_address"]
-AXES_CLIENT_IP_CALLABLE = "coffee_payment.client_address.client_address"
+AXES_IPWARE_META_PRECEDENCE_ORDER = ["REMOTE_ADDR"]
 AXES_RESET_ON_SUCCESS = True
 # No banner at every start (each manage.py command's output would begin with it); a lockout's log
 # line names the locked-out address, not the user agent the client sent.
@@ -189,6 +192,11 @@ PAYMENT_PROVIDER_SECRETS = dict(conf.provider.secrets)
 PAYMENT_PROVIDER_CONNECT_TIMEOUT = conf.provider.connect_timeout
 PAYMENT_PROVIDER_READ_TIMEOUT = conf.provider.read_timeout
 PAYMENT_PROVIDER_RETRIES = conf.provider.retries
+# Notifications: the addresses they may come from (empty: any; REMOTE_ADDR, the one client address
+# of docs/architecture.md "Security"), and what forged ones may cost (payments/notification_limits.py).
+PAYMENT_PROVIDER_NOTIFICATION_ADDRESSES = conf.provider.notification_addresses
+PAYMENT_PROVIDER_REREAD_SECONDS = conf.provider.reread_seconds
+PAYMENT_PROVIDER_UNKNOWN_READS_PER_MINUTE = conf.provider.unknown_reads_per_minute
 ORDER_EXPIRY_MINUTES = conf.order_expiry_minutes
 ORDER_RECONCILE_AFTER_MINUTES = conf.order_reconcile_after_minutes
 ORDER_HOLD_MAX_MINUTES = conf.order_hold_max_minutes
@@ -215,14 +223,15 @@ REQUEST_ID_CALLABLE = "coffee_payment.request_id.request_id_current"
 
 # PROBES
 # ------------------------------------------------------------------------------
-# Paths answered for any Host header: kubelet probes send the pod IP as Host, and so does
-# Prometheus scraping /metrics.
-PROBE_PATHS = ("/health", "/ready", "/metrics")
+# Paths answered for any Host header: kubelet probes send the pod IP as Host.
+PROBE_PATHS = ("/health", "/ready")
 # ... over plain HTTP: never redirected to HTTPS. (ProbeMiddleware answers them before
 # SecurityMiddleware anyway; this keeps it so if the middleware order ever changes.)
 SECURE_REDIRECT_EXEMPT = [rf"^{re.escape(path.lstrip('/'))}$" for path in PROBE_PATHS]
 # Readiness gives the database this long to answer before reporting 503.
 READINESS_DATABASE_TIMEOUT = 2.0
+# /metrics answers on this port alone, any Host (coffee_payment/metrics.py); 0: on none.
+METRICS_PORT = conf.server.metrics_port
 
 # REQUEST TIMEOUT
 # ------------------------------------------------------------------------------

@@ -1,14 +1,8 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from coffee_payment.metrics import metrics_view
-from payments.scrape_metrics import database_metrics
-
 urlpatterns = [
     path("", include("payments.urls")),
-    # Prometheus scrapes the pod directly (any Host, like the probes); a proxied request gets 404.
-    # The payments app's counts from the database come with every scrape.
-    path("metrics", metrics_view, {"scrape_reads": (database_metrics,)}, name="metrics"),
     path("admin/", admin.site.urls),
 ]
 

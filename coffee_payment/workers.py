@@ -42,6 +42,7 @@ from coffee_payment.conf import process_settings
 # Time for the cancelled requests' answers (_CANCEL_GRACE), closing and exiting.
 from coffee_payment.conf_values import KILL_MARGIN
 from coffee_payment.http_protocol import LimitedHttpToolsProtocol
+from coffee_payment.listeners import Listener, file_limit_raise
 from coffee_payment.metrics import DRAIN_CANCELLED, DRAINS
 
 __all__ = ["KILL_MARGIN", "DrainingServer", "DrainingUvicornWorker", "master_signals_record"]
@@ -55,6 +56,8 @@ _DRAIN_TICK = 0.05
 # 500 before the connections are closed under them.
 _CANCEL_GRACE = 0.5
 _MISSING = object()
+# The liveness probe's request target (deploy/kubernetes/base/deployment.yaml).
+LIVENESS_PATHS = frozenset({b"/health"})
 
 
 # The signal that stopped the master, in memory it shares with every worker it forks (an anonymous
@@ -109,6 +112,7 @@ class DrainingServer(Server):
         self.draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listen_sockets: list[socket.socket] = []
+        self._listeners: list[Listener] = []
         self._drain_started = 0.0
         self._drain_reason = ""
         # The drains counter's label: signal, max_requests (a recycle) or exit.
@@ -158,7 +162,22 @@ class DrainingServer(Server):
         # Wrap before the listeners exist, so no connection can get a protocol
         # built with the unwrapped app (protocols read config.loaded_app).
         self.config.loaded_app = self._close_when_draining(self.config.loaded_app)
-        await super().startup(sockets=sockets)
+        if sockets is None:  # uvicorn binding its own socket (not under Gunicorn)
+            await super().startup(sockets=sockets)
+            return
+        # Gunicorn's sockets are accepted by Listeners, not by uvloop's servers: running out of
+        # file descriptors is then logged and counted (coffee_payment/listeners.py). uvicorn's
+        # startup runs its lifespan and marks the server started, with no server of its own.
+        await super().startup(sockets=[])
+        if self.started and not self.should_exit:
+            config = self.config
+
+            def create_protocol() -> asyncio.Protocol:
+                return config.http_protocol_class(  # type: ignore[call-arg]
+                    config=config, server_state=self.server_state, app_state=self.lifespan.state,
+                )
+
+            self._listeners = [Listener(sock, protocol_factory=create_protocol, ssl=config.ssl) for sock in sockets]
 
     def _close_when_draining(self, app: ASGIApp) -> ASGIApp:
         """Add `Connection: close` to responses that start during the drain.
@@ -209,6 +228,8 @@ class DrainingServer(Server):
         # it and new connections queue for the siblings / the replacement.
         for server in getattr(self, "servers", []):
             server.close()
+        for listener in self._listeners:
+            listener.close()
         for sock in self._listen_sockets:
             sock.close()
         logger.info(
@@ -247,6 +268,9 @@ class DrainingServer(Server):
                     proto.timeout_keep_alive, proto.timeout_keep_alive_handler
                 )
 
+    def _accepting(self) -> int:
+        return sum(listener.pending for listener in self._listeners)
+
     async def _heartbeat(self) -> None:
         # main_loop's on_tick is what normally calls callback_notify; it has
         # returned, and without this the master "WORKER TIMEOUT"s a recycle
@@ -273,7 +297,8 @@ class DrainingServer(Server):
         state = self.server_state
         deadline = self._drain_started + self.drain_timeout
         next_report = time.monotonic() + 1.0
-        while (state.connections or state.tasks) and not self.force_exit:
+        # Connections accepted whose protocol is still to be made count as open ones.
+        while (state.connections or state.tasks or self._accepting()) and not self.force_exit:
             now = time.monotonic()
             if now >= deadline:
                 break
@@ -330,6 +355,9 @@ class DrainingUvicornWorker(UvicornWorker):  # type: ignore[misc]
     Its HTTP protocol is uvicorn's httptools one with limits on the request header section
     (GUNICORN_MAX_HEADER_BYTES, GUNICORN_HEADER_TIMEOUT; coffee_payment/http_protocol.py), and its
     responses carry no `server` header: nothing tells a client which server and version to attack.
+    Gunicorn's `worker_connections` is uvicorn's `limit_concurrency` (503 beyond it); Gunicorn's
+    `forwarded_allow_ips`, which uvicorn-worker hands to uvicorn's proxy headers handling, is the
+    one rule for whose X-Forwarded-For and X-Forwarded-Proto count.
     """
 
     CONFIG_KWARGS = {**UvicornWorker.CONFIG_KWARGS, "server_header": False}
@@ -337,12 +365,19 @@ class DrainingUvicornWorker(UvicornWorker):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         limits = process_settings().server  # validated in the master by config/gunicorn.py
+        # Gunicorn's own async workers read worker_connections; uvicorn-worker does not.
+        self.config.limit_concurrency = self.cfg.worker_connections
+        # With no trusted proxy uvicorn's ProxyHeadersMiddleware would only look and change nothing.
+        self.config.proxy_headers = bool(self.cfg.forwarded_allow_ips)
         # uvicorn's Config takes a protocol class for `http`; its server builds each connection's
         # protocol with (config, server_state, app_state, _loop), so the limits are bound here.
         self.config.http = functools.partial(
             LimitedHttpToolsProtocol,
             max_header_bytes=limits.max_header_bytes,
             header_timeout=limits.header_timeout,
+            # An overloaded worker still answers liveness: the kubelet would restart it, dropping
+            # every connection, for being busy.
+            unlimited_paths=LIVENESS_PATHS,
         )
         graceful = float(self.cfg.graceful_timeout)
         # The master SIGKILLs `graceful_timeout` s after *its* signal; finish
@@ -350,6 +385,11 @@ class DrainingUvicornWorker(UvicornWorker):  # type: ignore[misc]
         # the same bound stops a stuck request from holding a worker slot
         # forever. The floor only matters for a tiny --graceful-timeout.
         self.drain_timeout = max(graceful - KILL_MARGIN, graceful / 2)
+
+    def init_process(self) -> None:
+        # In the worker, after the fork: the descriptors its connections need (docs/operations.md).
+        file_limit_raise(connections=self.cfg.worker_connections)
+        super().init_process()
 
     async def _serve(self) -> None:
         self.config.app = self.wsgi

@@ -38,8 +38,13 @@ from prometheus_client import multiprocess  # noqa: E402
 
 # Server socket
 #
-#   bind - GUNICORN_HOST:GUNICORN_PORT (0.0.0.0:8000 by default).
-bind = [server.bind]
+#   bind - GUNICORN_HOST:GUNICORN_PORT (0.0.0.0:8000 by default), and GUNICORN_METRICS_PORT (9464),
+#          where /metrics alone is answered (coffee_payment/metrics.py): every worker serves both.
+#   forwarded_allow_ips - GUNICORN_FORWARDED_ALLOW_IPS: only a peer in these addresses and networks
+#          sets the client's address and scheme with X-Forwarded-For and X-Forwarded-Proto
+#          (uvicorn's proxy headers handling in each worker). Empty by default: no proxy is trusted.
+bind = [server.bind, *([server.bind_port(server.metrics_port)] if server.metrics_port else [])]
+forwarded_allow_ips = ",".join(server.forwarded_allow_ips)
 
 # Worker processes
 #
@@ -53,6 +58,9 @@ bind = [server.bind]
 #                  requests GUNICORN_GRACEFUL_TIMEOUT seconds, then cancels and logs the rest; the
 #                  master SIGKILLs a worker still alive KILL_MARGIN (2) seconds later.
 #   keepalive    - seconds an idle keep-alive connection stays open.
+#   worker_connections - GUNICORN_WORKER_CONNECTIONS, the worker's uvicorn limit_concurrency: a
+#                  request that arrives while the worker has this many connections open or
+#                  requests in flight is answered 503.
 #   max_requests / max_requests_jitter - recycle a worker after about this many requests.
 wsgi_app = "coffee_payment.asgi:application"
 workers = server.workers
@@ -60,6 +68,7 @@ worker_class = "coffee_payment.workers.DrainingUvicornWorker"
 timeout = server.timeout
 graceful_timeout = server.graceful_timeout + KILL_MARGIN
 keepalive = server.keepalive
+worker_connections = server.worker_connections
 max_requests = server.max_requests
 max_requests_jitter = server.max_requests_jitter
 

@@ -18,21 +18,12 @@ import os
 from urllib.parse import parse_qs
 
 from coffee_payment.conf import process_settings
-from coffee_payment.asgi_types import Receive, Scope, Send
+from coffee_payment.asgi_types import Receive, Scope, Send, plain_answer
 from coffee_payment.request_timeout import RequestTimeoutMiddleware
 
 
 async def _respond(send: Send, status: int, body: bytes) -> None:
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [
-            (b"content-type", b"text/plain"),
-            (b"content-length", str(len(body)).encode()),
-            (b"x-worker-pid", str(os.getpid()).encode()),
-        ],
-    })
-    await send({"type": "http.response.body", "body": body})
+    await plain_answer(send, status, body, headers=[(b"x-worker-pid", str(os.getpid()).encode())])
 
 
 def _seconds(scope: Scope) -> float:

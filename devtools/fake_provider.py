@@ -3,8 +3,9 @@
     python -m devtools.fake_provider --port 8001 --webhook-url http://127.0.0.1:8000/v1/payments/webhook
 
 Its calls, idempotence, errors, receipts, SBP, confirmation page and notifications: docs/payments.md,
-"The fake provider"; its options: docs/development.md, "Make targets". Plain ASGI, no Django: tests
-also run it in-process and reach into `FakeProvider` to change a payment's status or stop notifications.
+"The fake provider"; its options: docs/development.md, "Make targets"; faults switched while it runs:
+`POST /control` (devtools/fake_provider_faults.py). Plain ASGI, no Django: tests also run it
+in-process and reach into `FakeProvider` to change a payment's status or stop notifications.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import aiohttp
 
 from coffee_payment.asgi_types import Receive, Scope, Send
 from coffee_payment.lifespan import lifespan_serve
+from devtools.fake_provider_faults import REPEAT_AFTER, ControlError, NotificationFaults, control_parse
 
 log = logging.getLogger("devtools.fake_provider")
 
@@ -41,6 +43,7 @@ FAIL_MODES = {
     "error": "500 to every API call",
     "hang": "500 after --hang-seconds",
     "flaky": "500 to each call's first attempt, its retry (same Idempotence-Key) served",
+    "429": "429 too_many_requests (Retry-After: 1) to every API call",
 }
 API_PREFIX = "/v3"
 # Bounds: a notification gets one short attempt; a request body is small JSON or a form.
@@ -275,10 +278,17 @@ class FakeProvider:
         # (call, X-Request-ID or None) of the latest calls: which request of the server made each.
         self.request_ids: deque[tuple[str, str | None]] = deque(maxlen=1000)
         self.notifications: list[dict[str, Any]] = []
-        self.lost: list[dict[str, Any]] = []  # notifications not sent (notify off, or a lost payment's)
+        self.lost: list[dict[str, Any]] = []  # notifications not sent (notify off, a lost payment's, a fault's)
         self._attempts: Counter[str] = Counter()
         self._seq = itertools.count(1)
         self._losing = random.Random(0)  # which payments lose their notifications: the same every run
+        # POST /control's notification faults; the notifications they hold back (reorder); what they
+        # did ("lost", "repeated", "delayed", "reordered"); the webhook's answers (status or error).
+        self.notification_faults = NotificationFaults()
+        self._chance = random.Random(0)
+        self._held: list[dict[str, Any]] = []
+        self.faulted: Counter[str] = Counter()
+        self.webhook_answers: Counter[str] = Counter()
 
     # Test helpers ------------------------------------------------------------------------------
 
@@ -363,10 +373,15 @@ class FakeProvider:
                 await _respond(send, 200, b'{"status": "ok"}', "application/json")
             elif path.startswith("/confirm/"):
                 await self._confirm(send, method, path.removeprefix("/confirm/"), body)
+            elif path == "/control" and method in ("GET", "POST"):
+                if method == "POST":
+                    self.control(body)
+                await _respond(send, 200, json.dumps(self.control_state()).encode(), "application/json")
             else:
                 raise ApiError(404, "not_found", f"no route {path}")
         except ApiError as error:
-            await _respond(send, error.status, json.dumps(error.body).encode(), "application/json")
+            retry_after = [(b"retry-after", b"1")] if error.status == 429 else []
+            await _respond(send, error.status, json.dumps(error.body).encode(), "application/json", headers=retry_after)
 
     async def aclose(self) -> None:
         if self._sending:
@@ -450,6 +465,8 @@ class FakeProvider:
             self._attempts[attempt] += 1
             if self._attempts[attempt] % 2 == 1:
                 raise ApiError(500, "internal_server_error", "fake provider: --fail flaky")
+        if self.fail == "429":
+            raise ApiError(429, "too_many_requests", "fake provider: --fail 429")
 
     def _once(self, shop_id: str, key: str, call: str, body: bytes,
               act: Callable[[], FakePayment | FakeRefund]) -> dict[str, Any]:
@@ -587,9 +604,11 @@ class FakeProvider:
     def _sends(self, notification: dict[str, Any], obj: FakePayment | FakeRefund) -> bool:
         """Whether `notification` about `obj` goes out; one that does not is kept in `lost`."""
         payment = obj if isinstance(obj, FakePayment) else self.payments.get(obj.payment_id)
-        if self.notify and (payment is None or payment.notifies):
+        lost_by_fault = self._chance.random() < self.notification_faults.lose
+        if self.notify and (payment is None or payment.notifies) and not lost_by_fault:
             self.notifications.append(notification)
             return True
+        self.faulted["lost"] += lost_by_fault
         self.lost.append(notification)
         log.info("notification %s of %s not sent (lost)", notification["event"], obj.id)
         return False
@@ -598,15 +617,67 @@ class FakeProvider:
         """Notify without holding up the answer: the API call that caused it may hold a lock the
         webhook handler needs, and the real provider notifies asynchronously too."""
         notification = _notification(event, obj)
-        if self._sends(notification, obj) and self.webhook_url:
-            task = asyncio.get_running_loop().create_task(self._send(notification))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
+        if self._sends(notification, obj) and self.webhook_url and not self._deferred(notification):
+            self._send_later(notification, 0.0)
 
     async def _notify(self, event: str, obj: FakePayment | FakeRefund) -> None:
         notification = _notification(event, obj)
-        if self._sends(notification, obj):
+        if self._sends(notification, obj) and not self._deferred(notification):
             await self._send(notification)
+
+    def _deferred(self, notification: dict[str, Any]) -> bool:
+        """Whether the notification faults take `notification` over (send it again later, hold it
+        back, send it late); then it is not sent now."""
+        faults = self.notification_faults
+        if self._chance.random() < faults.repeat:
+            self.faulted["repeated"] += 1
+            self._send_later(notification, self._chance.uniform(*REPEAT_AFTER) + faults.delay)
+        if faults.reorder:
+            self.faulted["reordered"] += 1
+            self._held.append(notification)
+            return True
+        if faults.delay:
+            self.faulted["delayed"] += 1
+            self._send_later(notification, self._chance.uniform(0, faults.delay))
+            return True
+        return False
+
+    def _send_later(self, notification: dict[str, Any], delay: float) -> None:
+        async def send() -> None:
+            await asyncio.sleep(delay)
+            await self._send(notification)
+
+        task = asyncio.get_running_loop().create_task(send())
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    def control(self, body: bytes) -> None:
+        """POST /control: switch the faults the body names (devtools/fake_provider_faults.py).
+        Switching reorder off sends what it held back, newest first."""
+        try:
+            changes = control_parse(body, fail_modes=tuple(FAIL_MODES))
+        except ControlError as error:
+            raise _invalid(str(error), error.key) from None
+        if "seed" in changes:
+            self._chance.seed(changes.pop("seed"))
+        if (faults := changes.pop("notifications", None)) is not None:
+            self.notification_faults = faults
+            if not faults.reorder:
+                held, self._held = self._held, []
+                for notification in reversed(held):
+                    self._send_later(notification, 0.0)
+        for name, value in changes.items():
+            setattr(self, name, value)
+        log.info("control: fail %s, latency %g s, hang %g s, notifications %s", self.fail, self.latency,
+                 self.hang_seconds, self.notification_faults.as_json())
+
+    def control_state(self) -> dict[str, Any]:
+        """GET /control: the faults now, the notifications held back or on their way, what the
+        faults did, and the webhook's answers by status (or error)."""
+        return {"fail": self.fail, "latency": self.latency, "hang_seconds": self.hang_seconds,
+                "notifications": self.notification_faults.as_json(), "held": len(self._held),
+                "sending": len(self._sending), "faulted": dict(self.faulted),
+                "webhook_answers": dict(self.webhook_answers)}
 
     async def _send(self, notification: dict[str, Any]) -> None:
         if not self.webhook_url:
@@ -616,9 +687,11 @@ class FakeProvider:
         try:
             async with self._client.post(self.webhook_url, json=notification) as response:
                 text = await response.text()
+            self.webhook_answers[str(response.status)] += 1
             log.info("notified %s of %s: HTTP %d %s", self.webhook_url, notification["event"], response.status, text[:200])
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             # The real provider retries for a day; the fake tells whoever runs it.
+            self.webhook_answers[type(exc).__name__] += 1
             log.warning("notification to %s failed: %s", self.webhook_url, exc)
 
 
@@ -858,11 +931,12 @@ async def _read_body(receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
-async def _respond(send: Send, status: int, body: bytes, content_type: str, *, location: str | None = None) -> None:
-    headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
+async def _respond(send: Send, status: int, body: bytes, content_type: str, *, location: str | None = None,
+                   headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+    sent = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode()), *headers]
     if location:
-        headers.append((b"location", location.encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+        sent.append((b"location", location.encode()))
+    await send({"type": "http.response.start", "status": status, "headers": sent})
     await send({"type": "http.response.body", "body": body})
 
 

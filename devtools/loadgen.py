@@ -51,7 +51,8 @@ class LoadResult:
         )
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[bytes, bytes], bytes]:
+async def response_read(reader: asyncio.StreamReader) -> tuple[int, dict[bytes, bytes], bytes]:
+    """(status, headers by lower-case name, repeated ones joined by ", ", body) of one response."""
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     status = int(lines[0].split(b" ", 2)[1])
@@ -59,7 +60,8 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[bytes,
     for line in lines[1:]:
         if b":" in line:
             name, value = line.split(b":", 1)
-            headers[name.strip().lower()] = value.strip()
+            key = name.strip().lower()
+            headers[key] = headers[key] + b", " + value.strip() if key in headers else value.strip()
     if headers.get(b"transfer-encoding", b"").lower() != b"chunked":
         return status, headers, await reader.readexactly(int(headers.get(b"content-length", b"0")))
     # Django's responses through uvicorn are chunked: size line, data, CRLF; a 0 size ends it.
@@ -82,7 +84,7 @@ async def _client(port: int, mode: str, stop_at: float, request_timeout: float, 
                     reader, writer = await asyncio.open_connection("127.0.0.1", port)
                 assert reader is not None
                 writer.write(request)
-                status, headers, _ = await _read_response(reader)
+                status, headers, _ = await response_read(reader)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError) as exc:
             result.errors[type(exc).__name__] += 1
             if writer is not None:

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +48,7 @@ def base_environ(tmp_path: Path, **overrides: str) -> dict[str, str]:
         GUNICORN_PORT=str(free_port()),
         # Each server its own: a server empties its metrics directory when it starts.
         GUNICORN_METRICS_DIR=str(tmp_path / "metrics"),
+        GUNICORN_METRICS_PORT=str(free_port()),
         HOME=str(tmp_path),
     )
     env.update(overrides)
@@ -62,10 +63,15 @@ class Server:
     port: int
     stdout: Path
     stderr: Path
+    metrics_port: int = 0  # GUNICORN_METRICS_PORT: where /metrics answers (0: nowhere)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def logs(self) -> str:
         return self.stdout.read_text(errors="replace") + self.stderr.read_text(errors="replace")
@@ -156,13 +162,16 @@ def worker_class_under_test() -> str | None:
 
 @contextmanager
 def serving(
-    tmp_path: Path, name: str, command: list[str], *, env: Mapping[str, str], port: int, wait: bool = True
+    tmp_path: Path, name: str, command: list[str], *, env: Mapping[str, str], port: int, wait: bool = True,
+    metrics_port: int = 0, preexec_fn: Callable[[], None] | None = None,
 ) -> Iterator[Server]:
-    """`command` in its own process group, logs in tmp_path/<name>.out|.err, stopped on exit."""
+    """`command` in its own process group, logs in tmp_path/<name>.out|.err, stopped on exit;
+    `preexec_fn` runs in the child before it execs (a resource limit, say)."""
     stdout, stderr = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
     with stdout.open("wb") as out, stderr.open("wb") as err:
-        process = subprocess.Popen(command, cwd=REPO, env=dict(env), stdout=out, stderr=err, start_new_session=True)
-    server = Server(process=process, port=port, stdout=stdout, stderr=stderr)
+        process = subprocess.Popen(command, cwd=REPO, env=dict(env), stdout=out, stderr=err, start_new_session=True,
+                                   preexec_fn=preexec_fn)
+    server = Server(process=process, port=port, stdout=stdout, stderr=stderr, metrics_port=metrics_port)
     try:
         if wait:
             server.wait_until_serving()
@@ -181,13 +190,15 @@ def gunicorn(
     worker_class: str | None = None,
     command_prefix: Sequence[str] = (),
     wait: bool = True,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> Iterator[Server]:
     """`gunicorn -c config/gunicorn.py` in its own process group, stopped on exit.
 
     `command_prefix` must exec gunicorn (not fork it), so the process started is the master.
     """
     command = [*command_prefix, *gunicorn_command(args=args, app=app, worker_class=worker_class)]
-    with serving(tmp_path, "gunicorn", command, env=env, port=int(env["GUNICORN_PORT"]), wait=wait) as server:
+    with serving(tmp_path, "gunicorn", command, env=env, port=int(env["GUNICORN_PORT"]), wait=wait,
+                 metrics_port=int(env.get("GUNICORN_METRICS_PORT") or 0), preexec_fn=preexec_fn) as server:
         yield server
 
 

@@ -7,25 +7,34 @@ Every page is scoped to the staff user's merchants and shows times in the machin
 from __future__ import annotations
 
 import datetime
-from collections.abc import Awaitable, Callable
-from typing import Any
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from decimal import Decimal
+from typing import Any, TypeVar
 
 from asgiref.sync import async_to_sync
 from django.contrib import admin, messages
-from django.db import models
+from django.contrib.admin.utils import quote, unquote
+from django.core.exceptions import PermissionDenied
+from django.db import models, transaction
 from django.db.models import Q, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.translation import gettext as _, gettext_lazy, ngettext
 
-from payments import liveness, provider, services
+from payments import events, liveness, provider, services
 from payments.admin_mixins import MachineTime, MerchantScoped, devices_of, machine_time_text, merchants_of
-from payments.errors import IllegalTransition, PaymentsError
+from payments.errors import IllegalTransition, PaymentsError, ProviderUnavailable, RecordsPermanent, RefundNotAllowed
+from payments.forms import StaffRefundForm
 from payments.models import (
-    Device, DeviceText, MenuItem, Merchant, Order, OrderStatus, OrphanPayment, Sales, Size, price_text, sources_of,
+    STAFF_REFUND_SOURCES, Device, DeviceText, EventCause, MenuItem, Merchant, Order, OrderEvent, OrderStatus,
+    OrphanPayment, Sales, Size, StaffRefund, StaffRefundStatus, money_records_refuse, price_text, sources_of,
 )
 from payments.vend_window import make_overdue
+
+T = TypeVar("T")
 
 CONNECTIONS = {
     liveness.Connection.ONLINE: gettext_lazy("Online (in touch)"),
@@ -93,13 +102,57 @@ class ScopedAdmin(MerchantScoped, admin.ModelAdmin):
         return [(entry, ScopedRelatedFilter) if entry in related else entry for entry in super().get_list_filter(request)]
 
 
+class MoneyRecordsAdmin(admin.ModelAdmin):
+    """Merchants, machines and orders: a delete that would lose an order that had a payment shows why,
+    in words, instead of listing every protected order (models.money_records_refuse)."""
+
+    def get_deleted_objects(self, objs: Iterable[Any], request: HttpRequest) -> tuple[Any, ...]:
+        try:
+            with transaction.atomic():
+                money_records_refuse(self.model._default_manager.filter(pk__in=[obj.pk for obj in objs]))
+        except RecordsPermanent as refused:
+            return [], {}, set(), [refused.message]
+        return super().get_deleted_objects(objs, request)
+
+
+def _staff(request: HttpRequest) -> Any:
+    """What the staff user's actions change names them (the order's event log)."""
+    return events.caused_by(EventCause.STAFF, request.user.get_username(), user_id=request.user.pk)
+
+
+def _deactivate_action(service: Callable[[list[int]], int], done: Callable[[int], str]) -> Callable[..., None]:
+    """An admin action that deactivates the selected machines or merchants (never deleted once they
+    have money records) and says how many it changed."""
+
+    @admin.action(description=gettext_lazy("Deactivate: take no more orders, keep the records"))
+    def deactivate(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        changed = service(list(queryset.values_list("pk", flat=True)))
+        modeladmin.message_user(request, done(changed) % {"count": changed},
+                                messages.SUCCESS if changed else messages.WARNING)
+
+    return deactivate
+
+
+merchants_deactivate = _deactivate_action(
+    lambda ids: services.merchants_deactivate(merchant_ids=ids),
+    lambda changed: ngettext("%(count)d merchant deactivated: its machines take no more orders, its records stay.",
+                             "%(count)d merchants deactivated: their machines take no more orders, their records "
+                             "stay.", changed))
+devices_deactivate = _deactivate_action(
+    lambda ids: services.devices_deactivate(device_ids=ids),
+    lambda changed: ngettext("%(count)d machine deactivated: it takes no more orders, its records stay.",
+                             "%(count)d machines deactivated: they take no more orders, their records stay.",
+                             changed))
+
+
 @admin.register(Merchant)
-class MerchantAdmin(ScopedAdmin):
+class MerchantAdmin(MoneyRecordsAdmin, ScopedAdmin):
     merchant_lookup = "pk"
     list_display = ("name", "shop_id", "contact_email", "active_until", "two_stage_payments", "payment_methods",
                     "receipts_enabled")
     search_fields = ("name", "shop_id", "contact_email")
     ordering = ("name",)
+    actions = [merchants_deactivate]
     filter_horizontal = ("staff",)
     fieldsets = [
         (None, {"fields": ("name", "contact_email", "active_until", "shop_id", "two_stage_payments",
@@ -146,7 +199,7 @@ class DeviceTextInline(MerchantScoped, admin.TabularInline):
 
 
 @admin.register(Device)
-class DeviceAdmin(MachineTime, ScopedAdmin):
+class DeviceAdmin(MachineTime, MoneyRecordsAdmin, ScopedAdmin):
     list_display = ("device_uuid", "merchant", "location", "status", "connection", "last_seen_at", "time_zone",
                     "credential_issued_at")
     list_filter = ("status", ConnectionFilter, "merchant")
@@ -158,7 +211,7 @@ class DeviceAdmin(MachineTime, ScopedAdmin):
     # A logo address typed without a scheme is https (Django 6's default; silences 5.x's warning).
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     inlines = [DeviceTextInline, MenuItemInline]
-    actions = ["issue_credential"]
+    actions = ["issue_credential", devices_deactivate]
 
     def machine_zone(self, obj: Device) -> str:
         return obj.time_zone
@@ -187,14 +240,14 @@ class DeviceAdmin(MachineTime, ScopedAdmin):
         return response
 
 
-def _synchronous(service: Callable[..., Awaitable[Order]]) -> Callable[..., Order]:
+def _synchronous(service: Callable[..., Awaitable[T]]) -> Callable[..., T]:
     """An async service (one that calls the provider) for the admin's sync actions.
 
     On an event loop of its own, with a provider client of its own closed after the call: the
     action never depends on whether it runs under the ASGI server's loop, a test or a shell.
     """
 
-    async def call(**kwargs: Any) -> Order:
+    async def call(**kwargs: Any) -> T:
         try:
             return await service(**kwargs)
         finally:
@@ -219,7 +272,8 @@ def _transition_action(name: str, service: Callable[..., Order], description: st
         changed = failed = 0
         for order_id in queryset.values_list("pk", flat=True):
             try:
-                service(order_id=order_id)
+                with _staff(request):
+                    service(order_id=order_id)
                 changed += 1
             except IllegalTransition as refused:
                 modeladmin.message_user(request, _refusal(refused), messages.WARNING)
@@ -242,8 +296,59 @@ def _transition_action(name: str, service: Callable[..., Order], description: st
     return admin.action(description=description)(action)
 
 
+class OrderEventInline(MerchantScoped, admin.TabularInline):
+    """The order's event log, oldest first; read-only, like the log itself (models.OrderEvent)."""
+
+    model = OrderEvent
+    merchant_lookup = "order__merchant"
+    fields = readonly_fields = ("at", "operation", "status_change", "cause", "reference", "payment_id", "refund_id",
+                                "amount", "refunded", "detail")
+    extra = max_num = 0
+    can_delete = False
+    verbose_name_plural = gettext_lazy("Event log")
+
+    @admin.display(description=gettext_lazy("status"))
+    def status_change(self, event: OrderEvent) -> str:
+        labels = [str(OrderStatus(status).label) for status in (event.status_from, event.status_to) if status]
+        return " → ".join(labels) if event.status_from != event.status_to else labels[-1]
+
+    @admin.display(description=gettext_lazy("amount"))
+    def amount(self, event: OrderEvent) -> str:
+        return price_text(event.amount_kopecks) if event.amount_kopecks is not None else ""
+
+    @admin.display(description=gettext_lazy("refunded"))
+    def refunded(self, event: OrderEvent) -> str:
+        return price_text(event.refunded_kopecks) if event.refunded_kopecks else ""
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Whoever may see the order sees its history.
+        return request.user.has_perm("payments.view_order") or request.user.has_perm("payments.change_order")
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class StaffRefundInline(OrderEventInline):
+    """The order's refunds by staff and what the provider answered."""
+
+    model = StaffRefund  # type: ignore[assignment]
+    fields = readonly_fields = ("created_at", "amount", "reason", "username", "status", "refund_id",
+                                "receipt_registration")
+    verbose_name_plural = gettext_lazy("Refunds by staff")
+
+    @admin.display(description=gettext_lazy("amount"))
+    def amount(self, refund: StaffRefund) -> str:  # type: ignore[override]
+        return price_text(refund.amount_kopecks)
+
+
 @admin.register(Order)
-class OrderAdmin(MachineTime, ScopedAdmin):
+class OrderAdmin(MachineTime, MoneyRecordsAdmin, ScopedAdmin):
     # Narrow enough for 1280 px beside the filters; the rest is on the order's page and in the filters.
     list_display = ("id", "created_at", "machine", "drink", "price", "status", "paid_at", "payment_method",
                     "receipt_contact")
@@ -266,11 +371,79 @@ class OrderAdmin(MachineTime, ScopedAdmin):
                            target=OrderStatus.FAILED),
     ]
 
+    inlines = [StaffRefundInline, OrderEventInline]
+
     def machine_zone(self, obj: Order) -> str:
         return obj.device.time_zone
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    def get_urls(self) -> list[URLPattern]:
+        refund = path("<path:object_id>/refund/", self.admin_site.admin_view(self.refund_view),
+                      name="payments_order_refund")
+        return [refund, *super().get_urls()]
+
+    def _may_refund(self, request: HttpRequest, order: Order) -> bool:
+        return self.has_view_or_change_permission(request, order) and request.user.has_perm("payments.refund_order")
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "",
+                    extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        order = self.get_object(request, unquote(object_id))
+        refundable = order is not None and order.status in STAFF_REFUND_SOURCES and self._may_refund(request, order)
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), "refundable": refundable})
+
+    def refund_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """A refund by staff, in full or in part (services.order_staff_refund), for staff with the
+        payments.refund_order permission."""
+        order = self.get_object(request, unquote(object_id))
+        if order is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        if not self._may_refund(request, order):
+            raise PermissionDenied
+        change_page = reverse("admin:payments_order_change", args=[quote(order.pk)])
+        left = services.staff_refund_left(order=order)
+        form = StaffRefundForm(request.POST if request.method == "POST" else None,
+                               initial={"key": uuid.uuid4(), "amount": Decimal(max(left, 0)).scaleb(-2)})
+        if request.method == "POST" and form.is_valid():
+            try:
+                with _staff(request):
+                    refund = _synchronous(services.order_staff_refund)(
+                        order_id=order.pk, key=form.cleaned_data["key"], amount_kopecks=form.amount_kopecks,
+                        reason=form.cleaned_data["reason"], user_id=request.user.pk,
+                        username=request.user.get_username())
+            except RefundNotAllowed as refused:
+                form.add_error(None, refused.message)
+            except ProviderUnavailable:
+                self.message_user(request, _("The payment service did not answer. The refund is recorded and is sent "
+                                             "again, under the same key, by the next reconciliation run."),
+                                  messages.WARNING)
+                return HttpResponseRedirect(change_page)
+            except PaymentsError as error:
+                self.message_user(request, _("Order %(order)s: %(reason)s") % {"order": order.pk,
+                                                                                 "reason": error.message},
+                                  messages.ERROR)
+                return HttpResponseRedirect(change_page)
+            else:
+                self._refund_message(request, refund)
+                return HttpResponseRedirect(change_page)
+        context = {
+            **self.admin_site.each_context(request), "opts": self.opts, "order": order, "form": form,
+            "title": _("Refund order %(order)s") % {"order": order.pk}, "change_page": change_page,
+            "left": price_text(max(left, 0)), "price": price_text(order.price_kopecks),
+        }
+        return TemplateResponse(request, "admin/payments/order/refund.html", context)
+
+    def _refund_message(self, request: HttpRequest, refund: StaffRefund) -> None:
+        amount = {"amount": price_text(refund.amount_kopecks), "order": refund.order_id}
+        if refund.status == StaffRefundStatus.SUCCEEDED:
+            self.message_user(request, _("%(amount)s of order %(order)s refunded.") % amount, messages.SUCCESS)
+        elif refund.status == StaffRefundStatus.PENDING:
+            self.message_user(request, _("The refund of %(amount)s of order %(order)s is with the payment service: "
+                                         "its answer is recorded when it comes.") % amount, messages.SUCCESS)
+        else:
+            self.message_user(request, _("The payment service did not refund %(amount)s of order %(order)s: %(status)s.")
+                              % {**amount, "status": refund.get_status_display()}, messages.ERROR)
 
     @admin.display(description=gettext_lazy("machine"), ordering="device__device_uuid")
     def machine(self, order: Order) -> str:

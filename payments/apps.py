@@ -9,7 +9,6 @@ class PaymentsConfig(AppConfig):
     def ready(self) -> None:
         from django.db.backends.signals import connection_created
 
-        from payments import checks  # noqa: F401  registers the async-views check
         from payments.sales import sqlite_functions_install
 
         # The sales' local day on SQLite, which has no time zones (payments.sales).

@@ -7,7 +7,20 @@ the request's language (the messages are translated where they are raised).
 
 from __future__ import annotations
 
+import math
+
+from django.db.models import ProtectedError
 from django.utils.translation import gettext_lazy as _
+
+
+class RecordsPermanent(ProtectedError):
+    """A delete (or a change of the event log) that would lose a money record: an order that had a
+    payment, its machine or merchant, an event, a staff refund. `message` names them, in the active
+    language; `protected_objects` holds (some of) them, as Django's ProtectedError does."""
+
+    def __init__(self, message: str, records: list[object]) -> None:
+        super().__init__(str(message), records)
+        self.message = str(message)
 
 
 class PaymentsError(Exception):
@@ -134,6 +147,13 @@ class MakeWindowClosed(IllegalTransition):
         self.args = (self.message,)
 
 
+class RefundNotAllowed(PaymentsError):
+    """A staff refund the order does not allow: its status, more than is left, no receipt possible."""
+
+    status = 409
+    title = _("This refund cannot be made")
+
+
 class OrderExpired(PaymentsError):
     status = 410
     title = _("This order has expired")
@@ -187,3 +207,16 @@ class ProviderRejected(PaymentsError):
     def credentials_refused(self) -> bool:
         """401/403: our shop credentials are wrong, an operator's problem, worth retrying later."""
         return self.provider_status in (401, 403)
+
+
+class NotificationDeferred(PaymentsError):
+    """A notification that cannot be read from the provider now (payments/notification_limits.py):
+    429, and the provider sends it again, to be read then."""
+
+    status = 429
+    title = _("Payments are not available right now")
+
+    def __init__(self, *, retry_after: float) -> None:
+        super().__init__("notification not read now: send it again later")
+        # Whole seconds for the Retry-After header, at least 1.
+        self.retry_after = max(1, math.ceil(retry_after))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import phonenumbers
@@ -241,3 +242,18 @@ def contact_parse(text: str | None, *, phone_allowed: bool) -> str:
         raise ContactInvalid(_("This is not a phone number. Please enter it with its country code, "
                                "e.g. +7 900 123-45-67."))
     return digits
+
+
+class StaffRefundForm(forms.Form):
+    """The admin's refund of an order: how much and why. `key` is the refund's id, drawn when the page
+    was opened: the same form sent twice is one refund (services.staff_refund_request)."""
+
+    key = forms.UUIDField(widget=forms.HiddenInput)
+    amount = forms.DecimalField(label=gettext_lazy("Amount to refund, ₽"), min_value=Decimal("0.01"),
+                                max_value=Decimal(PRICE_MAX) / 100, decimal_places=2, localize=True)
+    reason = forms.CharField(label=gettext_lazy("Reason"), max_length=200,
+                             help_text=gettext_lazy("Kept in the order's event log and sent with the refund."))
+
+    @property
+    def amount_kopecks(self) -> int:
+        return int(self.cleaned_data["amount"] * 100)

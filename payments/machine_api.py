@@ -3,7 +3,7 @@
 A machine reads its orders (paid? for what?), reports what became of the drink, and uploads its
 menu. Token auth, not cookies, so no CSRF; another machine's order answers 404, as if it did not
 exist. Every authenticated call marks the machine seen (payments.liveness). Every view is async
-(payments.checks).
+(coffee_payment.E002).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
-from payments import credentials, liveness, selectors, services
+from payments import credentials, events, liveness, selectors, services
 from payments.errors import IllegalTransition, InvalidParameter, MakeWindowClosed
 from payments.forms import menu_parse
 from payments.json_input import json_input_parse
-from payments.models import REPORTED_STATUSES
+from payments.models import REPORTED_STATUSES, EventCause
 from payments.selectors import OrderState
 
 # What a machine may report, each the service of the same name. Made and failed move the money at
@@ -53,9 +53,9 @@ def _unauthorized(message: str, *, invalid: bool) -> JsonResponse:
 
 
 async def _authenticated(request: HttpRequest, *, order_id: str | None
-                         ) -> tuple[int, OrderState | None, datetime.datetime | None] | JsonResponse:
-    """(id of the machine whose token the request carries, its order `order_id` or None, when it was
-    last seen), or the 401 to answer. An order of that machine comes with its credential in one read
+                         ) -> tuple[int, str, OrderState | None, datetime.datetime | None] | JsonResponse:
+    """(id of the machine whose token the request carries, the token's key id, its order `order_id`
+    or None, when it was last seen), or the 401 to answer. An order of that machine comes with its credential in one read
     (every machine polls); otherwise the credential alone says whether the token is good."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -65,11 +65,11 @@ async def _authenticated(request: HttpRequest, *, order_id: str | None
     if key_id and order_id is not None:
         with_order = await selectors.machine_order_find(key_id=key_id, order_id=order_id)
         if with_order is not None and credentials.token_matches(token, with_order[1]):
-            return with_order[0], with_order[2], with_order[3]
+            return with_order[0], key_id, with_order[2], with_order[3]
     found = await selectors.device_credential_find(key_id=key_id) if key_id else None
     if found is None or not credentials.token_matches(token, found[1]):
         return _unauthorized("the machine's token is not valid (issue a new one in the admin)", invalid=True)
-    return found[0], None, found[2]
+    return found[0], key_id, None, found[2]
 
 
 def machine_endpoint(*methods: str) -> Callable[[MachineView], MachineView]:
@@ -89,13 +89,15 @@ def machine_endpoint(*methods: str) -> Callable[[MachineView], MachineView]:
             found = await _authenticated(request, order_id=order_id)
             if isinstance(found, JsonResponse):
                 return found
-            device_id, order, last_seen_at = found
+            device_id, key_id, order, last_seen_at = found
             # Polls stay reads: the call is written down only when the stored one is stale.
             if liveness.seen_write_due(last_seen_at, now=timezone.now()):
                 await sync_to_async(services.device_mark_seen)(device_id=device_id)
             if order_id is not None:
                 kwargs["order"] = order
-            return await view(request, *args, device_id=device_id, **kwargs)
+            # What the machine's call changes is the machine's, by its credential.
+            with events.caused_by(EventCause.MACHINE, key_id):
+                return await view(request, *args, device_id=device_id, **kwargs)
 
         return csrf_exempt(authenticated)
 

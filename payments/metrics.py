@@ -54,3 +54,10 @@ ORPHAN_PAYMENTS = Counter(
     ["outcome"],
 )
 
+NOTIFICATIONS_DEFERRED = Counter(
+    "coffee_notifications_deferred_total",
+    "Provider notifications answered 429 instead of read from the provider (payments/notification_limits.py), by "
+    "reason: reread (the same claim was read moments ago and said otherwise), unknown_ids (the per-minute cap of "
+    "reads for ids no order holds).",
+    ["reason"],
+)

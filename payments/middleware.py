@@ -31,7 +31,7 @@ class DatabaseUnavailableMiddleware(MiddlewareMixin):
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         if not isinstance(exception, (OperationalError, InterfaceError)):
             return None
-        log.error("the database could not answer %s %s: %s", request.method, request.path[:200],
+        log.error("the database could not answer %s %s: %s", request.method, request.path,
                   str(exception).strip() or type(exception).__name__)
         # Logged: Django's own "Service Unavailable" line would be a second one (coffee_payment/log_config.py).
         request.failure_logged = True  # type: ignore[attr-defined]

@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import uuid
 import zoneinfo
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
-from django.db import models
+from django.db import connections, models, router, transaction
+from django.db.models import Exists, OuterRef, Q
+from django.db.models.signals import pre_delete
+from django.dispatch import receiver
 from django.utils import formats
 from django.utils.functional import lazy
-from django.utils.translation import gettext, gettext_lazy as _, gettext_noop
+from django.utils.translation import gettext, gettext_lazy as _, gettext_noop, ngettext
 
+from payments.errors import RecordsPermanent
 from payments.personal_data import contact_mask
 from payments.receipts import PaymentMode, PaymentSubject, TaxSystem, VatCode
 
@@ -35,6 +41,112 @@ def _percent(message: str, **values: str) -> str:
 lazy_percent = lazy(_percent, str)
 
 
+# Money records are permanent (docs/payments.md, "The event log"): an order that ever had a payment
+# is never deleted, nor is its machine or merchant (they are deactivated instead). A refusal names at
+# most this many of the orders and machines concerned.
+NAMED_MAX = 5
+
+
+def _names(values: list[str]) -> str:
+    shown = ", ".join(dict.fromkeys(values[:NAMED_MAX]))
+    return gettext("%(names)s and others") % {"names": shown} if len(values) > NAMED_MAX else shown
+
+
+def money_records() -> Q:
+    """Orders that ever had a payment: a provider payment recorded, a status past the unpaid ones, or
+    an orphan payment naming them (its money went back; the trace stays). Kept for good."""
+    orphans = OrphanPayment.objects.filter(order_id=OuterRef("pk"))
+    return Q(provider_payment_id__isnull=False) | ~Q(status__in=UNPAID_STATUSES) | Q(Exists(orphans))
+
+
+def _orders_kept(order_ids: list[str]) -> str:
+    return ngettext("Order %(orders)s had a payment: money records are kept for good and never deleted.",
+                    "Orders %(orders)s had a payment: money records are kept for good and never deleted.",
+                    len(order_ids)) % {"orders": _names(order_ids)}
+
+
+def money_records_refuse(rows: models.QuerySet[Any]) -> None:
+    """Raise RecordsPermanent, naming them, if `rows` (orders, machines or merchants) are or have
+    orders that had a payment. Else the orders concerned stay locked (PostgreSQL; SQLite's write
+    transaction locks them all) until the caller's transaction ends: none takes a payment before
+    the delete. Call it inside that transaction."""
+    column = {Order: "pk", Device: "device", Merchant: "merchant"}[rows.model]
+    orders = Order.objects.using(rows.db).filter(**{f"{column}__in": rows.order_by().values("pk")})
+    def kept_orders() -> list[tuple[str, str, str]]:
+        named = orders.filter(money_records()).order_by("pk")
+        return list(named.values_list("pk", "device__device_uuid", "merchant__name")[:NAMED_MAX + 1])
+
+    kept = kept_orders()
+    if not kept and connections[rows.db].features.has_select_for_update:
+        # Checked again once locked: an order may have been paid since the first look.
+        list(orders.select_for_update(of=("self",)).values_list("pk", flat=True))
+        kept = kept_orders()
+    if not kept:
+        return
+    order_names = _names([order for order, _device, _merchant in kept])
+    if rows.model is Order:
+        message = _orders_kept([order for order, _device, _merchant in kept])
+    elif rows.model is Device:
+        machines = [device for _order, device, _merchant in kept]
+        message = ngettext(
+            "Machine %(machines)s has orders that had a payment (%(orders)s): money records are kept for good, so "
+            "it cannot be deleted. Deactivate it instead: it takes no more orders and keeps its records.",
+            "Machines %(machines)s have orders that had a payment (%(orders)s): money records are kept for good, "
+            "so they cannot be deleted. Deactivate them instead: they take no more orders and keep their records.",
+            len(set(machines)),
+        ) % {"machines": _names(machines), "orders": order_names}
+    else:
+        merchants = [merchant for _order, _device, merchant in kept]
+        message = ngettext(
+            "Merchant %(merchants)s has orders that had a payment (%(orders)s): money records are kept for good, "
+            "so it cannot be deleted. Deactivate it instead: it takes no more orders and keeps its records.",
+            "Merchants %(merchants)s have orders that had a payment (%(orders)s): money records are kept for "
+            "good, so they cannot be deleted. Deactivate them instead: they take no more orders and keep their "
+            "records.",
+            len(set(merchants)),
+        ) % {"merchants": _names(merchants), "orders": order_names}
+    raise RecordsPermanent(message, [order for order, _device, _merchant in kept])
+
+
+class MoneyRecordsQuerySet(models.QuerySet[Any]):
+    """Orders, machines and merchants: a delete that would take an order that had a payment with it
+    is refused whole, naming them (money_records_refuse); the rest is Django's delete."""
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        with transaction.atomic(using=self.db):
+            money_records_refuse(self)
+            return super().delete()
+
+    delete.alters_data = True  # type: ignore[attr-defined]
+    delete.queryset_only = True  # type: ignore[attr-defined]
+
+
+class MoneyRecordsModel(models.Model):
+    """Model.delete() refused as MoneyRecordsQuerySet.delete() is."""
+
+    objects = MoneyRecordsQuerySet.as_manager()
+
+    class Meta:
+        abstract = True
+
+    def delete(self, using: str | None = None, keep_parents: bool = False) -> tuple[int, dict[str, int]]:
+        using = using or router.db_for_write(type(self), instance=self)
+        with transaction.atomic(using=using):
+            money_records_refuse(type(self)._default_manager.using(using).filter(pk=self.pk))
+            return super().delete(using=using, keep_parents=keep_parents)
+
+
+def CASCADE_UNPAID_ORDERS(collector: Any, field: Any, sub_objs: Any, using: str) -> None:  # noqa: N802 (as CASCADE)
+    """on_delete of an order's machine and merchant: orders that never had a payment go with them
+    (their events too); one that had a payment refuses the delete (Device.delete and Merchant.delete
+    say so first, in words)."""
+    orders = Order.objects.using(using).filter(pk__in=[order.pk for order in sub_objs])
+    kept = list(orders.filter(money_records())[:NAMED_MAX])
+    if kept:
+        raise RecordsPermanent(_orders_kept([order.pk for order in kept]), kept)
+    models.CASCADE(collector, field, sub_objs, using)
+
+
 class PaymentMethods(models.TextChoices):
     """What a merchant's payments ask the provider for (payment_method_data)."""
 
@@ -43,7 +155,7 @@ class PaymentMethods(models.TextChoices):
     SBP = "sbp", _("SBP (Faster Payments System) only: always single-stage")
 
 
-class Merchant(models.Model):
+class Merchant(MoneyRecordsModel):
     name = models.CharField(_("merchant name"), max_length=200)
     contact_email = models.EmailField(_("contact e-mail"))
     # The last day the merchant may take orders (inclusive); after it every scan is refused.
@@ -132,13 +244,15 @@ class DeviceStatus(models.TextChoices):
     OFFLINE = "offline", _("Offline")
     ERROR = "error", _("Error")
     TEST = "test", _("Test")
+    # Out of service for good, its records kept (a machine that took money is never deleted).
+    DEACTIVATED = "deactivated", _("Deactivated")
 
 
 # Machines in these states take orders; a test machine does, so a technician can try the flow.
 ORDERING_DEVICE_STATUSES = frozenset({DeviceStatus.ONLINE, DeviceStatus.TEST})
 
 
-class Device(models.Model):
+class Device(MoneyRecordsModel):
     # The machine's own id, printed into its QR codes as `deviceUuid`.
     device_uuid = models.CharField(_("machine id"), max_length=64, unique=True, validators=[identifier_validator])
     merchant = models.ForeignKey(Merchant, on_delete=models.PROTECT, related_name="devices", verbose_name=_("merchant"))
@@ -234,6 +348,8 @@ S = OrderStatus
 #   paid -> refund_pending, held -> cancel_pending   the vend window closed: not started within
 #                                          ORDER_MAKE_WINDOW_SECONDS of the payment (payments.vend_window)
 #   created | pending -> failed            the payment cannot be trusted (e.g. wrong amount)
+#   successful | manual_make | refund_failed -> refunded   staff refunds returned the whole price
+#                                          (payments.services.order_staff_refund; a part leaves the status)
 # The *_pending money states record an intent before the provider is called (with an
 # Idempotence-Key derived from the order and the operation), so a crash between the call and the
 # write of its result is finished by `manage.py reconcile_payments`. payments.services enforces
@@ -249,14 +365,20 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     S.CANCEL_PENDING: frozenset({S.RELEASED, S.REFUND_PENDING}),
     S.REFUND_PENDING: frozenset({S.REFUNDED, S.REFUND_FAILED}),
     S.NOT_PAID: frozenset(),
-    S.SUCCESSFUL: frozenset(),
+    S.SUCCESSFUL: frozenset({S.REFUNDED}),
     S.RELEASED: frozenset(),
     S.REFUNDED: frozenset(),
-    S.REFUND_FAILED: frozenset(),
+    S.REFUND_FAILED: frozenset({S.REFUNDED}),
     S.FAILED: frozenset(),
-    S.MANUAL_MAKE: frozenset(),
+    S.MANUAL_MAKE: frozenset({S.REFUNDED}),
 }
-FINAL_STATUSES = frozenset(status for status, targets in TRANSITIONS.items() if not targets)
+# Staff may refund these, in full or in part: the money was taken and kept, and no flow of the server
+# moves it any more (paid and make_failed orders get it back by the vend window or their refund).
+STAFF_REFUND_SOURCES = frozenset({S.SUCCESSFUL, S.MANUAL_MAKE, S.REFUND_FAILED})
+# Nothing more happens to these by itself (the customer's page stops polling); only a staff refund
+# may still end one of them refunded.
+FINAL_STATUSES = frozenset(status for status, targets in TRANSITIONS.items()
+                           if not targets - ({S.REFUNDED} if status in STAFF_REFUND_SOURCES else set()))
 # A payment may be started for these (again, for pending: the same Idempotence-Key returns the
 # same provider payment, so a retry never charges twice).
 PAYABLE_STATUSES = frozenset({S.CREATED, S.PENDING})
@@ -273,8 +395,16 @@ REPORTED_STATUSES: dict[str, frozenset[str]] = {
     S.MAKE_FAILED: frozenset({S.MAKE_FAILED, S.CANCEL_PENDING, S.REFUND_PENDING, S.RELEASED, S.REFUNDED,
                               S.REFUND_FAILED, S.MANUAL_MAKE}),
 }
-# No money was ever taken or held: reconciliation deletes these after the retention period.
+# No money was ever taken or held. Those without a provider payment (money_records) are the only
+# orders ever deleted: by reconciliation, after the retention period.
 UNPAID_STATUSES = frozenset({S.CREATED, S.NOT_PAID})
+
+
+def order_expired(*, status: str, expires_at: datetime.datetime, now: datetime.datetime) -> bool:
+    """The one expiry rule: no payment was started within the order's window (ORDER_EXPIRY_MINUTES
+    from its first scan), so none can be now, and its pages and polls say "expired". A payment
+    started in time (pending) is followed to its end, as the provider decides it."""
+    return status == OrderStatus.CREATED and now >= expires_at
 
 
 def sources_of(status: str) -> frozenset[str]:
@@ -352,13 +482,13 @@ class DeviceCredential(models.Model):
         return f"credential {self.key_id} of {self.device_id}"
 
 
-class Order(models.Model):
+class Order(MoneyRecordsModel):
     # The machine's own order id from the QR code, e.g. "20250317110122659ba6d7-9ace-cndn". The
     # primary key, so the status poll is one primary-key read.
     id = models.CharField(_("order id"), primary_key=True, max_length=64)
-    device = models.ForeignKey(Device, on_delete=models.PROTECT, related_name="orders", verbose_name=_("machine"))
+    device = models.ForeignKey(Device, on_delete=CASCADE_UNPAID_ORDERS, related_name="orders", verbose_name=_("machine"))
     # The merchant at the time of the order: a machine may later move to another merchant.
-    merchant = models.ForeignKey(Merchant, on_delete=models.PROTECT, related_name="orders", verbose_name=_("merchant"))
+    merchant = models.ForeignKey(Merchant, on_delete=CASCADE_UNPAID_ORDERS, related_name="orders", verbose_name=_("merchant"))
     drink_number = models.PositiveIntegerField(_("drink number"))
     drink_name = models.CharField(_("drink"), max_length=100)
     size = models.PositiveSmallIntegerField(_("size"), choices=Size.choices)
@@ -444,8 +574,7 @@ class Order(models.Model):
         return contact_mask(self.customer_contact)
 
     def is_expired(self, now: datetime.datetime) -> bool:
-        """Past its payment window while still unpaid: it can no longer be paid."""
-        return self.status in PAYABLE_STATUSES and now >= self.expires_at
+        return order_expired(status=self.status, expires_at=self.expires_at, now=now)
 
 
 class OrphanPaymentStatus(models.TextChoices):
@@ -485,6 +614,177 @@ class OrphanPayment(models.Model):
             "payment": self.provider_payment_id, "order": self.order_id, "status": self.get_status_display()}
 
 
+@receiver(pre_delete, sender=Order)
+def _order_delete_refuse(sender: type[Order], instance: Order, **kwargs: Any) -> None:
+    """The last guard, for any path through Django's delete collector: the order's own columns. The
+    paths above refuse first, in words, and also for orphan payments."""
+    if instance.provider_payment_id is not None or instance.status not in UNPAID_STATUSES:
+        raise RecordsPermanent(_orders_kept([instance.pk]), [instance])
+
+
+class EventCause(models.TextChoices):
+    """Who or what made an order's change; `OrderEvent.reference` names which one."""
+
+    CUSTOMER = "customer", _("Customer")  # a page of the customer's: the request id
+    STATUS_POLL = "status_poll", _("Status poll")  # the status page's poll re-read the payment: the request id
+    NOTIFICATION = "notification", _("Provider notification")  # the event and its payment (or refund) id
+    MACHINE = "machine", _("Machine")  # the machine API: its credential's key id
+    STAFF = "staff", _("Staff")  # the admin: the user name (and OrderEvent.user_id)
+    RECONCILIATION = "reconciliation", _("Reconciliation")  # manage.py reconcile_payments: its run id
+    VEND_WINDOW = "vend_window", _("Vend window check")  # a server worker's check: its process id
+    UNRECORDED = "unrecorded", _("Not recorded")  # a shell or a script: no entry point named the cause
+
+
+class EventOperation(models.TextChoices):
+    """What happened: a status change (machine reports, staff actions) or a provider operation."""
+
+    SCAN = "scan", _("Created by a scan")
+    STATUS = "status", _("Status change")
+    PAYMENT_CREATE = "payment_create", _("Payment created")
+    PAYMENT_READ = "payment_read", _("Payment read")
+    CAPTURE = "capture", _("Capture")
+    CANCEL = "cancel", _("Hold released")
+    REFUND = "refund", _("Refund")
+    REFUND_READ = "refund_read", _("Refund read")
+    WINDOW_CLOSE = "window_close", _("Vend window closed")
+    HOLD_EXPIRED = "hold_expired", _("Hold expired")
+    MONEY_RETURN = "money_return", _("Money return due")
+    MAKE_OVERDUE = "make_overdue", _("Started, not reported")
+    STAFF_REFUND = "staff_refund", _("Staff refund requested")
+    STAFF_REFUND_ANSWER = "staff_refund_answer", _("Staff refund answered")
+    ORPHAN_FOUND = "orphan_found", _("Unrecorded payment found")
+    ORPHAN_RETURN = "orphan_return", _("Unrecorded payment returned")
+
+
+class OrderEventQuerySet(models.QuerySet["OrderEvent"]):
+    """The log is append-only: no update, no delete. Its rows go only with their order, an order that
+    never had a payment (Django's delete collector removes them with it, past this queryset)."""
+
+    def update(self, **kwargs: Any) -> int:
+        raise RecordsPermanent(_append_only(), list(self[:1]))
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        raise RecordsPermanent(_append_only(), list(self[:1]))
+
+    def bulk_update(self, objs: Any, fields: Any, batch_size: int | None = None) -> int:
+        raise RecordsPermanent(_append_only(), list(objs)[:1])
+
+    update.alters_data = delete.alters_data = bulk_update.alters_data = True  # type: ignore[attr-defined]
+    delete.queryset_only = True  # type: ignore[attr-defined]
+
+
+def _append_only() -> str:
+    return gettext("An order's event log is append-only: its rows are never changed or deleted.")
+
+
+class OrderEvent(models.Model):
+    """One change of an order, with its cause and time, written in the transaction of the change
+    (payments.events). Replayed in order, the rows arrive at the order's status, payment and refunds."""
+
+    # No database constraint: the previous release, during a rollout or after a rollback, deletes
+    # unpaid orders without knowing this table; their rows would otherwise stop its reconciliation.
+    order = models.ForeignKey(Order, on_delete=models.CASCADE, db_constraint=False, related_name="events",
+                              verbose_name=_("order"))
+    at = models.DateTimeField(_("at"))
+    operation = models.CharField(_("operation"), max_length=24, choices=EventOperation.choices)
+    # The status before and after ("" before the first); the same when the status did not change.
+    status_from = models.CharField(_("status before"), max_length=16, blank=True)
+    status_to = models.CharField(_("status after"), max_length=16)
+    cause = models.CharField(_("cause"), max_length=16, choices=EventCause.choices)
+    # Which one: the request id, the notification, the credential's key id, the user name, the run id.
+    reference = models.CharField(_("reference"), max_length=200, blank=True)
+    # The staff user's id; not a foreign key, so the log outlives (and never changes with) the user.
+    user_id = models.BigIntegerField(_("user id"), null=True, blank=True)
+    # The provider's objects the change concerns, the amount it names, and what it gave back.
+    payment_id = models.CharField(_("payment id"), max_length=64, blank=True)
+    refund_id = models.CharField(_("refund id"), max_length=64, blank=True)
+    amount_kopecks = models.PositiveIntegerField(_("amount, kopecks"), null=True, blank=True)
+    refunded_kopecks = models.PositiveIntegerField(_("refunded, kopecks"), default=0)
+    # The provider's answer or the staff's reason, in a line.
+    detail = models.CharField(_("detail"), max_length=200, blank=True)
+
+    objects = OrderEventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ("id",)
+        verbose_name = _("order event")
+        verbose_name_plural = _("order events")
+
+    def __str__(self) -> str:
+        return f"{self.order_id} {self.operation} {self.status_from}->{self.status_to}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise RecordsPermanent(_append_only(), [self])
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        raise RecordsPermanent(_append_only(), [self])
+
+
+class StaffRefundStatus(models.TextChoices):
+    REQUESTED = "requested", _("Requested (the provider has not answered yet)")
+    PENDING = "pending", _("With the provider")
+    SUCCEEDED = "succeeded", _("Refunded")
+    CANCELED = "canceled", _("Canceled by the provider")
+    REFUSED = "refused", _("Refused by the provider")
+
+
+# A staff refund in these still counts against what is left to refund.
+STAFF_REFUND_OPEN = frozenset({StaffRefundStatus.REQUESTED, StaffRefundStatus.PENDING})
+
+
+class StaffRefundQuerySet(models.QuerySet["StaffRefund"]):
+    def delete(self) -> tuple[int, dict[str, int]]:
+        raise RecordsPermanent(_staff_refunds_kept(), list(self[:1]))
+
+    delete.alters_data = delete.queryset_only = True  # type: ignore[attr-defined]
+
+
+def _staff_refunds_kept() -> str:
+    return gettext("Staff refunds are money records: they are kept for good.")
+
+
+class StaffRefund(models.Model):
+    """A refund staff asked for, in full or in part. Written before the provider is called, its id
+    being the call's Idempotence-Key: a repeated form, a retry and reconciliation send the same
+    refund. Never deleted (a money record)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4)
+    order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="staff_refunds", verbose_name=_("order"))
+    amount_kopecks = models.PositiveIntegerField(_("amount, kopecks"))
+    reason = models.CharField(_("reason"), max_length=200)
+    # Who asked; not a foreign key, so the record outlives the user.
+    user_id = models.BigIntegerField(_("user id"), null=True)
+    username = models.CharField(_("user"), max_length=150)
+    status = models.CharField(_("status"), max_length=16, choices=StaffRefundStatus.choices,
+                              default=StaffRefundStatus.REQUESTED)
+    # The provider's refund and its receipt's registration, once it answered.
+    refund_id = models.CharField(_("refund id"), max_length=64, blank=True, db_index=True)
+    receipt_registration = models.CharField(_("receipt registration"), max_length=16, blank=True)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    objects = StaffRefundQuerySet.as_manager()
+
+    class Meta:
+        ordering = ("created_at",)
+        verbose_name = _("staff refund")
+        verbose_name_plural = _("staff refunds")
+        permissions = [("refund_order", _("Can refund orders' money to customers"))]
+        indexes = [
+            # Reconciliation finishes refunds the provider has not answered or settled.
+            models.Index(fields=("updated_at",), name="staff_refund_open",
+                         condition=models.Q(status__in=("requested", "pending"))),
+        ]
+
+    def __str__(self) -> str:
+        return f"refund of {self.amount_kopecks} kopecks of order {self.order_id} ({self.status})"
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        raise RecordsPermanent(_staff_refunds_kept(), [self])
+
+
 class Sales(Order):
     """Orders summed per machine and per day in the machine's time zone (payments.sales): a proxy, so
     that the admin lists the report with the models and it has a view permission of its own."""
@@ -493,22 +793,3 @@ class Sales(Order):
         proxy = True
         verbose_name = _("sales")
         verbose_name_plural = _("sales by machine and day")
-
-
-class ReconciliationRun(models.Model):
-    """When `manage.py reconcile_payments` last finished and last finished with every due order handled:
-    one row, written by each run. The web pods export it at each scrape (payments.scrape_metrics), so an
-    alert sees a job that runs in a pod of its own, or not at all."""
-
-    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
-    finished_at = models.DateTimeField(_("finished"))
-    succeeded_at = models.DateTimeField(_("succeeded"), null=True, blank=True)
-    # The last run's outcome lines, e.g. "paid 3, error provider 1".
-    outcome = models.CharField(_("outcome"), max_length=500, blank=True)
-
-    class Meta:
-        verbose_name = _("reconciliation run")
-        verbose_name_plural = _("reconciliation runs")
-
-    def __str__(self) -> str:
-        return f"reconciliation finished {self.finished_at:%Y-%m-%d %H:%M}"

@@ -368,9 +368,8 @@ def _refund(response: Answer) -> ProviderRefund:
 
 def _rejected(response: Answer, what: str) -> ProviderRejected:
     # The provider's error object: {"type": "error", "code": ..., "description": ..., "parameter": ...}
-    # Scrubbed: a refusal of a receipt may quote the customer's contact.
-    log.error("provider refused %s: HTTP %d %s", what, response.status_code,
-              personal_data_scrub(response.text[:500]))
+    # Scrubbed: a refusal of a receipt may quote the customer's contact (the log filter cuts its length).
+    log.error("provider refused %s: HTTP %d %s", what, response.status_code, personal_data_scrub(response.text))
     return ProviderRejected(
         _("The payment service refused this payment. Please ask the staff for help."),
         provider_status=response.status_code,

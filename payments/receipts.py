@@ -126,3 +126,11 @@ def payment_receipt(*, template: dict[str, Any], contact: str) -> dict[str, Any]
     customer = {"email": contact} if "@" in contact else {"phone": contact}
     return {"customer": customer, **template}
 
+
+
+def refund_receipt(*, template: dict[str, Any], contact: str, amount_kopecks: int) -> dict[str, Any]:
+    """The `receipt` of a refund of part of a payment: the order's line at the amount returned (one
+    piece, as sold) and where the receipt goes. A refund of the whole payment needs none."""
+    line = {**template["items"][0], "quantity": QUANTITY,
+            "amount": {"value": str(Decimal(amount_kopecks).scaleb(-2)), "currency": CURRENCY}}
+    return payment_receipt(template={**template, "items": [line]}, contact=contact)

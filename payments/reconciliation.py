@@ -1,6 +1,7 @@
 """Reconciliation: bring every order whose money is unsettled in line with the provider.
 
-`manage.py reconcile_payments` runs `orders_reconcile`: it deletes unpaid orders past retention and
+`manage.py reconcile_payments` runs `orders_reconcile`: it deletes orders that never had a payment
+past retention and
 erases receipt contacts past theirs, then claims the due orders (a compare-and-set of `reconciled_at`;
 on PostgreSQL skipping rows another run has locked) and re-reads, releases, refunds or repeats each
 one's interrupted provider call under its Idempotence-Key, or re-reads a receipt still being
@@ -13,6 +14,7 @@ from __future__ import annotations
 import datetime
 import logging
 from collections import Counter
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -22,7 +24,9 @@ from django.utils import timezone
 
 from payments import orphans, provider, services
 from payments.errors import IllegalTransition, PaymentsError
-from payments.models import MONEY_PENDING_STATUSES, UNPAID_STATUSES, Order, OrderStatus
+from payments.models import (
+    MONEY_PENDING_STATUSES, STAFF_REFUND_OPEN, UNPAID_STATUSES, Order, OrderStatus, StaffRefund, money_records,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +34,8 @@ S = OrderStatus
 # Orders claimed per query (claimed orders wait for this run: small batches share the work with a
 # concurrent run); a run goes on until nothing due is left or it has handled `limit`.
 BATCH = 100
+# Unpaid orders deleted per statement: a day of abandoned scans is purged in bounded steps.
+PURGE_BATCH = 1000
 # A receipt the provider has not registered within three days is one for its support (YooKassa's
 # rule): re-read until then.
 RECEIPT_PENDING_DAYS = 3
@@ -65,10 +71,18 @@ def orders_claim(*, now: datetime.datetime, limit: int) -> tuple[int, list[str]]
 
 
 def orders_purge(*, now: datetime.datetime) -> int:
-    """Delete orders that never took money, expired more than ORDER_RETENTION_DAYS ago."""
+    """Delete, with their events, the orders that never had a payment (models.money_records) and
+    expired more than ORDER_RETENTION_DAYS ago, PURGE_BATCH at a time. The only path that deletes
+    orders; the delete itself refuses any that had a payment (MoneyRecordsQuerySet)."""
     cutoff = now - datetime.timedelta(days=settings.ORDER_RETENTION_DAYS)
-    deleted, _ = Order.objects.filter(status__in=UNPAID_STATUSES, expires_at__lte=cutoff).delete()
-    return deleted
+    unpaid = Order.objects.filter(status__in=UNPAID_STATUSES, expires_at__lte=cutoff).exclude(money_records())
+    purged = 0
+    while ids := list(unpaid.order_by().values_list("pk", flat=True)[:PURGE_BATCH]):
+        _rows, deleted = Order.objects.filter(pk__in=ids).delete()
+        purged += deleted.get(Order._meta.label, 0)
+        if len(ids) < PURGE_BATCH:
+            break
+    return purged
 
 
 def orders_contact_erase(*, now: datetime.datetime) -> int:
@@ -113,6 +127,26 @@ async def order_reconcile(*, order_id: str, now: datetime.datetime) -> str:
     return await services.order_money_settle(order_id=order.id)
 
 
+def _staff_refunds_due(*, now: datetime.datetime) -> list[Any]:
+    """Staff refunds the provider has not answered or settled for ORDER_RECONCILE_AFTER_MINUTES."""
+    settled_for = now - datetime.timedelta(minutes=settings.ORDER_RECONCILE_AFTER_MINUTES)
+    due = StaffRefund.objects.filter(status__in=STAFF_REFUND_OPEN, updated_at__lte=settled_for).order_by("updated_at")
+    return list(due.values_list("pk", flat=True)[:BATCH])
+
+
+async def staff_refunds_reconcile(*, now: datetime.datetime) -> Counter[str]:
+    """Send again, under their own keys, the staff refunds a crash or an unanswered call left
+    requested, and re-read those still with the provider; counts of what happened."""
+    outcomes: Counter[str] = Counter()
+    for key in await sync_to_async(_staff_refunds_due)(now=now):
+        try:
+            outcomes[f"staff refund {(await services.staff_refund_send(key=key)).status}"] += 1
+        except PaymentsError as error:
+            log.warning("staff refund %s not settled: %s %s", key, error.message, getattr(error, "detail", ""))
+            outcomes[f"error: {type(error).__name__}"] += 1
+    return outcomes
+
+
 async def orders_reconcile(*, now: datetime.datetime | None = None, limit: int = 1000, batch: int = BATCH) -> Counter[str]:
     """One reconciliation run; counts of what happened (outcome -> orders), for the command's report."""
     now = now or timezone.now()
@@ -146,5 +180,6 @@ async def orders_reconcile(*, now: datetime.datetime | None = None, limit: int =
                 outcome = f"error: {type(error).__name__}"
             log.info("reconciled order %r: %s", order_id, outcome)
             outcomes[outcome.split(":")[0] if outcome.startswith(("unchanged", "ignored", "moved on")) else outcome] += 1
+    outcomes.update(await staff_refunds_reconcile(now=now))
     outcomes.update(await orphans.orphans_reconcile(now=now))
     return outcomes

@@ -34,20 +34,26 @@ Counts = tuple[dict[tuple[str, str], int], int]
 def _counts() -> Counts:
     """((device status, connection) -> machines, started orders overdue): two grouped counts."""
     now = timezone.now()
-    devices = Device.objects.annotate(connection=liveness.connection_case(now=now)).values("status", "connection")
+    # A deactivated machine is out of the fleet: never "offline", never an alert.
+    devices = Device.objects.exclude(status=DeviceStatus.DEACTIVATED).annotate(connection=liveness.connection_case(now=now)).values("status", "connection")
     machines = {(row["status"], row["connection"]): row["machines"]
                 for row in devices.annotate(machines=Count("pk")).order_by()}
     return machines, Order.objects.filter(make_overdue(now=now)).count()
 
 
 def _database_counts() -> Counts:
-    # SQLite: no transaction, whose BEGIN IMMEDIATE would take the write lock for a read.
-    if database.vendor != "postgresql":
-        return _counts()
-    with transaction.atomic():
-        with database.cursor() as cursor:
-            cursor.execute(f"SET LOCAL statement_timeout = {QUERY_TIMEOUT_MS}")
-        return _counts()
+    try:
+        # SQLite: no transaction, whose BEGIN IMMEDIATE would take the write lock for a read.
+        if database.vendor != "postgresql":
+            return _counts()
+        with transaction.atomic():
+            with database.cursor() as cursor:
+                cursor.execute(f"SET LOCAL statement_timeout = {QUERY_TIMEOUT_MS}")
+            return _counts()
+    finally:
+        # The scrape is no request (no request signals close its connection) and runs in a thread of
+        # its own: leave no connection behind in it, as the readiness checks do.
+        database.close()
 
 
 class _Families:
@@ -59,7 +65,8 @@ class _Families:
             "coffee_machines", "Machines by staff's status and connection: online (called within "
             "DEVICE_OFFLINE_AFTER_SECONDS), offline (silent longer), none (no API token).",
             labels=["status", "connection"])
-        for status in DeviceStatus.values:  # every series, zeros included: an alert can compare them
+        # Every series, zeros included: an alert can compare them.
+        for status in (status for status in DeviceStatus.values if status != DeviceStatus.DEACTIVATED):
             for state in liveness.Connection:
                 gauge.add_metric([status, str(state)], self.machines.get((status, str(state)), 0))
         yield gauge
@@ -72,7 +79,8 @@ async def database_metrics() -> bytes:
     """The gauges counted in the database, in Prometheus text format; nothing (and a warning) when the
     database cannot answer, so that /metrics still reports everything else."""
     try:
-        counts = await sync_to_async(_database_counts)()
+        # Not thread_sensitive: a slow database must not hold the worker's one sync thread.
+        counts = await sync_to_async(_database_counts, thread_sensitive=False)()
     except (DatabaseError, InterfaceError) as error:
         log.warning("/metrics without the database's gauges: %s", str(error).strip()[:200] or type(error).__name__)
         return b""

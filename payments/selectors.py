@@ -16,6 +16,7 @@ from payments.errors import OrderNotFound
 from payments.forms import MENU_RECEIPT_FIELDS
 from payments.models import (
     FINAL_STATUSES, MAKEABLE_STATUSES, Device, DeviceCredential, DeviceText, MenuItem, Order, OrderStatus, Size,
+    order_expired,
 )
 from payments.provider import CURRENCY, rubles
 
@@ -63,7 +64,7 @@ class OrderState:
             "status": self.status,
             "label": str(OrderStatus(self.status).label),
             "final": self.status in FINAL_STATUSES,
-            "expired": self.status == OrderStatus.CREATED and now >= self.expires_at,
+            "expired": order_expired(status=self.status, expires_at=self.expires_at, now=now),
             "drink_number": self.drink_number,
             "drink_name": self.drink_name,
             "size": self.size,

@@ -15,18 +15,19 @@ from __future__ import annotations
 import datetime
 import logging
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import transaction
-from django.db.models import F, Q, Value
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from payments import credentials, liveness, provider, receipts, selectors
+from payments import credentials, events, liveness, provider, receipts, selectors
 from payments.errors import (
     DeviceNotFound,
     DeviceOffline,
@@ -43,6 +44,7 @@ from payments.errors import (
     PaymentsError,
     PriceMismatch,
     ProviderRejected,
+    RefundNotAllowed,
     ProviderUnavailable,
     ShopNotConfigured,
 )
@@ -51,9 +53,12 @@ from payments.models import (
     MONEY_PENDING_STATUSES,
     ORDERING_DEVICE_STATUSES,
     PAYABLE_STATUSES,
+    STAFF_REFUND_OPEN,
+    STAFF_REFUND_SOURCES,
     Device,
     DeviceCredential,
     DeviceStatus,
+    EventOperation,
     MenuItem,
     Merchant,
     Order,
@@ -62,11 +67,14 @@ from payments.models import (
     OrphanPaymentStatus,
     PaymentMethods,
     Size,
+    StaffRefund,
+    StaffRefundStatus,
     price_text,
     sources_of,
 )
 from payments.forms import MenuEntry, contact_parse
 from payments.metrics import MAKE_WINDOWS_CLOSED, ORPHAN_PAYMENTS, PAYMENT_RECHECKS, PAYMENTS, REFUNDS
+from payments.notification_limits import NOTIFICATION_READS
 from payments.provider import Notification, ProviderPayment, ProviderRefund
 
 log = logging.getLogger(__name__)
@@ -171,16 +179,12 @@ def order_create(
     item = _menu_item_for(device, drink_number=drink_number, size=size, quoted_price_kopecks=quoted_price_kopecks)
     wanted: dict[str, Any] = {"device_id": device.pk, "drink_number": drink_number, "size": size}
     expires_at = now + datetime.timedelta(minutes=settings.ORDER_EXPIRY_MINUTES)
-    # get_or_create: two scans of a new code at once create one order (the loser reads it back).
-    order, created = Order.objects.get_or_create(
-        pk=order_id,
-        defaults={
-            **wanted, "drink_name": item.drink_name, "price_kopecks": item.price_kopecks,
-            "merchant_id": device.merchant_id, "expires_at": expires_at,
-            **_payment_terms(device.merchant, item), "test": device.status == DeviceStatus.TEST,
-        },
-    )
-    if not created and any(getattr(order, field) != value for field, value in wanted.items()):
+    order = Order.objects.filter(pk=order_id).first() or _order_insert(order_id=order_id, fields={
+        **wanted, "drink_name": item.drink_name, "price_kopecks": item.price_kopecks,
+        "merchant_id": device.merchant_id, "expires_at": expires_at,
+        **_payment_terms(device.merchant, item), "test": device.status == DeviceStatus.TEST,
+    })
+    if any(getattr(order, field) != value for field, value in wanted.items()):
         raise OrderConflict(_("Order %(order)r already exists for another drink. Please choose your drink again.")
                             % {"order": order_id})
     order.device = device  # already loaded: pages use it without another query
@@ -189,6 +193,19 @@ def order_create(
     order.merchant = device.merchant if same else Merchant.objects.get(pk=order.merchant_id)
     _ensure_not_expired(order, now=now)
     return order
+
+
+def _order_insert(*, order_id: str, fields: dict[str, Any]) -> Order:
+    """A new order and its first event, in one transaction; or, when another scan of the same code
+    inserted it first, that one (as get_or_create does)."""
+    try:
+        with transaction.atomic():
+            order = Order.objects.create(pk=order_id, **fields)
+            events.event_record(order_id=order_id, status_from="", status_to=order.status,
+                                happening=events.Happening(EventOperation.SCAN))
+            return order
+    except IntegrityError:
+        return Order.objects.get(pk=order_id)
 
 
 def device_menu_replace(*, device_id: int, entries: Sequence[MenuEntry]) -> list[MenuItem]:
@@ -223,35 +240,51 @@ def device_mark_seen(*, device_id: int, now: datetime.datetime | None = None) ->
 
 
 def _order_transition(
-    *, order_id: str, target: OrderStatus, sources: frozenset[str] | None = None, when: Q | None = None, **changes: Any
+    *, order_id: str, target: OrderStatus, sources: frozenset[str] | None = None, when: Q | None = None,
+    happening: events.Happening | None = None, **changes: Any,
 ) -> Order:
     """Move the order to `target` if its current status allows it; else change nothing and raise.
 
     `sources` narrows the legal sources of `target` (a service may allow only some); `when` adds a
     condition on the row (single- or two-stage, the hold not expired) to the same compare-and-set.
+    The change and its event (`happening`, else the operation around the call) are one transaction,
+    with the row locked for it (PostgreSQL; SQLite's write transaction is the lock): the event names
+    the status the order left. The reads after it are outside, so a SQLite write lock is never held
+    across them.
     """
     legal = sources_of(target) if sources is None else sources
     if not legal <= sources_of(target):
         raise ValueError(f"{sorted(legal - sources_of(target))} -> {target} is not in TRANSITIONS")
-    rows = Order.objects.filter(pk=order_id, status__in=legal)
-    if when is not None:
-        rows = rows.filter(when)
-    updated = rows.update(status=target, updated_at=timezone.now(), **changes)
-    if not updated:
-        current = Order.objects.filter(pk=order_id).values_list("status", flat=True).first()
+    with transaction.atomic():
+        current = Order.objects.select_for_update().filter(pk=order_id).values_list(
+            "status", "provider_payment_id", "refunded_kopecks").first()
         if current is None:
             raise OrderNotFound(_("There is no order %(order)r. Please scan the QR code on the machine again.")
                                 % {"order": order_id[:64]})
-        raise IllegalTransition(order_id=order_id, current=current, target=target)
+        rows = Order.objects.filter(pk=order_id, status__in=legal)
+        if when is not None:
+            rows = rows.filter(when)
+        updated = rows.update(status=target, updated_at=timezone.now(), **changes)
+        if updated:
+            status, payment_id, refunded = current
+            given_back = changes.get("refunded_kopecks")
+            events.event_record(
+                order_id=order_id, status_from=status, status_to=target, happening=happening,
+                payment_id=changes.get("provider_payment_id") or payment_id or "",
+                refund_id=changes.get("refund_id") or "",
+                refunded_kopecks=given_back - refunded if isinstance(given_back, int) else 0,
+            )
+    if not updated:
+        raise IllegalTransition(order_id=order_id, current=current[0], target=target)
     return Order.objects.get(pk=order_id)
 
 
 def order_mark_pending(*, order_id: str, provider_payment_id: str) -> Order:
     """created -> pending with the provider's payment; again with the same payment: no change.
 
-    No transaction of its own, like the other transitions: the compare-and-set UPDATE decides alone,
-    and the reads after it only report. On SQLite a transaction here held the database's one write
-    lock across those reads too, and every concurrent payment in every worker queued behind it.
+    The transition's own short transaction only (_order_transition): on SQLite a transaction around
+    the reads after it held the database's one write lock across them too, and every concurrent
+    payment in every worker queued behind it.
     """
     try:
         return _order_transition(order_id=order_id, target=OrderStatus.PENDING, provider_payment_id=provider_payment_id)
@@ -324,7 +357,8 @@ def order_close_make_window(*, order_id: str, now: datetime.datetime | None = No
     held = Order.objects.filter(pk=order_id, status=S.HELD).exists()
     target, source = (S.CANCEL_PENDING, S.HELD) if held else (S.REFUND_PENDING, S.PAID)
     order = _order_transition(order_id=order_id, target=target, sources=frozenset({source}),
-                              when=Q(paid_at__lte=_make_window_cutoff(now)), make_window_closed_at=now)
+                              when=Q(paid_at__lte=_make_window_cutoff(now)), make_window_closed_at=now,
+                              happening=events.Happening(EventOperation.WINDOW_CLOSE))
     log.warning("order %r was not started within ORDER_MAKE_WINDOW_SECONDS=%d of its payment at %s: %s",
                 order.id, settings.ORDER_MAKE_WINDOW_SECONDS, order.paid_at.isoformat() if order.paid_at else "?",
                 "releasing the hold" if held else "refunding")
@@ -340,8 +374,12 @@ def order_flag_make_overdue(*, order_id: str, now: datetime.datetime | None = No
     now = now or timezone.now()
     started_before = now - datetime.timedelta(seconds=settings.ORDER_MAKE_TIMEOUT_SECONDS)
     # update(), not _order_transition: the status and updated_at (the start) stay as they are.
-    flagged = Order.objects.filter(pk=order_id, status=S.MAKE_PENDING, updated_at__lte=started_before,
-                                   make_overdue_at__isnull=True).update(make_overdue_at=now)
+    with transaction.atomic():
+        flagged = Order.objects.filter(pk=order_id, status=S.MAKE_PENDING, updated_at__lte=started_before,
+                                       make_overdue_at__isnull=True).update(make_overdue_at=now)
+        if flagged:
+            events.event_record(order_id=order_id, status_from=S.MAKE_PENDING, status_to=S.MAKE_PENDING,
+                                happening=events.Happening(EventOperation.MAKE_OVERDUE))
     if flagged:
         two_stage = Order.objects.filter(pk=order_id).values_list("two_stage", flat=True).first()
         log.error("order %r was started but not reported made or failed within ORDER_MAKE_TIMEOUT_SECONDS=%d: "
@@ -384,9 +422,12 @@ def order_mark_money_return(*, order_id: str) -> Order:
     """make_failed -> refund_pending (single-stage) | cancel_pending (two-stage): the intent, recorded
     before the provider is called."""
     two_stage = Order.objects.filter(pk=order_id).values_list("two_stage", flat=True).first()
+    due = events.Happening(EventOperation.MONEY_RETURN)
     if two_stage:
-        return _order_transition(order_id=order_id, target=S.CANCEL_PENDING, sources=frozenset({S.MAKE_FAILED}), when=TWO_STAGE)
-    return _order_transition(order_id=order_id, target=S.REFUND_PENDING, sources=frozenset({S.MAKE_FAILED}), when=SINGLE_STAGE)
+        return _order_transition(order_id=order_id, target=S.CANCEL_PENDING, sources=frozenset({S.MAKE_FAILED}),
+                                 when=TWO_STAGE, happening=due)
+    return _order_transition(order_id=order_id, target=S.REFUND_PENDING, sources=frozenset({S.MAKE_FAILED}),
+                             when=SINGLE_STAGE, happening=due)
 
 
 def order_mark_hold_release(*, order_id: str, now: datetime.datetime | None = None) -> Order:
@@ -395,7 +436,7 @@ def order_mark_hold_release(*, order_id: str, now: datetime.datetime | None = No
     now = now or timezone.now()
     return _order_transition(
         order_id=order_id, target=S.CANCEL_PENDING, sources=frozenset({S.HELD, S.MAKE_PENDING}),
-        when=TWO_STAGE & Q(hold_expires_at__lte=now),
+        when=TWO_STAGE & Q(hold_expires_at__lte=now), happening=events.Happening(EventOperation.HOLD_EXPIRED),
     )
 
 
@@ -426,7 +467,10 @@ def order_apply_payment(*, order_id: str, payment: ProviderPayment, now: datetim
     event, so a duplicate, late or out-of-order notification changes nothing it should not.
     """
     now = now or timezone.now()
-    with transaction.atomic():
+    # The operation that got this answer (a creation, a capture, a release), else a read of the payment.
+    answered = events.operation(events.operation_current() or EventOperation.PAYMENT_READ, payment_id=payment.id,
+                                amount_kopecks=payment.amount_kopecks, detail=f"payment {payment.status}")
+    with transaction.atomic(), answered:
         # Row lock on PostgreSQL: concurrent notifications for one order apply one after another.
         order = Order.objects.select_for_update().get(pk=order_id)
         if payment.order_id != order.id or order.provider_payment_id not in (None, payment.id):
@@ -498,7 +542,9 @@ def _receipt_registration_log(*, order: Order, field: str, status: str) -> None:
 
 def order_apply_refund(*, order_id: str, refund: ProviderRefund) -> str:
     """Record the provider's view of the order's refund; refund_pending -> refunded | refund_failed."""
-    with transaction.atomic():
+    answered = events.operation(events.operation_current() or EventOperation.REFUND_READ, refund_id=refund.id,
+                                amount_kopecks=refund.amount_kopecks, detail=f"refund {refund.status}")
+    with transaction.atomic(), answered:
         order = Order.objects.select_for_update().get(pk=order_id)
         if refund.payment_id != order.provider_payment_id or order.refund_id not in (None, refund.id):
             log.warning("refund %s (payment %s) does not belong to order %r", refund.id, refund.payment_id, order.id)
@@ -517,13 +563,15 @@ def order_apply_refund(*, order_id: str, refund: ProviderRefund) -> str:
             return f"ignored: refund of {refund.amount_kopecks} kopecks, the order's price is {order.price_kopecks}"
         recorded = {"refund_id": refund.id, "refund_status": refund.status}
         if refund.status == "succeeded":
-            _order_transition(order_id=order.id, target=S.REFUNDED, refunded_kopecks=refund.amount_kopecks, **recorded)
+            _order_transition(order_id=order.id, target=S.REFUNDED, sources=frozenset({S.REFUND_PENDING}),
+                              refunded_kopecks=refund.amount_kopecks, **recorded)
             _outcome_count(REFUNDS, str(S.REFUNDED))
             return str(S.REFUNDED)
         if refund.status == "canceled":
             log.error("refund %s of order %r was canceled by the provider: the staff must return the money",
                       refund.id, order.id)
-            _order_transition(order_id=order.id, target=S.REFUND_FAILED, **recorded)
+            _order_transition(order_id=order.id, target=S.REFUND_FAILED, sources=frozenset({S.REFUND_PENDING}),
+                              **recorded)
             _outcome_count(REFUNDS, str(S.REFUND_FAILED))
             return str(S.REFUND_FAILED)
         Order.objects.filter(pk=order.id, status=S.REFUND_PENDING).update(**recorded)
@@ -537,7 +585,8 @@ def order_refund_refused(*, order_id: str, provider_status: int) -> str:
     log.error("the provider refused the refund of order %r (HTTP %d): the staff must return the money",
               order_id, provider_status)
     _order_transition(order_id=order_id, target=S.REFUND_FAILED, sources=frozenset({S.REFUND_PENDING}),
-                      refund_status="refused")
+                      refund_status="refused", happening=events.Happening(
+                          EventOperation.REFUND, detail=f"refund refused (HTTP {provider_status})"))
     _outcome_count(REFUNDS, str(S.REFUND_FAILED))
     return str(S.REFUND_FAILED)
 
@@ -569,7 +618,9 @@ async def order_money_settle(*, order_id: str) -> str:
                 refuse = sync_to_async(order_refund_refused)
                 return await refuse(order_id=order.id, provider_status=refused.provider_status)
             REFUNDS.labels("requested").inc()
-            return await sync_to_async(order_apply_refund)(order_id=order.id, refund=refund)
+            with events.operation(EventOperation.REFUND):
+                return await sync_to_async(order_apply_refund)(order_id=order.id, refund=refund)
+        calling = EventOperation.CAPTURE if order.status == S.CAPTURE_PENDING else EventOperation.CANCEL
         try:
             if order.status == S.CAPTURE_PENDING:
                 payment = await provider.payment_capture(
@@ -581,8 +632,9 @@ async def order_money_settle(*, order_id: str) -> str:
             found = await provider.payment_get(shop_id=shop_id, payment_id=payment_id)
             if found is None:
                 return "ignored: the provider does not know this payment"
-            payment = found
-        outcome = await sync_to_async(order_apply_payment)(order_id=order.id, payment=payment)
+            payment, calling = found, EventOperation.PAYMENT_READ
+        with events.operation(calling):
+            outcome = await sync_to_async(order_apply_payment)(order_id=order.id, payment=payment)
     return outcome
 
 
@@ -660,15 +712,16 @@ async def order_payment_start(
         receipt=receipt,
         method_type=order.requested_method or None,
     )
-    if payment.status != "pending":
-        # Paid or canceled already (a notification went astray): record it, show the status.
-        await sync_to_async(order_apply_payment)(order_id=order.id, payment=payment)
-        return None
-    try:
-        await sync_to_async(order_mark_pending)(order_id=order.id, provider_payment_id=payment.id)
-    except IllegalTransition:
-        # A notification moved the order on meanwhile: its status page says where it is.
-        return None
+    with events.operation(EventOperation.PAYMENT_CREATE, payment_id=payment.id, detail=f"payment {payment.status}"):
+        if payment.status != "pending":
+            # Paid or canceled already (a notification went astray): record it, show the status.
+            await sync_to_async(order_apply_payment)(order_id=order.id, payment=payment)
+            return None
+        try:
+            await sync_to_async(order_mark_pending)(order_id=order.id, provider_payment_id=payment.id)
+        except IllegalTransition:
+            # A notification moved the order on meanwhile: its status page says where it is.
+            return None
     if order.test and not payment.test:
         # Recorded as pending (reconciliation follows it to its end), but nobody is sent to pay it.
         log.error("order %s of test machine %s got a real payment %s: shop %s is not a test shop; the customer "
@@ -689,8 +742,13 @@ async def payment_notification_apply(*, notification: Notification) -> str:
     if order is None:
         log.warning("notification %s for payment %s matches no order", notification.event, notification.payment_id)
         return "ignored: no order for this payment"
-    # No retries of our own: an unanswered notification is sent again by the provider.
-    payment = await provider.payment_get(shop_id=order.merchant.shop_id, payment_id=notification.payment_id, retries=0)
+    # No retries of our own: an unanswered notification is sent again by the provider. The read is
+    # bounded (payments/notification_limits.py): an id the order does not hold counts as unknown.
+    payment = await NOTIFICATION_READS.read(
+        key=f"payment:{notification.payment_id}", event=notification.event, statuses=provider.PAYMENT_STATUSES,
+        known=order.provider_payment_id == notification.payment_id,
+        read=lambda: provider.payment_get(shop_id=order.merchant.shop_id, payment_id=notification.payment_id, retries=0),
+    )
     if payment is None:
         log.warning("notification for payment %s that the provider does not know", notification.payment_id)
         return "ignored: the provider does not know this payment"
@@ -702,10 +760,17 @@ async def _refund_notification_apply(*, notification: Notification, refund_id: s
     if order is None:
         log.warning("notification %s for refund %s matches no order", notification.event, refund_id)
         return "ignored: no order for this payment"
-    refund = await provider.refund_get(shop_id=order.merchant.shop_id, refund_id=refund_id, retries=0)
+    refund = await NOTIFICATION_READS.read(
+        key=f"refund:{refund_id}", event=notification.event, statuses=provider.REFUND_STATUSES,
+        known=order.refund_id == refund_id,
+        read=lambda: provider.refund_get(shop_id=order.merchant.shop_id, refund_id=refund_id, retries=0),
+    )
     if refund is None:
         log.warning("notification for refund %s that the provider does not know", refund_id)
         return "ignored: the provider does not know this refund"
+    staff = await StaffRefund.objects.filter(refund_id=refund.id, order_id=order.id).values_list("pk", flat=True).afirst()
+    if staff is not None:
+        return f"staff refund {(await sync_to_async(staff_refund_apply)(key=staff, refund=refund)).status}"
     return await sync_to_async(order_apply_refund)(order_id=order.id, refund=refund)
 
 
@@ -772,7 +837,7 @@ def _orphan_refusal(order: Order, payment: ProviderPayment, *, now: datetime.dat
         return f"order {order.id!r} has its own payment {order.provider_payment_id}"
     if order.status != S.CREATED:
         return f"order {order.id!r} is {order.status}"
-    if now >= order.expires_at:
+    if order.is_expired(now):
         return f"order {order.id!r} expired at {order.expires_at.isoformat(timespec='seconds')}"
     if (payment.amount_kopecks, payment.currency) != (order.price_kopecks, provider.CURRENCY):
         return f"order {order.id!r} costs {order.price_kopecks} kopecks"
@@ -804,7 +869,8 @@ def orphan_payment_take(*, shop_id: str, payment: ProviderPayment, now: datetime
         reason = _orphan_refusal(order, payment, now=now)
         if reason is None:
             log.warning("payment %s of order %r never reached the order: attaching it", payment.id, order.id)
-            order_apply_payment(order_id=order.id, payment=payment, now=now)
+            with events.operation(EventOperation.ORPHAN_FOUND):
+                order_apply_payment(order_id=order.id, payment=payment, now=now)
             _outcome_count(ORPHAN_PAYMENTS, "attached")
             return f"attached: {Order.objects.values_list('status', flat=True).get(pk=order.id)}"
         left = payment.amount_kopecks - payment.refunded_kopecks
@@ -812,17 +878,36 @@ def orphan_payment_take(*, shop_id: str, payment: ProviderPayment, now: datetime
             return f"left: payment is {payment.status}, {reason}"
         log.error("payment %s (%d kopecks, %s) names %s: its money goes back", payment.id, left, payment.status,
                   reason)
+        events.event_record(order_id=order.id, status_from=order.status, status_to=order.status,
+                            happening=events.Happening(EventOperation.ORPHAN_FOUND, payment_id=payment.id,
+                                                       amount_kopecks=left, detail=reason))
         return OrphanPayment.objects.create(
             provider_payment_id=payment.id, shop_id=shop_id, order_id=order.id, amount_kopecks=left, reason=reason,
             provider_status=payment.status,
         )
 
 
+def _orphan_return_record(*, payment_id: str, status: str, detail: str, **changes: Any) -> None:
+    """return_pending -> `status`, and the event on the order the payment names, in one transaction."""
+    with transaction.atomic():
+        record = OrphanPayment.objects.filter(provider_payment_id=payment_id,
+                                              status=OrphanPaymentStatus.RETURN_PENDING).first()
+        if record is None:
+            return
+        OrphanPayment.objects.filter(pk=record.pk, status=OrphanPaymentStatus.RETURN_PENDING).update(
+            status=status, updated_at=timezone.now(), **changes)
+        current = Order.objects.filter(pk=record.order_id).values_list("status", flat=True).first()
+        if current is not None:  # an order that never had a payment of its own stays (money_records)
+            events.event_record(order_id=record.order_id, status_from=current, status_to=current,
+                                happening=events.Happening(EventOperation.ORPHAN_RETURN, payment_id=payment_id,
+                                                           refund_id=changes.get("refund_id", ""),
+                                                           amount_kopecks=record.amount_kopecks, detail=detail))
+
+
 def orphan_payment_returned(*, payment_id: str, provider_status: str, refund_id: str = "") -> str:
     """return_pending -> returned: refunded (refund_id) or its hold released."""
-    OrphanPayment.objects.filter(provider_payment_id=payment_id, status=OrphanPaymentStatus.RETURN_PENDING).update(
-        status=OrphanPaymentStatus.RETURNED, provider_status=provider_status, refund_id=refund_id,
-        updated_at=timezone.now())
+    _orphan_return_record(payment_id=payment_id, status=OrphanPaymentStatus.RETURNED, provider_status=provider_status,
+                          refund_id=refund_id, detail=f"refunded by refund {refund_id}" if refund_id else "released")
     outcome = "refunded" if refund_id else "released"
     log.warning("orphan payment %s: %s", payment_id, f"refunded by refund {refund_id}" if refund_id else "released")
     _outcome_count(ORPHAN_PAYMENTS, outcome)
@@ -833,8 +918,180 @@ def orphan_payment_return_refused(*, payment_id: str, provider_status: str, why:
     """return_pending -> return_failed: the provider refused to give the money back; the staff must."""
     log.error("orphan payment %s: the provider refused to return its money (%s): the staff must return it",
               payment_id, why)
-    OrphanPayment.objects.filter(provider_payment_id=payment_id, status=OrphanPaymentStatus.RETURN_PENDING).update(
-        status=OrphanPaymentStatus.RETURN_FAILED, provider_status=provider_status, refund_id=refund_id,
-        updated_at=timezone.now())
+    _orphan_return_record(payment_id=payment_id, status=OrphanPaymentStatus.RETURN_FAILED,
+                          provider_status=provider_status, refund_id=refund_id, detail=f"return refused: {why}")
     _outcome_count(ORPHAN_PAYMENTS, "return_failed")
     return "orphan return_failed"
+
+
+# Refunds by staff: of an order whose money was taken and kept, in full or in part ---------------
+
+
+def staff_refund_left(*, order: Order) -> int:
+    """Kopecks staff may still refund: the price (what was taken) less what was refunded and what is
+    being refunded."""
+    open_refunds = StaffRefund.objects.filter(order_id=order.pk, status__in=STAFF_REFUND_OPEN)
+    return order.price_kopecks - order.refunded_kopecks - (open_refunds.aggregate(total=Sum("amount_kopecks"))["total"] or 0)
+
+
+def _refund_receipt(order: Order, amount_kopecks: int) -> dict[str, Any] | None:
+    """A part of a receipt payment is refunded with the part's receipt; the whole payment without
+    (the provider makes it from the payment's: docs/payments.md, "Receipts")."""
+    if order.receipt is None or amount_kopecks == order.price_kopecks:
+        return None
+    return receipts.refund_receipt(template=order.receipt, contact=order.customer_contact, amount_kopecks=amount_kopecks)
+
+
+def staff_refund_request(*, order_id: str, key: uuid.UUID, amount_kopecks: int, reason: str, user_id: int | None,
+                         username: str) -> StaffRefund:
+    """Record a staff refund before the provider is called (its id, `key`, is the call's
+    Idempotence-Key), with the order row locked: never more than is left, only of an order whose
+    money was taken and kept (STAFF_REFUND_SOURCES). The same key again is the same refund (a form
+    sent twice). Refusals (RefundNotAllowed) name the reason in the staff's language."""
+    with transaction.atomic():
+        order = Order.objects.select_for_update().filter(pk=order_id).first()
+        if order is None:
+            raise OrderNotFound(_("There is no order %(order)r. Please scan the QR code on the machine again.")
+                                % {"order": order_id[:64]})
+        existing = StaffRefund.objects.filter(pk=key).first()
+        if existing is not None:
+            if (existing.order_id, existing.amount_kopecks) != (order_id, amount_kopecks):
+                raise RefundNotAllowed(_("This refund form was already used for another refund. Please open the "
+                                         "refund page again."))
+            return existing
+        if order.status not in STAFF_REFUND_SOURCES:
+            raise RefundNotAllowed(_("Order %(order)s is “%(status)s”: staff refund only an order whose money was "
+                                     "taken and kept, one that is %(sources)s.") % {
+                "order": order.pk, "status": OrderStatus(order.status).label,
+                "sources": _(" or ").join(_("“%(status)s”") % {"status": OrderStatus(status).label}
+                                          for status in sorted(STAFF_REFUND_SOURCES))})
+        left = staff_refund_left(order=order)
+        if not 1 <= amount_kopecks <= left:
+            raise RefundNotAllowed(_("Order %(order)s: %(amount)s cannot be refunded, %(left)s is left of its price "
+                                     "%(price)s (less what was refunded or is being refunded).") % {
+                "order": order.pk, "amount": price_text(amount_kopecks), "left": price_text(max(left, 0)),
+                "price": price_text(order.price_kopecks)})
+        if not reason.strip():
+            raise RefundNotAllowed(_("Please give the refund's reason."))
+        if order.receipt is not None and amount_kopecks != order.price_kopecks and not order.customer_contact:
+            raise RefundNotAllowed(_("Order %(order)s: a refund of part of its price needs a receipt for the "
+                                     "customer, whose contact was erased %(days)d days after the order. Refund it at "
+                                     "the provider with a receipt instead.") % {
+                "order": order.pk, "days": settings.ORDER_CONTACT_RETENTION_DAYS})
+        refund = StaffRefund.objects.create(id=key, order_id=order.pk, amount_kopecks=amount_kopecks,
+                                            reason=reason.strip(), user_id=user_id, username=username)
+        events.event_record(order_id=order.pk, status_from=order.status, status_to=order.status,
+                            happening=events.Happening(EventOperation.STAFF_REFUND, amount_kopecks=amount_kopecks,
+                                                       detail=refund.reason))
+    log.warning("staff refund %s of %d kopecks of order %r requested by %s", refund.pk, amount_kopecks, order_id,
+                username)
+    return refund
+
+
+def staff_refund_apply(*, key: uuid.UUID, refund: ProviderRefund) -> StaffRefund:
+    """Record the provider's answer to a staff refund, and its event; a refund that completes the
+    whole price ends the order refunded. One transaction, the order row locked; the same answer again
+    changes nothing but the receipt's registration."""
+    with transaction.atomic():
+        order_id = StaffRefund.objects.values_list("order_id", flat=True).get(pk=key)
+        order = Order.objects.select_for_update().get(pk=order_id)
+        record = StaffRefund.objects.select_for_update().get(pk=key)
+        registration = refund.receipt_registration or record.receipt_registration
+        if registration != record.receipt_registration:
+            StaffRefund.objects.filter(pk=key).update(receipt_registration=registration)
+        if record.status not in STAFF_REFUND_OPEN or (record.status, record.refund_id) == (refund.status, refund.id):
+            return StaffRefund.objects.get(pk=key)
+        if (refund.payment_id, refund.amount_kopecks) != (order.provider_payment_id, record.amount_kopecks):
+            log.error("refund %s (payment %s, %d kopecks) is not staff refund %s of order %r", refund.id,
+                      refund.payment_id, refund.amount_kopecks, key, order.pk)
+            return StaffRefund.objects.get(pk=key)
+        status = {"succeeded": StaffRefundStatus.SUCCEEDED, "canceled": StaffRefundStatus.CANCELED}.get(
+            refund.status, StaffRefundStatus.PENDING)
+        StaffRefund.objects.filter(pk=key).update(status=status, refund_id=refund.id, updated_at=timezone.now())
+        succeeded = status == StaffRefundStatus.SUCCEEDED
+        answered = events.Happening(EventOperation.STAFF_REFUND_ANSWER, payment_id=refund.payment_id,
+                                    refund_id=refund.id, amount_kopecks=record.amount_kopecks,
+                                    refunded_kopecks=record.amount_kopecks if succeeded else 0,
+                                    detail=f"refund {refund.status}")
+        given_back = F("refunded_kopecks") + record.amount_kopecks
+        if succeeded and order.refunded_kopecks + record.amount_kopecks >= order.price_kopecks:
+            _order_transition(order_id=order.pk, target=S.REFUNDED, sources=STAFF_REFUND_SOURCES, happening=answered,
+                              refunded_kopecks=given_back)
+        else:
+            if succeeded:
+                Order.objects.filter(pk=order.pk).update(refunded_kopecks=given_back)
+            events.event_record(order_id=order.pk, status_from=order.status, status_to=order.status,
+                                happening=answered)
+        if status == StaffRefundStatus.CANCELED:
+            log.error("staff refund %s of order %r was canceled by the provider: nothing was returned", key, order.pk)
+    return StaffRefund.objects.get(pk=key)
+
+
+def staff_refund_refused(*, key: uuid.UUID, why: str) -> StaffRefund:
+    """requested -> refused: the provider refused the request itself (4xx); the same request would be
+    refused again. Nothing was returned."""
+    with transaction.atomic():
+        order_id = StaffRefund.objects.values_list("order_id", flat=True).get(pk=key)
+        status = Order.objects.select_for_update().values_list("status", flat=True).get(pk=order_id)
+        refused = StaffRefund.objects.filter(pk=key, status=StaffRefundStatus.REQUESTED).update(
+            status=StaffRefundStatus.REFUSED, updated_at=timezone.now())
+        if refused:
+            amount = StaffRefund.objects.values_list("amount_kopecks", flat=True).get(pk=key)
+            events.event_record(order_id=order_id, status_from=status, status_to=status,
+                                happening=events.Happening(EventOperation.STAFF_REFUND_ANSWER, amount_kopecks=amount,
+                                                           detail=f"refused: {why}"))
+    log.error("staff refund %s of order %r refused: %s", key, order_id, why)
+    return StaffRefund.objects.get(pk=key)
+
+
+async def staff_refund_send(*, key: uuid.UUID) -> StaffRefund:
+    """Send a requested staff refund to the provider (again: the same key and body), or re-read one
+    the provider has not settled, and record the answer. A provider that does not answer raises and
+    leaves the refund as it was: reconciliation sends it again."""
+    record = await StaffRefund.objects.select_related("order__merchant").aget(pk=key)
+    order = record.order
+    shop_id = order.merchant.shop_id
+    if record.status == StaffRefundStatus.PENDING and record.refund_id:
+        found = await provider.refund_get(shop_id=shop_id, refund_id=record.refund_id)
+        if found is None:
+            log.error("staff refund %s: the provider does not know its refund %s", key, record.refund_id)
+            return record
+        return await sync_to_async(staff_refund_apply)(key=key, refund=found)
+    if record.status != StaffRefundStatus.REQUESTED or order.provider_payment_id is None:
+        return record
+    if order.receipt is not None and record.amount_kopecks != order.price_kopecks and not order.customer_contact:
+        return await sync_to_async(staff_refund_refused)(key=key, why="the customer's contact for its receipt was erased")
+    try:
+        refund = await provider.refund_create(
+            shop_id=shop_id, order_id=order.pk, payment_id=order.provider_payment_id,
+            amount_kopecks=record.amount_kopecks, description=f"Order {order.pk}: {record.reason}",
+            receipt=_refund_receipt(order, record.amount_kopecks), key=str(record.pk),
+        )
+    except ProviderRejected as refused:
+        if refused.credentials_refused:
+            raise  # the operator fixes them; reconciliation sends it again
+        return await sync_to_async(staff_refund_refused)(key=key, why=f"HTTP {refused.provider_status}")
+    return await sync_to_async(staff_refund_apply)(key=key, refund=refund)
+
+
+async def order_staff_refund(*, order_id: str, key: uuid.UUID, amount_kopecks: int, reason: str,
+                             user_id: int | None, username: str) -> StaffRefund:
+    """A staff refund: recorded (staff_refund_request), sent, its answer recorded. The intent stays
+    when the provider does not answer (ProviderUnavailable): reconciliation finishes it."""
+    await sync_to_async(staff_refund_request)(order_id=order_id, key=key, amount_kopecks=amount_kopecks,
+                                              reason=reason, user_id=user_id, username=username)
+    return await staff_refund_send(key=key)
+
+
+def devices_deactivate(*, device_ids: Sequence[int]) -> int:
+    """Machines out of service for good, their records kept (a machine that took money is never
+    deleted): they take no more orders; their orders already paid still finish. How many changed."""
+    return Device.objects.filter(pk__in=device_ids).exclude(status=DeviceStatus.DEACTIVATED).update(
+        status=DeviceStatus.DEACTIVATED)
+
+
+def merchants_deactivate(*, merchant_ids: Sequence[int], today: datetime.date | None = None) -> int:
+    """Merchants whose last active day becomes yesterday (never later than it was): their machines
+    take no more orders, their records stay. How many changed."""
+    yesterday = (today or timezone.localdate()) - datetime.timedelta(days=1)
+    return Merchant.objects.filter(pk__in=merchant_ids, active_until__gt=yesterday).update(active_until=yesterday)

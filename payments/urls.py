@@ -2,7 +2,8 @@ from django.urls import path
 
 from payments import machine_api, views
 
-# Every view here is async: payments.checks refuses a sync one (it would hold a thread per request).
+# Every view here is async: coffee_payment.E002 refuses a sync one on the lean paths (/health, /ready,
+# /v1/: all of these), where it would hold a thread per request.
 urlpatterns = [
     path("health", views.health, name="health"),
     path("ready", views.ready, name="ready"),

@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import os
 import random
+import socket
 from collections import Counter
 
 from asgiref.sync import sync_to_async
@@ -23,9 +25,9 @@ from django.db import DatabaseError, InterfaceError, close_old_connections, conn
 from django.db.models import Q
 from django.utils import timezone
 
-from payments import services
+from payments import events, services
 from payments.errors import IllegalTransition, PaymentsError
-from payments.models import MAKEABLE_STATUSES, Order, OrderStatus
+from payments.models import MAKEABLE_STATUSES, EventCause, Order, OrderStatus
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +107,11 @@ class MakeWindowChecker:
             self._task = None
 
     async def _run(self) -> None:
+        # What the checks change is this worker's (the event log names its host, a pod, and process).
+        with events.caused_by(EventCause.VEND_WINDOW, f"{socket.gethostname()} pid {os.getpid()}"):
+            await self._checks()
+
+    async def _checks(self) -> None:
         interval = settings.ORDER_MAKE_WINDOW_CHECK_SECONDS
         failing = False
         # Workers started together check at different moments.

@@ -1,4 +1,4 @@
-"""HTTP in, a service or selector call, HTTP out. Every view is async (see payments.checks)."""
+"""HTTP in, a service or selector call, HTTP out. Every view is async (coffee_payment.E002)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ from django.utils.translation import gettext as _
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_GET, require_POST
 
-from payments import provider, selectors, services
+from payments import events, provider, selectors, services
 from payments.errors import (
-    BadRequest, ContactInvalid, FormExpired, InvalidParameter, OrderNotFound, PageNotFound, PaymentsError, ServerError,
+    BadRequest, ContactInvalid, FormExpired, InvalidParameter, NotificationDeferred, OrderNotFound, PageNotFound,
+    PaymentsError, ServerError,
 )
 from payments.forms import scan_parse
-from payments.models import PAYABLE_STATUSES, Order, OrderStatus
+from payments.models import PAYABLE_STATUSES, EventCause, Order, OrderStatus
+from payments.notification_limits import notification_sender_allowed
 from payments.readiness import database_check, migrations_check
 
 S = OrderStatus
@@ -95,8 +97,7 @@ STATUS_PAGE_PAYABLE = frozenset({S.CREATED})
 async def _order_page(request: HttpRequest, template: str, order: Order, *,
                       payable_statuses: frozenset[str] = PAYABLE_STATUSES, http_status: int = 200,
                       **extra: object) -> HttpResponse:
-    # As the status poll says it (selectors.OrderState.as_json), so that its answers agree with the page.
-    expired = order.status == S.CREATED and timezone.now() >= order.expires_at
+    expired = order.is_expired(timezone.now())
     context = {
         "order": order,
         "device": order.device,
@@ -114,6 +115,7 @@ async def _order_page(request: HttpRequest, template: str, order: Order, *,
 
 
 @require_GET
+@events.request_caused(EventCause.CUSTOMER)
 async def scan(request: HttpRequest) -> HttpResponse:
     """GET /v1/pay?deviceUuid=&orderId=&drinkNo=&size= : the QR code's page; name and price from the menu."""
     try:
@@ -132,6 +134,7 @@ async def scan(request: HttpRequest) -> HttpResponse:
 
 @sensitive_post_parameters("contact")  # personal data: never in an error report
 @require_POST
+@events.request_caused(EventCause.CUSTOMER)
 async def payment_start(request: HttpRequest, order_id: str) -> HttpResponse:
     """POST /v1/orders/<id>/payment: create the provider payment, 303 to its confirmation page.
     With a receipt, the form carries the customer's `contact`; a bad one gets the order page again."""
@@ -161,14 +164,21 @@ async def payment_start(request: HttpRequest, order_id: str) -> HttpResponse:
 async def payment_webhook(request: HttpRequest) -> JsonResponse:
     """POST /v1/payments/webhook: re-read the notified payment from the provider and apply it.
 
-    400 for a body that is not a notification; 503 when the provider cannot be asked right now,
-    so that it sends the notification again later.
+    400 for a body that is not a notification; 403 from a sender not in
+    PAYMENT_PROVIDER_NOTIFICATION_ADDRESSES; 429 (with Retry-After) or 503 when the provider cannot
+    be asked right now, so that it sends the notification again later.
     """
+    if not notification_sender_allowed(request.META.get("REMOTE_ADDR")):
+        return JsonResponse({"error": "notifications are not accepted from this address"}, status=403)
     try:
         notification = provider.notification_parse(request.body)
-        outcome = await services.payment_notification_apply(notification=notification)
+        refund = f" refund {notification.refund_id}" if notification.refund_id else ""
+        with events.caused_by(EventCause.NOTIFICATION, f"{notification.event} {notification.payment_id}{refund}"):
+            outcome = await services.payment_notification_apply(notification=notification)
     except InvalidParameter as error:
         return JsonResponse({"error": error.message}, status=400)
+    except NotificationDeferred as deferred:
+        return JsonResponse({"error": deferred.message}, status=429, headers={"Retry-After": str(deferred.retry_after)})
     except PaymentsError as error:
         return JsonResponse({"error": error.message}, status=503)
     return JsonResponse({"status": outcome})
@@ -182,7 +192,10 @@ async def order_status(request: HttpRequest, order_id: str) -> JsonResponse:
     now = timezone.now()
     if state is not None and selectors.payment_recheck_due(status=state.status, checked_at=state.provider_checked_at,
                                                            now=now):
-        if await services.order_payment_recheck(order_id=order_id, now=now):
+        # The cause only when there may be a write: the poll's read stays as lean as it was.
+        with events.caused_by(EventCause.STATUS_POLL, events.request_id()):
+            rechecked = await services.order_payment_recheck(order_id=order_id, now=now)
+        if rechecked:
             state = await selectors.order_get_status(order_id=order_id)
     if state is None:
         response = JsonResponse({"error": f"no order {order_id[:64]!r}"}, status=404)
@@ -200,7 +213,9 @@ async def order_page(request: HttpRequest, order_id: str) -> HttpResponse:
         order = await selectors.order_get(order_id=order_id)
         now = timezone.now()
         if selectors.payment_recheck_due(status=order.status, checked_at=order.provider_checked_at, now=now):
-            if await services.order_payment_recheck(order_id=order_id, now=now):
+            with events.caused_by(EventCause.CUSTOMER, events.request_id()):
+                rechecked = await services.order_payment_recheck(order_id=order_id, now=now)
+            if rechecked:
                 order = await selectors.order_get(order_id=order_id)
     except PaymentsError as error:
         return _error_page(request, error)

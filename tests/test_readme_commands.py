@@ -73,7 +73,8 @@ def environ(home: Path, **variables: str) -> dict[str, str]:
         if not key.startswith(("DJANGO_", "GUNICORN_", "DATABASE_", "PAYMENT_", "ORDER_", "MAKE", "MFLAGS"))
         and key not in MAKE_VARIABLES
     }
-    env.update(HOME=str(home), GUNICORN_HOST="127.0.0.1", **variables)
+    # Each server's metrics port its own, like its PORT: two of the README's servers run at once.
+    env.update(HOME=str(home), GUNICORN_HOST="127.0.0.1", GUNICORN_METRICS_PORT=str(free_port()), **variables)
     return env
 
 

@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 
 from coffee_payment import metrics
 from coffee_payment.asgi_handler import LeanASGIHandler
-from coffee_payment.metrics import RequestMetricsMiddleware
+from coffee_payment.metrics import MetricsPort, RequestMetricsMiddleware
 from coffee_payment.request_timeout import RequestTimeoutMiddleware
 from tests.coffee_payment.conftest import close_connections
 from tests.coffee_payment.test_request_timeout import HTTP_SCOPE, LIMIT, Client, sleeping_app
@@ -82,3 +82,22 @@ def test_the_database_pool_is_sampled_into_the_gauges(settings: Any) -> None:
     assert state["max"] == settings.DATABASES["default"]["OPTIONS"]["pool"]["max_size"]
     assert state["in_use"] == 0 and state["idle"] >= 1
     assert REGISTRY.get_sample_value("coffee_db_pool_requests_waiting") == 0
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"])
+async def test_metrics_answer_on_the_metrics_port_and_never_on_another(handler: LeanASGIHandler, method: str) -> None:
+    app = RequestMetricsMiddleware(MetricsPort(handler, port=9464))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport) as client:
+        # Whatever a proxy may have added: the port decides.
+        headers = {"x-forwarded-for": "203.0.113.9", "forwarded": "for=203.0.113.9", "host": "10.244.1.17"}
+        public = await client.request(method, "http://127.0.0.1:8000/metrics", headers=headers)
+        scraped = await client.request(method, "http://127.0.0.1:9464/metrics", headers=headers)
+        elsewhere = await client.request(method, "http://127.0.0.1:9464/v1/order-status/x")
+    assert public.status_code in (400, 404, 405) and b"coffee_http" not in public.content
+    assert elsewhere.status_code == 404
+    if method in ("GET", "HEAD"):
+        assert scraped.status_code == 200 and scraped.headers["content-type"].startswith("text/plain; version=")
+        assert (b"coffee_http_request_duration_seconds" in scraped.content) == (method == "GET")
+    else:
+        assert (scraped.status_code, scraped.headers["allow"]) == (405, "GET, HEAD")

@@ -13,6 +13,7 @@ from django.test import AsyncClient, override_settings
 
 from coffee_payment.asgi_types import ASGIApp
 from devtools.processes import BIN, base_environ, run
+from tests.support.asgi_client import ClientAt
 from tests.support.fuzz import call, fuzzed
 
 def test_check_deploy_is_clean_in_the_production_layer(tmp_path: Path) -> None:
@@ -40,21 +41,23 @@ def test_plain_http_is_redirected_except_the_probes(application: ASGIApp) -> Non
 @pytest.mark.django_db(transaction=True)
 @override_settings(AXES_FAILURE_LIMIT=3)
 async def test_admin_login_is_locked_after_repeated_failures_per_client_address() -> None:
+    """The address is REMOTE_ADDR (the ASGI scope's client, which uvicorn rewrites only for a trusted
+    proxy): an X-Forwarded-For of the client's own choosing changes nothing."""
     await User.objects.acreate_superuser("staff", "staff@example.com", "right-password-123")
-    attacker, other = AsyncClient(), AsyncClient()
+    attacker, other = ClientAt("198.51.100.1"), ClientAt("198.51.100.2")
 
-    async def log_in(client: AsyncClient, password: str, address: str) -> tuple[int, str]:
+    async def log_in(client: AsyncClient, password: str, forwarded: str) -> tuple[int, str]:
         response = await client.post("/admin/login/?next=/admin/", {"username": "staff", "password": password},
-                                     headers={"x-forwarded-for": f"203.0.113.7, {address}"})
+                                     headers={"x-forwarded-for": forwarded, "x-real-ip": forwarded})
         return response.status_code, response.content.decode()
 
-    for _ in range(2):
-        assert (await log_in(attacker, "wrong", "198.51.100.1"))[0] == 200  # the form again, with an error
+    for number in range(2):
+        assert (await log_in(attacker, "wrong", f"203.0.113.{number}"))[0] == 200  # the form again, with an error
     # The third failure reaches the limit: locked out, and so is the right password from there.
-    status, text = await log_in(attacker, "wrong", "198.51.100.1")
+    status, text = await log_in(attacker, "wrong", "203.0.113.2")
     assert status == 429 and "too many login attempts" in text.lower()
-    status, _ = await log_in(attacker, "right-password-123", "198.51.100.1")
+    status, _ = await log_in(attacker, "right-password-123", "198.51.100.2")
     assert status == 429
-    # Another client (the last X-Forwarded-For entry is what the ingress saw) still logs in.
-    status, _ = await log_in(other, "right-password-123", "198.51.100.2")
+    # Another client address still logs in.
+    status, _ = await log_in(other, "right-password-123", "198.51.100.1")
     assert status == 302

@@ -21,7 +21,7 @@ def print_config(env: dict[str, str], *args: str) -> dict[str, str]:
 
 def production_environ(tmp_path: Path) -> dict[str, str]:
     env = base_environ(tmp_path)
-    for variable in ("GUNICORN_HOST", "GUNICORN_PORT"):
+    for variable in ("GUNICORN_HOST", "GUNICORN_PORT", "GUNICORN_METRICS_PORT"):
         env.pop(variable)
     env.update(DJANGO_ENV="production", DJANGO_SECRET_KEY="x" * 40 + "0123456789", DJANGO_ALLOWED_HOSTS="pay.example.com",
                DJANGO_PUBLIC_BASE_URL="https://pay.example.com", DATABASE_ALLOW_SQLITE="true")
@@ -31,7 +31,11 @@ def production_environ(tmp_path: Path) -> dict[str, str]:
 def test_r2_6_print_config_shows_defaults_with_no_gunicorn_variables(tmp_path: Path) -> None:
     """R1.1-R1.3, R2.6-R2.11: the production layer's resolved server settings."""
     config = print_config(production_environ(tmp_path))
-    assert config["bind"] == "['0.0.0.0:8000']"
+    # The metrics port beside the app's (coffee_payment/metrics.py).
+    assert config["bind"] == "['0.0.0.0:8000', '0.0.0.0:9464']"
+    # No proxy is trusted: no client picks its own address or scheme.
+    assert config["forwarded_allow_ips"] == "[]"
+    assert config["worker_connections"] == "1000"
     assert config["workers"] == "4"
     assert config["timeout"] == "30"
     assert config["max_requests"] == "0"
@@ -53,8 +57,19 @@ def test_r2_variables_reach_gunicorn(tmp_path: Path) -> None:
         "GUNICORN_MAX_REQUESTS": "500", "GUNICORN_MAX_REQUESTS_JITTER": "50",
     }
     config = print_config(env)
-    assert (config["workers"], config["bind"], config["timeout"]) == ("3", "['0.0.0.0:9123']", "20")
+    assert (config["workers"], config["bind"], config["timeout"]) == ("3", "['0.0.0.0:9123', '0.0.0.0:9464']", "20")
     assert (config["max_requests"], config["max_requests_jitter"]) == ("500", "50")
+
+
+def test_proxy_trust_connection_limit_and_metrics_port_reach_gunicorn(tmp_path: Path) -> None:
+    env = production_environ(tmp_path) | {
+        "GUNICORN_FORWARDED_ALLOW_IPS": "10.244.0.0/16, 127.0.0.1", "GUNICORN_WORKER_CONNECTIONS": "50",
+        "GUNICORN_METRICS_PORT": "0",
+    }
+    config = print_config(env)
+    assert config["forwarded_allow_ips"] == "['10.244.0.0/16', '127.0.0.1']"
+    assert config["worker_connections"] == "50"
+    assert config["bind"] == "['0.0.0.0:8000']"  # 0: no metrics listener
 
 
 def test_gunicorn_cmd_args_and_flags_win_over_the_file(tmp_path: Path) -> None:
@@ -66,7 +81,8 @@ def test_gunicorn_cmd_args_and_flags_win_over_the_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("variable", "raw"),
     [("GUNICORN_WORKERS", "true"), ("GUNICORN_PORT", "70000"), ("GUNICORN_TIMEOUT", "2.5"),
-     ("GUNICORN_MAX_REQUESTS", "1e3"), ("GUNICORN_MAX_REQUESTS_JITTER", "-1")],
+     ("GUNICORN_MAX_REQUESTS", "1e3"), ("GUNICORN_MAX_REQUESTS_JITTER", "-1"),
+     ("GUNICORN_FORWARDED_ALLOW_IPS", "*"), ("GUNICORN_WORKER_CONNECTIONS", "5")],
 )
 def test_bad_value_stops_start_with_one_line_before_binding(tmp_path: Path, variable: str, raw: str) -> None:
     env = base_environ(tmp_path) | {variable: raw}

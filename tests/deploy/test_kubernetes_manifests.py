@@ -17,6 +17,7 @@ from django.core.management import get_commands
 from django.urls import Resolver404, resolve
 
 from coffee_payment.conf import LAYER_VARIABLE, VARIABLES, ConfigError, Settings, load_settings
+from coffee_payment.metrics import METRICS_PATH
 from tests.support.kubernetes import (
     BASE,
     OVERLAYS,
@@ -194,10 +195,12 @@ def test_service_links_are_off_because_an_injected_variable_stops_the_server(man
 # ------------------------------------------------------------------------------
 
 
-def test_the_container_port_is_the_port_the_server_binds(manifests: Manifests) -> None:
-    (port,) = containers(manifests.deployment)[0]["ports"]
-    bind_port = server_settings(manifests, manifests.deployment).server.port
-    assert port == {"name": "http", "containerPort": bind_port, "protocol": "TCP"}
+def test_the_container_ports_are_the_ports_the_server_binds(manifests: Manifests) -> None:
+    http, metrics = containers(manifests.deployment)[0]["ports"]
+    server = server_settings(manifests, manifests.deployment).server
+    assert http == {"name": "http", "containerPort": server.port, "protocol": "TCP"}
+    assert metrics == {"name": "metrics", "containerPort": server.metrics_port, "protocol": "TCP"}
+    # The Service routes the http port alone: nothing outside the pod network reaches /metrics.
     service = manifests.one("Service")
     assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
 
@@ -379,29 +382,34 @@ def test_the_operations_doc_lists_the_environment_as_deployed() -> None:
 # Metrics
 # ------------------------------------------------------------------------------
 
-# Where the cluster's Prometheus runs (the NetworkPolicy lets it in by namespace).
+# Where the cluster's Prometheus and ingress controller run (the NetworkPolicy lets them in by namespace).
 MONITORING_NAMESPACE = "monitoring"
+INGRESS_NAMESPACE = "ingress-nginx"
 
 
-def test_prometheus_scrapes_every_pod_on_the_http_port(manifests: Manifests) -> None:
+def test_prometheus_scrapes_every_pod_on_the_metrics_port(manifests: Manifests) -> None:
     annotations = manifests.deployment["spec"]["template"]["metadata"]["annotations"]
-    (port,) = containers(manifests.deployment)[0]["ports"]
+    ports = {port["name"]: port["containerPort"] for port in containers(manifests.deployment)[0]["ports"]}
     assert annotations["prometheus.io/scrape"] == "true"
-    assert annotations["prometheus.io/port"] == str(port["containerPort"])
-    path = annotations["prometheus.io/path"]
-    assert resolve(path).url_name == "metrics"
-    # The scraper sends the pod IP as Host, like the probes.
-    assert path in settings.PROBE_PATHS
+    assert annotations["prometheus.io/port"] == str(ports["metrics"])
+    assert annotations["prometheus.io/path"] == METRICS_PATH
 
 
-def test_the_network_policy_lets_the_scraper_in_on_the_http_port(manifests: Manifests) -> None:
+def test_the_network_policy_lets_the_ingress_in_on_http_and_the_scraper_on_metrics(manifests: Manifests) -> None:
     rules = manifests.one("NetworkPolicy", "coffee-payment-server")["spec"]["ingress"]
-    from_monitoring = [
-        rule for rule in rules
-        if {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": MONITORING_NAMESPACE}}}
-        in rule.get("from", [])
-    ]
-    assert [rule["ports"] for rule in from_monitoring] == [[{"port": "http", "protocol": "TCP"}]]
+    by_namespace = {
+        rule["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]: rule["ports"]
+        for rule in rules
+    }
+    # Every rule names who may come in: no pod but the ingress's reaches the port whose proxy headers count.
+    assert len(by_namespace) == len(rules) and all(len(rule["from"]) == 1 for rule in rules)
+    assert by_namespace == {INGRESS_NAMESPACE: [{"port": "http", "protocol": "TCP"}],
+                            MONITORING_NAMESPACE: [{"port": "metrics", "protocol": "TCP"}]}
+
+
+def test_the_overlays_trust_the_pod_network_as_the_ingress(manifests: Manifests) -> None:
+    server = server_settings(manifests, manifests.deployment).server
+    assert server.forwarded_allow_ips == ("10.244.0.0/16",)
 
 
 def test_nothing_in_the_manifests_routes_metrics_from_outside_the_cluster(manifests: Manifests) -> None:
@@ -418,7 +426,8 @@ def test_nothing_in_the_manifests_routes_metrics_from_outside_the_cluster(manife
 # ------------------------------------------------------------------------------
 
 # Answered inside the cluster only: the kubelet's probes and the Prometheus scraper.
-INTERNAL_PATHS = ("/health", "/ready", "/metrics")
+# The probes' routes; /metrics is no route of the application: it answers on its own port alone.
+INTERNAL_PATHS = ("/health", "/ready")
 
 
 def url_samples() -> list[str]:

@@ -30,7 +30,7 @@ def test_a_database_that_cannot_answer_is_503_with_retry_after(tmp_path: Path, d
         browser = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8", "Accept-Language": "ru"}
         page = http.get("/v1/orders/order-1", headers=browser)
         ready, health = http.get("/ready"), http.get("/health")
-        metrics = http.get("/metrics")
+        metrics = httpx.get(server.metrics_url, timeout=30)
         stderr = server.stderr.read_text().splitlines()
 
     assert (poll.status_code, poll.headers["retry-after"]) == (503, "5")

@@ -1,5 +1,6 @@
-"""/metrics through a real `gunicorn -c config/gunicorn.py` with two workers: every worker's
-requests counted, the multiprocess directory cleaned, any Host answered, X-Request-ID in the logs."""
+"""/metrics through a real `gunicorn -c config/gunicorn.py` with two workers, on the metrics port:
+every worker's requests counted, the multiprocess directory cleaned, any Host answered, X-Request-ID
+in the logs; on the application's port it is no page at all."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 def scrape(server: Server, **headers: str) -> dict[str, float]:
     """The samples of a scrape: 'name{labels}' -> value."""
-    response = httpx.get(server.url + "/metrics", headers=headers, timeout=10)
+    response = httpx.get(server.metrics_url, headers=headers, timeout=10)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain; version=")
     samples = {}
@@ -89,15 +90,17 @@ def test_hostile_paths_share_one_unmatched_series(two_workers: Server) -> None:
     assert not any("path-" in name for name in samples)
 
 
-@pytest.mark.parametrize("host", ["10.244.1.17:8000", "[fd00::17]:8000"])
-def test_metrics_answer_a_pod_ip_host_and_refuse_proxied_requests(two_workers: Server, host: str) -> None:
+@pytest.mark.parametrize("host", ["10.244.1.17:9464", "[fd00::17]:9464"])
+def test_metrics_answer_a_pod_ip_host_on_the_metrics_port_only(two_workers: Server, host: str) -> None:
     samples = scrape(two_workers, host=host)
     assert "coffee_http_requests_in_flight" in samples
     # Other paths keep enforcing ALLOWED_HOSTS.
     assert httpx.get(two_workers.url + "/v1/order-status/x", headers={"host": host}, timeout=5).status_code == 400
-    # Through an ingress (which adds X-Forwarded-For) it is no page at all.
-    proxied = httpx.get(two_workers.url + "/metrics", headers={"x-forwarded-for": "203.0.113.9"}, timeout=5)
-    assert proxied.status_code == 404
+    # The metrics port serves nothing else, and the application's port no metrics.
+    base = two_workers.metrics_url.removesuffix("/metrics")
+    assert httpx.get(base + "/v1/order-status/x", timeout=5).status_code == 404
+    assert httpx.post(two_workers.metrics_url, timeout=5).status_code == 405
+    assert httpx.get(two_workers.url + "/metrics", headers={"host": host}, timeout=5).status_code in (400, 404)
 
 
 def test_a_stopped_worker_leaves_its_counts_and_takes_its_live_gauges(two_workers: Server) -> None:

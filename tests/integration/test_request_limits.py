@@ -7,6 +7,7 @@ with the project's worker and coffee_payment.asgi.
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -114,6 +115,59 @@ def test_pipelined_requests_and_a_body_in_the_same_read_are_served(server: Serve
         while chunk := sock.recv(65536):  # both answers, then the close the second one asked for
             answers += chunk
     assert answers.count(b"HTTP/1.1 200 OK\r\n") == 2, answers
+
+
+@pytest.fixture(scope="module")
+def bare(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The bare test application (devtools/asgi_app.py: /health, /slow, /echo) under the same worker."""
+    tmp_path = tmp_path_factory.mktemp("request-limits-bare")
+    env = base_environ(tmp_path, GUNICORN_WORKERS="1", GUNICORN_HEADER_TIMEOUT=str(HEADER_TIMEOUT), DJANGO_LOG_LEVEL="INFO")
+    with gunicorn(tmp_path, env=env, app="devtools.asgi_app:app") as started:
+        yield started
+
+
+def statuses(answers: bytes) -> list[int]:
+    # Every status line, bodies (short, known, no status line in them) between them.
+    return [int(status) for status in re.findall(rb"HTTP/1\.1 (\d{3}) ", answers)]
+
+
+def read_all(sock: socket.socket) -> bytes:
+    answers = b""
+    while chunk := sock.recv(65536):
+        answers += chunk
+    return answers
+
+
+def test_pipelined_requests_over_the_limit_together_are_each_measured_alone(bare: Server) -> None:
+    """Forty 1 KiB requests in one read, the last one still arriving: 40 KiB in all, each well
+    under the limit, so every one is answered."""
+    request = b"GET /health HTTP/1.1\r\nHost: t\r\nX-Pad: " + b"p" * 1000 + b"\r\n\r\n"
+    assert len(request) * 40 > HEADER_LIMIT
+    with connect(bare.port) as sock:
+        sock.sendall(request * 39 + b"GET /health HTTP/1.1\r\nHost: t\r\n")
+        time.sleep(0.2)  # the last request's end in a read of its own
+        sock.sendall(b"X-Pad: " + b"p" * 1000 + b"\r\nConnection: close\r\n\r\n")
+        assert statuses(read_all(sock)) == [200] * 40
+    assert "Traceback" not in bare.logs()
+
+
+@pytest.mark.parametrize("refused", [
+    b"GET /health HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * (HEADER_LIMIT + 100) + b"\r\n\r\n",  # 431
+    b"GET /health HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * (HEADER_LIMIT + 100),  # 431, still arriving
+    b"NOT-HTTP \x00\x01\r\n\r\n",  # uvicorn's 400
+])
+def test_a_refusal_after_pipelined_requests_waits_for_their_answers(bare: Server, refused: bytes) -> None:
+    """The requests parsed before a refusal are answered, in order, before it: none runs unanswered."""
+    body = b"report: made"
+    with connect(bare.port) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+                     + b"GET /slow?seconds=0.5 HTTP/1.1\r\nHost: t\r\n\r\n" + refused)
+        answers = read_all(sock)
+    assert statuses(answers) == [200, 200, 400 if refused.startswith(b"NOT") else 431], answers[:600]
+    assert body in answers and b"slept" in answers
+    assert answers.endswith(b"Invalid HTTP request received." if refused.startswith(b"NOT")
+                            else b"Request Header Fields Too Large")
+    assert "Traceback" not in bare.logs()
 
 
 def test_worker_memory_stays_bounded_while_four_clients_send_100_mib_headers(server: Server) -> None:

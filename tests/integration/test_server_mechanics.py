@@ -95,6 +95,7 @@ def test_preloaded_master_hands_no_database_connection_to_workers(tmp_path: Path
         assert logs.count("db_at_import:") == 1
         assert len(workers) == 2
         assert database not in master
-        assert len([target for target in master if target.startswith("socket:")]) == 1  # the listener only
+        # The listeners only: the application's port and the metrics port.
+        assert len([target for target in master if target.startswith("socket:")]) == 2
         for pid in workers:
             assert database not in fd_targets(pid)

@@ -74,7 +74,7 @@ def test_a_worker_returns_the_money_of_a_paid_order_no_machine_started(tmp_path:
                 time.sleep(max(0.0, last_call + silence - time.monotonic()))
                 refused = http.get(f"/v1/pay?{LOBBY}&orderId=vend-window-2", headers={"Accept-Language": "ru"})
                 assert refused.status_code == 409 and "Эта кофемашина не на связи" in refused.text
-                samples = http.get("/metrics").text
+                samples = httpx.get(server.metrics_url, timeout=10).text
                 assert 'coffee_machines{connection="offline",status="online"} 1.0' in samples
                 assert http.get("/v1/machine/orders/vend-window-2", headers=machine).status_code == 404
                 assert http.get(f"/v1/pay?{LOBBY}&orderId=vend-window-2").status_code == 200

@@ -5,17 +5,42 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from django.utils import timezone
+from django.utils import timezone, translation
 
 from devtools.fake_provider import RECEIPT_SECONDS, SBP_REFUND_SECONDS, FakeProvider
 from payments import provider, services
 from payments.forms import MenuEntry
 from payments.models import Device, DeviceStatus, Merchant, Order
+from payments.notification_limits import NOTIFICATION_READS
 from payments.provider import Notification
+from tests.conftest import DATABASE_FIXTURES
 from tests.support.fake_provider import RunningFake, fake_provider_thread
+from tests.support.order_events import order_replay_mismatches
 
 SHOP_ID = "demo-shop"
 SECRET = "demo-secret"
+
+
+@pytest.fixture(autouse=True)
+def _orders_arrive_where_their_event_logs_say(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After every test here that used the database, each order's event log, replayed, arrives at
+    its status, provider payment and refunded amount: every write of every flow left its row. Tests
+    that set a status behind the services' back (to start from it) are marked `forged_status`."""
+    uses_database = request.node.get_closest_marker("django_db") or DATABASE_FIXTURES & set(request.fixturenames)
+    if not uses_database or request.node.get_closest_marker("forged_status"):
+        yield
+        return
+    request.getfixturevalue("_django_db_helper")  # set up before, so torn down after, this check
+    yield
+    assert order_replay_mismatches() == {}
+
+
+@pytest.fixture(autouse=True)
+def _language_restored() -> Iterator[None]:
+    """The test client's requests run in the test's thread: a page asked for in Russian leaves Russian
+    active for what the test does next, and for the next test."""
+    with translation.override(translation.get_language()):
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +59,8 @@ async def fake(fake_server: RunningFake, settings: Any) -> AsyncIterator[FakePro
     settings.PAYMENT_PROVIDER_URL = fake_server.api_url
     settings.PAYMENT_PROVIDER_SECRETS = {SHOP_ID: SECRET}
     settings.PAYMENT_PROVIDER_RETRIES = 1
+    # Each test a fresh worker: no notification reads of an earlier one.
+    NOTIFICATION_READS.clear()
     yield app
     # The shared client belongs to this test's event loop, which ends with the test.
     await provider.aclose()

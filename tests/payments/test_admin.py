@@ -115,12 +115,11 @@ def test_issuing_a_token_shows_it_once_and_retires_the_old_one(admin_client: Any
     assert not credentials.token_matches(old, stored.token_sha256)
     assert token.group(1) not in admin_client.get(f"/admin/payments/device/{device.pk}/change/").content.decode()
     assert token.group(1) not in admin_client.get("/admin/payments/device/").content.decode()
-@pytest.mark.django_db(transaction=True)
-def test_marking_a_paid_order_could_not_be_made_refunds_it(admin_client: Any, order: Order, fake_server: Any,
-                                                          settings: Any) -> None:
+def payment_at_the_fake(order: Order, fake_server: Any, settings: Any) -> str:
+    """A payment of the order that the customer paid at the running fake provider, recorded as
+    pending (its notification not applied), for a sync test; its id."""
     settings.PAYMENT_PROVIDER_URL = fake_server.api_url
     settings.PAYMENT_PROVIDER_SECRETS = {SHOP_ID: SECRET}
-    fake_server.app.reset()
 
     async def create() -> provider.ProviderPayment:
         try:
@@ -132,7 +131,21 @@ def test_marking_a_paid_order_could_not_be_made_refunds_it(admin_client: Any, or
     payment = async_to_sync(create, force_new_loop=True)()
     fake_server.app.settle(payment.id, "succeeded")
     services.order_mark_pending(order_id=order.pk, provider_payment_id=payment.id)
+    return payment.id
+
+
+def paid_at_the_fake(order: Order, fake_server: Any, settings: Any) -> str:
+    """The order paid (single-stage) at the running fake provider, reset first; the payment's id."""
+    fake_server.app.reset()
+    payment_id = payment_at_the_fake(order, fake_server, settings)
     services.order_mark_paid(order_id=order.pk)
+    return payment_id
+
+
+@pytest.mark.django_db(transaction=True)
+def test_marking_a_paid_order_could_not_be_made_refunds_it(admin_client: Any, order: Order, fake_server: Any,
+                                                          settings: Any) -> None:
+    payment = paid_at_the_fake(order, fake_server, settings)
     services.order_mark_make_pending(order_id=order.pk)
     response = admin_client.post(
         "/admin/payments/order/", {"action": "mark_make_failed", "_selected_action": [order.pk]}, follow=True
@@ -140,7 +153,7 @@ def test_marking_a_paid_order_could_not_be_made_refunds_it(admin_client: Any, or
     assert '<li class="success">1 order marked “Could not be made”.</li>' in response.content.decode()
     stored = Order.objects.get(pk=order.pk)
     assert (stored.status, stored.refunded_kopecks) == ("refunded", order.price_kopecks)
-    assert [refund.payment_id for refund in fake_server.app.refunds.values()] == [payment.id]
+    assert [refund.payment_id for refund in fake_server.app.refunds.values()] == [payment]
 @pytest.mark.parametrize("selected", ["abc", "99999999999999999999999", ""])
 def test_an_action_on_malformed_ids_is_a_400_not_a_500(admin_client: Any, order: Order, selected: str) -> None:
     response = admin_client.post("/admin/payments/merchant/", {"action": "delete_selected", "_selected_action": [selected]})

@@ -25,7 +25,8 @@ from payments import services
 from payments.admin_mixins import MerchantScoped
 from payments.models import Device, DeviceText, Merchant, MenuItem, Order, OrphanPayment, Sales
 
-pytestmark = pytest.mark.django_db
+# Each merchant's records are created directly, behind the services (no event log to replay).
+pytestmark = [pytest.mark.django_db, pytest.mark.forged_status]
 
 # Text that names the other merchant's records: none of it may reach a page its staff cannot see.
 THEIRS = ("Other Coffee", "other-machine", "Harbour", "other-order", "other-pay", "shop-other")

@@ -25,7 +25,7 @@ from django.utils import translation
 
 import payments
 from payments import views
-from payments.errors import IllegalTransition, MakeWindowClosed, PaymentsError
+from payments.errors import IllegalTransition, MakeWindowClosed, NotificationDeferred, PaymentsError
 from payments.forms import ScanForm
 from payments.models import Device, MenuItem
 from tests.payments.conftest import scan_parameters
@@ -45,13 +45,14 @@ PLACEHOLDER = re.compile(r"%\((\w+)\)([sdr])")
 NOT_FOR_CUSTOMERS = {
     "payments.json_input": None,  # the whole module
     "payments.machine_api": None,
+    "payments.notification_limits": None,  # the provider's notifications: 429 for it to send again
     "payments.forms": {"menu_parse", "_menu_item", "_menu_number", "_menu_receipt_fields"},
     "payments.provider": {"notification_parse", "_provider_id"},
 }
 # Raised with the order's statuses for machines, staff and reconciliation; a customer's payment
 # that meets one goes to the status page instead (services.order_payment_start). MakeWindowClosed:
-# the machine's late start (its 409 in the machine API).
-NOT_CUSTOMER_CLASSES = {IllegalTransition, MakeWindowClosed}
+# the machine's late start (its 409 in the machine API). NotificationDeferred: the webhook's 429.
+NOT_CUSTOMER_CLASSES = {IllegalTransition, MakeWindowClosed, NotificationDeferred}
 GETTEXT = {"_", "gettext", "gettext_lazy", "ngettext", "pgettext"}
 
 

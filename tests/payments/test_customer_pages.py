@@ -103,6 +103,7 @@ async def test_a_pending_order_says_it_is_being_confirmed_and_offers_no_second_p
     assert re.search(r'<form method="post" action="/v1/orders/[^"]+/payment">', (await AsyncClient().get(QR)).content.decode())
 
 
+@pytest.mark.forged_status
 async def test_a_paid_order_says_the_drink_is_being_made(order: Order) -> None:
     await Order.objects.filter(pk=order.pk).aupdate(status="paid")
     content = (await AsyncClient().get(f"/v1/orders/{order.pk}", **RU)).content.decode()
@@ -111,6 +112,7 @@ async def test_a_paid_order_says_the_drink_is_being_made(order: Order) -> None:
         "Оплачено: кофемашина готовит ваш напиток. Заберите его, когда он будет готов."]
 
 
+@pytest.mark.forged_status
 async def test_a_cancelled_order_shows_the_next_step_and_no_pay_button(order: Order) -> None:
     await Order.objects.filter(pk=order.pk).aupdate(status="not_paid")
     response = await AsyncClient().get(f"/v1/orders/{order.pk}", **RU)
@@ -134,6 +136,7 @@ def shown_next_steps(content: str) -> list[str]:
     (True, "released", "Напиток не приготовлен: заблокированная на карте сумма разблокируется, деньги не списаны."),
     (True, "cancel_pending", "Напиток не приготовлен: заблокированная на карте сумма разблокируется, деньги не списаны."),
 ])
+@pytest.mark.forged_status
 async def test_a_drink_not_made_says_how_the_money_comes_back_for_its_kind_of_payment(
     order: Order, two_stage: bool, status: str, money: str
 ) -> None:
@@ -157,6 +160,7 @@ async def test_a_test_machines_order_pages_say_no_real_money_is_taken(device: De
     assert "Тестовый режим" not in online
 
 
+@pytest.mark.forged_status
 async def test_the_merchants_texts_follow_the_customers_language_then_fall_back(device: Device) -> None:
     await Device.objects.filter(pk=device.pk).aupdate(welcome_text="Welcome!", thank_you_text="")
     await DeviceText.objects.acreate(device=device, language="ru", welcome_text="Добро пожаловать!",

@@ -22,7 +22,7 @@ from devtools.fake_provider import ApiError, FakeProvider
 from devtools.postgres import is_postgres, with_database
 from devtools.processes import REPO, base_environ
 from payments import orphans, provider, reconciliation, services
-from payments.models import Merchant, Order, OrphanPayment
+from payments.models import Merchant, Order, OrderEvent, OrphanPayment
 from payments.provider import Notification
 from tests.payments.conftest import SECRET, SHOP_ID, scan_parameters
 
@@ -152,17 +152,25 @@ async def test_a_provider_down_during_a_run_is_retried_by_the_next_run(fake: Fak
     assert await reconciliation.orders_reconcile(now=later(22)) == {"paid": 1}
 
 
-def test_unpaid_orders_are_purged_after_the_retention_period(device: Any, settings: Any) -> None:
+def test_orders_that_never_had_a_payment_are_purged_with_their_events_after_the_retention_period(
+    device: Any, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings.ORDER_RETENTION_DAYS = 30
-    for order_id in ("unpaid", "declined", "paid", "recent"):
+    for order_id in ("unpaid", "declined", "paid", "recent", "orphaned", "unpaid-2"):
         services.order_create(**scan_parameters(order_id=order_id))
+    # Declined at the provider: no money, but a provider payment, whose record stays.
     services.order_mark_pending(order_id="declined", provider_payment_id="pay-declined")
     services.order_mark_not_paid(order_id="declined")
     services.order_mark_pending(order_id="paid", provider_payment_id="pay-paid")
     services.order_mark_paid(order_id="paid")
+    # Still created, but a payment naming it was returned: the order is the trace's other half.
+    OrphanPayment.objects.create(provider_payment_id="pay-orphan", shop_id=SHOP_ID, order_id="orphaned",
+                                 amount_kopecks=15900, reason="expired", provider_status="succeeded")
     Order.objects.exclude(pk="recent").update(expires_at=timezone.now() - datetime.timedelta(days=31))
+    monkeypatch.setattr(reconciliation, "PURGE_BATCH", 1)  # one order per step
     assert reconciliation.orders_purge(now=timezone.now()) == 2
-    assert sorted(Order.objects.values_list("pk", flat=True)) == ["paid", "recent"]
+    assert sorted(Order.objects.values_list("pk", flat=True)) == ["declined", "orphaned", "paid", "recent"]
+    assert set(OrderEvent.objects.values_list("order_id", flat=True)) == {"declined", "orphaned", "paid", "recent"}
 
 
 def test_the_command_reports_what_it_did_and_fails_when_the_provider_did_not_answer(

@@ -16,7 +16,8 @@ from django.test.utils import CaptureQueriesContext
 from payments import sales
 from payments.models import Device, Merchant, Order, OrderStatus
 
-pytestmark = pytest.mark.django_db
+# The sales are summed from orders set up in their final states, behind the services (no event log).
+pytestmark = [pytest.mark.django_db, pytest.mark.forged_status]
 S = OrderStatus
 UTC = datetime.UTC
 DAY = datetime.date(2026, 12, 7)

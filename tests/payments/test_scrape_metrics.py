@@ -5,16 +5,29 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+import httpx
 import pytest
 from asgiref.sync import async_to_sync
+from django.conf import settings as django_settings
 from django.db import OperationalError
-from django.test import Client
 from django.utils import timezone
 
 from payments import scrape_metrics, services
 from payments.models import Device
 
-pytestmark = pytest.mark.django_db
+# Committed rows: the scrape counts them in a thread of its own, on a connection of its own.
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def scrape() -> httpx.Response:
+    """GET /metrics on the metrics port of the application Gunicorn serves (coffee_payment/asgi.py)."""
+    from coffee_payment.asgi import application
+
+    async def get() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=application)) as client:
+            return await client.get(f"http://127.0.0.1:{django_settings.METRICS_PORT}/metrics")
+
+    return async_to_sync(get)()
 
 
 def samples(text: bytes) -> dict[str, float]:
@@ -55,12 +68,12 @@ def test_a_scrape_whose_database_cannot_answer_leaves_the_counts_out(
     monkeypatch.setattr(scrape_metrics, "_counts", down)
     assert async_to_sync(scrape_metrics.database_metrics)() == b""
     assert [record.getMessage() for record in caplog.records] == ["/metrics without the database's gauges: connection refused"]
-    response = Client().get("/metrics")
+    response = scrape()
     assert response.status_code == 200 and b"coffee_machines" not in response.content
     assert b"coffee_payments_total" in response.content
 
 
 def test_metrics_carry_the_database_counts(device: Device) -> None:
-    response = Client().get("/metrics")
+    response = scrape()
     assert response.status_code == 200
     assert samples(response.content)['coffee_machines{connection="none",status="online"}'] == 1.0

@@ -27,6 +27,7 @@ def test_order_status_is_one_query(order: Order, django_assert_num_queries: Any)
     assert '"payments_order"."id" = ' in sql and "JOIN" not in sql
 
 
+@pytest.mark.forged_status
 def test_a_poll_not_waiting_on_the_provider_is_one_query(order: Order, django_assert_num_queries: Any) -> None:
     """The view's whole work for a created order, and for a pending one whose payment another poll
     re-read within ORDER_PROVIDER_RECHECK_SECONDS: the one status read (which carries the claim's time)."""
@@ -91,6 +92,7 @@ def test_a_machine_poll_reads_its_order_and_credential_in_one_query(order: Order
     [("created", False), ("pending", False), ("paid", True), ("make_pending", True), ("successful", True),
      ("make_failed", True), ("manual_make", True), ("not_paid", False), ("failed", False)],
 )
+@pytest.mark.forged_status
 def test_the_machine_sees_whether_the_money_is_taken(order: Order, status: str, paid: bool) -> None:
     Order.objects.filter(pk=order.pk).update(status=status)
     state = async_to_sync(selectors.order_get_status)(order_id=order.pk)
@@ -116,6 +118,7 @@ def test_order_status_json(order: Order) -> None:
     [("created", False), ("pending", False), ("paid", False), ("make_pending", False), ("make_failed", False),
      ("not_paid", True), ("successful", True), ("failed", True), ("manual_make", True)],
 )
+@pytest.mark.forged_status
 def test_final_statuses_stop_the_polling(order: Order, status: str, final: bool) -> None:
     Order.objects.filter(pk=order.pk).update(status=status)
     state = async_to_sync(selectors.order_get_status)(order_id=order.pk)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import itertools
 import json
@@ -35,16 +36,21 @@ from payments.errors import (
     IllegalTransition,
     MakeWindowClosed,
     MerchantInactive,
+    NotificationDeferred,
     OrderConflict,
     OrderExpired,
     OrderNotFound,
     PriceMismatch,
     ProviderUnavailable,
+    RefundNotAllowed,
 )
 from devtools.fake_provider import FakeProvider
-from payments.models import REPORTED_STATUSES, Device, DeviceCredential, MenuItem, Merchant, Order
+from payments.models import (
+    REPORTED_STATUSES, STAFF_REFUND_SOURCES, Device, DeviceCredential, MenuItem, Merchant, Order, OrderEvent,
+)
 from payments.provider import Notification, ProviderPayment, ProviderRefund
 from tests.payments.conftest import SHOP_ID, menu_entries, paid_order, scan_parameters
+from tests.support.order_events import Replayed, events_replay
 
 # The lifecycle as the issue states it, written out independently of payments.models.TRANSITIONS:
 # (status, action) -> status after; `two_stage` (the amount is held, not taken) decides some of
@@ -280,6 +286,7 @@ def test_the_model_knows_the_testing_layers_vend_window(settings: Any) -> None:
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("source", STATUSES)
+@pytest.mark.forged_status
 def test_every_transition_is_legal_or_refused_leaving_the_order_unchanged(order: Order, source: str) -> None:
     """Every action on an order in `source`, single- and two-stage, within its vend window and hold
     and after both."""
@@ -332,10 +339,11 @@ def test_transition_of_an_unknown_order_is_refused() -> None:
 
 
 class OrderLifecycle(RuleBasedStateMachine):
-    """Any sequence of transition attempts and provider answers, for single- and two-stage orders, on
-    a clock that the steps move: legal ones apply, illegal ones change nothing, the money fields
-    follow the status, and the vend window (from the payment) decides between a late start and the
-    window's closing, as the machine's `can_make` says."""
+    """Any sequence of transition attempts, provider answers and staff refunds, for single- and
+    two-stage orders, on a clock that the steps move: legal ones apply, illegal ones change nothing,
+    the money fields follow the status, the vend window (from the payment) decides between a late
+    start and the window's closing, as the machine's `can_make` says, and the order's event log,
+    replayed after every step, arrives at the order."""
 
     @initialize(two_stage=st.booleans())
     def scan(self, two_stage: bool) -> None:
@@ -347,6 +355,7 @@ class OrderLifecycle(RuleBasedStateMachine):
         self.paid_at: datetime.datetime | None = None
         self.hold_expires_at: datetime.datetime | None = None
         self.window_closed = False
+        self.refunded = self.refunding = 0  # kopecks: given back, and asked of the provider by staff
 
     def conditions(self) -> dict[str, bool]:
         in_window = self.paid_at is None or self.now < self.paid_at + MAKE_WINDOW
@@ -417,11 +426,13 @@ class OrderLifecycle(RuleBasedStateMachine):
         steps = [("mark", a) for a in legal] + [("payment", a) for a in answers] + [("refund", a) for a in refunds]
         if self.status in ("paid", "held"):
             steps.append(("wait", 120))  # towards the window's closing
+        if self.status in STAFF_REFUND_SOURCES:
+            steps += [("staff", (part, "succeeded")) for part in (1, 2)]
         if not steps:
             return
         kind, argument = data.draw(st.sampled_from(steps))
         {"mark": self.attempt, "payment": self.provider_says, "refund": self.provider_refund_says,
-         "wait": self.time_passes}[kind](argument)
+         "wait": self.time_passes, "staff": lambda a: self.staff_refunds(*a)}[kind](argument)
 
     @rule(status=st.sampled_from(["pending", "waiting_for_capture", "succeeded", "canceled"]))
     def provider_says(self, status: str) -> None:
@@ -441,7 +452,45 @@ class OrderLifecycle(RuleBasedStateMachine):
         refund = ProviderRefund(id="refund-1", payment_id=order.provider_payment_id or "none", status=status,
                                 amount_kopecks=order.price_kopecks, currency="RUB")
         services.order_apply_refund(order_id=self.order_id, refund=refund)
-        self.status = REFUND_OUTCOMES.get((self.status, status), self.status)
+        after = REFUND_OUTCOMES.get((self.status, status), self.status)
+        if (self.status, after) == ("refund_pending", "refunded"):
+            self.refunded = order.price_kopecks
+        self.status = after
+
+    @rule(part=st.sampled_from([1, 2, 3]), answer=st.sampled_from(["succeeded", "pending", "canceled"]))
+    def staff_refunds(self, part: int, answer: str) -> None:
+        """Staff refund the whole price or a part; the provider refunds it, keeps it pending or cancels
+        it. Only an order whose money was taken and kept, never more than is left."""
+        order = Order.objects.get(pk=self.order_id)
+        amount, key = order.price_kopecks // part, uuid.uuid4()
+        allowed = self.status in STAFF_REFUND_SOURCES and amount <= order.price_kopecks - self.refunded - self.refunding
+        before = row(self.order_id)
+        try:
+            services.staff_refund_request(order_id=self.order_id, key=key, amount_kopecks=amount, reason="goodwill",
+                                          user_id=None, username="staff")
+        except RefundNotAllowed:
+            assert not allowed and row(self.order_id) == before
+            event("a staff refund refused")
+            return
+        assert allowed
+        refund = ProviderRefund(id=f"refund-{key}", payment_id=order.provider_payment_id or "none", status=answer,
+                                amount_kopecks=amount, currency="RUB")
+        services.staff_refund_apply(key=key, refund=refund)
+        if answer == "succeeded":
+            self.refunded += amount
+            if self.refunded == order.price_kopecks:
+                self.status = "refunded"
+        elif answer == "pending":
+            self.refunding += amount
+        event(f"a staff refund {answer}")
+
+    @invariant()
+    def the_event_log_replays_to_the_order(self) -> None:
+        if hasattr(self, "order_id"):
+            stored = row(self.order_id)
+            log = list(OrderEvent.objects.filter(order_id=self.order_id).order_by("id"))
+            assert events_replay(log) == Replayed(stored["status"], stored["provider_payment_id"],
+                                                  stored["refunded_kopecks"])
 
     @invariant()
     def stored_order_is_the_model_order(self) -> None:
@@ -449,7 +498,7 @@ class OrderLifecycle(RuleBasedStateMachine):
             stored = row(self.order_id)
             event(f"reached {self.status}")
             assert (stored["status"], stored["two_stage"]) == (self.status, self.two_stage)
-            assert (stored["refunded_kopecks"] > 0) == (self.status == "refunded")
+            assert stored["refunded_kopecks"] == self.refunded
             assert (stored["hold_expires_at"] is not None) or self.status not in ("held", "cancel_pending", "capture_pending")
             assert stored["paid_at"] == self.paid_at
             assert (stored["make_window_closed_at"] is not None) == self.window_closed
@@ -622,6 +671,26 @@ def test_late_notification_does_not_undo_making_the_drink(order: Order) -> None:
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.forged_status  # the order is put back behind the services to test the rule
+async def test_expiry_is_one_rule_a_payment_started_in_time_is_followed_to_its_end(fake: FakeProvider, order: Order
+                                                                                   ) -> None:
+    """Past the window, an order with no payment started is expired everywhere (Pay, the page, the
+    poll, the machine); one whose payment was started in time is not: the same payment goes on."""
+    late = order.expires_at + datetime.timedelta(seconds=1)
+    started = await services.order_payment_start(order_id=order.pk, return_url="http://testserver/back")
+    assert await services.order_payment_start(order_id=order.pk, return_url="http://testserver/back", now=late) == started
+    assert len(fake.payments) == 1
+    state = await selectors.order_get_status(order_id=order.pk)
+    assert state is not None and state.as_json(now=late)["expired"] is False
+    await Order.objects.filter(pk=order.pk).aupdate(status="created", provider_payment_id=None)
+    with pytest.raises(OrderExpired):
+        await services.order_payment_start(order_id=order.pk, return_url="http://testserver/back", now=late)
+    state = await selectors.order_get_status(order_id=order.pk)
+    assert state is not None and state.as_json(now=late)["expired"] is True
+    assert (await Order.objects.aget(pk=order.pk)).is_expired(late)
+
+
+@pytest.mark.django_db(transaction=True)
 async def test_payment_start_is_idempotent(fake: FakeProvider, order: Order) -> None:
     """Idempotent payment creation: a second start returns the same provider payment."""
     first = await services.order_payment_start(order_id=order.pk, return_url="http://testserver/back")
@@ -667,6 +736,7 @@ async def test_payment_start_for_a_paid_order_has_nothing_to_pay(fake: FakeProvi
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.forged_status
 async def test_a_payment_that_finds_the_order_moved_on_sends_the_customer_to_its_status(
     fake: FakeProvider, order: Order
 ) -> None:
@@ -687,6 +757,7 @@ def test_an_order_on_a_test_machine_is_a_test_order(device: Device) -> None:
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.forged_status
 async def test_a_test_order_is_never_sent_to_pay_a_shop_that_takes_real_money(
     fake: FakeProvider, order: Order, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -705,12 +776,18 @@ async def test_a_test_order_is_never_sent_to_pay_a_shop_that_takes_real_money(
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_notification_is_applied_from_the_provider_not_from_its_body(fake: FakeProvider, order: Order) -> None:
+async def test_notification_is_applied_from_the_provider_not_from_its_body(fake: FakeProvider, order: Order,
+                                                                          settings: Any) -> None:
+    settings.PAYMENT_PROVIDER_REREAD_SECONDS = 1
     await services.order_payment_start(order_id=order.pk, return_url="http://testserver/back")
     payment_id = next(iter(fake.payments))
     forged = Notification(event="payment.succeeded", payment_id=payment_id, order_id_hint=order.pk)
     assert await services.payment_notification_apply(notification=forged) == "unchanged: order is pending, payment is pending"
     fake.settle(payment_id, "succeeded")
+    # The same claim, read a moment ago and found untrue, is not read again yet: the provider re-sends.
+    with pytest.raises(NotificationDeferred):
+        await services.payment_notification_apply(notification=forged)
+    await asyncio.sleep(settings.PAYMENT_PROVIDER_REREAD_SECONDS)
     assert await services.payment_notification_apply(notification=forged) == "paid"
     assert fake.calls[f"GET /payments/{payment_id}"] == 2
 

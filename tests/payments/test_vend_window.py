@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import os
+import socket
 import threading
 from collections.abc import Callable
 from io import StringIO
@@ -20,7 +22,7 @@ from django.utils import timezone
 from devtools.fake_provider import FakeProvider
 from payments import services, vend_window
 from payments.errors import IllegalTransition
-from payments.models import Order
+from payments.models import Order, OrderEvent
 from payments.scrape_metrics import database_metrics
 from tests.payments.conftest import paid_order
 
@@ -52,6 +54,7 @@ async def test_a_paid_order_not_started_in_its_window_gets_its_money_back(
     assert await vend_window.make_windows_check() == {}
 
 
+@pytest.mark.forged_status
 async def test_an_order_started_or_paid_before_the_window_existed_is_left_alone(
     fake: FakeProvider, order: Order, settings: Any
 ) -> None:
@@ -115,6 +118,7 @@ def race(*contenders: Callable[[], Any]) -> list[bool]:
 # locks fail at once instead of waiting; SQLite serialises its writers anyway.
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="threads race on PostgreSQL only")
 @pytest.mark.parametrize("two_stage", [False, True])
+@pytest.mark.forged_status
 def test_a_late_start_and_the_windows_closing_race_and_exactly_one_wins(order: Order, settings: Any,
                                                                          two_stage: bool) -> None:
     """At the window's last moment, the machine's start (still in time) and the closing (already due)
@@ -177,6 +181,11 @@ async def test_the_workers_checker_closes_windows_without_being_asked(
                 break
             await asyncio.sleep(0.05)
         assert await status(order.pk) == "refunded"
+        # The order's log names the worker's check as the cause of the closing and of the refund.
+        worker = f"{socket.gethostname()} pid {os.getpid()}"
+        assert [(e.operation, e.status_to) async for e in OrderEvent.objects.filter(
+            order_id=order.pk, cause="vend_window", reference=worker).order_by("id")] == [
+            ("window_close", "refund_pending"), ("refund", "refunded")]
         calls = 0
 
         async def database_down(**kwargs: Any) -> Any:

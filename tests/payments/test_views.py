@@ -398,6 +398,7 @@ async def test_the_poll_waits_for_the_provider_at_most_its_budget(fake: FakeProv
     assert time.monotonic() - started < settings.ORDER_STATUS_PROVIDER_BUDGET_SECONDS + 0.5
 
 
+@pytest.mark.forged_status
 async def test_orders_not_waiting_on_the_provider_are_never_read_from_it(fake: FakeProvider, order: Order) -> None:
     assert (await poll())["status"] == "created"
     await paid_without_notification(fake)

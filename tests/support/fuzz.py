@@ -21,6 +21,7 @@ from typing import Any
 from django.conf import settings
 from django.urls import URLPattern, URLResolver, get_resolver
 from hypothesis import strategies as st
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from coffee_payment.asgi_types import ASGIApp
 from coffee_payment.log_config import logging_config
@@ -244,9 +245,14 @@ def json_logs() -> Iterator[io.StringIO]:
         logging.config.dictConfig(settings.LOGGING)
 
 
+# The peer of every in-process request: the ingress, trusted as a worker behind it trusts it
+# (GUNICORN_FORWARDED_ALLOW_IPS), so its X-Forwarded-Proto and X-Forwarded-For count.
+INGRESS = "10.244.0.9"
+
+
 async def call(application: ASGIApp, request: Fuzzed) -> tuple[int, dict[str, str], bytes]:
-    """One request as uvicorn hands it over (the path percent-decoded, the rest raw): the status,
-    headers and body of the answer."""
+    """One request as uvicorn hands it over from a trusted ingress (the path percent-decoded, the
+    rest raw; uvicorn's proxy headers handling applied): the status, headers and body of the answer."""
     done = asyncio.Event()
     sent: list[dict[str, Any]] = []
     body_sent = False
@@ -269,9 +275,10 @@ async def call(application: ASGIApp, request: Fuzzed) -> tuple[int, dict[str, st
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": request.method,
         "scheme": "http", "path": urllib.parse.unquote(request.path.decode("latin-1")), "raw_path": request.path,
         "query_string": request.query, "root_path": "", "headers": headers,
-        "client": ("10.244.0.9", 40000), "server": ("127.0.0.1", 8000),
+        "client": (INGRESS, 40000), "server": ("127.0.0.1", 8000),
     }
-    await asyncio.wait_for(application(scope, receive, send), timeout=20)
+    trusting = ProxyHeadersMiddleware(application, trusted_hosts=[INGRESS])  # type: ignore[arg-type]
+    await asyncio.wait_for(trusting(scope, receive, send), timeout=20)
     start = next(message for message in sent if message["type"] == "http.response.start")
     answer_headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in start["headers"]}
     return start["status"], answer_headers, b"".join(message.get("body", b"") for message in sent[1:])

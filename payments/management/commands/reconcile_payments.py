@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import uuid
 from collections import Counter
 from typing import Any
 
@@ -17,9 +19,12 @@ from asgiref.sync import sync_to_async
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
-from payments import provider
+from payments import events, provider
+from payments.models import EventCause
 from payments.reconciliation import BATCH, orders_reconcile
 from payments.vend_window import make_windows_check
+
+log = logging.getLogger(__name__)
 
 # A run handles at most this many orders by default: bounded, so it ends within the CronJob's
 # deadline; what is left is due in the next run.
@@ -50,9 +55,13 @@ class Command(BaseCommand):
             raise CommandError(f"{errors} order(s) or payment lists could not be reconciled; the next run retries")
 
     async def _run(self, *, limit: int, batch: int) -> Counter[str]:
+        # Every order event the run writes names it (the admin's event log); its log lines too.
+        run_id = uuid.uuid4().hex
+        log.info("reconciliation run %s", run_id)
         try:
-            outcomes = await make_windows_check()
-            outcomes.update(await orders_reconcile(limit=limit, batch=batch))
+            with events.caused_by(EventCause.RECONCILIATION, run_id):
+                outcomes = await make_windows_check()
+                outcomes.update(await orders_reconcile(limit=limit, batch=batch))
             return outcomes
         finally:
             await provider.aclose()
