@@ -546,6 +546,10 @@ class Order(MoneyRecordsModel):
         ordering = ("-created_at",)
         indexes = [
             models.Index(fields=("device", "-created_at"), name="order_device_created"),
+            # The sales' days and the orders list, newest first: of every merchant, and of one
+            # (bench/sales.py: a seq scan of a fleet's year otherwise).
+            models.Index(fields=("created_at",), name="order_created"),
+            models.Index(fields=("merchant", "created_at"), name="order_merchant_created"),
             # Reconciliation's scans: orders in a status, oldest change first.
             models.Index(fields=("status", "updated_at"), name="order_status_updated"),
             # Reconciliation erases contacts past their retention: only orders that still have one.
