@@ -3,7 +3,7 @@ every model whose admin declares no scope of its own to superusers.
 
 Django's admin filters `pk__in=<the posted _selected_action values>` unchecked: a value that is not
 an id of the model ("abc" for an integer key, a number past its range) raised ValueError or
-OverflowError, a 500. Installed as the default site by coffee_payment.apps.AdminConfig.
+OverflowError, a 500. No app list beside the pages: their lists fit 1280 px. Installed as the default site by coffee_payment.apps.AdminConfig.
 
 A ModelAdmin with `staff_scope = True` limits what other staff users see itself (the payments app's
 merchant scope, payments/admin_mixins.py); any other one registered here, now or later (users,
@@ -43,6 +43,10 @@ class SuperusersOnly:
 
 
 class AdminSite(admin.AdminSite):
+    # The app list beside every page takes 300 px of a 1280 px laptop: the orders list would scroll
+    # sideways (tests/integration/test_admin_browser.py). The breadcrumbs and the index lead there.
+    enable_nav_sidebar = False
+
     def register(self, model_or_iterable: Any, admin_class: type[admin.ModelAdmin] | None = None,
                  **options: Any) -> None:
         admin_class = admin_class or admin.ModelAdmin

@@ -349,9 +349,9 @@ class StaffRefundInline(OrderEventInline):
 
 @admin.register(Order)
 class OrderAdmin(MachineTime, MoneyRecordsAdmin, ScopedAdmin):
-    # Narrow enough for 1280 px beside the filters; the rest is on the order's page and in the filters.
-    list_display = ("id", "created_at", "machine", "drink", "price", "status", "paid_at", "payment_method",
-                    "receipt_contact")
+    # Narrow enough for 1280 px beside the filters in either language (tests/integration/
+    # test_admin_browser.py); the rest (the payment method too) is on the order's page and in the filters.
+    list_display = ("id", "created_at", "machine", "drink", "price", "status", "paid_at", "receipt_contact")
     list_filter = ("status", MakeOverdueFilter, MachineFilter, "merchant", "test", "two_stage", "payment_method",
                    "receipt_registration")
     search_fields = ("id", "provider_payment_id", "device__device_uuid")
