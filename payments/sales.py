@@ -5,7 +5,7 @@ functions of the same statement giving the number of rows and the totals of the 
 local day is the row's own: PostgreSQL converts `created_at` with the machine's `time_zone` column
 (`timezone(zone, created_at)`, i.e. AT TIME ZONE); SQLite has no time zones, so each connection gets
 a function that does the same in Python with zoneinfo (`coffee_local_date`). Amounts stay whole
-kopecks until they are shown. What the columns count: docs/payments.md, "Sales".
+kopecks until they are shown. The report in the admin: docs/operations.md, "Back office".
 """
 
 from __future__ import annotations

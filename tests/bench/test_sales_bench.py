@@ -24,7 +24,7 @@ pytestmark = [
     pytest.mark.skipif(not is_postgres(os.environ.get("DATABASE_URL", "")),
                        reason="the sales benchmark's seed is PostgreSQL's SQL: the PostgreSQL pass runs it"),
 ]
-# Taken for good: a hold captured or a single-stage payment (docs/payments.md, "Sales").
+# Taken for good: a hold captured or a single-stage payment (payments.sales.CHARGED, read here on its own).
 CHARGED = {S.PAID, S.SUCCESSFUL, S.MANUAL_MAKE, S.REFUND_PENDING, S.REFUNDED, S.REFUND_FAILED}
 
 
