@@ -137,13 +137,17 @@ clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) $(LOCK_VENV) build *.egg-info .pytest_cache .hypothesis db.sqlite3
 
 # Benchmarks, not part of `make test` (ARGS="--help" lists their options): bench/run.py needs
-# wrk, bench/recycling.py only Python.
-.PHONY: bench bench-recycling
+# wrk, bench/recycling.py only Python, bench/sales.py PostgreSQL (a year of 4,000 machines: minutes).
+.PHONY: bench bench-recycling bench-sales
 bench: install-test
 	$(BIN)/python -m bench.run $(ARGS)
 
 bench-recycling: install-test
 	$(BIN)/python -m bench.recycling $(ARGS)
+
+bench-sales: install-test
+	@$(BIN)/python -m devtools.postgres --check
+	$(BIN)/python -m bench.sales $(ARGS)
 
 # The customer pages' catalogues (payments/locale/<lang>/LC_MESSAGES): the marked strings into the
 # .po files, then the .po files compiled into the committed .mo files, so that a fresh clone needs no

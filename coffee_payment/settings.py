@@ -21,6 +21,8 @@ USE_I18N = True
 # The customer pages' languages, chosen per request from Accept-Language (LocaleMiddleware); the
 # catalogues are payments/locale/<lang>/LC_MESSAGES (committed compiled: see `make messages`).
 LANGUAGES = [("ru", "Русский"), ("en", "English")]
+# The admin's date formats: times with their zone (coffee_payment/formats).
+FORMAT_MODULE_PATH = ["coffee_payment.formats"]
 ROOT_URLCONF = "coffee_payment.urls"
 ASGI_APPLICATION = "coffee_payment.asgi.application"
 WSGI_APPLICATION = "coffee_payment.wsgi.application"

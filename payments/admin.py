@@ -1,4 +1,8 @@
-"""Admin pages. An order's status changes only through the services' transitions (the actions)."""
+"""Admin pages. An order's status changes only through the services' transitions (the actions).
+
+Every page is scoped to the staff user's merchants and shows times in the machine's zone
+(payments/admin_mixins.py); the sales report is payments/admin_sales.py.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import quote, unquote
 from django.core.exceptions import PermissionDenied
 from django.db import models, transaction
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
@@ -21,11 +25,12 @@ from django.utils import timezone
 from django.utils.translation import gettext as _, gettext_lazy, ngettext
 
 from payments import events, liveness, provider, services
+from payments.admin_mixins import MachineTime, MerchantScoped, devices_of, machine_time_text, merchants_of
 from payments.errors import IllegalTransition, PaymentsError, ProviderUnavailable, RecordsPermanent, RefundNotAllowed
 from payments.forms import StaffRefundForm
 from payments.models import (
     STAFF_REFUND_SOURCES, Device, DeviceText, EventCause, MenuItem, Merchant, Order, OrderEvent, OrderStatus,
-    OrphanPayment, StaffRefund, StaffRefundStatus, money_records_refuse, price_text, sources_of,
+    OrphanPayment, Sales, Size, StaffRefund, StaffRefundStatus, money_records_refuse, price_text, sources_of,
 )
 from payments.vend_window import make_overdue
 
@@ -64,6 +69,37 @@ class MakeOverdueFilter(admin.SimpleListFilter):
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Order]) -> QuerySet[Order]:
         return queryset.filter(make_overdue(now=timezone.now())) if self.value() == "yes" else queryset
+
+
+class MachineFilter(admin.SimpleListFilter):
+    """One machine's orders, by its id (`?machine=<device_uuid>`, as the sales rows link): a fleet has
+    too many machines to list them all."""
+
+    title = gettext_lazy("machine")
+    parameter_name = "machine"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, Any]]:
+        chosen = devices_of(request.user).filter(device_uuid=self.value()) if self.value() else Device.objects.none()
+        return [(device.device_uuid, str(device)) for device in chosen]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Order]) -> QuerySet[Order]:
+        return queryset.filter(device__device_uuid=self.value()) if self.value() else queryset
+
+
+class ScopedRelatedFilter(admin.RelatedFieldListFilter):
+    """A merchant or machine filter listing only the user's own (MerchantScoped.get_list_filter)."""
+
+    def field_choices(self, field: Any, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[Any, str]]:
+        chosen = merchants_of(request.user) if field.related_model is Merchant else devices_of(request.user)
+        return [(obj.pk, str(obj)) for obj in chosen]
+
+
+class ScopedAdmin(MerchantScoped, admin.ModelAdmin):
+    """A ModelAdmin scoped to the user's merchants, its merchant and machine filters too."""
+
+    def get_list_filter(self, request: HttpRequest) -> list[Any]:
+        related = {field.name for field in self.model._meta.fields if field.related_model in (Merchant, Device)}
+        return [(entry, ScopedRelatedFilter) if entry in related else entry for entry in super().get_list_filter(request)]
 
 
 class MoneyRecordsAdmin(admin.ModelAdmin):
@@ -110,47 +146,75 @@ devices_deactivate = _deactivate_action(
 
 
 @admin.register(Merchant)
-class MerchantAdmin(MoneyRecordsAdmin):
+class MerchantAdmin(MoneyRecordsAdmin, ScopedAdmin):
+    merchant_lookup = "pk"
     list_display = ("name", "shop_id", "contact_email", "active_until", "two_stage_payments", "payment_methods",
                     "receipts_enabled")
     search_fields = ("name", "shop_id", "contact_email")
+    ordering = ("name",)
+    actions = [merchants_deactivate]
+    filter_horizontal = ("staff",)
     fieldsets = [
         (None, {"fields": ("name", "contact_email", "active_until", "shop_id", "two_stage_payments",
                            "payment_methods")}),
         # docs/payments.md, "Receipts": what else the merchant arranges with the provider.
-        ("Receipts (54-FZ)", {"fields": ("receipts_enabled", "tax_system_code", "vat_code", "payment_subject",
-                                         "payment_mode", "receipt_by_phone")}),
+        (gettext_lazy("Receipts (54-FZ)"), {"fields": ("receipts_enabled", "tax_system_code", "vat_code",
+                                                       "payment_subject", "payment_mode", "receipt_by_phone")}),
     ]
-    actions = [merchants_deactivate]
+    # The operator's: the contract's end, the provider shop (whose key is in the server's settings) and
+    # who else may see the merchant.
+    SUPERUSER_FIELDS = ("active_until", "shop_id")
+
+    def get_fieldsets(self, request: HttpRequest, obj: Merchant | None = None) -> list[Any]:
+        fieldsets = list(super().get_fieldsets(request, obj))
+        if request.user.is_superuser:
+            fieldsets.append((gettext_lazy("Staff"), {"fields": ("staff",)}))
+        return fieldsets
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Merchant | None = None) -> tuple[str, ...]:
+        return () if request.user.is_superuser else self.SUPERUSER_FIELDS
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return request.user.is_superuser
+
+    def has_delete_permission(self, request: HttpRequest, obj: Merchant | None = None) -> bool:
+        return request.user.is_superuser
 
 
-class MenuItemInline(admin.TabularInline):
+class MenuItemInline(MerchantScoped, admin.TabularInline):
     model = MenuItem
+    merchant_lookup = "device__merchant"
     extra = 1
     fields = ("drink_number", "size", "drink_name", "price_kopecks", "available", "vat_code", "payment_subject",
               "payment_mode")
 
 
-class DeviceTextInline(admin.TabularInline):
+class DeviceTextInline(MerchantScoped, admin.TabularInline):
     """The welcome and thank-you texts in one language each; the customer's language is shown first."""
 
     model = DeviceText
+    merchant_lookup = "device__merchant"
     extra = 0
     fields = ("language", "welcome_text", "thank_you_text")
-    verbose_name_plural = "Customer texts per language"
 
 
 @admin.register(Device)
-class DeviceAdmin(MoneyRecordsAdmin):
+class DeviceAdmin(MachineTime, MoneyRecordsAdmin, ScopedAdmin):
     list_display = ("device_uuid", "merchant", "location", "status", "connection", "last_seen_at", "time_zone",
                     "credential_issued_at")
     list_filter = ("status", ConnectionFilter, "merchant")
     search_fields = ("device_uuid", "location")
+    ordering = ("device_uuid",)
     list_select_related = ("merchant", "credential")
+    # Written by the machine's own calls (payments.liveness).
+    readonly_fields = ("last_seen_at",)
     # A logo address typed without a scheme is https (Django 6's default; silences 5.x's warning).
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     inlines = [DeviceTextInline, MenuItemInline]
     actions = ["issue_credential", devices_deactivate]
+
+    def machine_zone(self, obj: Device) -> str:
+        return obj.time_zone
 
     @admin.display(description=gettext_lazy("Connection"))
     def connection(self, device: Device) -> str:
@@ -158,18 +222,19 @@ class DeviceAdmin(MoneyRecordsAdmin):
                                                 last_seen_at=device.last_seen_at, now=timezone.now())
         return str(CONNECTIONS[connection])
 
-    @admin.display(description="API token issued")
-    def credential_issued_at(self, device: Device) -> datetime.datetime | None:
+    @admin.display(description=gettext_lazy("API token issued"))
+    def credential_issued_at(self, device: Device) -> str | None:
         credential = getattr(device, "credential", None)
-        return credential.issued_at if credential else None
+        return machine_time_text(credential.issued_at, device.time_zone) if credential else None
 
-    @admin.action(description="Issue a new machine API token (the old one stops working)")
+    @admin.action(description=gettext_lazy("Issue a new machine API token (the old one stops working)"))
     def issue_credential(self, request: HttpRequest, queryset: QuerySet[Device]) -> TemplateResponse:
         # A page of its own, not a message: messages may travel in a cookie, a token must not.
         issued = [(device, services.device_credential_issue(device_id=device.pk)) for device in queryset]
         response = TemplateResponse(
             request, "admin/payments/device/credentials_issued.html",
-            {**self.admin_site.each_context(request), "issued": issued, "title": "New machine credentials"},
+            {**self.admin_site.each_context(request), "issued": issued, "title": _("New machine API tokens"),
+             "opts": self.model._meta},
         )
         response["Cache-Control"] = "no-store"
         return response
@@ -231,10 +296,11 @@ def _transition_action(name: str, service: Callable[..., Order], description: st
     return admin.action(description=description)(action)
 
 
-class OrderEventInline(admin.TabularInline):
+class OrderEventInline(MerchantScoped, admin.TabularInline):
     """The order's event log, oldest first; read-only, like the log itself (models.OrderEvent)."""
 
     model = OrderEvent
+    merchant_lookup = "order__merchant"
     fields = readonly_fields = ("at", "operation", "status_change", "cause", "reference", "payment_id", "refund_id",
                                 "amount", "refunded", "detail")
     extra = max_num = 0
@@ -282,10 +348,12 @@ class StaffRefundInline(OrderEventInline):
 
 
 @admin.register(Order)
-class OrderAdmin(MoneyRecordsAdmin):
-    list_display = ("id", "device", "drink_name", "size", "price_rubles", "status", "two_stage", "test", "paid_at",
-                    "created_at", "payment_method", "receipt_registration", "receipt_contact")
-    list_filter = ("status", MakeOverdueFilter, "merchant", "test", "payment_method", "receipt_registration")
+class OrderAdmin(MachineTime, MoneyRecordsAdmin, ScopedAdmin):
+    # Narrow enough for 1280 px beside the filters in either language (tests/integration/
+    # test_admin_browser.py); the rest (the payment method too) is on the order's page and in the filters.
+    list_display = ("id", "created_at", "machine", "drink", "price", "status", "paid_at", "receipt_contact")
+    list_filter = ("status", MakeOverdueFilter, MachineFilter, "merchant", "test", "two_stage", "payment_method",
+                   "receipt_registration")
     search_fields = ("id", "provider_payment_id", "device__device_uuid")
     list_select_related = ("device", "merchant")
     date_hierarchy = "created_at"
@@ -304,6 +372,9 @@ class OrderAdmin(MoneyRecordsAdmin):
     ]
 
     inlines = [StaffRefundInline, OrderEventInline]
+
+    def machine_zone(self, obj: Order) -> str:
+        return obj.device.time_zone
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -374,14 +445,26 @@ class OrderAdmin(MoneyRecordsAdmin):
             self.message_user(request, _("The payment service did not refund %(amount)s of order %(order)s: %(status)s.")
                               % {**amount, "status": refund.get_status_display()}, messages.ERROR)
 
-    @admin.display(description="receipt to")
+    @admin.display(description=gettext_lazy("machine"), ordering="device__device_uuid")
+    def machine(self, order: Order) -> str:
+        return order.device.device_uuid
+
+    @admin.display(description=gettext_lazy("drink"), ordering="drink_name")
+    def drink(self, order: Order) -> str:
+        return f"{order.drink_name}, {str(Size(order.size).label).lower()}"
+
+    @admin.display(description=gettext_lazy("price"), ordering="price_kopecks")
+    def price(self, order: Order) -> str:
+        return price_text(order.price_kopecks)
+
+    @admin.display(description=gettext_lazy("receipt to"))
     def receipt_contact(self, order: Order) -> str:
         # Personal data: masked in the list, in full only on the order's own page.
         return order.contact_masked
 
 
 @admin.register(OrphanPayment)
-class OrphanPaymentAdmin(admin.ModelAdmin):
+class OrphanPaymentAdmin(ScopedAdmin):
     """Payments reconciliation found that their order never recorded and could not take: the trace of
     each return, and the ones the staff must return themselves (status return_failed)."""
 
@@ -393,8 +476,24 @@ class OrphanPaymentAdmin(admin.ModelAdmin):
     # Money records: written by reconciliation only, never changed or deleted by hand.
     readonly_fields = [field.name for field in OrphanPayment._meta.fields]
 
+    def merchant_scope(self, request: HttpRequest) -> Q | None:
+        # No order to follow (it may be gone): the payment's shop is the merchant's.
+        if request.user.is_superuser:
+            return None
+        return Q(shop_id__in=merchants_of(request.user).values("shop_id"))
+
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: OrphanPayment | None = None) -> bool:
         return False
+
+
+# The site's own name, in the staff's language (Django's reads "Django administration").
+admin.site.site_header = admin.site.site_title = gettext_lazy("Coffee Payments Server")
+admin.site.index_title = gettext_lazy("Back office")
+
+# The report's admin (its own view permission): payments/admin_sales.py.
+from payments.admin_sales import SalesAdmin  # noqa: E402
+
+admin.site.register(Sales, SalesAdmin)

@@ -20,7 +20,8 @@ from django.db.models import Exists, OuterRef, Q
 from django.db.models.signals import pre_delete
 from django.dispatch import receiver
 from django.utils import formats
-from django.utils.translation import gettext, gettext_lazy as _, ngettext
+from django.utils.functional import lazy
+from django.utils.translation import gettext, gettext_lazy as _, gettext_noop, ngettext
 
 from payments.errors import RecordsPermanent
 from payments.personal_data import contact_mask
@@ -28,7 +29,16 @@ from payments.receipts import PaymentMode, PaymentSubject, TaxSystem, VatCode
 
 # Ids that appear in QR codes and provider credentials: letters, digits, "-" and "_".
 IDENTIFIER = r"[A-Za-z0-9_-]{1,64}"
-identifier_validator = RegexValidator(rf"\A{IDENTIFIER}\Z", "Use 1-64 letters, digits, '-' or '_'.")
+identifier_validator = RegexValidator(rf"\A{IDENTIFIER}\Z", _("Use 1-64 letters, digits, '-' or '_'."))
+
+
+def _percent(message: str, **values: str) -> str:
+    """gettext(message) % values, in the language active when shown: names such as Europe/Moscow
+    stay out of the catalogue's texts."""
+    return gettext(message) % values
+
+
+lazy_percent = lazy(_percent, str)
 
 
 # Money records are permanent (docs/payments.md, "The event log"): an order that ever had a payment
@@ -140,62 +150,75 @@ def CASCADE_UNPAID_ORDERS(collector: Any, field: Any, sub_objs: Any, using: str)
 class PaymentMethods(models.TextChoices):
     """What a merchant's payments ask the provider for (payment_method_data)."""
 
-    ANY = "any", "Any method of the shop: the customer chooses on the provider's page"
-    BANK_CARD = "bank_card", "Bank cards only"
-    SBP = "sbp", "SBP (Faster Payments System) only: always single-stage"
+    ANY = "any", _("Any method of the shop: the customer chooses on the provider's page")
+    BANK_CARD = "bank_card", _("Bank cards only")
+    SBP = "sbp", _("SBP (Faster Payments System) only: always single-stage")
 
 
 class Merchant(MoneyRecordsModel):
-    name = models.CharField(max_length=200)
-    contact_email = models.EmailField()
+    name = models.CharField(_("merchant name"), max_length=200)
+    contact_email = models.EmailField(_("contact e-mail"))
     # The last day the merchant may take orders (inclusive); after it every scan is refused.
-    active_until = models.DateField()
+    active_until = models.DateField(_("active until"))
     # The provider's shop id. Its secret key is looked up in PAYMENT_PROVIDER_SECRETS, never stored.
-    shop_id = models.CharField(max_length=64, validators=[identifier_validator])
+    shop_id = models.CharField(_("provider shop id"), max_length=64, validators=[identifier_validator])
     # Two-stage payments: the provider only holds the customer's money (`capture: false`) and this
     # server captures it when the machine reports the drink made, or releases it when it cannot be.
     # Read at the order's creation: a later change applies to new orders only.
     two_stage_payments = models.BooleanField(
-        default=False, help_text="Hold the amount and charge it only when the machine reports the drink made."
+        _("two-stage payments"), default=False,
+        help_text=_("Hold the amount and charge it only when the machine reports the drink made."),
     )
     # The provider has no holds for SBP: an SBP-only merchant's payments are single-stage. With
     # `any`, a two-stage payment's page offers only the methods that can hold.
-    payment_methods = models.CharField(max_length=16, choices=PaymentMethods.choices, default=PaymentMethods.ANY,
-                                       db_default=PaymentMethods.ANY)
+    payment_methods = models.CharField(_("payment methods"), max_length=16, choices=PaymentMethods.choices,
+                                       default=PaymentMethods.ANY, db_default=PaymentMethods.ANY)
     # Fiscal receipts (54-FZ, docs/payments.md "Receipts"): every payment carries its receipt, which
     # the provider registers or passes to the merchant's online cash register. Read at the order's
     # creation, like two_stage_payments.
     receipts_enabled = models.BooleanField(
-        default=False, db_default=False, verbose_name="send receipts (54-FZ)",
-        help_text="Payments carry a fiscal receipt; the order page asks the customer where to send it.",
+        default=False, db_default=False, verbose_name=_("send receipts (54-FZ)"),
+        help_text=_("Payments carry a fiscal receipt; the order page asks the customer where to send it."),
     )
     tax_system_code = models.PositiveSmallIntegerField(
-        choices=TaxSystem.choices, null=True, blank=True,
-        help_text="Sent when set: cash registers on FFD 1.2 and shops with several tax systems need it "
-                  "(Чеки от ЮKassa ignore it).",
+        _("tax system"), choices=TaxSystem.choices, null=True, blank=True,
+        help_text=_("Sent when set: cash registers on FFD 1.2 and shops with several tax systems need it "
+                    "(Чеки от ЮKassa ignore it)."),
     )
     # A menu item's receipt line takes these where it has none of its own.
     vat_code = models.PositiveSmallIntegerField(
-        choices=VatCode.choices, null=True, blank=True, verbose_name="VAT rate",
-        help_text="Of menu items without their own.",
+        choices=VatCode.choices, null=True, blank=True, verbose_name=_("VAT rate"),
+        help_text=_("Of menu items without their own."),
     )
-    payment_subject = models.CharField(max_length=32, choices=PaymentSubject.choices,
+    payment_subject = models.CharField(_("payment subject"), max_length=32, choices=PaymentSubject.choices,
                                        default=PaymentSubject.COMMODITY, db_default=PaymentSubject.COMMODITY,
-                                       help_text="Of menu items without their own.")
-    payment_mode = models.CharField(max_length=32, choices=PaymentMode.choices, default=PaymentMode.FULL_PAYMENT,
-                                    db_default=PaymentMode.FULL_PAYMENT, help_text="Of menu items without their own.")
+                                       help_text=_("Of menu items without their own."))
+    payment_mode = models.CharField(_("payment mode"), max_length=32, choices=PaymentMode.choices,
+                                    default=PaymentMode.FULL_PAYMENT, db_default=PaymentMode.FULL_PAYMENT,
+                                    help_text=_("Of menu items without their own."))
     receipt_by_phone = models.BooleanField(
-        default=True, db_default=True, help_text="Customers may give a phone number instead of an e-mail address (off for "
-                                "Чеки от ЮKassa, which send receipts by e-mail only).",
+        _("receipts by phone"), default=True, db_default=True,
+        help_text=_("Customers may give a phone number instead of an e-mail address (off for Чеки от ЮKassa, "
+                    "which send receipts by e-mail only)."),
     )
-    created_at = models.DateTimeField(auto_now_add=True)
+    # Staff users who see and change only this merchant's records in the admin (payments.admin_scope);
+    # superusers see every merchant's. Edited by superusers only.
+    staff = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, blank=True, related_name="merchants", verbose_name=_("staff"),
+        help_text=_("Staff users who see and change only this merchant's machines, orders and sales."),
+    )
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("merchant")
+        verbose_name_plural = _("merchants")
 
     def __str__(self) -> str:
         return self.name
 
     def clean(self) -> None:
         if self.receipts_enabled and self.vat_code is None:
-            raise ValidationError({"vat_code": "Receipts need a VAT rate for the menu items that have none."})
+            raise ValidationError({"vat_code": _("Receipts need a VAT rate for the menu items that have none.")})
 
     def is_active_on(self, day: datetime.date) -> bool:
         return day <= self.active_until
@@ -211,8 +234,8 @@ def time_zone_validate(name: str) -> None:
         zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         raise ValidationError(
-            "%(value)r is not an IANA time zone name, e.g. Europe/Moscow or Asia/Yekaterinburg.",
-            code="invalid_time_zone", params={"value": name},
+            _("%(value)r is not an IANA time zone name, e.g. %(examples)s."),
+            code="invalid_time_zone", params={"value": name, "examples": "Europe/Moscow, Asia/Yekaterinburg"},
         ) from None
 
 
@@ -231,27 +254,34 @@ ORDERING_DEVICE_STATUSES = frozenset({DeviceStatus.ONLINE, DeviceStatus.TEST})
 
 class Device(MoneyRecordsModel):
     # The machine's own id, printed into its QR codes as `deviceUuid`.
-    device_uuid = models.CharField(max_length=64, unique=True, validators=[identifier_validator])
-    merchant = models.ForeignKey(Merchant, on_delete=models.PROTECT, related_name="devices")
-    location = models.CharField(max_length=255)
-    status = models.CharField(max_length=16, choices=DeviceStatus.choices, default=DeviceStatus.ONLINE)
+    device_uuid = models.CharField(_("machine id"), max_length=64, unique=True, validators=[identifier_validator])
+    merchant = models.ForeignKey(Merchant, on_delete=models.PROTECT, related_name="devices", verbose_name=_("merchant"))
+    location = models.CharField(_("location"), max_length=255)
+    status = models.CharField(_("status"), max_length=16, choices=DeviceStatus.choices, default=DeviceStatus.ONLINE)
     # Optional branding and texts shown to the customer on the order and status pages; a text in the
     # customer's language (DeviceText) comes first.
-    brand_name = models.CharField(max_length=100, blank=True)
-    logo_url = models.URLField(blank=True)
+    brand_name = models.CharField(_("brand name"), max_length=100, blank=True)
+    logo_url = models.URLField(_("logo address"), blank=True)
     welcome_text = models.CharField(
-        max_length=500, blank=True, help_text="Shown in every language that has no welcome text of its own below.")
+        _("welcome text"), max_length=500, blank=True,
+        help_text=_("Shown in every language that has no welcome text of its own below."))
     thank_you_text = models.CharField(
-        max_length=500, blank=True, help_text="Shown in every language that has no thank-you text of its own below.")
+        _("thank-you text"), max_length=500, blank=True,
+        help_text=_("Shown in every language that has no thank-you text of its own below."))
     # The customer pages show times (e.g. "pay before") in the machine's local time.
     time_zone = models.CharField(
-        max_length=64, default=DEFAULT_DEVICE_TIME_ZONE, validators=[time_zone_validate],
-        help_text="The machine's IANA time zone, e.g. Europe/Moscow: times on the customer pages are shown in it.",
+        _("time zone"), max_length=64, default=DEFAULT_DEVICE_TIME_ZONE, validators=[time_zone_validate],
+        help_text=lazy_percent(gettext_noop("The machine's IANA time zone, e.g. %(example)s: the customer pages, the "
+                                            "admin and the sales show its times in it."), example=DEFAULT_DEVICE_TIME_ZONE),
     )
     # The machine's last call to the machine API, written at most once per DEVICE_SEEN_INTERVAL_SECONDS
     # (payments.liveness); None: never since it has had a token.
-    last_seen_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
+    last_seen_at = models.DateTimeField(_("last seen"), null=True, blank=True)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("machine")
+        verbose_name_plural = _("machines")
 
     def __str__(self) -> str:
         return f"{self.device_uuid} ({self.location})"
@@ -266,12 +296,14 @@ class DeviceText(models.Model):
     """A machine's customer texts in one language. The pages show the customer's language's text,
     else the machine's own text for every language, else (thank-you) the catalogue's."""
 
-    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="texts")
-    language = models.CharField(max_length=16, choices=language_choices)
-    welcome_text = models.CharField(max_length=500, blank=True)
-    thank_you_text = models.CharField(max_length=500, blank=True)
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="texts", verbose_name=_("machine"))
+    language = models.CharField(_("language"), max_length=16, choices=language_choices)
+    welcome_text = models.CharField(_("welcome text"), max_length=500, blank=True)
+    thank_you_text = models.CharField(_("thank-you text"), max_length=500, blank=True)
 
     class Meta:
+        verbose_name = _("customer text")
+        verbose_name_plural = _("customer texts per language")
         constraints = [models.UniqueConstraint(fields=("device", "language"), name="device_text_unique_language")]
 
     def __str__(self) -> str:
@@ -402,20 +434,26 @@ class MenuItem(models.Model):
     """What a machine sells: its drink number and size -> name and price. Orders take both from here,
     never from the QR link."""
 
-    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="menu_items")
-    drink_number = models.PositiveIntegerField(validators=[MinValueValidator(1), MaxValueValidator(DRINK_NUMBER_MAX)])
-    size = models.PositiveSmallIntegerField(choices=Size.choices)
-    drink_name = models.CharField(max_length=DRINK_NAME_MAX)
-    price_kopecks = models.PositiveIntegerField(validators=[MinValueValidator(1), MaxValueValidator(PRICE_MAX)])
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="menu_items", verbose_name=_("machine"))
+    drink_number = models.PositiveIntegerField(
+        _("drink number"), validators=[MinValueValidator(1), MaxValueValidator(DRINK_NUMBER_MAX)])
+    size = models.PositiveSmallIntegerField(_("size"), choices=Size.choices)
+    drink_name = models.CharField(_("drink"), max_length=DRINK_NAME_MAX)
+    price_kopecks = models.PositiveIntegerField(
+        _("price, kopecks"), validators=[MinValueValidator(1), MaxValueValidator(PRICE_MAX)])
     # Off: scans of this drink are refused (out of milk), the price stays on record.
-    available = models.BooleanField(default=True)
+    available = models.BooleanField(_("available"), default=True)
     # The drink's receipt line, where it differs from the merchant's (empty: the merchant's).
-    vat_code = models.PositiveSmallIntegerField(choices=VatCode.choices, null=True, blank=True)
-    payment_subject = models.CharField(max_length=32, choices=PaymentSubject.choices, blank=True, db_default="")
-    payment_mode = models.CharField(max_length=32, choices=PaymentMode.choices, blank=True, db_default="")
-    updated_at = models.DateTimeField(auto_now=True)
+    vat_code = models.PositiveSmallIntegerField(_("VAT rate"), choices=VatCode.choices, null=True, blank=True)
+    payment_subject = models.CharField(_("payment subject"), max_length=32, choices=PaymentSubject.choices,
+                                       blank=True, db_default="")
+    payment_mode = models.CharField(_("payment mode"), max_length=32, choices=PaymentMode.choices, blank=True,
+                                    db_default="")
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
 
     class Meta:
+        verbose_name = _("drink on the menu")
+        verbose_name_plural = _("drinks on the menu")
         ordering = ("drink_number", "size")
         constraints = [
             models.UniqueConstraint(fields=("device", "drink_number", "size"), name="menu_item_unique_drink_size"),
@@ -431,10 +469,14 @@ class DeviceCredential(models.Model):
     One per machine; issuing a new one replaces it, so the old token stops working at once.
     """
 
-    device = models.OneToOneField(Device, on_delete=models.CASCADE, related_name="credential")
-    key_id = models.CharField(max_length=32, unique=True)
-    token_sha256 = models.CharField(max_length=64)
-    issued_at = models.DateTimeField()
+    device = models.OneToOneField(Device, on_delete=models.CASCADE, related_name="credential", verbose_name=_("machine"))
+    key_id = models.CharField(_("key id"), max_length=32, unique=True)
+    token_sha256 = models.CharField(_("token hash"), max_length=64)
+    issued_at = models.DateTimeField(_("issued"))
+
+    class Meta:
+        verbose_name = _("machine API token")
+        verbose_name_plural = _("machine API tokens")
 
     def __str__(self) -> str:
         return f"credential {self.key_id} of {self.device_id}"
@@ -443,64 +485,71 @@ class DeviceCredential(models.Model):
 class Order(MoneyRecordsModel):
     # The machine's own order id from the QR code, e.g. "20250317110122659ba6d7-9ace-cndn". The
     # primary key, so the status poll is one primary-key read.
-    id = models.CharField(primary_key=True, max_length=64)
-    device = models.ForeignKey(Device, on_delete=CASCADE_UNPAID_ORDERS, related_name="orders")
+    id = models.CharField(_("order id"), primary_key=True, max_length=64)
+    device = models.ForeignKey(Device, on_delete=CASCADE_UNPAID_ORDERS, related_name="orders", verbose_name=_("machine"))
     # The merchant at the time of the order: a machine may later move to another merchant.
-    merchant = models.ForeignKey(Merchant, on_delete=CASCADE_UNPAID_ORDERS, related_name="orders")
-    drink_number = models.PositiveIntegerField()
-    drink_name = models.CharField(max_length=100)
-    size = models.PositiveSmallIntegerField(choices=Size.choices)
+    merchant = models.ForeignKey(Merchant, on_delete=CASCADE_UNPAID_ORDERS, related_name="orders", verbose_name=_("merchant"))
+    drink_number = models.PositiveIntegerField(_("drink number"))
+    drink_name = models.CharField(_("drink"), max_length=100)
+    size = models.PositiveSmallIntegerField(_("size"), choices=Size.choices)
     # Whole kopecks: no floating point anywhere near money.
-    price_kopecks = models.PositiveIntegerField()
+    price_kopecks = models.PositiveIntegerField(_("price, kopecks"))
     # Scanned on a machine in test mode: its payment must be a test shop's (no real money), and the
     # pages say so.
-    test = models.BooleanField(default=False, db_default=False)
-    status = models.CharField(max_length=16, choices=OrderStatus.choices, default=OrderStatus.CREATED)
-    expires_at = models.DateTimeField()
+    test = models.BooleanField(_("test"), default=False, db_default=False)
+    status = models.CharField(_("status"), max_length=16, choices=OrderStatus.choices, default=OrderStatus.CREATED)
+    expires_at = models.DateTimeField(_("pay before"))
     # Set when the provider accepted the payment; notifications are matched on it.
-    provider_payment_id = models.CharField(max_length=64, null=True, blank=True, unique=True)
+    provider_payment_id = models.CharField(_("provider payment id"), max_length=64, null=True, blank=True, unique=True)
     # The payment asks the provider to hold the amount (`capture: false`), from the merchant's
     # setting at creation: the body sent under the order's Idempotence-Key must never change. Cleared
     # when the provider reports the amount captured outside this server (from then on, refunds).
-    two_stage = models.BooleanField(default=False)
+    two_stage = models.BooleanField(_("two-stage"), default=False)
     # Two-stage: the held amount is released if the drink is not made by then (ORDER_HOLD_MAX_MINUTES,
     # or the provider's own expires_at if sooner).
-    hold_expires_at = models.DateTimeField(null=True, blank=True)
+    hold_expires_at = models.DateTimeField(_("hold expires"), null=True, blank=True)
     # Single-stage: the refund of a paid drink that could not be made, as the provider reports it.
-    refund_id = models.CharField(max_length=64, null=True, blank=True)
-    refund_status = models.CharField(max_length=16, blank=True)
-    refunded_kopecks = models.PositiveIntegerField(default=0)
+    refund_id = models.CharField(_("refund id"), max_length=64, null=True, blank=True)
+    refund_status = models.CharField(_("refund status"), max_length=16, blank=True)
+    refunded_kopecks = models.PositiveIntegerField(_("refunded, kopecks"), default=0)
     # When reconciliation last claimed the order (a run skips orders another run claimed recently).
-    reconciled_at = models.DateTimeField(null=True, blank=True)
+    reconciled_at = models.DateTimeField(_("reconciled"), null=True, blank=True)
     # When a status poll or the return page last claimed a re-read of the pending order's payment
     # from the provider: at most one per ORDER_PROVIDER_RECHECK_SECONDS, whichever worker asks.
-    provider_checked_at = models.DateTimeField(null=True, blank=True)
+    provider_checked_at = models.DateTimeField(_("provider checked"), null=True, blank=True)
     # When the money was taken or held: the vend window (ORDER_MAKE_WINDOW_SECONDS) starts here. None
     # for orders paid before the window existed: those stay with the staff.
-    paid_at = models.DateTimeField(null=True, blank=True)
+    paid_at = models.DateTimeField(_("paid"), null=True, blank=True)
     # When the vend window closed on the order, not started: its money is returned.
-    make_window_closed_at = models.DateTimeField(null=True, blank=True)
+    make_window_closed_at = models.DateTimeField(_("vend window closed"), null=True, blank=True)
     # When the order, started, was found unreported past ORDER_MAKE_TIMEOUT_SECONDS: handed to the staff.
-    make_overdue_at = models.DateTimeField(null=True, blank=True)
+    make_overdue_at = models.DateTimeField(_("make overdue"), null=True, blank=True)
     # The payment's method as asked (payment_method_data.type; empty: the provider's page offers the
     # shop's) from the merchant's at creation, and as the customer paid (payment_method.type).
-    requested_method = models.CharField(max_length=16, blank=True, db_default="")
-    payment_method = models.CharField(max_length=32, blank=True, db_default="")
+    requested_method = models.CharField(_("method asked"), max_length=16, blank=True, db_default="")
+    payment_method = models.CharField(_("payment method"), max_length=32, blank=True, db_default="")
     # The receipt's lines as at the first scan (payments.receipts.receipt_template); None: no receipt.
-    receipt = models.JSONField(null=True, blank=True)
+    receipt = models.JSONField(_("receipt"), null=True, blank=True)
     # Where the receipt goes: an e-mail address or E.164 phone digits. Personal data: never logged,
     # masked in the admin's list, erased ORDER_CONTACT_RETENTION_DAYS after the order's creation.
-    customer_contact = models.CharField(max_length=254, blank=True, db_default="")
+    customer_contact = models.CharField(_("receipt contact"), max_length=254, blank=True, db_default="")
     # The provider's registration of the payment's and the refund's receipts: pending, succeeded, canceled.
-    receipt_registration = models.CharField(max_length=16, blank=True, db_default="")
-    refund_receipt_registration = models.CharField(max_length=16, blank=True, db_default="")
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    receipt_registration = models.CharField(_("receipt registration"), max_length=16, blank=True, db_default="")
+    refund_receipt_registration = models.CharField(_("refund receipt registration"), max_length=16, blank=True,
+                                                   db_default="")
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
 
     class Meta:
+        verbose_name = _("order")
+        verbose_name_plural = _("orders")
         ordering = ("-created_at",)
         indexes = [
             models.Index(fields=("device", "-created_at"), name="order_device_created"),
+            # The sales' days and the orders list, newest first: of every merchant, and of one
+            # (bench/sales.py: a seq scan of a fleet's year otherwise).
+            models.Index(fields=("created_at",), name="order_created"),
+            models.Index(fields=("merchant", "created_at"), name="order_merchant_created"),
             # Reconciliation's scans: orders in a status, oldest change first.
             models.Index(fields=("status", "updated_at"), name="order_status_updated"),
             # Reconciliation erases contacts past their retention: only orders that still have one.
@@ -512,7 +561,7 @@ class Order(MoneyRecordsModel):
         ]
 
     def __str__(self) -> str:
-        return f"{self.id} {self.drink_name} ({self.status})"
+        return f"{self.id} {self.drink_name} ({self.get_status_display()})"
 
     @property
     def price_text(self) -> str:
@@ -543,27 +592,30 @@ class OrphanPayment(models.Model):
     longer take (expired, failed, paid by another payment): its money goes back, and this row keeps
     the trace. Written by reconciliation (payments.orphans); never deleted, never attached."""
 
-    provider_payment_id = models.CharField(max_length=64, unique=True)
-    shop_id = models.CharField(max_length=64)
+    provider_payment_id = models.CharField(_("provider payment id"), max_length=64, unique=True)
+    shop_id = models.CharField(_("provider shop id"), max_length=64)
     # The payment's metadata.order_id. Not a foreign key: the row outlives the order's retention.
-    order_id = models.CharField(max_length=64)
+    order_id = models.CharField(_("order id"), max_length=64)
     # What goes back: the amount taken or held, less what was refunded before it was found.
-    amount_kopecks = models.PositiveIntegerField()
+    amount_kopecks = models.PositiveIntegerField(_("amount, kopecks"))
     # Why the order cannot take it, e.g. "order is failed" or "order expired at ...".
-    reason = models.CharField(max_length=200)
-    status = models.CharField(max_length=16, choices=OrphanPaymentStatus.choices,
+    reason = models.CharField(_("reason"), max_length=200)
+    status = models.CharField(_("status"), max_length=16, choices=OrphanPaymentStatus.choices,
                               default=OrphanPaymentStatus.RETURN_PENDING)
     # The payment's status at the provider when last read; the refund that returned it, if one did.
-    provider_status = models.CharField(max_length=32)
-    refund_id = models.CharField(max_length=64, blank=True)
-    found_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    provider_status = models.CharField(_("provider status"), max_length=32)
+    refund_id = models.CharField(_("refund id"), max_length=64, blank=True)
+    found_at = models.DateTimeField(_("found"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
 
     class Meta:
+        verbose_name = _("orphan payment")
+        verbose_name_plural = _("orphan payments")
         ordering = ("-found_at",)
 
     def __str__(self) -> str:
-        return f"payment {self.provider_payment_id} of order {self.order_id} ({self.status})"
+        return gettext("payment %(payment)s of order %(order)s (%(status)s)") % {
+            "payment": self.provider_payment_id, "order": self.order_id, "status": self.get_status_display()}
 
 
 @receiver(pre_delete, sender=Order)
@@ -635,24 +687,25 @@ class OrderEvent(models.Model):
 
     # No database constraint: the previous release, during a rollout or after a rollback, deletes
     # unpaid orders without knowing this table; their rows would otherwise stop its reconciliation.
-    order = models.ForeignKey(Order, on_delete=models.CASCADE, db_constraint=False, related_name="events")
-    at = models.DateTimeField()
-    operation = models.CharField(max_length=24, choices=EventOperation.choices)
+    order = models.ForeignKey(Order, on_delete=models.CASCADE, db_constraint=False, related_name="events",
+                              verbose_name=_("order"))
+    at = models.DateTimeField(_("at"))
+    operation = models.CharField(_("operation"), max_length=24, choices=EventOperation.choices)
     # The status before and after ("" before the first); the same when the status did not change.
-    status_from = models.CharField(max_length=16, blank=True)
-    status_to = models.CharField(max_length=16)
-    cause = models.CharField(max_length=16, choices=EventCause.choices)
+    status_from = models.CharField(_("status before"), max_length=16, blank=True)
+    status_to = models.CharField(_("status after"), max_length=16)
+    cause = models.CharField(_("cause"), max_length=16, choices=EventCause.choices)
     # Which one: the request id, the notification, the credential's key id, the user name, the run id.
-    reference = models.CharField(max_length=200, blank=True)
+    reference = models.CharField(_("reference"), max_length=200, blank=True)
     # The staff user's id; not a foreign key, so the log outlives (and never changes with) the user.
-    user_id = models.BigIntegerField(null=True, blank=True)
+    user_id = models.BigIntegerField(_("user id"), null=True, blank=True)
     # The provider's objects the change concerns, the amount it names, and what it gave back.
-    payment_id = models.CharField(max_length=64, blank=True)
-    refund_id = models.CharField(max_length=64, blank=True)
-    amount_kopecks = models.PositiveIntegerField(null=True, blank=True)
-    refunded_kopecks = models.PositiveIntegerField(default=0)
+    payment_id = models.CharField(_("payment id"), max_length=64, blank=True)
+    refund_id = models.CharField(_("refund id"), max_length=64, blank=True)
+    amount_kopecks = models.PositiveIntegerField(_("amount, kopecks"), null=True, blank=True)
+    refunded_kopecks = models.PositiveIntegerField(_("refunded, kopecks"), default=0)
     # The provider's answer or the staff's reason, in a line.
-    detail = models.CharField(max_length=200, blank=True)
+    detail = models.CharField(_("detail"), max_length=200, blank=True)
 
     objects = OrderEventQuerySet.as_manager()
 
@@ -702,18 +755,19 @@ class StaffRefund(models.Model):
     refund. Never deleted (a money record)."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4)
-    order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="staff_refunds")
-    amount_kopecks = models.PositiveIntegerField()
-    reason = models.CharField(max_length=200)
+    order = models.ForeignKey(Order, on_delete=models.PROTECT, related_name="staff_refunds", verbose_name=_("order"))
+    amount_kopecks = models.PositiveIntegerField(_("amount, kopecks"))
+    reason = models.CharField(_("reason"), max_length=200)
     # Who asked; not a foreign key, so the record outlives the user.
-    user_id = models.BigIntegerField(null=True)
-    username = models.CharField(max_length=150)
-    status = models.CharField(max_length=16, choices=StaffRefundStatus.choices, default=StaffRefundStatus.REQUESTED)
+    user_id = models.BigIntegerField(_("user id"), null=True)
+    username = models.CharField(_("user"), max_length=150)
+    status = models.CharField(_("status"), max_length=16, choices=StaffRefundStatus.choices,
+                              default=StaffRefundStatus.REQUESTED)
     # The provider's refund and its receipt's registration, once it answered.
-    refund_id = models.CharField(max_length=64, blank=True, db_index=True)
-    receipt_registration = models.CharField(max_length=16, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    refund_id = models.CharField(_("refund id"), max_length=64, blank=True, db_index=True)
+    receipt_registration = models.CharField(_("receipt registration"), max_length=16, blank=True)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
 
     objects = StaffRefundQuerySet.as_manager()
 
@@ -742,3 +796,13 @@ class JobSuccess(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} succeeded at {self.succeeded_at}"
+
+
+class Sales(Order):
+    """Orders summed per machine and per day in the machine's time zone (payments.sales): a proxy, so
+    that the admin lists the report with the models and it has a view permission of its own."""
+
+    class Meta:
+        proxy = True
+        verbose_name = _("sales")
+        verbose_name_plural = _("sales by machine and day")

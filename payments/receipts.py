@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.db import models
 from django.utils import translation
+from django.utils.translation import gettext_lazy as _
 
 if TYPE_CHECKING:
     from payments.models import MenuItem, Merchant
@@ -29,60 +30,60 @@ QUANTITY = "1.000"
 class VatCode(models.IntegerChoices):
     """vat_code (tag 1199). From 2026 the standard rate is 22 % (codes 11 and 12)."""
 
-    NONE = 1, "No VAT"
-    VAT_0 = 2, "VAT 0%"
-    VAT_10 = 3, "VAT 10%"
-    VAT_20 = 4, "VAT 20% (before 2026)"
-    VAT_10_110 = 5, "VAT 10/110"
-    VAT_20_120 = 6, "VAT 20/120 (before 2026)"
-    VAT_5 = 7, "VAT 5%"
-    VAT_7 = 8, "VAT 7%"
-    VAT_5_105 = 9, "VAT 5/105"
-    VAT_7_107 = 10, "VAT 7/107"
-    VAT_22 = 11, "VAT 22%"
-    VAT_22_122 = 12, "VAT 22/122"
+    NONE = 1, _("No VAT")
+    VAT_0 = 2, _("VAT 0%")
+    VAT_10 = 3, _("VAT 10%")
+    VAT_20 = 4, _("VAT 20% (before 2026)")
+    VAT_10_110 = 5, _("VAT 10/110")
+    VAT_20_120 = 6, _("VAT 20/120 (before 2026)")
+    VAT_5 = 7, _("VAT 5%")
+    VAT_7 = 8, _("VAT 7%")
+    VAT_5_105 = 9, _("VAT 5/105")
+    VAT_7_107 = 10, _("VAT 7/107")
+    VAT_22 = 11, _("VAT 22%")
+    VAT_22_122 = 12, _("VAT 22/122")
 
 
 class TaxSystem(models.IntegerChoices):
     """tax_system_code (tag 1055)."""
 
-    GENERAL = 1, "General (OSN)"
-    SIMPLIFIED_INCOME = 2, "Simplified, income (USN)"
-    SIMPLIFIED_PROFIT = 3, "Simplified, income minus expenses (USN)"
-    IMPUTED = 4, "Imputed income (ENVD)"
-    AGRICULTURAL = 5, "Agricultural (ESKhN)"
-    PATENT = 6, "Patent"
+    GENERAL = 1, _("General (OSN)")
+    SIMPLIFIED_INCOME = 2, _("Simplified, income (USN)")
+    SIMPLIFIED_PROFIT = 3, _("Simplified, income minus expenses (USN)")
+    IMPUTED = 4, _("Imputed income (ENVD)")
+    AGRICULTURAL = 5, _("Agricultural (ESKhN)")
+    PATENT = 6, _("Patent")
 
 
 class PaymentSubject(models.TextChoices):
     """payment_subject (tag 1212): what is paid for."""
 
-    COMMODITY = "commodity", "Goods"
-    EXCISE = "excise", "Excise goods"
-    JOB = "job", "Work"
-    SERVICE = "service", "Service"
-    GAMBLING_BET = "gambling_bet", "Gambling bet"
-    GAMBLING_PRIZE = "gambling_prize", "Gambling prize"
-    LOTTERY = "lottery", "Lottery ticket"
-    LOTTERY_PRIZE = "lottery_prize", "Lottery prize"
-    INTELLECTUAL_ACTIVITY = "intellectual_activity", "Intellectual property"
-    PAYMENT = "payment", "Payment"
-    AGENT_COMMISSION = "agent_commission", "Agent's commission"
-    COMPOSITE = "composite", "Composite"
-    ANOTHER = "another", "Other"
+    COMMODITY = "commodity", _("Goods")
+    EXCISE = "excise", _("Excise goods")
+    JOB = "job", _("Work")
+    SERVICE = "service", _("Service")
+    GAMBLING_BET = "gambling_bet", _("Gambling bet")
+    GAMBLING_PRIZE = "gambling_prize", _("Gambling prize")
+    LOTTERY = "lottery", _("Lottery ticket")
+    LOTTERY_PRIZE = "lottery_prize", _("Lottery prize")
+    INTELLECTUAL_ACTIVITY = "intellectual_activity", _("Intellectual property")
+    PAYMENT = "payment", _("Payment")
+    AGENT_COMMISSION = "agent_commission", _("Agent's commission")
+    COMPOSITE = "composite", _("Composite")
+    ANOTHER = "another", _("Other")
 
 
 class PaymentMode(models.TextChoices):
     """payment_mode (tag 1214). A drink paid and poured at once is full_payment; the prepayment
     modes need a second, settlement receipt at delivery, which this server does not send."""
 
-    FULL_PAYMENT = "full_payment", "Full payment"
-    FULL_PREPAYMENT = "full_prepayment", "Full prepayment"
-    PARTIAL_PREPAYMENT = "partial_prepayment", "Partial prepayment"
-    ADVANCE = "advance", "Advance"
-    PARTIAL_PAYMENT = "partial_payment", "Partial payment and credit"
-    CREDIT = "credit", "Credit"
-    CREDIT_PAYMENT = "credit_payment", "Credit payment"
+    FULL_PAYMENT = "full_payment", _("Full payment")
+    FULL_PREPAYMENT = "full_prepayment", _("Full prepayment")
+    PARTIAL_PREPAYMENT = "partial_prepayment", _("Partial prepayment")
+    ADVANCE = "advance", _("Advance")
+    PARTIAL_PAYMENT = "partial_payment", _("Partial payment and credit")
+    CREDIT = "credit", _("Credit")
+    CREDIT_PAYMENT = "credit_payment", _("Credit payment")
 
 
 def receipt_line_description(*, drink_name: str, size_label: str) -> str:

@@ -24,10 +24,12 @@ from tests.support.borrowed_names import Use, borrowed_uses, owner_of, project_f
 
 ARCHITECTURE = REPO / "docs" / "architecture.md"
 
-# Django's documented extension points: what a subclass of these sets or overrides is their API.
+# Django's documented extension points: what a subclass of these sets or overrides is their API
+# (custom list filters, query expressions and migration operations included).
 EXTENSION_BASES = (AppConfig, BaseCommand, admin.AdminSite, admin.SimpleListFilter, admin.ModelAdmin,
                    InlineModelAdmin, models.Model, models.Choices, migrations.Migration, forms.Field, forms.Form,
-                   MiddlewareMixin, models.QuerySet)
+                   MiddlewareMixin, models.QuerySet, admin.RelatedFieldListFilter, models.Func,
+                   migrations.operations.base.Operation)
 # Underscored names that are documented API: Django's Model _meta API, default manager and
 # _state (Model.from_db's documentation), namedtuple's _replace.
 DOCUMENTED_PRIVATE = frozenset({"_meta", "_default_manager", "_state", "_replace"})
@@ -40,7 +42,7 @@ DOCUMENTED_MODULES = frozenset({
     "django.core.checks", "django.core.exceptions", "django.core.management", "django.core.management.base",
     "django.core.signals", "django.core.validators", "django.core.wsgi", "django.db",
     "django.db.backends.postgresql", "django.db.migrations", "django.db.models", "django.db.models.deletion",
-    "django.db.models.functions", "django.db.models.signals", "django.db.transaction", "django.dispatch", "django.forms", "django.http",
+    "django.db.models.functions", "django.db.models.signals", "django.db.backends.signals", "django.db.transaction", "django.dispatch", "django.forms", "django.http",
     "django.shortcuts", "django.template.response", "django.utils", "django.utils.deprecation",
     "django.utils.formats", "django.utils.module_loading", "django.utils.timezone", "django.utils.translation",
     "django.views.decorators.csrf", "django.views.decorators.debug", "django.views.decorators.http",
@@ -48,7 +50,7 @@ DOCUMENTED_MODULES = frozenset({
 DOCUMENTED_NAMES = frozenset({
     "django.contrib.admin.helpers:ACTION_CHECKBOX_NAME", "django.db.backends.postgresql.base:DatabaseWrapper",
     "django.urls:include", "django.urls:path", "django.urls:resolve", "django.urls:reverse",
-    "django.urls:set_script_prefix", "uvicorn.config:Config",
+    "django.urls:set_script_prefix", "uvicorn.config:Config", "django.utils.functional:lazy",
 })
 # A name of the table: "module", "module:Qualname.attr", optionally with "(the,parameters,we,pass)";
 # "module:Qualname.{a,b(x)}" or "module:{A,B}" stands for several.

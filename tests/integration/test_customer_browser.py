@@ -66,9 +66,9 @@ def browser_tools() -> tuple[str, str]:
     return chromium, driver
 
 
-@pytest.fixture
-def phone(tmp_path: Path) -> Iterator[Any]:
-    """Headless Chromium as a 390 x 844 phone whose customer reads Russian."""
+@contextlib.contextmanager
+def chromium_session(tmp_path: Path) -> Iterator[Any]:
+    """Headless Chromium whose user reads Russian, quit afterwards."""
     chromium, driver_path = browser_tools()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -85,10 +85,17 @@ def phone(tmp_path: Path) -> Iterator[Any]:
     browser = webdriver.Chrome(options=options, service=service)
     try:
         browser.set_page_load_timeout(20)
-        browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", PHONE)
         yield browser
     finally:
         browser.quit()
+
+
+@pytest.fixture
+def phone(tmp_path: Path) -> Iterator[Any]:
+    """Headless Chromium as a 390 x 844 phone whose customer reads Russian."""
+    with chromium_session(tmp_path) as browser:
+        browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", PHONE)
+        yield browser
 
 
 def assert_fits_the_phone(browser: Any, page: str) -> None:

@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from django.utils import timezone
+from django.utils import timezone, translation
 
 from devtools.fake_provider import RECEIPT_SECONDS, SBP_REFUND_SECONDS, FakeProvider
 from payments import provider, services
@@ -33,6 +33,14 @@ def _orders_arrive_where_their_event_logs_say(request: pytest.FixtureRequest) ->
     request.getfixturevalue("_django_db_helper")  # set up before, so torn down after, this check
     yield
     assert order_replay_mismatches() == {}
+
+
+@pytest.fixture(autouse=True)
+def _language_restored() -> Iterator[None]:
+    """The test client's requests run in the test's thread: a page asked for in Russian leaves Russian
+    active for what the test does next, and for the next test."""
+    with translation.override(translation.get_language()):
+        yield
 
 
 @pytest.fixture(scope="session")

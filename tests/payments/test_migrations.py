@@ -36,21 +36,21 @@ def _not_expanding(app_label: str, name: str, loader: MigrationLoader) -> list[s
 
     migration = loader.disk_migrations[app_label, name]
     before = loader.project_state((app_label, name), at_end=False)
+    after = loader.project_state((app_label, name), at_end=True)
     refused = []
     for operation in migration.operations:
-        if isinstance(operation, (migrations.CreateModel, migrations.AddIndex)):
+        # New tables and indexes; names and ordering that live in Python only.
+        if isinstance(operation, (migrations.CreateModel, migrations.AddIndex, migrations.AlterModelOptions)):
             continue
         if isinstance(operation, migrations.AddField):
             # The previous release inserts rows without the column: NULL, or the database's default.
-            if operation.field.null or operation.field.has_db_default():
+            # A many-to-many field is a table of its own, which it never reads.
+            if operation.field.null or operation.field.has_db_default() or operation.field.many_to_many:
                 continue
         elif isinstance(operation, migrations.AlterField):
             old = before.apps.get_model(app_label, operation.model_name)._meta.get_field(operation.name)
-            new = operation.field.clone()
-            new.set_attributes_from_name(operation.name)
-            new.model = old.model
-            if new.is_relation and isinstance(new.remote_field.model, str):  # "payments.device"
-                new.remote_field.model = before.apps.get_model(new.remote_field.model)
+            # From the state after the migration: a relation's target resolved to its model.
+            new = after.apps.get_model(app_label, operation.model_name)._meta.get_field(operation.name)
             # Django's own test of whether the column changes (not for help text, choices, validators).
             if not connection.SchemaEditorClass(connection, collect_sql=True)._field_should_be_altered(old, new):
                 continue

@@ -201,9 +201,11 @@ async def test_an_sbp_refund_completes_when_the_bank_confirms(fake: FakeProvider
 # The admin ------------------------------------------------------------------------------------
 
 
-def staff_client(*perms: str) -> Client:
+def staff_client(*perms: str, merchant: Merchant) -> Client:
+    """A staff user of the order's merchant (the admin shows staff only their merchants' orders)."""
     user = User.objects.create_user("olga", "olga@example.com", "pw", is_staff=True)
     user.user_permissions.set(Permission.objects.filter(codename__in=perms))
+    merchant.staff.add(user)
     client = Client()
     client.force_login(user)
     return client
@@ -217,7 +219,7 @@ def made_at_the_fake(order: Order, fake_server: Any, settings: Any) -> None:
 
 def test_staff_with_the_permission_refund_from_the_orders_page(order: Order, fake_server: Any, settings: Any) -> None:
     made_at_the_fake(order, fake_server, settings)
-    staff = staff_client("view_order", "refund_order")
+    staff = staff_client("view_order", "refund_order", merchant=order.merchant)
     page = staff.get(f"/admin/payments/order/{order.pk}/change/").content.decode()
     assert f'href="/admin/payments/order/{order.pk}/refund/"' in page
     form = staff.get(f"/admin/payments/order/{order.pk}/refund/")
@@ -244,7 +246,7 @@ def test_staff_with_the_permission_refund_from_the_orders_page(order: Order, fak
 
 def test_staff_without_the_permission_cannot_refund(order: Order, fake_server: Any, settings: Any) -> None:
     made_at_the_fake(order, fake_server, settings)
-    staff = staff_client("view_order", "change_order")
+    staff = staff_client("view_order", "change_order", merchant=order.merchant)
     assert "/refund/" not in staff.get(f"/admin/payments/order/{order.pk}/change/").content.decode()
     assert staff.get(f"/admin/payments/order/{order.pk}/refund/").status_code == 403
     posted = staff.post(f"/admin/payments/order/{order.pk}/refund/", {"key": str(uuid.uuid4()), "amount": "1",
