@@ -643,9 +643,15 @@ class FakeProvider:
         return False
 
     def _send_later(self, notification: dict[str, Any], delay: float) -> None:
+        self._send_in_turn([notification], delay=delay)
+
+    def _send_in_turn(self, notifications: list[dict[str, Any]], *, delay: float = 0.0) -> None:
+        """Send `notifications` after `delay`, each once the webhook answered the one before: sent
+        at once, they would reach it in any order."""
         async def send() -> None:
             await asyncio.sleep(delay)
-            await self._send(notification)
+            for notification in notifications:
+                await self._send(notification)
 
         task = asyncio.get_running_loop().create_task(send())
         self._sending.add(task)
@@ -664,8 +670,8 @@ class FakeProvider:
             self.notification_faults = faults
             if not faults.reorder:
                 held, self._held = self._held, []
-                for notification in reversed(held):
-                    self._send_later(notification, 0.0)
+                if held:
+                    self._send_in_turn(held[::-1])
         for name, value in changes.items():
             setattr(self, name, value)
         log.info("control: fail %s, latency %g s, hang %g s, notifications %s", self.fail, self.latency,
