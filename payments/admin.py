@@ -6,7 +6,6 @@ Every page is scoped to the staff user's merchants and shows times in the machin
 
 from __future__ import annotations
 
-import datetime
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from decimal import Decimal

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import enum
 from collections import Counter
-from collections.abc import Iterable
 
 
 class Kind(enum.StrEnum):
@@ -54,8 +53,6 @@ def error(what: str) -> Outcome:
     return Outcome(f"error: {what}", kind=Kind.ERROR)
 
 
-def errors(counts: Counter[Outcome] | Iterable[Outcome]) -> int:
+def errors(counts: Counter[Outcome]) -> int:
     """How many of a run's outcomes were errors."""
-    if isinstance(counts, Counter):
-        return sum(count for outcome, count in counts.items() if outcome.kind is Kind.ERROR)
-    return sum(1 for outcome in counts if outcome.kind is Kind.ERROR)
+    return sum(count for outcome, count in counts.items() if outcome.kind is Kind.ERROR)

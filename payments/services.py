@@ -338,7 +338,7 @@ def order_mark_make_pending(*, order_id: str, now: datetime.datetime | None = No
     in_window = Q(paid_at__isnull=True) | Q(paid_at__gt=_make_window_cutoff(now))
     try:
         return _order_transition(order_id=order_id, target=S.MAKE_PENDING, when=hold_alive & in_window)
-    except IllegalTransition as refused:
+    except IllegalTransition:
         found = Order.objects.filter(pk=order_id).values_list("status", "paid_at", "make_window_closed_at").first()
         if found is None:
             raise

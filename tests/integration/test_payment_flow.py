@@ -24,7 +24,7 @@ from coffee_payment.conf import load_settings
 from coffee_payment.conf_declarations import BY_KEY
 from coffee_payment.conf_values import PROVIDER_RETRY_BACKOFF, provider_wait_longest
 from devtools import postgres
-from devtools.processes import BIN, REPO, Server, base_environ, fake_provider, gunicorn, run
+from devtools.processes import BIN, Server, base_environ, fake_provider, gunicorn, run
 from payments import orphans
 from tests.support.fake_provider import fake_provider_thread
 

@@ -170,4 +170,4 @@ def test_the_admin_shows_the_log_in_order_and_read_only(admin_client: Any, order
     assert log_of(ORDER_ID, "id", "detail") == before
     russian = admin_client.get(f"/admin/payments/order/{order.pk}/change/", HTTP_ACCEPT_LANGUAGE="ru").content.decode()
     assert "Журнал событий" in russian and "Создан по QR-коду" in russian
-    assert admin_client.get(f"/admin/payments/orderevent/").status_code == 404  # no page of its own to edit
+    assert admin_client.get("/admin/payments/orderevent/").status_code == 404  # no page of its own to edit

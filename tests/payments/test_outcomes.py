@@ -26,4 +26,4 @@ def test_the_run_report_counts_outcomes_that_change_nothing_by_kind_and_errors_b
     assert report == Counter({"unchanged": 2, "ignored": 1, "moved on": 1, "paid": 2, "error: ProviderUnavailable": 1,
                               "error budget spent": 1})
     assert errors(report) == 1
-    assert errors([error("x"), changed("error")]) == 1
+    assert errors(Counter([error("x"), changed("error")])) == 1
