@@ -76,9 +76,13 @@ manage: install
 # The suite twice: on SQLite (DATABASE_URL empty = the testing layer's) and on PostgreSQL.
 # PostgreSQL's binaries are looked for first, so a missing install fails in one line, at once.
 # PYTEST_ARGS go to both passes, e.g. `make test PYTEST_ARGS="-k webhook -x"`.
+# Two lanes at once (devtools/test_lanes.py says why): the SQLite pass, shown as it runs, and the
+# framework suites then the PostgreSQL pass, shown from $(LANE_LOG) once the SQLite pass is done.
+LANE_LOG := build/test-postgres-lane.log
 test: install-test
 	@$(BIN)/python -m devtools.postgres --check
-	$(MAKE) --no-print-directory test-django-asgi test-uvicorn test-sqlite test-postgres
+	@$(BIN)/python -m devtools.test_lanes --log $(LANE_LOG) "$(MAKE) --no-print-directory test-sqlite" \
+		"$(MAKE) --no-print-directory test-django-asgi test-uvicorn test-postgres"
 
 test-sqlite: install-test
 	@echo "== test suite on SQLite =="
@@ -102,10 +106,12 @@ test-uvicorn: install-test
 
 # The PostgreSQL pass reruns only the tests that use the database (--database-only: a django_db
 # marker, a database fixture or the `database` marker); tests/deploy never does (the container
-# tests give the container a SQLite file of its own).
+# tests give the container a SQLite file of its own). A pytest cache of its own: it may end as the
+# SQLite pass does.
 test-postgres: install-test
 	@echo "== test suite on PostgreSQL =="
-	$(BIN)/python -m devtools.postgres -- $(BIN)/pytest --ignore=tests/deploy --database-only $(PYTEST_ARGS)
+	$(BIN)/python -m devtools.postgres -- $(BIN)/pytest --ignore=tests/deploy --database-only \
+		-o cache_dir=build/pytest-cache-postgres $(PYTEST_ARGS)
 
 # checkov over what reaches a cluster: the rendered overlays, the Secret and Ingress templates, the
 # Dockerfile. Its own venv (requirements/checkov.lock): checkov pins dependencies of its own.

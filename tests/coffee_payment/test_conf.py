@@ -662,6 +662,7 @@ SECRET_KEYS = st.one_of(
 )
 
 
+@hypothesis_settings(deadline=None)  # the suite's two lanes share the CPU
 @given(key=SECRET_KEYS)
 def test_the_production_secret_key_rule_is_djangos_w009(key: str) -> None:
     """The loader's own check (Django's function for it is private) refuses what `check --deploy`
