@@ -61,6 +61,9 @@ def run(*, log: Path, foreground: str, background: str) -> int:
     # (or CI's SIGTERM) comes to this process, which passes it on as SIGINT, and each pytest then
     # runs its teardowns (a `sh` job started with `&` would ignore SIGINT).
     signal.signal(signal.SIGTERM, interrupted)
+    # Also when this process started with SIGINT ignored (a `&` job of a script, `nohup`): the lanes
+    # would inherit that, and stop() could not interrupt them.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with log.open("wb") as output:
         lanes = [subprocess.Popen(["sh", "-c", foreground], stdin=subprocess.DEVNULL, start_new_session=True),
                  subprocess.Popen(["sh", "-c", background], stdin=subprocess.DEVNULL, stdout=output,

@@ -43,24 +43,34 @@ def test_the_status_is_the_first_failing_lanes(tmp_path: Path, foreground: str, 
     assert result.returncode == status, result.stderr
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_ctrl_c_or_sigterm_interrupts_each_lane_once_and_shows_both(tmp_path: Path, signum: int) -> None:
+# Starts the runner with SIGINT at the disposition named by argv[1], whatever this process has.
+LAUNCH = ("import os, signal, sys; signal.signal(signal.SIGINT, getattr(signal, sys.argv[1])); "
+          "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])")
+
+
+@pytest.mark.parametrize(("signum", "sigint_on_entry"), [
+    (signal.SIGINT, "SIG_DFL"), (signal.SIGTERM, "SIG_DFL"),
+    (signal.SIGINT, "SIG_IGN"),  # as for a `&` job of a script, or under nohup: the lanes must not inherit it
+], ids=["SIGINT", "SIGTERM", "SIGINT-ignored-on-entry"])
+def test_ctrl_c_or_sigterm_interrupts_each_lane_once_and_shows_both(tmp_path: Path, signum: int,
+                                                                     sigint_on_entry: str) -> None:
     front, back = tmp_path / "front", tmp_path / "back"
-    runner = subprocess.Popen(
-        [sys.executable, "-m", "devtools.test_lanes", "--log", str(tmp_path / "lane.log"),
-         UNTIL_INTERRUPTED.format(mine=front, name="front"), UNTIL_INTERRUPTED.format(mine=back, name="back")],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 20
-        while not (front.exists() and back.exists()) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert front.exists() and back.exists(), "the lanes did not start"
-        # As a terminal does: the signal goes to the runner's process group (the lanes have their own).
-        os.killpg(runner.pid, signum)
-        out, err = runner.communicate(timeout=30)
-    finally:
-        if runner.poll() is None:
-            os.killpg(runner.pid, signal.SIGKILL)
-            runner.wait()
+    command = [sys.executable, "-c", LAUNCH, sigint_on_entry, "-m", "devtools.test_lanes",
+               "--log", str(tmp_path / "lane.log"),
+               UNTIL_INTERRUPTED.format(mine=front, name="front"), UNTIL_INTERRUPTED.format(mine=back, name="back")]
+    with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as runner:
+        try:
+            deadline = time.monotonic() + 20
+            while not (front.exists() and back.exists()) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert front.exists() and back.exists(), "the lanes did not start"
+            # As a terminal does: the signal goes to the runner's process group (the lanes have their own).
+            os.killpg(runner.pid, signum)
+            out, err = runner.communicate(timeout=30)
+        finally:
+            if runner.poll() is None:
+                os.killpg(runner.pid, signal.SIGKILL)
+                runner.communicate()
     assert runner.returncode == 130, err
     assert out == "front interrupted\nback interrupted\n"
