@@ -126,17 +126,18 @@ class Server:
 
     def stop(self) -> None:
         if self.process.poll() is None:
-            _signal_group(self.process.pid, signal.SIGTERM)
+            signal_group(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 pass
         # Whatever happened above, leave no worker behind.
-        _signal_group(self.process.pid, signal.SIGKILL)
+        signal_group(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=10)
 
 
-def _signal_group(pid: int, sig: signal.Signals) -> None:
+def signal_group(pid: int, sig: signal.Signals) -> None:
+    """`sig` to the process group `pid` leads, if it is still there."""
     try:
         os.killpg(pid, sig)
     except ProcessLookupError:

@@ -10,19 +10,20 @@ lane's; Ctrl-C or SIGTERM stops both, each pytest cleaning up its processes.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from devtools.processes import signal_group
+
 # Longer than any one test's pytest-timeout: a lane told to stop finishes its teardowns first.
 STOP_WAIT_SECONDS = 180
 
 
-def parse(argv: list[str]) -> argparse.Namespace:
+def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m devtools.test_lanes", description=__doc__.splitlines()[0])
     parser.add_argument("--log", type=Path, required=True, help="where the background lane's output goes")
     parser.add_argument("foreground", help="a shell command whose output is shown as it runs")
@@ -34,15 +35,13 @@ def stop(lanes: list[subprocess.Popen[bytes]]) -> None:
     """SIGINT to each lane's process group, as a terminal's Ctrl-C; SIGKILL to one that outlasts the wait."""
     running = [lane for lane in lanes if lane.poll() is None]
     for lane in running:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(lane.pid, signal.SIGINT)
+        signal_group(lane.pid, signal.SIGINT)
     deadline = time.monotonic() + STOP_WAIT_SECONDS
     for lane in running:
         try:
             lane.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(lane.pid, signal.SIGKILL)
+            signal_group(lane.pid, signal.SIGKILL)
             lane.wait()
 
 
@@ -51,18 +50,12 @@ def status(code: int) -> int:
     return 128 - code if code < 0 else code
 
 
-def interrupted(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def run(*, log: Path, foreground: str, background: str) -> int:
     log.parent.mkdir(parents=True, exist_ok=True)
-    # Each lane in a session of its own, so that one SIGINT reaches each once: a terminal's Ctrl-C
-    # (or CI's SIGTERM) comes to this process, which passes it on as SIGINT, and each pytest then
-    # runs its teardowns (a `sh` job started with `&` would ignore SIGINT).
-    signal.signal(signal.SIGTERM, interrupted)
-    # Also when this process started with SIGINT ignored (a `&` job of a script, `nohup`): the lanes
-    # would inherit that, and stop() could not interrupt them.
+    # A terminal's Ctrl-C or CI's SIGTERM comes to this process, which passes one SIGINT to each
+    # lane's session, so that each pytest runs its teardowns. SIGINT's handler is set even when this
+    # process started with it ignored (a script's `&` job, nohup): the lanes would inherit that.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     with log.open("wb") as output:
         lanes = [subprocess.Popen(["sh", "-c", foreground], stdin=subprocess.DEVNULL, start_new_session=True),
@@ -76,13 +69,13 @@ def run(*, log: Path, foreground: str, background: str) -> int:
             codes = [130]
     sys.stdout.flush()
     with log.open("rb") as shown:
-        sys.stdout.buffer.write(shown.read())
+        shutil.copyfileobj(shown, sys.stdout.buffer)
     sys.stdout.flush()
     return next((code for code in codes if code), 0)
 
 
 def main(argv: list[str] | None = None) -> int:
-    arguments = parse(sys.argv[1:] if argv is None else argv)
+    arguments = parse(argv)
     return run(log=arguments.log, foreground=arguments.foreground, background=arguments.background)
 
 
